@@ -1,0 +1,363 @@
+//! Starts a real etcd + kube-apiserver pair on loopback, built by `make controlplane`
+//! (`integration/controlplane/build.sh`), and tears it down when dropped.
+
+mod health;
+mod pki;
+mod process;
+
+pub use health::{http_get, https_get};
+pub use pki::{PemPair, TestCa};
+pub use process::{ManagedChild, pid_alive};
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+/// Why the control plane could not start. Every variant says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{name} not found at {path}: build the control plane with `make controlplane` \
+         (or point CYBERDESK_CONTROLPLANE_BIN at a directory holding kube-apiserver, etcd and kubectl)"
+    )]
+    BinaryMissing { name: &'static str, path: PathBuf },
+    #[error(
+        "{what} port {port} on 127.0.0.1 is already in use: stop whatever listens there \
+         (`ss -ltnp 'sport = :{port}'`) or let the launcher pick free ports"
+    )]
+    PortInUse { what: &'static str, port: u16 },
+    #[error("could not create the working directory {path}: {source}")]
+    WorkDir { path: PathBuf, source: std::io::Error },
+    #[error("could not generate certificates: {0}")]
+    Pki(#[from] rcgen::Error),
+    #[error("could not start {name} ({path}): {source}")]
+    Spawn { name: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{name} exited during start-up ({status}); its log ({log}) ends with:\n{tail}")]
+    Exited { name: &'static str, status: String, log: PathBuf, tail: String },
+    #[error("{name} was not ready after {waited:?}; its log ({log}) ends with:\n{tail}")]
+    NotReady { name: &'static str, waited: Duration, log: PathBuf, tail: String },
+    #[error("could not write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Where `build.sh` puts the binaries, unless CYBERDESK_CONTROLPLANE_BIN says otherwise.
+pub fn default_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CYBERDESK_CONTROLPLANE_BIN") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("CYBERDESK_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("cyberdesk-operator")))
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/cyberdesk-operator")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/cyberdesk-operator-cache"));
+    cache.join("controlplane/bin")
+}
+
+/// How to start a control plane. `Default` picks free ports and the default binaries.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub bin_dir: PathBuf,
+    /// `None`: pick a free port.
+    pub apiserver_port: Option<u16>,
+    pub etcd_port: Option<u16>,
+    pub ready_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            bin_dir: default_bin_dir(),
+            apiserver_port: None,
+            etcd_port: None,
+            ready_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// A running etcd + kube-apiserver. Dropping it stops both (apiserver first) and removes
+/// its working directory.
+#[derive(Debug)]
+pub struct ControlPlane {
+    // Field order is drop order: the apiserver must stop before its etcd.
+    apiserver: ManagedChild,
+    etcd: ManagedChild,
+    dir: PathBuf,
+    ca: TestCa,
+    apiserver_addr: SocketAddr,
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+    keep_dir: bool,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// A port nobody listens on right now (the kernel's choice).
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind(loopback(0))?.local_addr()?.port())
+}
+
+fn claim_port(what: &'static str, wanted: Option<u16>) -> Result<u16, Error> {
+    match wanted {
+        Some(port) => match TcpListener::bind(loopback(port)) {
+            Ok(_) => Ok(port),
+            Err(_) => Err(Error::PortInUse { what, port }),
+        },
+        None => free_port().map_err(|_| Error::PortInUse { what, port: 0 }),
+    }
+}
+
+fn binary(bin_dir: &Path, name: &'static str) -> Result<PathBuf, Error> {
+    let path = bin_dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::BinaryMissing { name, path })
+    }
+}
+
+fn write(path: PathBuf, contents: &str) -> Result<PathBuf, Error> {
+    std::fs::write(&path, contents).map_err(|source| Error::Write { path: path.clone(), source })?;
+    Ok(path)
+}
+
+/// tmpfs when there is one: etcd fsyncs far less painfully there.
+fn work_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() && tempdir_in(shm).is_ok() {
+        return shm.to_path_buf();
+    }
+    std::env::temp_dir()
+}
+
+fn tempdir_in(root: &Path) -> std::io::Result<PathBuf> {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = root.join(format!("cyberdesk-cp-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Polls `probe` until it says ready, the child exits, or time runs out.
+fn wait_ready(
+    child: &mut ManagedChild,
+    name: &'static str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> bool,
+) -> Result<(), Error> {
+    let start = Instant::now();
+    loop {
+        if probe() {
+            return Ok(());
+        }
+        if let Some(status) = child.exited() {
+            return Err(Error::Exited {
+                name,
+                status: status.to_string(),
+                log: child.log_path().to_path_buf(),
+                tail: child.log_tail(4000),
+            });
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::NotReady {
+                name,
+                waited: timeout,
+                log: child.log_path().to_path_buf(),
+                tail: child.log_tail(4000),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl ControlPlane {
+    /// Starts etcd, then kube-apiserver, and returns once `/readyz` answers 200. On any
+    /// failure, whatever was started is stopped again before the error is returned.
+    ///
+    /// Call it from a thread that outlives the control plane: the children are killed when
+    /// the thread that spawned them exits.
+    pub fn start(opts: &Options) -> Result<Self, Error> {
+        let apiserver_bin = binary(&opts.bin_dir, "kube-apiserver")?;
+        let etcd_bin = binary(&opts.bin_dir, "etcd")?;
+        let kubectl = binary(&opts.bin_dir, "kubectl")?;
+
+        let api_port = claim_port("kube-apiserver", opts.apiserver_port)?;
+        let etcd_port = claim_port("etcd client", opts.etcd_port)?;
+        let peer_port = claim_port("etcd peer", None)?;
+
+        let root = work_root();
+        let dir = tempdir_in(&root).map_err(|source| Error::WorkDir { path: root.clone(), source })?;
+        let cleanup_dir = scopeguard(dir.clone());
+
+        let ca = TestCa::new("cyberdesk-test-ca")?;
+        let serving = ca.issue_server("kube-apiserver", &["127.0.0.1", "localhost", "kubernetes.default.svc"])?;
+        let admin = ca.issue_client("cyberdesk-admin", &["system:masters"])?;
+        let ca_file = write(dir.join("ca.crt"), ca.cert_pem())?;
+        let serving_crt = write(dir.join("apiserver.crt"), &serving.cert_pem)?;
+        let serving_key = write(dir.join("apiserver.key"), &serving.key_pem)?;
+        let sa_key = write(dir.join("sa.key"), &pki::service_account_key()?)?;
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd_args = vec![
+            "--name=default".to_string(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=default={peer_url}"),
+            "--unsafe-no-fsync=true".to_string(),
+            "--log-level=warn".to_string(),
+        ];
+        let mut etcd = ManagedChild::spawn("etcd", &etcd_bin, &etcd_args, dir.join("etcd.log"))
+            .map_err(|source| Error::Spawn { name: "etcd", path: etcd_bin.clone(), source })?;
+        wait_ready(&mut etcd, "etcd", opts.ready_timeout, || {
+            matches!(http_get(loopback(etcd_port), "/health"), Ok((200, body)) if body.contains("true"))
+        })?;
+
+        let p = |f: &Path| f.display().to_string();
+        let api_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".to_string(),
+            format!("--secure-port={api_port}"),
+            // A loopback-only host has no routable address; with `none` the apiserver does
+            // not try to publish 127.0.0.1 as the `kubernetes` Endpoints (rejected anyway).
+            "--advertise-address=127.0.0.1".to_string(),
+            "--endpoint-reconciler-type=none".to_string(),
+            format!("--tls-cert-file={}", p(&serving_crt)),
+            format!("--tls-private-key-file={}", p(&serving_key)),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--client-ca-file={}", p(&ca_file)),
+            format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+            format!("--service-account-key-file={}", p(&sa_key)),
+            format!("--service-account-signing-key-file={}", p(&sa_key)),
+            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+            "--authorization-mode=RBAC".to_string(),
+            // No controller-manager runs, so no default ServiceAccount would ever appear.
+            "--disable-admission-plugins=ServiceAccount".to_string(),
+            "--allow-privileged=true".to_string(),
+            "--profiling=false".to_string(),
+        ];
+        let mut apiserver =
+            ManagedChild::spawn("kube-apiserver", &apiserver_bin, &api_args, dir.join("kube-apiserver.log"))
+                .map_err(|source| Error::Spawn { name: "kube-apiserver", path: apiserver_bin.clone(), source })?;
+        let ca_pem = ca.cert_pem().to_string();
+        wait_ready(&mut apiserver, "kube-apiserver", opts.ready_timeout, || {
+            matches!(https_get(loopback(api_port), &ca_pem, "/readyz"), Ok((200, _)))
+        })?;
+
+        let kubeconfig = write(
+            dir.join("kubeconfig"),
+            &render_kubeconfig(api_port, ca.cert_pem(), &admin),
+        )?;
+        cleanup_dir.disarm();
+        Ok(Self {
+            apiserver,
+            etcd,
+            dir,
+            ca,
+            apiserver_addr: loopback(api_port),
+            kubeconfig,
+            kubectl,
+            keep_dir: std::env::var_os("CYBERDESK_KEEP_CONTROLPLANE_DIR").is_some(),
+        })
+    }
+
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    pub fn kubectl_path(&self) -> &Path {
+        &self.kubectl
+    }
+
+    pub fn apiserver_url(&self) -> String {
+        format!("https://{}", self.apiserver_addr)
+    }
+
+    pub fn apiserver_addr(&self) -> SocketAddr {
+        self.apiserver_addr
+    }
+
+    /// The CA that signed the apiserver's serving cert; also usable for test webhook certs.
+    pub fn ca(&self) -> &TestCa {
+        &self.ca
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn pids(&self) -> (u32, u32) {
+        (self.apiserver.pid(), self.etcd.pid())
+    }
+
+    pub fn apiserver_log(&self) -> PathBuf {
+        self.apiserver.log_path().to_path_buf()
+    }
+
+    /// Children run; used to check nothing was left behind.
+    pub fn children(&self) -> [&ManagedChild; 2] {
+        [&self.apiserver, &self.etcd]
+    }
+
+    /// Restart only kube-apiserver (same flags, same etcd): for "apiserver went away" tests.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.stop(Duration::from_secs(5));
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.apiserver.stop(Duration::from_secs(3));
+        self.etcd.stop(Duration::from_secs(3));
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn render_kubeconfig(port: u16, ca_pem: &str, admin: &PemPair) -> String {
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cyberdesk-test", "cluster": {
+            "server": format!("https://127.0.0.1:{port}"),
+            "certificate-authority-data": B64.encode(ca_pem),
+        }}],
+        "users": [{"name": "cyberdesk-admin", "user": {
+            "client-certificate-data": B64.encode(&admin.cert_pem),
+            "client-key-data": B64.encode(&admin.key_pem),
+        }}],
+        "contexts": [{"name": "cyberdesk-test", "context": {"cluster": "cyberdesk-test", "user": "cyberdesk-admin"}}],
+        "current-context": "cyberdesk-test",
+    });
+    // JSON is valid YAML; both kubectl and kube-rs read it.
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// Removes a directory on drop unless disarmed: a failed start leaves nothing behind.
+struct DirGuard(Option<PathBuf>);
+
+fn scopeguard(dir: PathBuf) -> DirGuard {
+    DirGuard(Some(dir))
+}
+
+impl DirGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

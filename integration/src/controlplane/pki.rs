@@ -1,0 +1,100 @@
+//! The control plane's own certificate authority: serving cert for the apiserver, an admin
+//! client identity and the service-account signing key. Also issues serving certs for test
+//! webhook servers so the apiserver trusts them through `caBundle`.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+
+/// A PEM certificate with its PEM private key.
+#[derive(Clone, Debug)]
+pub struct PemPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A small CA that lives as long as one control plane.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    // Back-date a little so a skewed clock between processes never rejects a fresh cert.
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+}
+
+impl TestCa {
+    pub fn new(common_name: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, 7);
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A serving certificate; `sans` may mix DNS names and IP addresses.
+    pub fn issue_server(&self, common_name: &str, sans: &[&str]) -> Result<PemPair, rcgen::Error> {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, 7);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(PemPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A client identity: CN is the user name, O entries are the groups (as the apiserver reads them).
+    pub fn issue_client(&self, user: &str, groups: &[&str]) -> Result<PemPair, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        for group in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *group);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, 7);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(PemPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// An ECDSA P-256 key in PKCS#8 PEM, used to sign and verify service-account tokens.
+pub fn service_account_key() -> Result<String, rcgen::Error> {
+    Ok(KeyPair::generate()?.serialize_pem())
+}

@@ -1,0 +1,6 @@
+//! Test infrastructure for cyberdesk-operator: a real kube-apiserver + etcd launcher, a
+//! kubectl runner and (later) the KubeVirt simulator.
+
+pub mod controlplane;
+pub mod kubectl;
+pub mod shared;
