@@ -199,7 +199,9 @@ impl ControlPlane {
         let ca_file = write(dir.join("ca.crt"), ca.cert_pem())?;
         let serving_crt = write(dir.join("apiserver.crt"), &serving.cert_pem)?;
         let serving_key = write(dir.join("apiserver.key"), &serving.key_pem)?;
-        let sa_key = write(dir.join("sa.key"), &pki::service_account_key()?)?;
+        let (sa_private, sa_public) = pki::service_account_key()?;
+        let sa_key = write(dir.join("sa.key"), &sa_private)?;
+        let sa_pub = write(dir.join("sa.pub"), &sa_public)?;
 
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -234,7 +236,7 @@ impl ControlPlane {
             format!("--cert-dir={}", dir.join("certs").display()),
             format!("--client-ca-file={}", p(&ca_file)),
             format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
-            format!("--service-account-key-file={}", p(&sa_key)),
+            format!("--service-account-key-file={}", p(&sa_pub)),
             format!("--service-account-signing-key-file={}", p(&sa_key)),
             "--service-cluster-ip-range=10.0.0.0/24".to_string(),
             "--authorization-mode=RBAC".to_string(),

@@ -94,7 +94,8 @@ impl TestCa {
     }
 }
 
-/// An ECDSA P-256 key in PKCS#8 PEM, used to sign and verify service-account tokens.
-pub fn service_account_key() -> Result<String, rcgen::Error> {
-    Ok(KeyPair::generate()?.serialize_pem())
+/// An ECDSA P-256 key pair for service-account tokens: (PKCS#8 private PEM, public PEM).
+pub fn service_account_key() -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    Ok((key.serialize_pem(), key.public_key_pem()))
 }
