@@ -101,8 +101,12 @@ fn children_die_with_their_parent() {
     let mut parent = Command::new(exe).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn cluster");
     let stdout = parent.stdout.take().expect("stdout");
     let mut pids = None;
+    let mut work_dir = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("read line");
+        if let Some(path) = line.strip_prefix("export KUBECONFIG=") {
+            work_dir = Path::new(path).parent().map(Path::to_path_buf);
+        }
         if let Some(rest) = line.strip_prefix("pids: ") {
             let nums: Vec<u32> = rest.split(' ').filter_map(|kv| kv.split_once('=')?.1.parse().ok()).collect();
             pids = Some(nums);
@@ -118,5 +122,9 @@ fn children_die_with_their_parent() {
     let _ = parent.wait();
     for pid in pids {
         assert!(wait_gone(pid, Duration::from_secs(10)), "child {pid} outlived its parent");
+    }
+    // SIGKILL gave the launcher no chance to clean up its work dir; do it for it.
+    if let Some(dir) = work_dir {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -128,7 +128,10 @@ fn write(path: PathBuf, contents: &str) -> Result<PathBuf, Error> {
 /// tmpfs when there is one: etcd fsyncs far less painfully there.
 fn work_root() -> PathBuf {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() && tempdir_in(shm).is_ok() {
+    if shm.is_dir()
+        && let Ok(probe) = tempdir_in(shm)
+    {
+        let _ = std::fs::remove_dir(probe);
         return shm.to_path_buf();
     }
     std::env::temp_dir()

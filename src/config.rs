@@ -1,0 +1,180 @@
+//! Every setting of `cyberdesk-operator run`: a flag, with an environment variable as
+//! fallback (documented in `--help` and the README).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, ValueEnum};
+
+use crate::model::cyberdesk::DEFAULT_TIMEOUT_MS;
+use crate::model::names;
+
+/// How the webhook server gets its serving certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TlsMode {
+    /// Generate a CA and leaf with rcgen, keep them in the TLS Secret, rotate them before
+    /// expiry and inject the CA into both webhook configurations.
+    SelfManaged,
+    /// Serve mounted tls.crt/tls.key (cert-manager or `make certs`), reloaded on change.
+    Files,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RunConfig {
+    /// Namespace the operator runs in: Lease, TLS Secret, VM template and policy ConfigMaps live here.
+    #[arg(long, env = "CYBERDESK_NAMESPACE", default_value = names::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+
+    /// This replica's identity for leader election and metrics (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME", default_value = "cyberdesk-operator-local")]
+    pub pod_name: String,
+
+    /// Address of the HTTPS admission webhook server.
+    #[arg(long, env = "CYBERDESK_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+
+    /// Address of the plain-HTTP admin server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "CYBERDESK_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
+    pub admin_addr: SocketAddr,
+
+    /// Where the webhook serving certificate comes from.
+    #[arg(long, env = "CYBERDESK_TLS_MODE", value_enum, default_value = "self-managed")]
+    pub tls_mode: TlsMode,
+
+    /// Serving certificate (PEM) for --tls-mode files.
+    #[arg(long, env = "CYBERDESK_TLS_CERT_FILE", default_value = "/etc/cyberdesk/tls/tls.crt")]
+    pub tls_cert_file: PathBuf,
+
+    /// Private key (PEM) for --tls-mode files.
+    #[arg(long, env = "CYBERDESK_TLS_KEY_FILE", default_value = "/etc/cyberdesk/tls/tls.key")]
+    pub tls_key_file: PathBuf,
+
+    /// Secret that holds the self-managed CA and serving certificate.
+    #[arg(long, env = "CYBERDESK_TLS_SECRET", default_value = names::TLS_SECRET)]
+    pub tls_secret: String,
+
+    /// Service in front of the webhook server; its DNS names go into the certificate.
+    #[arg(long, env = "CYBERDESK_SERVICE_NAME", default_value = names::SERVICE_NAME)]
+    pub service_name: String,
+
+    /// Extra DNS names or IP addresses for the serving certificate (repeat or comma-separate).
+    #[arg(long = "extra-san", env = "CYBERDESK_EXTRA_SANS", value_delimiter = ',')]
+    pub extra_sans: Vec<String>,
+
+    /// Create/update both webhook configurations (with the CA bundle) by server-side apply.
+    #[arg(long, env = "CYBERDESK_MANAGE_WEBHOOK_CONFIG", default_value_t = true, action = ArgAction::Set)]
+    pub manage_webhook_config: bool,
+
+    /// Register the webhooks by this base URL (e.g. https://127.0.0.1:8443) instead of the Service.
+    #[arg(long, env = "CYBERDESK_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// spec.timeoutMs given to a Cyberdesk that does not set one.
+    #[arg(long, env = "CYBERDESK_DEFAULT_TIMEOUT_MS", default_value_t = DEFAULT_TIMEOUT_MS)]
+    pub default_timeout_ms: i64,
+
+    /// Largest spec.timeoutMs the validating webhook accepts (policies may set a lower ceiling).
+    #[arg(long, env = "CYBERDESK_MAX_TIMEOUT_MS", default_value_t = 30 * 24 * 3_600_000)]
+    pub max_timeout_ms: i64,
+
+    /// Folder of JSON Schema policy files (*.json); a missing folder means no file policies.
+    #[arg(long, env = "CYBERDESK_POLICY_DIR", default_value = "/etc/cyberdesk/policies")]
+    pub policy_dir: PathBuf,
+
+    /// ConfigMap in --namespace whose *.json keys are policies, watched and hot-reloaded.
+    #[arg(long, env = "CYBERDESK_POLICY_CONFIGMAP", default_value = names::POLICIES_CONFIGMAP)]
+    pub policy_configmap: String,
+
+    /// ConfigMap in --namespace (key template.yaml) with the default VM template.
+    #[arg(long, env = "CYBERDESK_TEMPLATE_CONFIGMAP", default_value = names::TEMPLATE_CONFIGMAP)]
+    pub template_configmap: String,
+
+    /// Run the reconciler only while holding the Lease (turn off only for a single replica).
+    #[arg(long, env = "CYBERDESK_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the leader-election Lease in --namespace.
+    #[arg(long, env = "CYBERDESK_LEASE_NAME", default_value = names::LEASE_NAME)]
+    pub lease_name: String,
+
+    /// How long a Lease stays valid without renewal, in seconds.
+    #[arg(long, env = "CYBERDESK_LEASE_DURATION_SECS", default_value_t = 15)]
+    pub lease_duration_secs: u64,
+
+    /// How often the leader renews, in seconds.
+    #[arg(long, env = "CYBERDESK_LEASE_RENEW_SECS", default_value_t = 2)]
+    pub lease_renew_secs: u64,
+
+    /// Longest time to drain in-flight work on SIGTERM before exiting.
+    #[arg(long, env = "CYBERDESK_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Log format (RUST_LOG sets the filter, default info).
+    #[arg(long, env = "CYBERDESK_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl RunConfig {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// DNS names the webhook serving certificate must carry.
+    pub fn service_dns_names(&self) -> Vec<String> {
+        let svc = &self.service_name;
+        let ns = &self.namespace;
+        let mut names = vec![
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}.svc.cluster.local"),
+            format!("{svc}.{ns}"),
+            svc.clone(),
+        ];
+        names.extend(self.extra_sans.iter().filter(|s| !s.is_empty()).cloned());
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        run: RunConfig,
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let cfg = Wrapper::parse_from(["x"]).run;
+        assert_eq!(cfg.webhook_addr.port(), 8443);
+        assert_eq!(cfg.admin_addr.port(), 8081);
+        assert_eq!(cfg.default_timeout_ms, 3_600_000);
+        assert_eq!(cfg.lease_duration_secs, 15);
+        assert!(cfg.manage_webhook_config);
+    }
+
+    #[test]
+    fn booleans_and_lists_parse() {
+        let cfg = Wrapper::parse_from([
+            "x",
+            "--manage-webhook-config=false",
+            "--extra-san=a.example,127.0.0.1",
+            "--tls-mode=files",
+        ])
+        .run;
+        assert!(!cfg.manage_webhook_config);
+        assert_eq!(cfg.tls_mode, TlsMode::Files);
+        let names = cfg.service_dns_names();
+        assert!(names.contains(&"cyberdesk-operator.cyberdesk-system.svc".to_string()));
+        assert!(names.contains(&"127.0.0.1".to_string()));
+    }
+}

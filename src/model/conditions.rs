@@ -1,0 +1,98 @@
+//! Conditions in the shape of `metav1.Condition`, plus the helpers that keep
+//! `lastTransitionTime` honest (it moves only when the status flips).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+/// One observation about a Cyberdesk (`metav1.Condition` shape).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Kind of condition: Ready, VirtualMachineCreated, TimedOut or TemplateValid.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: ConditionStatus,
+    /// Machine-readable CamelCase reason for the last transition.
+    pub reason: String,
+    /// Human-readable details.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The .metadata.generation this condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+pub const READY: &str = "Ready";
+pub const VM_CREATED: &str = "VirtualMachineCreated";
+pub const TIMED_OUT: &str = "TimedOut";
+pub const TEMPLATE_VALID: &str = "TemplateValid";
+
+/// Sets `new` in `conditions`, keeping the old `lastTransitionTime` when the status did not
+/// change, so a pass that observes nothing new produces an identical status.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            if old.status == new.status {
+                new.last_transition_time = old.last_transition_time.clone();
+            }
+            *old = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond(status: ConditionStatus, time: &str, reason: &str) -> Condition {
+        Condition {
+            type_: READY.into(),
+            status,
+            reason: reason.into(),
+            message: String::new(),
+            last_transition_time: time.into(),
+            observed_generation: Some(1),
+        }
+    }
+
+    #[test]
+    fn same_status_keeps_transition_time() {
+        let mut all = vec![cond(ConditionStatus::True, "t1", "A")];
+        set_condition(&mut all, cond(ConditionStatus::True, "t2", "B"));
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].last_transition_time, "t1");
+        assert_eq!(all[0].reason, "B");
+    }
+
+    #[test]
+    fn flipped_status_moves_transition_time() {
+        let mut all = vec![cond(ConditionStatus::True, "t1", "A")];
+        set_condition(&mut all, cond(ConditionStatus::False, "t2", "B"));
+        assert_eq!(all[0].last_transition_time, "t2");
+    }
+
+    #[test]
+    fn new_type_is_appended() {
+        let mut all = vec![cond(ConditionStatus::True, "t1", "A")];
+        let mut other = cond(ConditionStatus::False, "t2", "B");
+        other.type_ = TIMED_OUT.into();
+        set_condition(&mut all, other);
+        assert_eq!(all.len(), 2);
+        assert!(find(&all, TIMED_OUT).is_some());
+    }
+}

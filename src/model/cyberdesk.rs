@@ -1,0 +1,214 @@
+//! The `Cyberdesk` custom resource (cyberdesk.io/v1alpha1).
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::conditions::Condition;
+
+/// Smallest lifetime the schema accepts (one second).
+pub const MIN_TIMEOUT_MS: i64 = 1_000;
+/// Largest lifetime the schema accepts (one year); policies usually set a lower ceiling.
+pub const SCHEMA_MAX_TIMEOUT_MS: i64 = 365 * 24 * 3_600_000;
+/// Default lifetime when the mutating webhook fills in `spec.timeoutMs`.
+pub const DEFAULT_TIMEOUT_MS: i64 = 3_600_000;
+
+/// A virtual desktop: the operator creates a KubeVirt VirtualMachine for it, reports its
+/// state and stops or deletes it when its time is up.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[kube(
+    group = "cyberdesk.io",
+    version = "v1alpha1",
+    kind = "Cyberdesk",
+    plural = "cyberdesks",
+    singular = "cyberdesk",
+    namespaced,
+    status = "CyberdeskStatus",
+    shortname = "cd",
+    shortname = "cds",
+    category = "cyberdesk",
+    doc = "A virtual desktop backed by a KubeVirt VirtualMachine that lives for spec.timeoutMs.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
+    printcolumn(name = "VM", type_ = "string", json_path = ".status.virtualMachineRef", description = "VirtualMachine name"),
+    printcolumn(name = "IP", type_ = "string", json_path = ".status.ipAddress", description = "Address of the desktop"),
+    printcolumn(name = "Expiry", type_ = "date", json_path = ".status.expiryTime", description = "When the desktop times out"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CyberdeskSpec {
+    /// Lifetime of the desktop in milliseconds, counted from when its VM started. The
+    /// operator stops the VM exactly then. May be changed later to extend or shorten a
+    /// session. Defaulted by the admission webhook (one hour unless configured otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1000, max = 31536000000_i64))]
+    pub timeout_ms: Option<i64>,
+
+    /// What happens at expiry: Delete (the default) deletes the Cyberdesk and with it the
+    /// VM; Stop halts the VM and keeps both for inspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_action: Option<TimeoutAction>,
+
+    /// Name of a ConfigMap (key template.yaml) in the operator's namespace holding the VM
+    /// template. Defaults to the operator's configured template. Immutable once the VM exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub template: Option<String>,
+
+    /// Cloud-init user data read from a Secret in the Cyberdesk's namespace and passed to
+    /// the VM base64-encoded. Immutable once the VM exists. Never put secrets inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_secret_ref: Option<SecretKeyRef>,
+}
+
+/// What to do with a desktop whose time is up.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum TimeoutAction {
+    /// Delete the Cyberdesk; its finalizer deletes the VM first.
+    #[default]
+    Delete,
+    /// Halt the VM (runStrategy Halted) and keep the Cyberdesk and the VM.
+    Stop,
+}
+
+impl TimeoutAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutAction::Delete => "Delete",
+            TimeoutAction::Stop => "Stop",
+        }
+    }
+}
+
+/// A key in a Secret in the Cyberdesk's own namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret whose value is the cloud-init user data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Lifecycle phase of a Cyberdesk, derived from its VM and VMI.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CyberdeskPhase {
+    /// Admitted; no VM yet.
+    Pending,
+    /// The VM exists; its VMI does not yet.
+    Provisioning,
+    /// The VMI is being scheduled or booted.
+    Starting,
+    /// The VMI runs and is ready.
+    Running,
+    /// The VM is being halted.
+    Stopping,
+    /// The lifetime passed; the VM was halted.
+    TimedOut,
+    /// The VM or VMI failed, or the desktop cannot be built (see conditions).
+    Failed,
+    /// The Cyberdesk is being deleted; VM cleanup in progress.
+    Terminating,
+}
+
+impl CyberdeskPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CyberdeskPhase::Pending => "Pending",
+            CyberdeskPhase::Provisioning => "Provisioning",
+            CyberdeskPhase::Starting => "Starting",
+            CyberdeskPhase::Running => "Running",
+            CyberdeskPhase::Stopping => "Stopping",
+            CyberdeskPhase::TimedOut => "TimedOut",
+            CyberdeskPhase::Failed => "Failed",
+            CyberdeskPhase::Terminating => "Terminating",
+        }
+    }
+}
+
+/// Observed state of a Cyberdesk, written only by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CyberdeskStatus {
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<CyberdeskPhase>,
+    /// Name of the VirtualMachine (and VirtualMachineInstance) in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine_ref: Option<String>,
+    /// Phase of the VirtualMachineInstance as KubeVirt reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmi_phase: Option<String>,
+    /// First IP address of the VMI's first interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// When the lifetime started (RFC 3339): the VM's first start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub start_time: Option<String>,
+    /// startTime + spec.timeoutMs (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub expiry_time: Option<String>,
+    /// Human-readable explanation of the current phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The .metadata.generation the status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, VirtualMachineCreated, TimedOut and TemplateValid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl Cyberdesk {
+    pub fn timeout_action(&self) -> TimeoutAction {
+        self.spec.timeout_action.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn crd_has_names_columns_and_status() {
+        let crd = Cyberdesk::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("cyberdesks.cyberdesk.io"));
+        let names = &crd.spec.names;
+        assert_eq!(names.short_names.as_deref(), Some(&["cd".to_string(), "cds".to_string()][..]));
+        let version = &crd.spec.versions[0];
+        let columns: Vec<&str> = version
+            .additional_printer_columns
+            .as_ref()
+            .map(|c| c.iter().map(|c| c.name.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(columns, ["Phase", "VM", "IP", "Expiry", "Age"]);
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    }
+
+    #[test]
+    fn schema_guards_timeout_and_action() {
+        let crd = serde_json::to_value(Cyberdesk::crd()).expect("crd serializes");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(spec["timeoutMs"]["minimum"], serde_json::json!(1000.0));
+        assert_eq!(spec["timeoutAction"]["enum"], serde_json::json!(["Delete", "Stop"]));
+        assert!(spec["timeoutMs"]["description"].as_str().is_some_and(|d| d.contains("milliseconds")));
+    }
+
+    #[test]
+    fn spec_roundtrips_camel_case() {
+        let spec: CyberdeskSpec = serde_json::from_value(serde_json::json!({
+            "timeoutMs": 5000, "timeoutAction": "Stop",
+            "userDataSecretRef": {"name": "s", "key": "userdata"}
+        }))
+        .expect("parses");
+        assert_eq!(spec.timeout_ms, Some(5000));
+        assert_eq!(spec.timeout_action, Some(TimeoutAction::Stop));
+        let back = serde_json::to_value(&spec).expect("serializes");
+        assert_eq!(back["userDataSecretRef"]["key"], "userdata");
+        assert!(back.get("template").is_none());
+    }
+}

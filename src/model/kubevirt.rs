@@ -1,0 +1,239 @@
+//! The few KubeVirt fields the operator reads and writes. Everything else is kept as-is
+//! (`extra`), and every field tolerates `null`, because real KubeVirt writes conditions
+//! with `lastTransitionTime: null` and omits what it has not set yet.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `kubevirt.io/v1` VirtualMachine. Only its spec.runStrategy is ours to set; the rest of
+/// the spec comes from the rendered template.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "kubevirt.io",
+    version = "v1",
+    kind = "VirtualMachine",
+    plural = "virtualmachines",
+    namespaced,
+    status = "VirtualMachineStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_strategy: Option<String>,
+    /// Deprecated by KubeVirt; read only to report conflicts, never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Value>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub printable_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<KubevirtCondition>>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// `kubevirt.io/v1` VirtualMachineInstance: created and owned by virt-controller, read-only
+/// for the operator.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "kubevirt.io",
+    version = "v1",
+    kind = "VirtualMachineInstance",
+    plural = "virtualmachineinstances",
+    namespaced,
+    status = "VirtualMachineInstanceStatus",
+    schema = "disabled"
+)]
+pub struct VirtualMachineInstanceSpec {
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineInstanceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<KubevirtCondition>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<VmiInterface>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// A KubeVirt condition: like metav1.Condition but with nullable times and optional text.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubevirtCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub last_transition_time: Option<String>,
+    #[serde(default)]
+    pub last_probe_time: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiInterface {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_addresses: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+fn condition_true(conditions: &Option<Vec<KubevirtCondition>>, type_: &str) -> bool {
+    conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+impl VirtualMachineInstance {
+    pub fn phase(&self) -> Option<&str> {
+        self.status.as_ref()?.phase.as_deref()
+    }
+
+    /// The first interface's address, as KubeVirt's own IP printer column shows it.
+    pub fn ip_address(&self) -> Option<&str> {
+        let iface = self.status.as_ref()?.interfaces.as_ref()?.first()?;
+        iface
+            .ip_address
+            .as_deref()
+            .or_else(|| iface.ip_addresses.as_ref()?.first().map(String::as_str))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| condition_true(&s.conditions, "Ready"))
+    }
+}
+
+impl VirtualMachine {
+    pub fn printable_status(&self) -> Option<&str> {
+        self.status.as_ref()?.printable_status.as_deref()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.ready == Some(true))
+    }
+
+    pub fn run_strategy(&self) -> Option<&str> {
+        self.spec.run_strategy.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Shaped like `kubectl get vmi -o json` on a real cluster: null times, missing
+    /// reasons, fields we do not model.
+    fn real_vmi() -> Value {
+        json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "cyberdesk-a", "namespace": "ns", "labels": {"kubevirt.io/nodeName": "node1"},
+                          "finalizers": ["kubevirt.io/virtualMachineControllerFinalize"],
+                          "annotations": {"kubevirt.io/vm-generation": "1"}},
+            "spec": {"domain": {"devices": {}, "resources": {"requests": {"memory": "1Gi"}}}},
+            "status": {
+                "phase": "Running", "nodeName": "node1", "qosClass": "Burstable",
+                "conditions": [
+                    {"type": "Ready", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2026-11-01T10:00:00Z"},
+                    {"type": "LiveMigratable", "status": "False", "lastProbeTime": null, "lastTransitionTime": null,
+                     "reason": "InterfaceNotLiveMigratable", "message": "cannot migrate"},
+                    {"type": "AgentConnected", "status": "True", "lastProbeTime": null, "lastTransitionTime": null}
+                ],
+                "interfaces": [{"name": "default", "ipAddress": "10.244.0.12", "ipAddresses": ["10.244.0.12"],
+                                "mac": "52:54:00:aa:bb:cc", "infoSource": "domain, guest-agent", "queueCount": 1}],
+                "phaseTransitionTimestamps": [{"phase": "Pending", "phaseTransitionTimestamp": "2026-11-01T09:59:50Z"}],
+                "guestOSInfo": {"id": "ubuntu"}
+            }
+        })
+    }
+
+    #[test]
+    fn parses_a_real_vmi() {
+        let vmi: VirtualMachineInstance = serde_json::from_value(real_vmi()).expect("parses");
+        assert_eq!(vmi.phase(), Some("Running"));
+        assert_eq!(vmi.ip_address(), Some("10.244.0.12"));
+        assert!(vmi.is_ready());
+        let status = vmi.status.as_ref().expect("status");
+        assert!(status.extra.contains_key("guestOSInfo"));
+        let conds = status.conditions.as_ref().expect("conditions");
+        assert_eq!(conds[1].last_transition_time, None);
+        assert_eq!(conds[2].reason, None);
+    }
+
+    #[test]
+    fn unknown_fields_survive_a_roundtrip() {
+        let vmi: VirtualMachineInstance = serde_json::from_value(real_vmi()).expect("parses");
+        let back = serde_json::to_value(&vmi).expect("serializes");
+        assert_eq!(back["status"]["qosClass"], "Burstable");
+        assert_eq!(back["spec"]["domain"]["resources"]["requests"]["memory"], "1Gi");
+    }
+
+    #[test]
+    fn parses_a_real_vm() {
+        let vm: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "cyberdesk-a", "namespace": "ns", "generation": 2,
+                          "finalizers": ["kubevirt.io/virtualMachineControllerFinalize"]},
+            "spec": {"runStrategy": "Always", "template": {"metadata": {"labels": {"app": "cyberdesk"}},
+                      "spec": {"domain": {"devices": {}}}}, "dataVolumeTemplates": []},
+            "status": {"printableStatus": "Running", "ready": true, "created": true, "runStrategy": "Always",
+                       "desiredGeneration": 2, "observedGeneration": 2, "volumeSnapshotStatuses": null,
+                       "conditions": [{"type": "Ready", "status": "True", "lastProbeTime": null,
+                                       "lastTransitionTime": null}]}
+        }))
+        .expect("parses");
+        assert_eq!(vm.printable_status(), Some("Running"));
+        assert_eq!(vm.run_strategy(), Some("Always"));
+        assert!(vm.is_ready());
+        assert!(vm.spec.extra.contains_key("dataVolumeTemplates"));
+    }
+
+    #[test]
+    fn vm_without_status_or_with_nulls_parses() {
+        let vm: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "x"}, "spec": {"running": null, "runStrategy": "Halted"},
+            "status": {"conditions": null, "printableStatus": null}
+        }))
+        .expect("parses");
+        assert_eq!(vm.printable_status(), None);
+        assert!(!vm.is_ready());
+    }
+}

@@ -1,0 +1,13 @@
+//! The one typed model both halves of the operator share: the Cyberdesk CRD, the few
+//! KubeVirt fields we read and write, and the names the whole system agrees on.
+
+pub mod conditions;
+pub mod cyberdesk;
+pub mod kubevirt;
+pub mod names;
+
+pub use conditions::{Condition, ConditionStatus};
+pub use cyberdesk::{
+    Cyberdesk, CyberdeskPhase, CyberdeskSpec, CyberdeskStatus, SecretKeyRef, TimeoutAction,
+};
+pub use kubevirt::{VirtualMachine, VirtualMachineInstance};
