@@ -112,6 +112,11 @@ pub struct RunConfig {
     #[arg(long, env = "CYBERDESK_LEASE_RENEW_SECS", default_value_t = 2)]
     pub lease_renew_secs: u64,
 
+    /// Seconds between turning /readyz false on SIGTERM and closing the listeners, so
+    /// endpoints stop routing admissions here before the server goes away.
+    #[arg(long, env = "CYBERDESK_SHUTDOWN_DELAY_SECS", default_value_t = 2)]
+    pub shutdown_delay_secs: u64,
+
     /// Longest time to drain in-flight work on SIGTERM before exiting.
     #[arg(long, env = "CYBERDESK_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
     pub shutdown_timeout_secs: u64,
@@ -176,5 +181,18 @@ mod tests {
         let names = cfg.service_dns_names();
         assert!(names.contains(&"cyberdesk-operator.cyberdesk-system.svc".to_string()));
         assert!(names.contains(&"127.0.0.1".to_string()));
+    }
+}
+
+impl RunConfig {
+    /// The configuration `run` gets with no flags: defaults and environment only.
+    pub fn parse_default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            run: RunConfig,
+        }
+        Only::parse_from(["cyberdesk-operator"]).run
     }
 }

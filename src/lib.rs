@@ -1,1 +1,13 @@
-pub fn placeholder() {}
+//! cyberdesk-operator: admission webhooks and a reconciler that turn `Cyberdesk` resources
+//! into KubeVirt VirtualMachines. The binary (`main.rs`) is a thin CLI over this library,
+//! so tests reach everything.
+
+pub mod admin;
+pub mod config;
+pub mod crd;
+pub mod metrics;
+pub mod model;
+pub mod readiness;
+pub mod runtime;
+pub mod shutdown;
+pub mod telemetry;

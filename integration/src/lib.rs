@@ -3,4 +3,5 @@
 
 pub mod controlplane;
 pub mod kubectl;
+pub mod operator;
 pub mod shared;

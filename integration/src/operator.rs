@@ -1,0 +1,53 @@
+//! Finds (and if needed builds) the `cyberdesk-operator` binary for end-to-end tests, and
+//! runs it as a child process the way a cluster would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The operator binary of this workspace (debug profile), built once per test binary.
+pub fn operator_binary() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let result = BIN.get_or_init(|| {
+        let root = workspace_root();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        // A no-op when `cargo test --workspace` already built it.
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "cyberdesk-operator", "--bin", "cyberdesk-operator"])
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build of cyberdesk-operator failed: {status}"));
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        Ok(target.join("debug").join("cyberdesk-operator"))
+    });
+    match result {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Output of `cyberdesk-operator ARGS`.
+pub fn operator_output(args: &[&str]) -> std::process::Output {
+    Command::new(operator_binary())
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .expect("run cyberdesk-operator")
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    workspace_root().join(rel)
+}
