@@ -11,3 +11,4 @@ pub mod readiness;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod webhook;

@@ -1,0 +1,11 @@
+//! Admission webhooks: the HTTPS server, review handling, defaulting, validation, JSON
+//! Schema policies, and the certificates the apiserver trusts them by.
+
+pub mod admission;
+pub mod certs;
+pub mod configuration;
+pub mod mutate;
+pub mod policy;
+pub mod server;
+pub mod tls;
+pub mod validate;
