@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod metrics;
 pub mod model;

@@ -1,1 +1,299 @@
-//! STUB
+//! AdmissionReview in, AdmissionReview out: parsing with clear errors, dispatch to the pure
+//! mutate/validate functions, and the response shape kubectl turns into field errors.
+
+use std::time::Instant;
+
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::response::{StatusCause, StatusDetails};
+use kube::core::{DynamicObject, Status};
+use serde_json::Value;
+
+use crate::metrics::Metrics;
+use crate::webhook::mutate::{MutateConfig, defaults_patch};
+use crate::webhook::policy::PolicyStore;
+use crate::webhook::validate::{self, ValidateConfig, ValidationInput, Verdict};
+
+const API_VERSION: &str = "admission.k8s.io/v1";
+const GROUP: &str = "cyberdesk.io";
+const KIND: &str = "Cyberdesk";
+/// Longest message echoed back; hostile input must not become a huge response.
+const MAX_ECHO: usize = 200;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Webhook {
+    Mutate,
+    Validate,
+}
+
+impl Webhook {
+    pub fn label(self) -> &'static str {
+        match self {
+            Webhook::Mutate => "mutate",
+            Webhook::Validate => "validate",
+        }
+    }
+}
+
+/// A body that is not an AdmissionReview we can answer: the server replies 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct BadReview(pub String);
+
+/// Everything the handlers need, shared by all requests.
+#[derive(Clone)]
+pub struct Admission {
+    pub mutate: MutateConfig,
+    pub validate: ValidateConfig,
+    pub policies: PolicyStore,
+    pub metrics: Metrics,
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= MAX_ECHO {
+        return s.to_string();
+    }
+    let mut end = MAX_ECHO;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn operation_label(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+/// Parses and checks the envelope; anything short of a usable request is a `BadReview`,
+/// except a request whose uid we can read, which gets a denied review carrying it.
+fn parse(body: &[u8]) -> Result<Result<AdmissionRequest<DynamicObject>, AdmissionResponse>, BadReview> {
+    if body.is_empty() {
+        return Err(BadReview("empty body: expected an admission.k8s.io/v1 AdmissionReview".into()));
+    }
+    let raw: Value = serde_json::from_slice(body)
+        .map_err(|e| BadReview(format!("body is not JSON: {}", truncate(&e.to_string()))))?;
+    let api_version = raw.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = raw.get("kind").and_then(Value::as_str).unwrap_or("");
+    if api_version != API_VERSION || kind != "AdmissionReview" {
+        return Err(BadReview(format!(
+            "only {API_VERSION} AdmissionReview is supported, got apiVersion {:?} kind {:?}",
+            truncate(api_version),
+            truncate(kind)
+        )));
+    }
+    let Some(request) = raw.get("request").filter(|r| r.is_object()) else {
+        return Err(BadReview("AdmissionReview has no request".into()));
+    };
+    let uid = request.get("uid").and_then(Value::as_str).map(str::to_string);
+    match serde_json::from_value::<AdmissionReview<DynamicObject>>(raw.clone()) {
+        Ok(review) => match review.try_into() {
+            Ok(req) => Ok(Ok(req)),
+            Err(_) => Err(BadReview("AdmissionReview has no request".into())),
+        },
+        Err(e) => match uid {
+            Some(uid) if !uid.is_empty() => {
+                let mut resp = AdmissionResponse::invalid(format!("malformed AdmissionReview request: {}", truncate(&e.to_string())));
+                resp.uid = uid;
+                Ok(Err(resp))
+            }
+            _ => Err(BadReview(format!("malformed AdmissionReview: {}", truncate(&e.to_string())))),
+        },
+    }
+}
+
+impl Admission {
+    /// Answers one review. `Err` means HTTP 400 with the message.
+    pub fn review(&self, webhook: Webhook, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, BadReview> {
+        let start = Instant::now();
+        let result = parse(body).map(|parsed| match parsed {
+            Ok(req) => {
+                let span = tracing::info_span!(
+                    "admission",
+                    webhook = webhook.label(),
+                    uid = %req.uid,
+                    kind = %req.kind.kind,
+                    namespace = req.namespace.as_deref().unwrap_or(""),
+                    name = %req.name,
+                    operation = operation_label(&req.operation),
+                    dry_run = req.dry_run,
+                );
+                let _guard = span.enter();
+                let op = operation_label(&req.operation);
+                let resp = self.answer(webhook, &req);
+                let verdict = if resp.allowed { "true" } else { "false" };
+                tracing::info!(allowed = resp.allowed, message = %resp.result.message, "admission answered");
+                self.metrics.admission_requests.with_label_values(&[webhook.label(), op, verdict]).inc();
+                resp.into_review()
+            }
+            Err(resp) => {
+                self.metrics.admission_requests.with_label_values(&[webhook.label(), "CREATE", "error"]).inc();
+                tracing::warn!(webhook = webhook.label(), uid = %resp.uid, message = %resp.result.message, "malformed admission request");
+                resp.into_review()
+            }
+        });
+        if let Err(e) = &result {
+            tracing::warn!(webhook = webhook.label(), error = %e, "rejected admission body");
+        }
+        self.metrics
+            .admission_duration
+            .with_label_values(&[webhook.label()])
+            .observe(start.elapsed().as_secs_f64());
+        result
+    }
+
+    fn answer(&self, webhook: Webhook, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let resp = AdmissionResponse::from(req);
+        if req.kind.group != GROUP || req.kind.kind != KIND {
+            return resp.deny(format!(
+                "this webhook admits only {GROUP} {KIND}, not {}/{}",
+                truncate(&req.kind.group),
+                truncate(&req.kind.kind)
+            ));
+        }
+        let object = match req.object.as_ref().map(serde_json::to_value) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => return resp.deny(format!("cannot read the object: {e}")),
+            None => None,
+        };
+        match (webhook, &req.operation) {
+            (Webhook::Mutate, Operation::Create) => {
+                let Some(object) = object else { return resp.deny("CREATE review without an object") };
+                let patch = defaults_patch(&object, &self.mutate);
+                if patch.0.is_empty() {
+                    return resp;
+                }
+                match resp.clone().with_patch(patch) {
+                    Ok(r) => r,
+                    Err(e) => resp.deny(format!("cannot encode the defaults patch: {e}")),
+                }
+            }
+            (Webhook::Validate, Operation::Create | Operation::Update) => {
+                let Some(object) = object else { return resp.deny("review without an object") };
+                let old = match req.old_object.as_ref().map(serde_json::to_value) {
+                    Some(Ok(v)) => Some(v),
+                    _ => None,
+                };
+                self.validate(req, resp, &object, old.as_ref())
+            }
+            // Nothing to default on UPDATE/DELETE, nothing to validate on DELETE/CONNECT.
+            _ => resp,
+        }
+    }
+
+    fn validate(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        resp: AdmissionResponse,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> AdmissionResponse {
+        let operation = match req.operation {
+            Operation::Update => validate::Operation::Update,
+            _ => validate::Operation::Create,
+        };
+        if operation == validate::Operation::Update {
+            // Metadata-only updates (finalizer removal during deletion, labels) must never be
+            // blocked by a spec rule or a policy added after the object was admitted.
+            let being_deleted = object.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
+            let spec_unchanged = old.is_some_and(|o| o.get("spec") == object.get("spec"));
+            if being_deleted || spec_unchanged {
+                return resp;
+            }
+        }
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(req.name.as_str());
+        let namespace = req.namespace.as_deref().unwrap_or("");
+        let policies = self.policies.current();
+        let input = ValidationInput { operation, name, namespace, object, old_object: old };
+        let verdict = validate::validate(&input, &self.validate, &policies);
+        respond(resp, name, verdict)
+    }
+}
+
+/// Turns a verdict into a response: 422 Invalid with one cause per violation (what kubectl
+/// prints as field errors), and warnings either way.
+fn respond(mut resp: AdmissionResponse, name: &str, verdict: Verdict) -> AdmissionResponse {
+    if !verdict.warnings.is_empty() {
+        resp.warnings = Some(verdict.warnings);
+    }
+    if verdict.violations.is_empty() {
+        return resp;
+    }
+    let summary: Vec<String> = verdict
+        .violations
+        .iter()
+        .map(|v| if v.field.is_empty() { v.message.clone() } else { format!("{}: {}", v.field, v.message) })
+        .collect();
+    let message = format!("{KIND}.{GROUP} \"{}\" is invalid: {}", truncate(name), summary.join(", "));
+    let causes = verdict
+        .violations
+        .into_iter()
+        .map(|v| StatusCause { reason: "FieldValueInvalid".into(), message: v.message, field: v.field })
+        .collect();
+    resp.allowed = false;
+    resp.result = Status::failure(&message, "Invalid").with_code(422).with_details(StatusDetails {
+        name: truncate(name),
+        group: GROUP.into(),
+        kind: "cyberdesks".into(),
+        uid: String::new(),
+        causes,
+        retry_after_seconds: 0,
+    });
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::validate::FieldViolation;
+
+    #[test]
+    fn respond_lists_every_cause() {
+        let base = AdmissionResponse::invalid("x");
+        let verdict = Verdict {
+            violations: vec![
+                FieldViolation { field: "spec.timeoutMs".into(), message: "too long".into() },
+                FieldViolation { field: "metadata.name".into(), message: "too long".into() },
+            ],
+            warnings: vec!["careful".into()],
+        };
+        let resp = respond(base, "desk", verdict);
+        assert!(!resp.allowed);
+        assert_eq!(resp.result.code, 422);
+        let details = resp.result.details.as_ref().expect("details");
+        assert_eq!(details.causes.len(), 2);
+        assert!(resp.result.message.contains("spec.timeoutMs: too long"));
+        assert_eq!(resp.warnings, Some(vec!["careful".to_string()]));
+    }
+
+    #[test]
+    fn envelope_errors_are_bad_reviews() {
+        assert!(parse(b"").is_err());
+        assert!(parse(b"not json").is_err());
+        assert!(parse(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#).is_err());
+        assert!(parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).is_err());
+        // A request we cannot read but whose uid we know: a denied review, not a 400.
+        let denied = parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","operation":"EXPLODE"}}"#);
+        match denied {
+            Ok(Err(resp)) => {
+                assert_eq!(resp.uid, "u1");
+                assert!(!resp.allowed);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let long = "é".repeat(500);
+        let t = truncate(&long);
+        assert!(t.len() <= MAX_ECHO + 3);
+    }
+}

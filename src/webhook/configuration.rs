@@ -1,1 +1,162 @@
-//! STUB
+//! The two webhook configurations (`cyberdesk-mutating`, `cyberdesk-validating`): rendered
+//! for GitOps users (`cyberdesk-operator webhook-config`) and server-side-applied with the
+//! CA bundle in self-managed mode.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::model::names;
+
+/// How the apiserver reaches the webhook server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookTarget {
+    /// In-cluster: through the Service (the usual case).
+    Service {
+        name: String,
+        namespace: String,
+        port: u16,
+    },
+    /// By URL, e.g. `https://127.0.0.1:8443` for a local control plane.
+    Url(String),
+}
+
+/// Everything that varies between installations.
+#[derive(Clone, Debug)]
+pub struct WebhookConfigParams {
+    pub target: WebhookTarget,
+    /// The operator's namespace, exempted so the operator can never block itself.
+    pub exempt_namespace: String,
+    pub timeout_seconds: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigurationError {
+    #[error("cannot build the webhook configuration: {0}")]
+    Render(#[from] serde_json::Error),
+    #[error("cannot print the webhook configuration: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("cannot apply webhook configuration {name}: {source}")]
+    Apply { name: &'static str, source: kube::Error },
+}
+
+fn client_config(target: &WebhookTarget, path: &str, ca_pem: Option<&str>) -> Value {
+    let mut cc = match target {
+        WebhookTarget::Service { name, namespace, port } => json!({
+            "service": {"name": name, "namespace": namespace, "path": path, "port": port}
+        }),
+        WebhookTarget::Url(base) => json!({"url": format!("{}{path}", base.trim_end_matches('/'))}),
+    };
+    if let Some(ca) = ca_pem {
+        cc["caBundle"] = json!(B64.encode(ca));
+    }
+    cc
+}
+
+fn webhook(name: &str, path: &str, operations: &[&str], params: &WebhookConfigParams, ca_pem: Option<&str>) -> Value {
+    json!({
+        "name": name,
+        "rules": [{
+            "apiGroups": ["cyberdesk.io"], "apiVersions": ["v1alpha1"], "resources": ["cyberdesks"],
+            "operations": operations, "scope": "Namespaced",
+        }],
+        "clientConfig": client_config(&params.target, path, ca_pem),
+        "failurePolicy": "Fail",
+        "sideEffects": "None",
+        "timeoutSeconds": params.timeout_seconds,
+        "admissionReviewVersions": ["v1"],
+        "matchPolicy": "Equivalent",
+        "namespaceSelector": {"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [params.exempt_namespace],
+        }]},
+    })
+}
+
+fn metadata(name: &str) -> Value {
+    json!({"name": name, "labels": {"app.kubernetes.io/name": "cyberdesk-operator"}})
+}
+
+/// The mutating configuration as JSON (with `caBundle` when given).
+pub fn mutating(params: &WebhookConfigParams, ca_pem: Option<&str>) -> Value {
+    let mut hook = webhook("mutate.cyberdesk.io", "/mutate", &["CREATE"], params, ca_pem);
+    hook["reinvocationPolicy"] = json!("Never");
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": metadata(names::MUTATING_WEBHOOK_CONFIG),
+        "webhooks": [hook],
+    })
+}
+
+/// The validating configuration as JSON (with `caBundle` when given).
+pub fn validating(params: &WebhookConfigParams, ca_pem: Option<&str>) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": metadata(names::VALIDATING_WEBHOOK_CONFIG),
+        "webhooks": [webhook("validate.cyberdesk.io", "/validate", &["CREATE", "UPDATE"], params, ca_pem)],
+    })
+}
+
+/// Both configurations as a two-document YAML stream.
+pub fn render_yaml(params: &WebhookConfigParams, ca_pem: Option<&str>) -> Result<String, ConfigurationError> {
+    let m: MutatingWebhookConfiguration = serde_json::from_value(mutating(params, ca_pem))?;
+    let v: ValidatingWebhookConfiguration = serde_json::from_value(validating(params, ca_pem))?;
+    Ok(format!("{}---\n{}", serde_yaml::to_string(&m)?, serde_yaml::to_string(&v)?))
+}
+
+/// Server-side-applies both configurations with the CA bundle (creating them if needed).
+/// `force`: the operator owns these fields even if someone edited them by hand.
+pub async fn apply(client: &kube::Client, params: &WebhookConfigParams, ca_pem: &str) -> Result<(), ConfigurationError> {
+    let pp = PatchParams::apply(names::FIELD_MANAGER).force();
+    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    m.patch(names::MUTATING_WEBHOOK_CONFIG, &pp, &Patch::Apply(mutating(params, Some(ca_pem))))
+        .await
+        .map_err(|source| ConfigurationError::Apply { name: names::MUTATING_WEBHOOK_CONFIG, source })?;
+    let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    v.patch(names::VALIDATING_WEBHOOK_CONFIG, &pp, &Patch::Apply(validating(params, Some(ca_pem))))
+        .await
+        .map_err(|source| ConfigurationError::Apply { name: names::VALIDATING_WEBHOOK_CONFIG, source })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(target: WebhookTarget) -> WebhookConfigParams {
+        WebhookConfigParams { target, exempt_namespace: "cyberdesk-system".into(), timeout_seconds: 5 }
+    }
+
+    #[test]
+    fn service_target_matches_the_shipped_manifest() {
+        let p = params(WebhookTarget::Service {
+            name: "cyberdesk-operator".into(),
+            namespace: "cyberdesk-system".into(),
+            port: 443,
+        });
+        let shipped = include_str!("../../manifests/base/webhooks.yaml");
+        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(shipped)
+            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+            .collect();
+        assert_eq!(docs[0], mutating(&p, None));
+        assert_eq!(docs[1], validating(&p, None));
+    }
+
+    #[test]
+    fn url_target_and_ca_bundle() {
+        let p = params(WebhookTarget::Url("https://127.0.0.1:9443/".into()));
+        let v = validating(&p, Some("PEM"));
+        let cc = &v["webhooks"][0]["clientConfig"];
+        assert_eq!(cc["url"], "https://127.0.0.1:9443/validate");
+        assert_eq!(cc["caBundle"], B64.encode("PEM"));
+        assert!(cc.get("service").is_none());
+        let yaml = render_yaml(&p, Some("PEM")).expect("renders");
+        assert!(yaml.contains("kind: MutatingWebhookConfiguration") && yaml.contains("---"));
+    }
+}

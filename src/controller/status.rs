@@ -1,0 +1,288 @@
+//! VM/VMI → Cyberdesk status (pure). Computed from scratch every pass; equal inputs give an
+//! equal status, so an unchanged world means no status write.
+
+use jiff::Timestamp;
+
+use crate::controller::expiry;
+use crate::model::conditions::{self, Condition, ConditionStatus, set_condition};
+use crate::model::{Cyberdesk, CyberdeskPhase, CyberdeskStatus, VirtualMachine, VirtualMachineInstance};
+
+/// printableStatus values that mean the desktop cannot come up without help.
+const VM_ERROR_STATES: &[&str] = &[
+    "CrashLoopBackOff",
+    "ErrorUnschedulable",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrorPvcNotFound",
+    "DataVolumeError",
+];
+
+/// Everything the status is derived from.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation<'a> {
+    pub cyberdesk: &'a Cyberdesk,
+    pub vm: Option<&'a VirtualMachine>,
+    pub vmi: Option<&'a VirtualMachineInstance>,
+    /// Why the VM cannot be rendered (template or user-data problem), if it cannot.
+    pub render_error: Option<&'a RenderProblem>,
+    /// The desk has passed its expiry and its VM was halted.
+    pub timed_out: bool,
+    pub default_timeout_ms: i64,
+    pub now: Timestamp,
+}
+
+/// A reason the VM cannot be built, reported as a condition rather than retried blindly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RenderProblem {
+    Template(String),
+    UserData(String),
+}
+
+impl RenderProblem {
+    pub fn message(&self) -> &str {
+        match self {
+            RenderProblem::Template(m) | RenderProblem::UserData(m) => m,
+        }
+    }
+}
+
+/// When the desk's lifetime started: recorded once, else the VM's creation time.
+pub fn start_time(cd: &Cyberdesk, vm: Option<&VirtualMachine>) -> Option<Timestamp> {
+    let recorded = cd.status.as_ref().and_then(|s| s.start_time.as_deref()).and_then(expiry::parse);
+    recorded.or_else(|| vm?.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// `startTime + spec.timeoutMs`; moves when timeoutMs changes.
+pub fn expiry_time(cd: &Cyberdesk, vm: Option<&VirtualMachine>, default_timeout_ms: i64) -> Option<Timestamp> {
+    let start = start_time(cd, vm)?;
+    Some(expiry::expiry(start, cd.spec.timeout_ms.unwrap_or(default_timeout_ms)))
+}
+
+fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String, obs: &Observation<'_>) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time: expiry::format(obs.now),
+        observed_generation: obs.cyberdesk.metadata.generation,
+    }
+}
+
+fn phase_and_message(obs: &Observation<'_>) -> (CyberdeskPhase, String) {
+    use CyberdeskPhase::*;
+    if obs.cyberdesk.metadata.deletion_timestamp.is_some() {
+        return (Terminating, "deleting the VirtualMachine before releasing the Cyberdesk".into());
+    }
+    if obs.timed_out {
+        return (TimedOut, "the desktop reached its timeout and its VirtualMachine was halted".into());
+    }
+    let Some(vm) = obs.vm else {
+        return match obs.render_error {
+            Some(problem) => (Failed, problem.message().to_string()),
+            None => (Pending, "creating the VirtualMachine".into()),
+        };
+    };
+    if let Some(state) = vm.printable_status().filter(|s| VM_ERROR_STATES.contains(s)) {
+        return (Failed, format!("the VirtualMachine is in state {state}"));
+    }
+    let Some(vmi) = obs.vmi else {
+        return (Provisioning, "the VirtualMachine exists; waiting for its instance".into());
+    };
+    if vmi.metadata.deletion_timestamp.is_some() {
+        return (Stopping, "the VirtualMachineInstance is shutting down".into());
+    }
+    match vmi.phase().unwrap_or("") {
+        "Running" if vmi.is_ready() => (Running, "the desktop is running".into()),
+        "Running" => (Starting, "the VirtualMachineInstance runs; waiting for it to be ready".into()),
+        "Failed" => (Failed, "the VirtualMachineInstance failed".into()),
+        "Succeeded" => (Stopping, "the VirtualMachineInstance stopped".into()),
+        phase => (Starting, format!("the VirtualMachineInstance is {}", if phase.is_empty() { "being created" } else { phase })),
+    }
+}
+
+/// The status this observation calls for, keeping condition transition times that did not
+/// change.
+pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
+    let current = obs.cyberdesk.status.clone().unwrap_or_default();
+    let (phase, message) = phase_and_message(obs);
+    let mut conds = current.conditions.clone();
+
+    let template_ok = !matches!(obs.render_error, Some(RenderProblem::Template(_)));
+    let template_cond = match obs.render_error {
+        Some(RenderProblem::Template(m)) => condition(conditions::TEMPLATE_VALID, ConditionStatus::False, "TemplateInvalid", m.clone(), obs),
+        _ => condition(conditions::TEMPLATE_VALID, ConditionStatus::True, "TemplateRendered", "the VM template renders".into(), obs),
+    };
+    set_condition(&mut conds, template_cond);
+
+    let created = match (obs.vm, obs.render_error) {
+        (Some(vm), _) => condition(
+            conditions::VM_CREATED,
+            ConditionStatus::True,
+            "Created",
+            format!("VirtualMachine {} exists", vm.metadata.name.as_deref().unwrap_or("")),
+            obs,
+        ),
+        (None, Some(RenderProblem::UserData(m))) => {
+            condition(conditions::VM_CREATED, ConditionStatus::False, "UserDataUnavailable", m.clone(), obs)
+        }
+        (None, _) if !template_ok => condition(
+            conditions::VM_CREATED,
+            ConditionStatus::False,
+            "TemplateInvalid",
+            "the VM template does not render".into(),
+            obs,
+        ),
+        (None, _) => condition(conditions::VM_CREATED, ConditionStatus::False, "Pending", "not created yet".into(), obs),
+    };
+    set_condition(&mut conds, created);
+
+    let ready = if phase == CyberdeskPhase::Running {
+        condition(conditions::READY, ConditionStatus::True, "Running", "the desktop is ready".into(), obs)
+    } else {
+        condition(conditions::READY, ConditionStatus::False, phase.as_str(), message.clone(), obs)
+    };
+    set_condition(&mut conds, ready);
+
+    let timed_out = if obs.timed_out {
+        condition(conditions::TIMED_OUT, ConditionStatus::True, "Expired", "the timeout passed; the VM was halted".into(), obs)
+    } else {
+        condition(conditions::TIMED_OUT, ConditionStatus::False, "NotExpired", "the timeout has not passed".into(), obs)
+    };
+    set_condition(&mut conds, timed_out);
+
+    let start = start_time(obs.cyberdesk, obs.vm);
+    let expiry = expiry_time(obs.cyberdesk, obs.vm, obs.default_timeout_ms);
+    CyberdeskStatus {
+        phase: Some(phase),
+        virtual_machine_ref: obs.vm.and_then(|vm| vm.metadata.name.clone()).or(current.virtual_machine_ref),
+        vmi_phase: obs.vmi.and_then(|v| v.phase().map(str::to_string)),
+        ip_address: obs.vmi.and_then(|v| v.ip_address().map(str::to_string)),
+        start_time: start.map(expiry::format),
+        expiry_time: expiry.map(expiry::format),
+        message: Some(message),
+        observed_generation: obs.cyberdesk.metadata.generation,
+        conditions: conds,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn desk(status: serde_json::Value) -> Cyberdesk {
+        serde_json::from_value(json!({
+            "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+            "metadata": {"name": "alice", "namespace": "ns", "generation": 3, "uid": "u1"},
+            "spec": {"timeoutMs": 60000}, "status": status
+        }))
+        .expect("desk")
+    }
+
+    fn vm() -> VirtualMachine {
+        serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "cyberdesk-alice", "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"runStrategy": "Always"}, "status": {"printableStatus": "Starting"}
+        }))
+        .expect("vm")
+    }
+
+    fn vmi(phase: &str, ready: bool) -> VirtualMachineInstance {
+        serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "cyberdesk-alice", "namespace": "ns"}, "spec": {},
+            "status": {"phase": phase, "interfaces": [{"ipAddress": "10.0.0.5"}],
+                       "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}, "lastTransitionTime": null}]}
+        }))
+        .expect("vmi")
+    }
+
+    fn obs<'a>(cd: &'a Cyberdesk, vm: Option<&'a VirtualMachine>, vmi: Option<&'a VirtualMachineInstance>) -> Observation<'a> {
+        Observation {
+            cyberdesk: cd,
+            vm,
+            vmi,
+            render_error: None,
+            timed_out: false,
+            default_timeout_ms: 3_600_000,
+            now: "2026-01-01T00:00:10Z".parse().expect("now"),
+        }
+    }
+
+    #[test]
+    fn phases_follow_the_vm_and_vmi() {
+        let cd = desk(json!(null));
+        let (v, running, booting) = (vm(), vmi("Running", true), vmi("Scheduling", false));
+        assert_eq!(desired_status(&obs(&cd, None, None)).phase, Some(CyberdeskPhase::Pending));
+        assert_eq!(desired_status(&obs(&cd, Some(&v), None)).phase, Some(CyberdeskPhase::Provisioning));
+        assert_eq!(desired_status(&obs(&cd, Some(&v), Some(&booting))).phase, Some(CyberdeskPhase::Starting));
+        let s = desired_status(&obs(&cd, Some(&v), Some(&running)));
+        assert_eq!(s.phase, Some(CyberdeskPhase::Running));
+        assert_eq!(s.ip_address.as_deref(), Some("10.0.0.5"));
+        assert_eq!(s.vmi_phase.as_deref(), Some("Running"));
+        assert_eq!(s.virtual_machine_ref.as_deref(), Some("cyberdesk-alice"));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(conditions::find(&s.conditions, conditions::READY).map(|c| c.status), Some(ConditionStatus::True));
+    }
+
+    #[test]
+    fn expiry_counts_from_vm_creation_and_follows_timeout_changes() {
+        let mut cd = desk(json!(null));
+        let v = vm();
+        let s = desired_status(&obs(&cd, Some(&v), None));
+        assert_eq!(s.start_time.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(s.expiry_time.as_deref(), Some("2026-01-01T00:01:00Z"));
+        cd.spec.timeout_ms = Some(120_000);
+        cd.status = Some(s);
+        let s2 = desired_status(&obs(&cd, Some(&v), None));
+        assert_eq!(s2.expiry_time.as_deref(), Some("2026-01-01T00:02:00Z"));
+    }
+
+    #[test]
+    fn same_world_same_status() {
+        let cd0 = desk(json!(null));
+        let (v, r) = (vm(), vmi("Running", true));
+        let first = desired_status(&obs(&cd0, Some(&v), Some(&r)));
+        let mut cd1 = cd0.clone();
+        cd1.status = Some(first.clone());
+        let mut later = obs(&cd1, Some(&v), Some(&r));
+        later.now = "2026-01-01T00:00:50Z".parse().expect("now");
+        assert_eq!(desired_status(&later), first);
+    }
+
+    #[test]
+    fn problems_timeouts_and_deletion() {
+        let cd = desk(json!(null));
+        let problem = RenderProblem::Template("unknown variable".into());
+        let mut o = obs(&cd, None, None);
+        o.render_error = Some(&problem);
+        let s = desired_status(&o);
+        assert_eq!(s.phase, Some(CyberdeskPhase::Failed));
+        assert_eq!(
+            conditions::find(&s.conditions, conditions::TEMPLATE_VALID).map(|c| c.status),
+            Some(ConditionStatus::False)
+        );
+        let v = vm();
+        let mut t = obs(&cd, Some(&v), None);
+        t.timed_out = true;
+        assert_eq!(desired_status(&t).phase, Some(CyberdeskPhase::TimedOut));
+        let mut deleting = desk(json!(null));
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2026-01-01T00:00:05Z".parse().expect("t")));
+        assert_eq!(desired_status(&obs(&deleting, Some(&v), None)).phase, Some(CyberdeskPhase::Terminating));
+    }
+
+    #[test]
+    fn vm_error_states_are_failures() {
+        let cd = desk(json!(null));
+        let mut v = vm();
+        if let Some(s) = v.status.as_mut() {
+            s.printable_status = Some("ErrImagePull".into());
+        }
+        let s = desired_status(&obs(&cd, Some(&v), None));
+        assert_eq!(s.phase, Some(CyberdeskPhase::Failed));
+        assert!(s.message.unwrap_or_default().contains("ErrImagePull"));
+    }
+}

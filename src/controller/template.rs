@@ -1,0 +1,293 @@
+//! The VM template (pure): parse, substitute `${variables}` inside string values, and
+//! stamp the fields the operator owns. Substituting after parsing means a value can never
+//! inject YAML structure.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::model::names;
+
+/// The built-in template, used when the ConfigMap is absent; the same file the shipped
+/// ConfigMap is generated from.
+pub const BUILTIN_TEMPLATE: &str = include_str!("../../manifests/base/vm-template/template.yaml");
+
+/// Exactly the variables a template may use.
+pub const VARIABLES: [&str; 5] = ["vm_name", "namespace", "cyberdesk_name", "managed_by", "user_data_base64"];
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("the VM template is not valid YAML: {0}")]
+    Yaml(String),
+    #[error(
+        "the VM template uses unknown variable ${{{name}}} at {path}; the known variables are \
+         vm_name, namespace, cyberdesk_name, managed_by, user_data_base64"
+    )]
+    UnknownVariable { name: String, path: String },
+    #[error("the VM template has an empty or unterminated ${{...}} reference at {path}")]
+    BadReference { path: String },
+    #[error("the VM template must be a kubevirt.io/v1 VirtualMachine, not {api_version:?} {kind:?}")]
+    WrongKind { api_version: String, kind: String },
+    #[error("the VM template has no spec.template object (the VMI template KubeVirt requires)")]
+    NoVmiTemplate,
+}
+
+/// Values substituted into a template for one Cyberdesk.
+#[derive(Clone, Debug)]
+pub struct TemplateVars {
+    pub vm_name: String,
+    pub namespace: String,
+    pub cyberdesk_name: String,
+    pub user_data_base64: String,
+}
+
+impl TemplateVars {
+    fn get(&self, name: &str) -> Option<&str> {
+        match name {
+            "vm_name" => Some(&self.vm_name),
+            "namespace" => Some(&self.namespace),
+            "cyberdesk_name" => Some(&self.cyberdesk_name),
+            "managed_by" => Some(names::MANAGED_BY_VALUE),
+            "user_data_base64" => Some(&self.user_data_base64),
+            _ => None,
+        }
+    }
+}
+
+/// What the operator stamps on every rendered VM.
+#[derive(Clone, Debug)]
+pub struct Ownership {
+    /// ownerReference to the Cyberdesk (`apiVersion`, `kind`, `name`, `uid`, controller).
+    pub owner_reference: Value,
+    /// `Always` while the desk should run, `Halted` once it has timed out.
+    pub run_strategy: &'static str,
+}
+
+/// Parses a template and checks it renders, so a broken ConfigMap is reported when it is
+/// loaded rather than when the next desk needs it.
+pub fn parse(text: &str) -> Result<Value, TemplateError> {
+    let value: Value = serde_yaml::from_str(text).map_err(|e| TemplateError::Yaml(e.to_string()))?;
+    check_kind(&value)?;
+    let probe = TemplateVars {
+        vm_name: "cyberdesk-probe".into(),
+        namespace: "probe".into(),
+        cyberdesk_name: "probe".into(),
+        user_data_base64: String::new(),
+    };
+    let mut copy = value.clone();
+    substitute(&mut copy, &probe, &mut String::new())?;
+    Ok(value)
+}
+
+fn check_kind(value: &Value) -> Result<(), TemplateError> {
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    if api_version != "kubevirt.io/v1" || kind != "VirtualMachine" {
+        return Err(TemplateError::WrongKind { api_version: api_version.into(), kind: kind.into() });
+    }
+    if !value.pointer("/spec/template").is_some_and(Value::is_object) {
+        return Err(TemplateError::NoVmiTemplate);
+    }
+    Ok(())
+}
+
+/// Renders a parsed template for one Cyberdesk.
+pub fn render(template: &Value, vars: &TemplateVars, ownership: &Ownership) -> Result<Value, TemplateError> {
+    check_kind(template)?;
+    let mut vm = template.clone();
+    substitute(&mut vm, vars, &mut String::new())?;
+    stamp(&mut vm, vars, ownership);
+    Ok(vm)
+}
+
+fn substitute(value: &mut Value, vars: &TemplateVars, path: &mut String) -> Result<(), TemplateError> {
+    match value {
+        Value::String(s) => {
+            if s.contains("${") {
+                *s = substitute_str(s, vars, path)?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                substitute(item, vars, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                substitute(item, vars, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn substitute_str(s: &str, vars: &TemplateVars, path: &str) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(TemplateError::BadReference { path: path.to_string() });
+        };
+        let name = &after[..end];
+        if name.is_empty() {
+            return Err(TemplateError::BadReference { path: path.to_string() });
+        }
+        match vars.get(name) {
+            Some(v) => out.push_str(v),
+            None => {
+                return Err(TemplateError::UnknownVariable { name: name.chars().take(64).collect(), path: path.to_string() });
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn object_at<'a>(value: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    if !value.get(key).is_some_and(Value::is_object) {
+        value[key] = json!({});
+    }
+    match value.get_mut(key) {
+        Some(Value::Object(map)) => map,
+        // Unreachable: the key was just set to an object.
+        _ => unreachable!("{key} was set to an object above"),
+    }
+}
+
+fn merge_labels(meta: &mut Map<String, Value>, labels: &BTreeMap<String, String>) {
+    if !meta.get("labels").is_some_and(Value::is_object) {
+        meta.insert("labels".into(), json!({}));
+    }
+    if let Some(Value::Object(existing)) = meta.get_mut("labels") {
+        for (k, v) in labels {
+            existing.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+}
+
+/// The operator owns name, namespace, labels, ownerReference and runStrategy; whatever the
+/// template says about them is overwritten. Server-populated fields are dropped.
+fn stamp(vm: &mut Value, vars: &TemplateVars, ownership: &Ownership) {
+    let labels = names::vm_labels(&vars.cyberdesk_name);
+    if let Value::Object(root) = &mut *vm {
+        root.remove("status");
+    }
+    let meta = object_at(vm, "metadata");
+    for key in ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "deletionTimestamp"] {
+        meta.remove(key);
+    }
+    meta.insert("name".into(), json!(vars.vm_name));
+    meta.insert("namespace".into(), json!(vars.namespace));
+    meta.insert("ownerReferences".into(), json!([ownership.owner_reference]));
+    merge_labels(meta, &labels);
+
+    let spec = object_at(vm, "spec");
+    spec.remove("running");
+    spec.insert("runStrategy".into(), json!(ownership.run_strategy));
+    if let Some(template) = spec.get_mut("template") {
+        merge_labels(object_at(template, "metadata"), &labels);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> TemplateVars {
+        TemplateVars {
+            vm_name: "cyberdesk-alice".into(),
+            namespace: "team-a".into(),
+            cyberdesk_name: "alice".into(),
+            user_data_base64: "I2Nsb3VkLWNvbmZpZw==".into(),
+        }
+    }
+
+    fn ownership() -> Ownership {
+        Ownership {
+            owner_reference: json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "name": "alice",
+                                    "uid": "u-1", "controller": true, "blockOwnerDeletion": true}),
+            run_strategy: "Always",
+        }
+    }
+
+    #[test]
+    fn builtin_template_renders_with_every_owned_field() {
+        let t = parse(BUILTIN_TEMPLATE).expect("builtin parses");
+        let vm = render(&t, &vars(), &ownership()).expect("renders");
+        assert_eq!(vm["metadata"]["name"], "cyberdesk-alice");
+        assert_eq!(vm["metadata"]["namespace"], "team-a");
+        assert_eq!(vm["metadata"]["labels"]["cyberdesk-instance"], "alice");
+        assert_eq!(vm["metadata"]["labels"]["app.kubernetes.io/managed-by"], "cyberdesk-operator");
+        assert_eq!(vm["spec"]["template"]["metadata"]["labels"]["app"], "cyberdesk");
+        assert_eq!(vm["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        assert_eq!(vm["spec"]["runStrategy"], "Always");
+        let text = vm.to_string();
+        assert!(text.contains("I2Nsb3VkLWNvbmZpZw=="));
+        assert!(!text.contains("${"));
+    }
+
+    #[test]
+    fn operator_overrides_what_it_owns() {
+        let t = parse(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: other, labels: {app: evil, team: x}, uid: abc}\n\
+             spec: {running: true, runStrategy: Manual, template: {spec: {domain: {devices: {}}}}}\nstatus: {ready: true}\n",
+        )
+        .expect("parses");
+        let mut own = ownership();
+        own.run_strategy = "Halted";
+        let vm = render(&t, &vars(), &own).expect("renders");
+        assert_eq!(vm["metadata"]["name"], "cyberdesk-alice");
+        assert_eq!(vm["metadata"]["labels"]["app"], "cyberdesk");
+        assert_eq!(vm["metadata"]["labels"]["team"], "x");
+        assert!(vm["metadata"].get("uid").is_none());
+        assert!(vm["spec"].get("running").is_none());
+        assert_eq!(vm["spec"]["runStrategy"], "Halted");
+        assert!(vm.get("status").is_none());
+        assert_eq!(vm["spec"]["template"]["metadata"]["labels"]["cyberdesk-instance"], "alice");
+    }
+
+    #[test]
+    fn unknown_and_broken_variables_are_errors() {
+        let unknown = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec:\n  template:\n    spec: {hostname: '${owner}'}\n";
+        assert_eq!(
+            parse(unknown),
+            Err(TemplateError::UnknownVariable { name: "owner".into(), path: "spec.template.spec.hostname".into() })
+        );
+        let open = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {template: {x: ['${vm_name']}}\n";
+        assert!(matches!(parse(open), Err(TemplateError::BadReference { path }) if path == "spec.template.x[0]"));
+        let empty = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {template: {x: '${}'}}\n";
+        assert!(matches!(parse(empty), Err(TemplateError::BadReference { .. })));
+    }
+
+    #[test]
+    fn wrong_documents_are_errors() {
+        assert!(matches!(parse("{{{"), Err(TemplateError::Yaml(_))));
+        assert!(matches!(parse("apiVersion: v1\nkind: Pod\n"), Err(TemplateError::WrongKind { .. })));
+        assert!(matches!(parse("- a\n- b\n"), Err(TemplateError::WrongKind { .. })));
+        assert_eq!(parse("apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {}\n"), Err(TemplateError::NoVmiTemplate));
+    }
+
+    #[test]
+    fn values_cannot_inject_structure() {
+        let t = parse(BUILTIN_TEMPLATE).expect("parses");
+        let mut v = vars();
+        v.user_data_base64 = "x\nspec: {running: true}".into();
+        let vm = render(&t, &v, &ownership()).expect("renders");
+        assert!(vm["spec"].get("running").is_none());
+    }
+}
