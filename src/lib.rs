@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod readiness;

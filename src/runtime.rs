@@ -12,13 +12,15 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
+use crate::controller::{self, ControllerConfig};
+use crate::leader::{self, LeaderConfig};
 use crate::config::RunConfig;
 use crate::metrics::Metrics;
 use crate::model::Cyberdesk;
 use crate::readiness::Readiness;
 
 /// Values `cyberdesk_reconcile_errors_total{error}` can take.
-pub const ERROR_LABELS: &[&str] = &["kube", "template", "user_data", "serialization", "finalizer"];
+pub const ERROR_LABELS: &[&str] = controller::error::ERROR_LABELS;
 
 pub const GATE_ADMIN: &str = "admin";
 pub const GATE_CACHES: &str = "caches";
@@ -33,6 +35,8 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Leader(#[from] crate::leader::LeaderError),
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
 }
@@ -54,8 +58,25 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     tracing::info!(addr = %admin_addr, "admin server listening");
 
     let cache_task = tokio::spawn(sync_caches(client.clone(), readiness.clone(), stop.clone()));
+    // The controller stops at the first signal (not after the endpoint delay), so the Lease
+    // is released and a peer takes over as soon as in-flight reconciles are done.
+    let controller_task = tokio::spawn(run_controller(client.clone(), cfg.clone(), metrics.clone(), signal.clone()));
 
-    signal.cancelled().await;
+    let mut controller_task = controller_task;
+    let leader_failed = tokio::select! {
+        _ = signal.cancelled() => None,
+        ended = &mut controller_task => Some(ended),
+    };
+    if let Some(ended) = leader_failed {
+        // Losing the Lease (or failing to set it up) ends the process: no half-leader.
+        readiness.begin_shutdown();
+        stop.cancel();
+        let _ = tokio::time::timeout(cfg.shutdown_timeout(), admin_task).await;
+        return match ended {
+            Ok(Err(e)) => Err(RunError::Leader(e)),
+            _ => Ok(()),
+        };
+    }
     readiness.begin_shutdown();
     tracing::info!(delay_secs = cfg.shutdown_delay_secs, "not ready; draining");
     tokio::time::sleep(Duration::from_secs(cfg.shutdown_delay_secs)).await;
@@ -67,6 +88,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
             tracing::warn!(error = %e, "admin server ended with an error");
         }
         let _ = cache_task.await;
+        if let Ok(Err(e)) = controller_task.await {
+            tracing::warn!(error = %e, "controller ended with an error");
+        }
     })
     .await;
     match drained {
@@ -76,6 +100,40 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         }
         Err(_) => Err(RunError::ShutdownTimeout(timeout)),
     }
+}
+
+/// The controller, on the leader only (or always, with leader election off). Returns
+/// when `stop` fires, or with an error when the Lease is lost.
+async fn run_controller(
+    client: kube::Client,
+    cfg: RunConfig,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> Result<(), crate::leader::LeaderError> {
+    let controller_cfg = ControllerConfig {
+        namespace: cfg.namespace.clone(),
+        template_configmap: cfg.template_configmap.clone(),
+        default_timeout_ms: cfg.default_timeout_ms,
+    };
+    let identity = cfg.pod_name.clone();
+    if !cfg.leader_election {
+        metrics.leader.with_label_values(&[&identity]).set(1);
+        controller::run(client, controller_cfg, metrics, identity, stop).await;
+        return Ok(());
+    }
+    let leader_cfg = LeaderConfig {
+        namespace: cfg.namespace.clone(),
+        lease_name: cfg.lease_name.clone(),
+        identity: identity.clone(),
+        duration_secs: cfg.lease_duration_secs,
+        renew_every_secs: cfg.lease_renew_secs,
+    };
+    let lead_client = client.clone();
+    let lead_metrics = metrics.clone();
+    leader::run(client, leader_cfg, metrics, stop, move |leader_stop| {
+        controller::run(lead_client.clone(), controller_cfg.clone(), lead_metrics.clone(), identity.clone(), leader_stop)
+    })
+    .await
 }
 
 /// Watches Cyberdesks until the initial list is in, then opens the caches gate. A missing

@@ -1,6 +1,97 @@
 //! The reconciler: Cyberdesk → VirtualMachine, status tracking, exact timeouts and
 //! finalizer cleanup. Pure decisions live in template/status/expiry; reconcile.rs is I/O.
 
+pub mod error;
 pub mod expiry;
+pub mod reconcile;
 pub mod status;
 pub mod template;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
+pub use reconcile::{Context, ControllerConfig};
+
+/// Desks reconciled at once; bounded so a thousand desks do not mean a thousand requests
+/// in flight.
+const CONCURRENCY: u16 = 32;
+
+/// Label selector for the VMs and VMIs this operator made.
+fn managed_selector() -> String {
+    format!("{}={}", names::LABEL_MANAGED_BY, names::MANAGED_BY_VALUE)
+}
+
+/// VM/VMI → its Cyberdesk, by the `cyberdesk-instance` label.
+fn owner_desk<K: kube::Resource>(obj: K) -> Option<ObjectRef<Cyberdesk>> {
+    let meta = obj.meta();
+    let desk = meta.labels.as_ref()?.get(names::LABEL_INSTANCE)?;
+    Some(ObjectRef::new(desk).within(meta.namespace.as_deref()?))
+}
+
+/// Runs the controller until `stop`; in-flight reconciles finish first.
+pub async fn run(client: kube::Client, cfg: ControllerConfig, metrics: Metrics, identity: String, stop: CancellationToken) {
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &cfg.namespace);
+    let (cm_store, cm_writer) = reflector::store();
+    // Any change to a ConfigMap in our namespace may fix (or break) a template: re-check all desks.
+    let template_changes = reflector::reflector(cm_writer, watcher(configmaps, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|r| async move { r.ok().map(|_| ()) });
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: names::FIELD_MANAGER.into(), instance: Some(identity) },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder,
+        metrics: metrics.clone(),
+        configmaps: cm_store,
+        cfg,
+        failures: Mutex::new(Default::default()),
+    });
+    let active = tokio::spawn(count_active_vms(client.clone(), metrics, stop.clone()));
+
+    let selector = managed_selector();
+    let controller = Controller::new(Api::<Cyberdesk>::all(client.clone()), watcher::Config::default())
+        .with_config(ControllerRuntimeConfig::default().concurrency(CONCURRENCY))
+        .watches(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default().labels(&selector), owner_desk)
+        .watches(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default().labels(&selector), owner_desk)
+        .reconcile_all_on(template_changes)
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    controller.await;
+    active.abort();
+    tracing::info!("controller stopped");
+}
+
+/// Keeps `cyberdesk_active_vm_count` current with a cheap metadata list.
+async fn count_active_vms(client: kube::Client, metrics: Metrics, stop: CancellationToken) {
+    let vms: Api<VirtualMachine> = Api::all(client);
+    let params = kube::api::ListParams::default().labels(&managed_selector());
+    loop {
+        if let Ok(list) = vms.list_metadata(&params).await {
+            metrics.active_vms.set(list.items.len() as i64);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+        }
+    }
+}

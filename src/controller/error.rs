@@ -1,0 +1,24 @@
+//! Reconcile errors: typed, each with a metric label, retried with backoff.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot serialize {what}: {source}")]
+    Serialization { what: &'static str, source: serde_json::Error },
+    #[error("Cyberdesk has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// Value of `cyberdesk_reconcile_errors_total{error}`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Serialization { .. } | Error::NoNamespace => "serialization",
+        }
+    }
+}
+
+/// Every label `metric_label` can return, so the metric family is initialised at start-up.
+pub const ERROR_LABELS: &[&str] = &["kube", "serialization"];
