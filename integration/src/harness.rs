@@ -1,0 +1,113 @@
+//! Runs the operator as a child process against a control plane, the way a Deployment
+//! would run it, and gives tests handles to signal, kill and inspect it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::controlplane::http_get;
+use crate::operator::operator_binary;
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Polls `f` every 50 ms until it holds or `within` passes.
+pub fn poll_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// An operator process. Dropping it SIGKILLs it.
+pub struct OperatorProcess {
+    child: Child,
+    pub admin: SocketAddr,
+    pub webhook: SocketAddr,
+    pub identity: String,
+    log: PathBuf,
+}
+
+impl OperatorProcess {
+    /// `cyberdesk-operator run` with free ports, the given kubeconfig and extra flags.
+    pub fn start(kubeconfig: &Path, log_dir: &Path, identity: &str, extra: &[String]) -> Self {
+        let admin = free_addr();
+        let webhook = free_addr();
+        let log = log_dir.join(format!("operator-{identity}.log"));
+        let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log {}: {e}", log.display()));
+        let child = Command::new(operator_binary())
+            .arg("run")
+            .arg(format!("--admin-addr={admin}"))
+            .arg(format!("--webhook-addr={webhook}"))
+            .arg(format!("--pod-name={identity}"))
+            .arg("--namespace=cyberdesk-system")
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", std::env::var("CYBERDESK_TEST_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+            .env_remove("CYBERDESK_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn operator: {e}"));
+        Self { child, admin, webhook, identity: identity.to_string(), log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub fn wait_ready(&self, within: Duration) -> bool {
+        poll_until(within, || matches!(http_get(self.admin, "/readyz"), Ok((200, _))))
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").map(|(_, body)| body).unwrap_or_default()
+    }
+
+    /// Value of an unlabelled (or exactly-labelled) sample, e.g. `cyberdesk_vm_created_total`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self.metrics();
+        text.lines()
+            .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
