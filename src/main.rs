@@ -26,12 +26,52 @@ enum Command {
     Run(Box<RunConfig>),
     /// Print the Cyberdesk CustomResourceDefinition as YAML.
     Crd,
-    /// Generate a local CA and webhook serving certificate (arrives with the webhook work).
-    Certs,
-    /// Render both webhook configurations (arrives with the webhook work).
-    WebhookConfig,
+    /// Write a local CA and webhook serving certificate (ca.crt, ca.key, tls.crt, tls.key).
+    Certs(CertsArgs),
+    /// Print both webhook configurations as YAML (for GitOps or a local control plane).
+    WebhookConfig(WebhookConfigArgs),
+    /// Lint JSON Schema policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    /// Output directory.
+    #[arg(long, default_value = "webhook-certs")]
+    out: std::path::PathBuf,
+    /// DNS names or IPs the serving certificate covers (repeat or comma-separate).
+    #[arg(long = "san", value_delimiter = ',', default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    sans: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct WebhookConfigArgs {
+    /// Reach the webhooks at this base URL (e.g. https://127.0.0.1:8443) instead of the Service.
+    #[arg(long)]
+    url: Option<String>,
+    /// Service name (ignored with --url).
+    #[arg(long, default_value = cyberdesk_operator::model::names::SERVICE_NAME)]
+    service_name: String,
+    /// The operator's namespace: the Service's namespace, exempted from the webhooks.
+    #[arg(long, default_value = cyberdesk_operator::model::names::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// PEM file whose contents become the caBundle (omit for cert-manager CA injection).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check that each file is a valid policy whose schema compiles; exit 1 otherwise.
+    Check {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,9 +102,42 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", cyberdesk_operator::crd::crd_yaml()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Certs | Command::WebhookConfig => {
-            eprintln!("not implemented yet: this subcommand arrives with the admission webhook work");
-            Ok(ExitCode::from(2))
+        Command::Certs(args) => {
+            let written = cyberdesk_operator::webhook::certs::write_local_certs(&args.out, &args.sans)?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WebhookConfig(args) => {
+            use cyberdesk_operator::webhook::configuration::{WebhookConfigParams, WebhookTarget, render_yaml};
+            let target = match args.url {
+                Some(url) => WebhookTarget::Url(url),
+                None => WebhookTarget::Service { name: args.service_name, namespace: args.namespace.clone(), port: 443 },
+            };
+            let ca = match &args.ca_file {
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+                None => None,
+            };
+            let params = WebhookConfigParams { target, exempt_namespace: args.namespace, timeout_seconds: 5 };
+            print!("{}", render_yaml(&params, ca.as_deref())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { command: PolicyCommand::Check { files } } => {
+            match cyberdesk_operator::webhook::policy::check_files(&files) {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("error: {e}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Version => {
             println!("cyberdesk-operator {}", env!("CARGO_PKG_VERSION"));

@@ -11,7 +11,24 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use kube::runtime::events::{Recorder, Reporter};
+
 use crate::admin;
+use crate::config::TlsMode;
+use crate::model::cyberdesk::MIN_TIMEOUT_MS;
+use crate::model::names;
+use crate::webhook::admission::Admission;
+use crate::webhook::certs::files;
+use crate::webhook::certs::rotation::{self, SelfManagedConfig};
+use crate::webhook::configuration::{self, WebhookConfigParams, WebhookTarget};
+use crate::webhook::mutate::MutateConfig;
+use crate::webhook::policy::PolicyStore;
+use crate::webhook::policy_watch::{self, PolicySources};
+use crate::webhook::tls::{self, CertResolver};
+use crate::webhook::validate::ValidateConfig;
+use crate::webhook::server;
 use crate::controller::{self, ControllerConfig};
 use crate::leader::{self, LeaderConfig};
 use crate::config::RunConfig;
@@ -24,6 +41,8 @@ pub const ERROR_LABELS: &[&str] = controller::error::ERROR_LABELS;
 
 pub const GATE_ADMIN: &str = "admin";
 pub const GATE_CACHES: &str = "caches";
+pub const GATE_TLS: &str = "tls";
+pub const GATE_WEBHOOK: &str = "webhook";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -35,6 +54,10 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error("webhook TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::server::ServerError),
     #[error(transparent)]
     Leader(#[from] crate::leader::LeaderError),
     #[error("shutdown did not finish within {0:?}")]
@@ -58,6 +81,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     tracing::info!(addr = %admin_addr, "admin server listening");
 
     let cache_task = tokio::spawn(sync_caches(client.clone(), readiness.clone(), stop.clone()));
+    let webhook_tasks = start_webhooks(&cfg, &client, &metrics, &readiness, &stop).await?;
     // The controller stops at the first signal (not after the endpoint delay), so the Lease
     // is released and a peer takes over as soon as in-flight reconciles are done.
     let controller_task = tokio::spawn(run_controller(client.clone(), cfg.clone(), metrics.clone(), signal.clone()));
@@ -88,6 +112,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
             tracing::warn!(error = %e, "admin server ended with an error");
         }
         let _ = cache_task.await;
+        for task in webhook_tasks {
+            let _ = task.await;
+        }
         if let Ok(Err(e)) = controller_task.await {
             tracing::warn!(error = %e, "controller ended with an error");
         }
@@ -100,6 +127,125 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         }
         Err(_) => Err(RunError::ShutdownTimeout(timeout)),
     }
+}
+
+fn webhook_params(cfg: &RunConfig) -> WebhookConfigParams {
+    let target = match &cfg.webhook_url {
+        Some(url) => WebhookTarget::Url(url.clone()),
+        None => WebhookTarget::Service { name: cfg.service_name.clone(), namespace: cfg.namespace.clone(), port: 443 },
+    };
+    WebhookConfigParams { target, exempt_namespace: cfg.namespace.clone(), timeout_seconds: 5 }
+}
+
+/// TLS, policies and the HTTPS server: everything the webhooks need, on every replica.
+async fn start_webhooks(
+    cfg: &RunConfig,
+    client: &kube::Client,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    stop: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
+    readiness.register(GATE_TLS);
+    readiness.register(GATE_WEBHOOK);
+    readiness.register(policy_watch::GATE_POLICIES);
+    let mut tasks = Vec::new();
+    let resolver = Arc::new(CertResolver::new());
+    let params = webhook_params(cfg);
+    match cfg.tls_mode {
+        TlsMode::Files => {
+            let files = files::load_files(&cfg.tls_cert_file, &cfg.tls_key_file, &resolver, metrics)
+                .map_err(|e| RunError::Tls(e.to_string()))?;
+            let ca_file = cfg.tls_cert_file.with_file_name("ca.crt");
+            if cfg.manage_webhook_config
+                && let Ok(ca) = std::fs::read_to_string(&ca_file)
+            {
+                configuration::apply(client, &params, &ca)
+                    .await
+                    .map_err(|e| RunError::Tls(format!("registering the webhooks with {}: {e}", ca_file.display())))?;
+            }
+            readiness.open(GATE_TLS);
+            tasks.push(tokio::spawn(files::run_files(
+                files,
+                resolver.clone(),
+                metrics.clone(),
+                files::DEFAULT_POLL_INTERVAL,
+                stop.clone(),
+            )));
+        }
+        TlsMode::SelfManaged => {
+            let manage = cfg.manage_webhook_config;
+            let apply_client = client.clone();
+            let on_new_ca = move |ca: String| {
+                let client = apply_client.clone();
+                let params = params.clone();
+                async move {
+                    if manage {
+                        configuration::apply(&client, &params, &ca).await?;
+                        tracing::info!("webhook configurations carry the current CA bundle");
+                    }
+                    Ok::<(), configuration::ConfigurationError>(())
+                }
+            };
+            let sm_cfg = SelfManagedConfig::from_run_config(cfg);
+            tasks.push(tokio::spawn(rotation::run_self_managed(
+                client.clone(),
+                sm_cfg,
+                resolver.clone(),
+                metrics.clone(),
+                on_new_ca,
+                stop.clone(),
+            )));
+            let (gate_resolver, gate_readiness, gate_stop) = (resolver.clone(), readiness.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                while !gate_resolver.is_loaded() {
+                    tokio::select! {
+                        _ = gate_stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                gate_readiness.open(GATE_TLS);
+            }));
+        }
+    }
+
+    let store = PolicyStore::default();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: names::FIELD_MANAGER.into(), instance: Some(cfg.pod_name.clone()) },
+    );
+    let sources = PolicySources {
+        dir: cfg.policy_dir.clone(),
+        namespace: cfg.namespace.clone(),
+        configmap: cfg.policy_configmap.clone(),
+    };
+    tasks.push(tokio::spawn(policy_watch::run(
+        client.clone(),
+        sources,
+        store.clone(),
+        metrics.clone(),
+        readiness.clone(),
+        recorder,
+        stop.clone(),
+    )));
+
+    let admission = Arc::new(Admission {
+        mutate: MutateConfig { default_timeout_ms: cfg.default_timeout_ms },
+        validate: ValidateConfig { min_timeout_ms: MIN_TIMEOUT_MS, max_timeout_ms: cfg.max_timeout_ms },
+        policies: store,
+        metrics: metrics.clone(),
+    });
+    let tls_config = tls::server_config(resolver).map_err(|e| RunError::Tls(e.to_string()))?;
+    let listener = server::bind(cfg.webhook_addr).await?;
+    tracing::info!(addr = %cfg.webhook_addr, mode = ?cfg.tls_mode, "webhook server listening");
+    readiness.open(GATE_WEBHOOK);
+    tasks.push(tokio::spawn(server::serve(
+        listener,
+        Arc::new(tls_config),
+        server::router(admission),
+        stop.clone(),
+        cfg.shutdown_timeout(),
+    )));
+    Ok(tasks)
 }
 
 /// The controller, on the leader only (or always, with leader election off). Returns

@@ -1,11 +1,15 @@
 //! Admission webhooks: the HTTPS server, review handling, defaulting, validation, JSON
 //! Schema policies, and the certificates the apiserver trusts them by.
 
-// pub mod admission; (enabled once policy::PolicyStore lands)
+pub mod admission;
 pub mod certs;
 pub mod configuration;
 pub mod mutate;
 pub mod policy;
-// pub mod server; (needs admission)
+pub mod policy_watch;
+pub mod server;
 pub mod tls;
 pub mod validate;
+
+#[cfg(test)]
+mod handler_tests;

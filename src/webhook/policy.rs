@@ -1,5 +1,1232 @@
-//! JSON Schema policies (pure + a hot-swappable store). STUB: being written.
+//! JSON Schema policies (pure + a hot-swappable store).
+//!
+//! A policy is a JSON document:
+//!
+//! ```json
+//! {"name": "max-timeout-7d", "description": "...",
+//!  "match": {"namespaces": ["team-a"], "operations": ["CREATE", "UPDATE"]},
+//!  "enforcement": "deny", "schema": { ...JSON Schema applied to the whole Cyberdesk... }}
+//! ```
+//!
+//! Absent or empty `namespaces`/`operations` match everything; `enforcement` defaults to
+//! `deny`. Policies are compiled once at load; a set loads all-or-nothing so that a typo in
+//! one file never silently drops a rule, and the caller keeps the last good set in force.
+//! Schemas must be self-contained: a `$ref` to anything outside the document fails to
+//! compile, and nothing is ever fetched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::webhook::validate::{FieldViolation, Operation};
+
+/// Findings reported per policy and object; a hostile object must not produce a huge answer.
+pub const MAX_FINDINGS_PER_POLICY: usize = 20;
+/// Longest schema error text kept in a message (the apiserver may truncate warnings at 256).
+const MAX_MESSAGE_CHARS: usize = 200;
+/// Longest field path kept (object keys are user input).
+const MAX_FIELD_CHARS: usize = 256;
+/// Longest policy name accepted (it shows up in every message the policy produces).
+const MAX_NAME_CHARS: usize = 253;
+
+/// Why a policy could not be loaded. Always names the policy — or, when its name is unknown,
+/// the file or ConfigMap key it came from — so an operator can find and fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", subject(.name.as_deref(), .origin))]
+pub struct PolicyError {
+    /// Where the document came from: a file path or a ConfigMap key.
+    pub origin: String,
+    /// The policy's name, when the document got far enough to have one.
+    pub name: Option<String>,
+    pub reason: PolicyErrorReason,
+}
+
+fn subject(name: Option<&str>, origin: &str) -> String {
+    match name {
+        Some(name) => format!("policy {name:?} ({origin})"),
+        None => format!("policy from {origin}"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyErrorReason {
+    #[error("cannot read it: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("not valid JSON: {0}")]
+    NotJson(String),
+    #[error("not a valid policy document: {0}")]
+    Shape(String),
+    #[error("{0}")]
+    Name(String),
+    #[error("match.operations: {0}")]
+    Operation(String),
+    #[error("match.namespaces: {0}")]
+    Namespace(String),
+    #[error("schema does not compile: {0}")]
+    Schema(String),
+    #[error("the name is already used by the policy from {0}; policy names must be unique")]
+    Duplicate(String),
+}
+
+impl PolicyError {
+    fn new(origin: &str, name: Option<&str>, reason: PolicyErrorReason) -> Self {
+        PolicyError {
+            origin: origin.to_string(),
+            name: name.map(str::to_string),
+            reason,
+        }
+    }
+}
+
+/// What a policy does with its findings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Reject the request.
+    #[default]
+    Deny,
+    /// Admit it, with a warning kubectl prints.
+    Warn,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Deny => "deny",
+            Enforcement::Warn => "warn",
+        }
+    }
+}
+
+/// The document as written; unknown keys are refused so that a misspelt `enforcment` cannot
+/// quietly turn a warning into a denial (or the other way round).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDoc {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default, rename = "match")]
+    matcher: Option<MatchDoc>,
+    #[serde(default)]
+    enforcement: Option<Enforcement>,
+    schema: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchDoc {
+    #[serde(default)]
+    namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    operations: Option<Vec<String>>,
+}
+
+/// Refuses every external resource: policies are loaded inside the admission path's
+/// process and must never reach out to the network or the filesystem.
+struct NoRemoteRefs;
+
+impl jsonschema::Retrieve for NoRemoteRefs {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        Err(format!(
+            "remote $ref {:?} is not allowed: policies must be self-contained (put shared parts under $defs)",
+            uri.as_str()
+        )
+        .into())
+    }
+}
+
+/// One compiled policy.
+pub struct Policy {
+    name: String,
+    description: String,
+    origin: String,
+    /// Empty: every namespace.
+    namespaces: BTreeSet<String>,
+    /// Empty: CREATE and UPDATE.
+    operations: Vec<Operation>,
+    enforcement: Enforcement,
+    validator: jsonschema::Validator,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("origin", &self.origin)
+            .field("namespaces", &self.namespaces)
+            .field("operations", &self.operations)
+            .field("enforcement", &self.enforcement)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One schema finding, before the policy's enforcement decides where it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// kubectl-style path (`spec.timeoutMs`); empty for the object itself.
+    pub field: String,
+    /// `policy "<name>": <schema error text>`.
+    pub message: String,
+}
+
+impl Policy {
+    /// Parses and compiles one policy document.
+    pub fn compile(origin: &str, bytes: &[u8]) -> Result<Policy, PolicyError> {
+        let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
+            PolicyError::new(origin, None, PolicyErrorReason::NotJson(e.to_string()))
+        })?;
+        // Read the name before the strict parse, so that later errors can name the policy.
+        let known_name = raw
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.trim().is_empty() && n.chars().count() <= MAX_NAME_CHARS)
+            .map(str::to_string);
+        let fail = |reason| PolicyError::new(origin, known_name.as_deref(), reason);
+
+        if !raw.is_object() {
+            return Err(fail(PolicyErrorReason::Shape(format!(
+                "expected a JSON object with name and schema, got {}",
+                type_name(&raw)
+            ))));
+        }
+        match raw.get("name") {
+            None | Some(Value::Null) => {
+                return Err(fail(PolicyErrorReason::Name(
+                    "has no name; every policy needs a non-empty \"name\"".into(),
+                )));
+            }
+            Some(Value::String(n)) if n.trim().is_empty() => {
+                return Err(fail(PolicyErrorReason::Name(
+                    "the name is empty; every policy needs a non-empty \"name\"".into(),
+                )));
+            }
+            Some(Value::String(n)) if n.chars().count() > MAX_NAME_CHARS => {
+                return Err(fail(PolicyErrorReason::Name(format!(
+                    "the name is {} characters long; at most {MAX_NAME_CHARS} are allowed",
+                    n.chars().count()
+                ))));
+            }
+            Some(Value::String(_)) => {}
+            Some(other) => {
+                return Err(fail(PolicyErrorReason::Name(format!(
+                    "\"name\" must be a string, got {}",
+                    type_name(other)
+                ))));
+            }
+        }
+        let doc: PolicyDoc = serde_json::from_value(raw)
+            .map_err(|e| fail(PolicyErrorReason::Shape(e.to_string())))?;
+
+        let matcher = doc.matcher.unwrap_or(MatchDoc {
+            namespaces: None,
+            operations: None,
+        });
+        let mut operations = Vec::new();
+        for op in matcher.operations.unwrap_or_default() {
+            let parsed = match op.as_str() {
+                "CREATE" => Operation::Create,
+                "UPDATE" => Operation::Update,
+                _ => {
+                    return Err(fail(PolicyErrorReason::Operation(format!(
+                        "unknown operation {:?}; policies apply to \"CREATE\" and/or \"UPDATE\"",
+                        truncate_chars(&op, 40)
+                    ))));
+                }
+            };
+            if !operations.contains(&parsed) {
+                operations.push(parsed);
+            }
+        }
+        let mut namespaces = BTreeSet::new();
+        for ns in matcher.namespaces.unwrap_or_default() {
+            if ns.is_empty() {
+                return Err(fail(PolicyErrorReason::Namespace(
+                    "contains an empty namespace name; leave the list empty to match every namespace".into(),
+                )));
+            }
+            namespaces.insert(ns);
+        }
+
+        let validator = jsonschema::options()
+            .with_retriever(NoRemoteRefs)
+            .build(&doc.schema)
+            .map_err(|e| fail(PolicyErrorReason::Schema(bounded_display(&e, 400))))?;
+
+        Ok(Policy {
+            name: doc.name,
+            description: doc.description.unwrap_or_default(),
+            origin: origin.to_string(),
+            namespaces,
+            operations,
+            enforcement: doc.enforcement.unwrap_or_default(),
+            validator,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The file path or ConfigMap key the policy was loaded from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn enforcement(&self) -> Enforcement {
+        self.enforcement
+    }
+
+    /// Whether this policy looks at a request in `namespace` doing `operation`.
+    pub fn applies_to(&self, namespace: &str, operation: Operation) -> bool {
+        (self.namespaces.is_empty() || self.namespaces.contains(namespace))
+            && (self.operations.is_empty() || self.operations.contains(&operation))
+    }
+
+    /// Every schema error for `object`, at most [`MAX_FINDINGS_PER_POLICY`] of them (plus
+    /// one line saying more were cut).
+    pub fn check(&self, object: &Value) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        for (i, error) in self.validator.iter_errors(object).enumerate() {
+            if i == MAX_FINDINGS_PER_POLICY {
+                findings.push(Finding {
+                    field: String::new(),
+                    message: format!(
+                        "policy {:?}: more than {MAX_FINDINGS_PER_POLICY} findings; only the first {MAX_FINDINGS_PER_POLICY} are shown",
+                        self.name
+                    ),
+                });
+                break;
+            }
+            findings.push(Finding {
+                field: field_path(error.instance_path().as_str(), object),
+                message: format!(
+                    "policy {:?}: {}",
+                    self.name,
+                    bounded_display(&error, MAX_MESSAGE_CHARS)
+                ),
+            });
+        }
+        findings
+    }
+
+    /// One line for `policy check`.
+    pub fn summary(&self) -> String {
+        let operations = if self.operations.is_empty() {
+            "CREATE, UPDATE".to_string()
+        } else {
+            self.operations
+                .iter()
+                .map(|op| op_label(*op))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let namespaces = if self.namespaces.is_empty() {
+            "all namespaces".to_string()
+        } else {
+            self.namespaces
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{}: policy {:?} ok (enforcement {}; operations {operations}; namespaces {namespaces})",
+            self.origin,
+            self.name,
+            self.enforcement.as_str()
+        )
+    }
+}
+
+fn op_label(op: Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+    }
+}
+
+/// What the matching policies found in one object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyOutcome {
+    /// Findings of `deny` policies.
+    pub violations: Vec<FieldViolation>,
+    /// Findings of `warn` policies, one sentence each.
+    pub warnings: Vec<String>,
+}
 
 /// A compiled, immutable set of policies.
 #[derive(Debug, Default)]
-pub struct PolicySet {}
+pub struct PolicySet {
+    policies: Vec<Policy>,
+}
+
+impl PolicySet {
+    /// Compiles every source (origin, bytes). All-or-nothing: any broken policy, or two
+    /// policies with the same name, fails the whole set and every problem is reported.
+    pub fn load(sources: &[(String, Vec<u8>)]) -> Result<PolicySet, Vec<PolicyError>> {
+        let mut errors = Vec::new();
+        let mut policies: Vec<Policy> = Vec::new();
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (origin, bytes) in sources {
+            match Policy::compile(origin, bytes) {
+                Ok(policy) => {
+                    if let Some(first) = seen.get(&policy.name) {
+                        errors.push(PolicyError::new(
+                            origin,
+                            Some(&policy.name),
+                            PolicyErrorReason::Duplicate(first.clone()),
+                        ));
+                        continue;
+                    }
+                    seen.insert(policy.name.clone(), origin.clone());
+                    policies.push(policy);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(PolicySet { policies })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Runs every policy that matches `namespace` and `operation` against `object`.
+    pub fn evaluate(&self, namespace: &str, operation: Operation, object: &Value) -> PolicyOutcome {
+        let mut outcome = PolicyOutcome::default();
+        for policy in self
+            .policies
+            .iter()
+            .filter(|p| p.applies_to(namespace, operation))
+        {
+            for finding in policy.check(object) {
+                match policy.enforcement {
+                    Enforcement::Deny => {
+                        outcome.violations.push(FieldViolation {
+                            field: finding.field,
+                            message: finding.message,
+                        });
+                    }
+                    Enforcement::Warn => outcome.warnings.push(warning_sentence(&finding)),
+                }
+            }
+        }
+        outcome
+    }
+
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Policy names in load order.
+    pub fn names(&self) -> Vec<&str> {
+        self.policies.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+}
+
+/// `policy "x": spec.timeoutMs: 9 is greater than the maximum of 8` — the field goes after
+/// the policy name so that every warning still starts with who is speaking.
+fn warning_sentence(finding: &Finding) -> String {
+    if finding.field.is_empty() {
+        return finding.message.clone();
+    }
+    match finding.message.split_once(": ") {
+        Some((who, what)) => format!("{who}: {}: {what}", finding.field),
+        None => format!("{}: {}", finding.field, finding.message),
+    }
+}
+
+/// The policies in force, swapped whole on reload. Readers take an `Arc` snapshot, so a
+/// request is judged by one consistent set even while a reload happens.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyStore {
+    inner: Arc<RwLock<Arc<PolicySet>>>,
+}
+
+impl PolicyStore {
+    pub fn new(set: PolicySet) -> Self {
+        PolicyStore {
+            inner: Arc::new(RwLock::new(Arc::new(set))),
+        }
+    }
+
+    pub fn current(&self) -> Arc<PolicySet> {
+        // Poisoning cannot leave a half-written Arc behind, so the value is still good.
+        let guard = self
+            .inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(&guard)
+    }
+
+    /// Puts `set` in force. Call only with a set that loaded: a failed load keeps the last
+    /// good set.
+    pub fn replace(&self, set: PolicySet) {
+        let mut guard = self
+            .inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *guard = Arc::new(set);
+    }
+}
+
+/// Every `*.json` file in `dir` as (path, bytes), sorted by file name. A missing folder is
+/// no policies, not an error: file policies are optional. Dotfiles are skipped (editor
+/// leftovers; ConfigMap mounts keep their internals under `..data`).
+pub fn load_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, std::io::Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(with_path(dir, e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| with_path(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let path = entry.path();
+        // metadata() follows symlinks, which is how ConfigMap volumes present their keys.
+        if std::fs::metadata(&path)
+            .map_err(|e| with_path(&path, e))?
+            .is_file()
+        {
+            files.push((name.to_string(), path));
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|(_, path)| {
+            let bytes = std::fs::read(&path).map_err(|e| with_path(&path, e))?;
+            Ok((path.display().to_string(), bytes))
+        })
+        .collect()
+}
+
+fn with_path(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// `cyberdesk-operator policy check FILE...`: loads the files (a folder stands for its
+/// `*.json` files) as one set, as the operator would, and returns one line per policy.
+pub fn check_files(paths: &[PathBuf]) -> Result<Vec<String>, Vec<PolicyError>> {
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let origin = path.display().to_string();
+        if path.is_dir() {
+            match load_dir(path) {
+                Ok(found) => sources.extend(found),
+                Err(e) => errors.push(PolicyError::new(&origin, None, PolicyErrorReason::Read(e))),
+            }
+            continue;
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => sources.push((origin, bytes)),
+            Err(e) => errors.push(PolicyError::new(&origin, None, PolicyErrorReason::Read(e))),
+        }
+    }
+    match PolicySet::load(&sources) {
+        Ok(set) if errors.is_empty() => Ok(set.policies.iter().map(Policy::summary).collect()),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            Err(errors)
+        }
+    }
+}
+
+/// Turns a JSON pointer into the path kubectl prints: `/spec/timeoutMs` → `spec.timeoutMs`,
+/// array positions as `[0]`, keys that are not plain identifiers as `[app.kubernetes.io/x]`.
+/// The object itself is the empty string (admission prints such causes without a field).
+/// Whether a numeric segment is an index is decided by walking `instance`, because a
+/// pointer alone cannot tell `/items/0` from a key named "0".
+pub fn field_path(pointer: &str, instance: &Value) -> String {
+    let mut out = String::new();
+    let mut current = Some(instance);
+    for raw in pointer.split('/').skip(1) {
+        let segment = raw.replace("~1", "/").replace("~0", "~");
+        let index = match current {
+            Some(Value::Array(_)) => segment.parse::<usize>().ok(),
+            _ => None,
+        };
+        match (index, current) {
+            (Some(index), Some(Value::Array(items))) => {
+                let _ = write!(out, "[{index}]");
+                current = items.get(index);
+            }
+            _ => {
+                if is_plain_key(&segment) {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(&segment);
+                } else {
+                    let _ = write!(out, "[{segment}]");
+                }
+                current = current.and_then(|v| v.get(segment.as_str()));
+            }
+        }
+        if out.len() > MAX_FIELD_CHARS {
+            return truncate_chars(&out, MAX_FIELD_CHARS);
+        }
+    }
+    out
+}
+
+/// Keys kubectl-style paths write as `.key`; anything else is written `[key]`.
+pub(crate) fn is_plain_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// At most `max` characters of `s`, with `…` when cut.
+pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_string(),
+    }
+}
+
+/// Formats `value` but stops after `max` characters: schema errors quote the offending
+/// value, which for a hostile object can be megabytes we must not even build.
+fn bounded_display(value: &dyn fmt::Display, max: usize) -> String {
+    struct Bounded {
+        out: String,
+        left: usize,
+        cut: bool,
+    }
+    impl fmt::Write for Bounded {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars() {
+                if self.left == 0 {
+                    self.cut = true;
+                    return Err(fmt::Error);
+                }
+                self.out.push(c);
+                self.left -= 1;
+            }
+            Ok(())
+        }
+    }
+    let mut w = Bounded {
+        out: String::new(),
+        left: max,
+        cut: false,
+    };
+    let _ = write!(w, "{value}");
+    if w.cut {
+        w.out.push('…');
+    }
+    w.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy_bytes(doc: Value) -> Vec<u8> {
+        serde_json::to_vec(&doc).expect("serializes")
+    }
+
+    fn source(origin: &str, doc: Value) -> (String, Vec<u8>) {
+        (origin.to_string(), policy_bytes(doc))
+    }
+
+    fn ceiling(name: &str, max: i64) -> Value {
+        json!({
+            "name": name,
+            "schema": {"properties": {"spec": {"properties": {"timeoutMs": {"maximum": max}}}}}
+        })
+    }
+
+    fn desk(timeout: i64) -> Value {
+        json!({"metadata": {"name": "alice"}, "spec": {"timeoutMs": timeout}})
+    }
+
+    fn manifest_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn only_error(result: Result<PolicySet, Vec<PolicyError>>) -> PolicyError {
+        let mut errors = result.expect_err("load must fail");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors.remove(0)
+    }
+
+    #[test]
+    fn shipped_policies_load() {
+        let sources = load_dir(&manifest_dir().join("policies")).expect("reads policies/");
+        assert!(!sources.is_empty(), "policies/ holds the default policies");
+        let set = match PolicySet::load(&sources) {
+            Ok(set) => set,
+            Err(errors) => panic!("shipped policies must load: {errors:#?}"),
+        };
+        assert_eq!(set.len(), sources.len());
+        assert!(set.names().contains(&"max-timeout-7d"), "{:?}", set.names());
+    }
+
+    #[test]
+    fn shipped_policies_match_the_configmap_copies() {
+        let top = load_dir(&manifest_dir().join("policies")).expect("reads policies/");
+        let packed = load_dir(&manifest_dir().join("manifests/base/policies"))
+            .expect("reads manifests/base/policies/");
+        let names = |v: &[(String, Vec<u8>)]| -> Vec<String> {
+            v.iter()
+                .map(|(p, _)| {
+                    Path::new(p)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                })
+                .collect()
+        };
+        assert_eq!(
+            names(&top),
+            names(&packed),
+            "same files in policies/ and manifests/base/policies/"
+        );
+        for ((a, bytes_a), (b, bytes_b)) in top.iter().zip(&packed) {
+            assert!(
+                bytes_a == bytes_b,
+                "{a} and {b} differ; copy policies/ into manifests/base/policies/"
+            );
+        }
+    }
+
+    #[test]
+    fn shipped_ceiling_denies_over_seven_days() {
+        let set = PolicySet::load(&load_dir(&manifest_dir().join("policies")).expect("reads"))
+            .expect("loads");
+        let over = set.evaluate("default", Operation::Create, &desk(604_800_001));
+        let denied: Vec<_> = over
+            .violations
+            .iter()
+            .filter(|v| v.message.contains("max-timeout-7d"))
+            .collect();
+        assert_eq!(denied.len(), 1, "{over:?}");
+        assert_eq!(denied[0].field, "spec.timeoutMs");
+        assert!(
+            denied[0].message.starts_with("policy \"max-timeout-7d\": "),
+            "{}",
+            denied[0].message
+        );
+        assert!(
+            denied[0].message.contains("604800001"),
+            "{}",
+            denied[0].message
+        );
+
+        let at = set.evaluate("default", Operation::Update, &desk(604_800_000));
+        assert!(at.violations.is_empty(), "{at:?}");
+    }
+
+    #[test]
+    fn ceiling_policy_boundaries() {
+        let set = PolicySet::load(&[source("p.json", ceiling("max-timeout-7d", 604_800_000))])
+            .expect("loads");
+        let out = set.evaluate("ns", Operation::Create, &desk(604_800_001));
+        assert_eq!(out.violations.len(), 1);
+        assert_eq!(out.violations[0].field, "spec.timeoutMs");
+        assert!(out.warnings.is_empty());
+        assert!(
+            set.evaluate("ns", Operation::Create, &desk(604_800_000))
+                .violations
+                .is_empty()
+        );
+        assert!(
+            set.evaluate("ns", Operation::Create, &desk(1_000))
+                .violations
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn namespaces_and_operations_match() {
+        let mut doc = ceiling("team-a-only", 10);
+        doc["match"] = json!({"namespaces": ["team-a", "team-b"], "operations": ["UPDATE"]});
+        let set = PolicySet::load(&[source("p.json", doc)]).expect("loads");
+        let object = desk(11);
+        assert_eq!(
+            set.evaluate("team-a", Operation::Update, &object)
+                .violations
+                .len(),
+            1
+        );
+        assert_eq!(
+            set.evaluate("team-b", Operation::Update, &object)
+                .violations
+                .len(),
+            1
+        );
+        assert!(
+            set.evaluate("team-a", Operation::Create, &object)
+                .violations
+                .is_empty()
+        );
+        assert!(
+            set.evaluate("team-c", Operation::Update, &object)
+                .violations
+                .is_empty()
+        );
+        assert!(
+            set.evaluate("", Operation::Update, &object)
+                .violations
+                .is_empty()
+        );
+
+        // Empty lists and an absent or null match mean everything.
+        for matcher in [
+            json!({"namespaces": [], "operations": []}),
+            json!(null),
+            json!({}),
+        ] {
+            let mut doc = ceiling("all", 10);
+            doc["match"] = matcher.clone();
+            let set = PolicySet::load(&[source("p.json", doc)]).expect("loads");
+            for op in [Operation::Create, Operation::Update] {
+                assert_eq!(
+                    set.evaluate("anything", op, &object).violations.len(),
+                    1,
+                    "{matcher}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn warn_policies_warn_instead_of_deny() {
+        let mut doc = ceiling("long-session", 28_800_000);
+        doc["enforcement"] = json!("warn");
+        let set = PolicySet::load(&[source("p.json", doc)]).expect("loads");
+        let out = set.evaluate("ns", Operation::Create, &desk(28_800_001));
+        assert!(out.violations.is_empty());
+        assert_eq!(out.warnings.len(), 1);
+        let warning = &out.warnings[0];
+        assert!(
+            warning.starts_with("policy \"long-session\": spec.timeoutMs: "),
+            "{warning}"
+        );
+        assert!(warning.contains("28800001"), "{warning}");
+        assert!(
+            set.evaluate("ns", Operation::Create, &desk(28_800_000))
+                .warnings
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn enforcement_defaults_to_deny_and_is_strict() {
+        let set = PolicySet::load(&[source("p.json", ceiling("c", 1))]).expect("loads");
+        assert_eq!(set.policies()[0].enforcement(), Enforcement::Deny);
+
+        let mut doc = ceiling("c", 1);
+        doc["enforcement"] = json!("Warn");
+        let err = only_error(PolicySet::load(&[source("p.json", doc)]));
+        assert!(
+            err.to_string()
+                .starts_with("policy \"c\" (p.json): not a valid policy document"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn broken_json_names_the_file() {
+        let err = only_error(PolicySet::load(&[(
+            "policies/bad.json".into(),
+            b"{\"name\": ".to_vec(),
+        )]));
+        assert!(err.name.is_none());
+        let text = err.to_string();
+        assert!(
+            text.starts_with("policy from policies/bad.json: not valid JSON"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_or_empty_name_is_refused() {
+        for doc in [
+            json!({"schema": true}),
+            json!({"name": null, "schema": true}),
+            json!({"name": "  ", "schema": true}),
+            json!({"name": 7, "schema": true}),
+            json!({"name": "x".repeat(300), "schema": true}),
+        ] {
+            let err = only_error(PolicySet::load(&[source("cm:nameless.json", doc.clone())]));
+            let text = err.to_string();
+            assert!(
+                text.starts_with("policy from cm:nameless.json: "),
+                "{doc}: {text}"
+            );
+            assert!(text.contains("name"), "{text}");
+            assert!(text.len() < 300, "the long name is not echoed: {text}");
+        }
+    }
+
+    #[test]
+    fn document_shape_errors_name_the_policy() {
+        let cases = [
+            (
+                json!([1, 2]),
+                "policy from p.json: not a valid policy document",
+            ),
+            (
+                json!({"name": "n"}),
+                "policy \"n\" (p.json): not a valid policy document: missing field `schema`",
+            ),
+            (
+                json!({"name": "n", "schema": true, "enforcment": "warn"}),
+                "unknown field `enforcment`",
+            ),
+            (
+                json!({"name": "n", "schema": true, "match": {"namespace": ["a"]}}),
+                "unknown field `namespace`",
+            ),
+            (
+                json!({"name": "n", "schema": true, "match": {"operations": ["DELETE"]}}),
+                "match.operations: unknown operation \"DELETE\"",
+            ),
+            (
+                json!({"name": "n", "schema": true, "match": {"operations": "CREATE"}}),
+                "not a valid policy document",
+            ),
+            (
+                json!({"name": "n", "schema": true, "match": {"namespaces": [""]}}),
+                "match.namespaces: contains an empty",
+            ),
+            (
+                json!({"name": "n", "schema": true, "description": 5}),
+                "not a valid policy document",
+            ),
+        ];
+        for (doc, expected) in cases {
+            let err = only_error(PolicySet::load(&[source("p.json", doc.clone())]));
+            let text = err.to_string();
+            assert!(text.contains(expected), "{doc}: {text}");
+        }
+    }
+
+    #[test]
+    fn schema_that_does_not_compile_is_refused() {
+        for schema in [
+            json!({"type": 5}),
+            json!({"maximum": "ten"}),
+            json!({"pattern": "(unclosed"}),
+            json!(null),
+        ] {
+            let err = only_error(PolicySet::load(&[source(
+                "policies/max-timeout.json",
+                json!({"name": "max-timeout-7d", "schema": schema.clone()}),
+            )]));
+            let text = err.to_string();
+            assert!(
+                text.starts_with("policy \"max-timeout-7d\" (policies/max-timeout.json): schema does not compile: "),
+                "{schema}: {text}"
+            );
+            assert!(matches!(err.reason, PolicyErrorReason::Schema(_)));
+        }
+    }
+
+    #[test]
+    fn remote_refs_are_refused_not_fetched() {
+        for reference in [
+            "https://example.invalid/schema.json",
+            "http://127.0.0.1:9/schema.json",
+            "file:///etc/passwd",
+            "other.json#/$defs/x",
+        ] {
+            let doc = json!({"name": "remote", "schema": {"$ref": reference}});
+            let err = only_error(PolicySet::load(&[source("p.json", doc)]));
+            let text = err.to_string();
+            assert!(
+                text.starts_with("policy \"remote\" (p.json): schema does not compile: "),
+                "{text}"
+            );
+            assert!(
+                matches!(err.reason, PolicyErrorReason::Schema(_)),
+                "{reference}"
+            );
+        }
+        // The refusal explains itself for an absolute URL.
+        let doc = json!({"name": "remote", "schema": {"$ref": "https://example.invalid/s.json"}});
+        let err = only_error(PolicySet::load(&[source("p.json", doc)]));
+        assert!(err.to_string().contains("not allowed"), "{err}");
+
+        // Local references work.
+        let doc = json!({
+            "name": "local",
+            "schema": {"$defs": {"t": {"maximum": 5}}, "properties": {"spec": {"properties": {"timeoutMs": {"$ref": "#/$defs/t"}}}}}
+        });
+        let set = PolicySet::load(&[source("p.json", doc)]).expect("local $ref compiles");
+        assert_eq!(
+            set.evaluate("ns", Operation::Create, &desk(6))
+                .violations
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn duplicate_names_are_refused_with_both_origins() {
+        let err = only_error(PolicySet::load(&[
+            source("a.json", ceiling("same", 1)),
+            source("cm:b.json", ceiling("same", 2)),
+        ]));
+        let text = err.to_string();
+        assert!(text.starts_with("policy \"same\" (cm:b.json): "), "{text}");
+        assert!(text.contains("a.json"), "{text}");
+    }
+
+    #[test]
+    fn every_broken_policy_is_reported_and_nothing_loads() {
+        let result = PolicySet::load(&[
+            source("good.json", ceiling("good", 1)),
+            ("bad.json".into(), b"nope".to_vec()),
+            source("nameless.json", json!({"schema": true})),
+            source("dup.json", ceiling("good", 2)),
+        ]);
+        let errors = result.expect_err("fails");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        let origins: Vec<&str> = errors.iter().map(|e| e.origin.as_str()).collect();
+        assert_eq!(origins, ["bad.json", "nameless.json", "dup.json"]);
+    }
+
+    #[test]
+    fn empty_set_allows_everything() {
+        let set = PolicySet::load(&[]).expect("loads");
+        assert!(set.is_empty());
+        assert_eq!(
+            set.evaluate("ns", Operation::Create, &json!(null)),
+            PolicyOutcome::default()
+        );
+    }
+
+    #[test]
+    fn field_paths_read_like_kubectl() {
+        let object = json!({
+            "spec": {"timeoutMs": 1, "list": [{"a": 1}, {"b": [5, 6]}], "0": {"x": 1}},
+            "metadata": {"labels": {"app.kubernetes.io/name": "x", "a~b": 1}}
+        });
+        let cases = [
+            ("", ""),
+            ("/spec", "spec"),
+            ("/spec/timeoutMs", "spec.timeoutMs"),
+            ("/spec/list/0", "spec.list[0]"),
+            ("/spec/list/1/b/1", "spec.list[1].b[1]"),
+            ("/spec/0/x", "spec.0.x"),
+            (
+                "/metadata/labels/app.kubernetes.io~1name",
+                "metadata.labels[app.kubernetes.io/name]",
+            ),
+            ("/metadata/labels/a~0b", "metadata.labels[a~b]"),
+            ("/nope/3", "nope.3"),
+        ];
+        for (pointer, expected) in cases {
+            assert_eq!(field_path(pointer, &object), expected, "{pointer}");
+        }
+        assert_eq!(field_path("/0/a", &json!([{"a": 1}])), "[0].a");
+        assert!(
+            field_path(&format!("/{}", "k".repeat(5000)), &json!({}))
+                .chars()
+                .count()
+                <= MAX_FIELD_CHARS + 1
+        );
+    }
+
+    #[test]
+    fn findings_are_capped_and_short() {
+        let doc = json!({
+            "name": "strict",
+            "schema": {"properties": {"spec": {"additionalProperties": {"type": "string"}}}}
+        });
+        let set = PolicySet::load(&[source("p.json", doc)]).expect("loads");
+        let mut spec = serde_json::Map::new();
+        for i in 0..500 {
+            spec.insert(format!("k{i}"), json!(vec![i; 1000]));
+        }
+        let out = set.evaluate("ns", Operation::Create, &json!({"spec": spec}));
+        assert_eq!(out.violations.len(), MAX_FINDINGS_PER_POLICY + 1);
+        assert!(
+            out.violations
+                .last()
+                .is_some_and(|v| v.message.contains("more than 20 findings"))
+        );
+        for v in &out.violations {
+            assert!(v.message.chars().count() < 300, "{}", v.message);
+        }
+    }
+
+    #[test]
+    fn deep_and_huge_objects_do_not_panic() {
+        let set = PolicySet::load(&load_dir(&manifest_dir().join("policies")).expect("reads"))
+            .expect("loads");
+        // As deep as serde_json lets a request body be.
+        let mut deep = json!(1);
+        for _ in 0..120 {
+            deep = json!({"spec": [deep]});
+        }
+        let _ = set.evaluate("team-a", Operation::Create, &deep);
+        let huge = json!({"spec": {"timeoutMs": "x".repeat(5_000_000), "template": "y".repeat(1_000_000)}});
+        let out = set.evaluate("team-a", Operation::Create, &huge);
+        for v in &out.violations {
+            assert!(v.message.len() < 1_000, "message stays short");
+        }
+        for object in [
+            json!(null),
+            json!([]),
+            json!("spec"),
+            json!({"spec": null}),
+            json!({"spec": {"timeoutMs": 1e308}}),
+        ] {
+            let _ = set.evaluate("team-a", Operation::Update, &object);
+        }
+    }
+
+    #[test]
+    fn store_swaps_whole_sets() {
+        let store = PolicyStore::default();
+        assert!(store.current().is_empty());
+        let before = store.current();
+        let clone = store.clone();
+        clone.replace(PolicySet::load(&[source("p.json", ceiling("c", 1))]).expect("loads"));
+        assert_eq!(store.current().names(), ["c"]);
+        assert!(before.is_empty(), "a snapshot taken earlier is unaffected");
+
+        // A failed load leaves the last good set in force (the caller's rule).
+        if let Ok(set) = PolicySet::load(&[("x.json".into(), b"{".to_vec())]) {
+            store.replace(set);
+        }
+        assert_eq!(store.current().names(), ["c"]);
+    }
+
+    #[test]
+    fn store_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<PolicyStore>();
+        assert_send_sync::<PolicySet>();
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("cyberdesk-policy-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creates temp dir");
+        dir
+    }
+
+    #[test]
+    fn load_dir_reads_sorted_json_files_only() {
+        let dir = temp_dir("load");
+        std::fs::write(dir.join("b.json"), "{}").expect("write");
+        std::fs::write(dir.join("a.json"), "[]").expect("write");
+        std::fs::write(dir.join("notes.txt"), "x").expect("write");
+        std::fs::write(dir.join(".hidden.json"), "x").expect("write");
+        std::fs::create_dir_all(dir.join("sub.json")).expect("mkdir");
+        let found = load_dir(&dir).expect("reads");
+        let names: Vec<String> = found
+            .iter()
+            .map(|(p, _)| {
+                Path::new(p)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(names, ["a.json", "b.json"]);
+        assert_eq!(found[0].1, b"[]");
+        assert!(
+            load_dir(&dir.join("missing"))
+                .expect("missing is fine")
+                .is_empty()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn check_files_reports_ok_lines_and_every_error() {
+        let dir = temp_dir("check");
+        let good = dir.join("good.json");
+        let bad = dir.join("bad.json");
+        std::fs::write(&good, policy_bytes(ceiling("good", 5))).expect("write");
+        std::fs::write(&bad, br#"{"name": "bad", "schema": {"type": 1}}"#).expect("write");
+
+        let lines = check_files(std::slice::from_ref(&good)).expect("good file checks");
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("policy \"good\" ok"), "{}", lines[0]);
+        assert!(lines[0].contains("enforcement deny"), "{}", lines[0]);
+
+        let errors =
+            check_files(&[good.clone(), bad.clone(), dir.join("absent.json")]).expect_err("fails");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.contains("absent.json") && t.contains("cannot read it")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("policy \"bad\"") && t.contains("schema does not compile")),
+            "{text:?}"
+        );
+
+        // A folder stands for its policies.
+        std::fs::remove_file(&bad).expect("rm");
+        assert_eq!(
+            check_files(std::slice::from_ref(&dir))
+                .expect("folder checks")
+                .len(),
+            1
+        );
+        let shipped =
+            check_files(&[manifest_dir().join("policies")]).expect("shipped policies check");
+        assert!(shipped.iter().any(|l| l.contains("max-timeout-7d")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bounded_display_cuts_on_characters() {
+        assert_eq!(bounded_display(&"héllo", 3), "hél…");
+        assert_eq!(bounded_display(&"abc", 3), "abc");
+        assert_eq!(truncate_chars("héllo", 2), "hé…");
+        assert_eq!(truncate_chars("hé", 2), "hé");
+    }
+}

@@ -1,6 +1,15 @@
-//! Validation of CREATE and UPDATE (pure). STUB: being written.
+//! Validation of CREATE and UPDATE (pure).
+//!
+//! Works on the raw JSON rather than the typed spec, so that a wrong type (`"timeoutMs":
+//! "1h"`) becomes a field error a user can act on instead of one opaque parse failure, and
+//! so that every problem is reported in one answer.
 
-use serde_json::Value;
+use jiff::Timestamp;
+use serde_json::{Map, Value};
+
+use crate::model::conditions::VM_CREATED;
+use crate::model::names::{MAX_NAME_LEN, VM_PREFIX};
+use crate::webhook::policy::{PolicySet, is_plain_key, truncate_chars};
 
 /// One violation, with the field path kubectl shows (`spec.timeoutMs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,6 +23,19 @@ pub struct FieldViolation {
 pub struct Verdict {
     pub violations: Vec<FieldViolation>,
     pub warnings: Vec<String>,
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    fn deny(&mut self, field: &str, message: impl Into<String>) {
+        self.violations.push(FieldViolation {
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,11 +59,1306 @@ pub struct ValidationInput<'a> {
     pub old_object: Option<&'a Value>,
 }
 
+/// Sessions longer than this get a reminder that a VM stays busy all that time.
+pub const LONG_SESSION_MS: i64 = 24 * 3_600_000;
+/// Longest user-supplied value quoted back in a message.
+const MAX_ECHO_CHARS: usize = 63;
+const DNS1123_SUBDOMAIN_MAX: usize = 253;
+const SECRET_KEY_MAX: usize = 253;
+const ACTIONS: [&str; 2] = ["Delete", "Stop"];
+const SPEC_FIELDS: [&str; 4] = [
+    "timeoutMs",
+    "timeoutAction",
+    "template",
+    "userDataSecretRef",
+];
+const SECRET_REF_FIELDS: [&str; 2] = ["name", "key"];
+/// Unknown fields listed one by one; the rest are counted.
+const MAX_UNKNOWN_FIELDS: usize = 10;
+
+/// Judges `input` against the built-in rules and every matching policy, at the current time.
 pub fn validate(
     input: &ValidationInput<'_>,
     cfg: &ValidateConfig,
-    policies: &crate::webhook::policy::PolicySet,
+    policies: &PolicySet,
 ) -> Verdict {
-    let _ = (input, cfg, policies);
-    Verdict::default()
+    validate_at(input, cfg, policies, Timestamp::now())
+}
+
+/// [`validate`] with the clock passed in, so the expiry warning can be tested.
+pub fn validate_at(
+    input: &ValidationInput<'_>,
+    cfg: &ValidateConfig,
+    policies: &PolicySet,
+    now: Timestamp,
+) -> Verdict {
+    let mut verdict = Verdict::default();
+    let name = if input.name.is_empty() {
+        input
+            .object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    } else {
+        input.name
+    };
+    check_name(name, &mut verdict);
+
+    let Some(object) = input.object.as_object() else {
+        verdict.deny(
+            "",
+            format!(
+                "the Cyberdesk must be a JSON object, got {}",
+                describe(input.object)
+            ),
+        );
+        return verdict;
+    };
+    let spec = match object.get("spec") {
+        Some(Value::Object(spec)) => Some(spec),
+        None | Some(Value::Null) => {
+            verdict.deny("spec", "spec is required (it may be empty: {})");
+            None
+        }
+        Some(other) => {
+            verdict.deny(
+                "spec",
+                format!("spec must be an object, got {}", describe(other)),
+            );
+            None
+        }
+    };
+    if let Some(spec) = spec {
+        let timeout = check_spec(spec, cfg, &mut verdict);
+        if input.operation == Operation::Update {
+            if let Some(old) = input.old_object {
+                check_update(spec, timeout, old, input.object, now, &mut verdict);
+            }
+            if spec.get("timeoutAction").is_none_or(Value::is_null) {
+                verdict.warnings.push(
+                    "spec.timeoutAction is not set: the desktop will be deleted when its time is up (Delete); set \"Stop\" to keep it"
+                        .into(),
+                );
+            }
+        }
+        if let Some(ms) = timeout.filter(|ms| *ms > LONG_SESSION_MS) {
+            verdict.warnings.push(format!(
+                "spec.timeoutMs is {}: a desktop that runs longer than 24h keeps its VM busy all that time",
+                human_ms(ms)
+            ));
+        }
+    }
+
+    let outcome = policies.evaluate(input.namespace, input.operation, input.object);
+    verdict.violations.extend(outcome.violations);
+    verdict.warnings.extend(outcome.warnings);
+    verdict
+}
+
+/// The VM is named `cyberdesk-<name>`, which must be a DNS-1123 label.
+fn check_name(name: &str, verdict: &mut Verdict) {
+    const FIELD: &str = "metadata.name";
+    if name.is_empty() {
+        verdict.deny(FIELD, "a name is required");
+        return;
+    }
+    let length = name.chars().count();
+    if name.len() > MAX_NAME_LEN {
+        verdict.deny(
+            FIELD,
+            format!(
+                "must be no more than {MAX_NAME_LEN} characters, because the VirtualMachine is named \"{VM_PREFIX}<name>\" and that must fit in 63; this name is {length} characters"
+            ),
+        );
+    }
+    let problems = label_problems(name);
+    if !problems.is_empty() {
+        verdict.deny(
+            FIELD,
+            format!(
+                "{} is not a valid name: {}. A Cyberdesk name must consist of lowercase letters (a-z), digits and '-', and start and end with a letter or digit (e.g. \"alice-desk\"), because it names the VirtualMachine \"{VM_PREFIX}<name>\"",
+                echo(name),
+                problems.join(", ")
+            ),
+        );
+    }
+}
+
+/// Why `s` is not a DNS-1123 label (ignoring length), in words; empty when it is one.
+fn label_problems(s: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if s.chars().any(|c| c.is_ascii_uppercase()) {
+        problems.push("it has uppercase letters".to_string());
+    }
+    if let Some(bad) = s.chars().find(|c| {
+        !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || c.is_ascii_uppercase())
+    }) {
+        problems.push(format!(
+            "it has characters other than a-z, 0-9 and '-' (such as {bad:?})"
+        ));
+    }
+    if s.starts_with('-') {
+        problems.push("it starts with '-'".to_string());
+    }
+    if s.ends_with('-') {
+        problems.push("it ends with '-'".to_string());
+    }
+    problems
+}
+
+/// Why `s` is not a DNS-1123 subdomain (what Kubernetes requires of ConfigMap and Secret
+/// names); `None` when it is one.
+fn subdomain_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if s.len() > DNS1123_SUBDOMAIN_MAX {
+        return Some(format!(
+            "must be no more than {DNS1123_SUBDOMAIN_MAX} characters; this one is {}",
+            s.chars().count()
+        ));
+    }
+    let well_formed = s.split('.').all(|part| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !part.starts_with('-')
+            && !part.ends_with('-')
+    });
+    (!well_formed).then(|| {
+        format!(
+            "{} is not a valid object name: use lowercase letters (a-z), digits, '-' and '.', starting and ending with a letter or digit (e.g. \"my-name\")",
+            echo(s)
+        )
+    })
+}
+
+/// Checks the fields of an object `spec`; returns `timeoutMs` when it is valid.
+fn check_spec(
+    spec: &Map<String, Value>,
+    cfg: &ValidateConfig,
+    verdict: &mut Verdict,
+) -> Option<i64> {
+    check_known_fields("spec", spec, &SPEC_FIELDS, verdict);
+    let timeout = match check_timeout(spec.get("timeoutMs"), cfg) {
+        Ok(timeout) => timeout,
+        Err(message) => {
+            verdict.deny("spec.timeoutMs", message);
+            None
+        }
+    };
+
+    match spec.get("timeoutAction") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if ACTIONS.contains(&s.as_str()) => {}
+        Some(Value::String(s)) if ACTIONS.iter().any(|a| a.eq_ignore_ascii_case(s)) => {
+            verdict.deny(
+                "spec.timeoutAction",
+                format!(
+                    "must be \"Delete\" or \"Stop\" (with that capitalisation), got {}",
+                    echo(s)
+                ),
+            );
+        }
+        Some(other) => {
+            verdict.deny(
+                "spec.timeoutAction",
+                format!("must be \"Delete\" or \"Stop\", got {}", describe(other)),
+            );
+        }
+    }
+
+    match spec.get("template") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.is_empty() => {
+            verdict.deny(
+                "spec.template",
+                "must not be empty; leave it out to use the operator's default template",
+            );
+        }
+        Some(Value::String(s)) => {
+            if let Some(problem) = subdomain_problem(s) {
+                verdict.deny("spec.template", format!("must name a ConfigMap: {problem}"));
+            }
+        }
+        Some(other) => {
+            verdict.deny(
+                "spec.template",
+                format!(
+                    "must be the name of a ConfigMap (a string), got {}",
+                    describe(other)
+                ),
+            );
+        }
+    }
+
+    match spec.get("userDataSecretRef") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(r)) => check_secret_ref(r, verdict),
+        Some(other) => verdict.deny(
+            "spec.userDataSecretRef",
+            format!(
+                "must be an object with the Secret's name and key, got {}",
+                describe(other)
+            ),
+        ),
+    }
+    timeout
+}
+
+/// The apiserver prunes fields its schema does not know, so one arriving here means the CRD
+/// and the operator disagree (or pruning is off): refuse it rather than ignore a setting the
+/// user believes is in force. A misspelt `timeoutMS` would otherwise silently mean "default".
+fn check_known_fields(
+    prefix: &str,
+    object: &Map<String, Value>,
+    known: &[&str],
+    verdict: &mut Verdict,
+) {
+    let unknown: Vec<&String> = object
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .collect();
+    for key in unknown.iter().take(MAX_UNKNOWN_FIELDS) {
+        let shown = truncate_chars(key, MAX_ECHO_CHARS);
+        let field = if is_plain_key(key) {
+            format!("{prefix}.{shown}")
+        } else {
+            format!("{prefix}[{shown}]")
+        };
+        let hint = known
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(key))
+            .map(|k| format!(" (did you mean {k:?}?)"))
+            .unwrap_or_default();
+        verdict.deny(
+            &field,
+            format!(
+                "unknown field {}{hint}; {prefix} has only {}",
+                echo(key),
+                known.join(", ")
+            ),
+        );
+    }
+    if unknown.len() > MAX_UNKNOWN_FIELDS {
+        verdict.deny(
+            prefix,
+            format!(
+                "{} more unknown fields not listed",
+                unknown.len() - MAX_UNKNOWN_FIELDS
+            ),
+        );
+    }
+}
+
+/// `Ok(None)` when absent: the mutating webhook defaults it on CREATE and the controller
+/// falls back to the default for objects that predate the webhook.
+fn check_timeout(value: Option<&Value>, cfg: &ValidateConfig) -> Result<Option<i64>, String> {
+    let range = || {
+        format!(
+            "between {} ({}) and {} ({})",
+            cfg.min_timeout_ms,
+            human_ms(cfg.min_timeout_ms),
+            cfg.max_timeout_ms,
+            human_ms(cfg.max_timeout_ms)
+        )
+    };
+    let ms = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(ms) => ms,
+            None if n.as_u64().is_some() => {
+                return Err(format!(
+                    "must be {} milliseconds; {n} is far too large",
+                    range()
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "must be a whole number of milliseconds {}, got {}",
+                    range(),
+                    truncate_chars(&n.to_string(), MAX_ECHO_CHARS)
+                ));
+            }
+        },
+        Some(other) => {
+            return Err(format!(
+                "must be a number of milliseconds {} (e.g. 3600000 for one hour), got {}",
+                range(),
+                describe(other)
+            ));
+        }
+    };
+    if ms < cfg.min_timeout_ms || ms > cfg.max_timeout_ms {
+        return Err(format!(
+            "must be {} milliseconds, got {ms} ({})",
+            range(),
+            human_ms(ms)
+        ));
+    }
+    Ok(Some(ms))
+}
+
+fn check_secret_ref(r: &Map<String, Value>, verdict: &mut Verdict) {
+    check_known_fields("spec.userDataSecretRef", r, &SECRET_REF_FIELDS, verdict);
+    const NAME: &str = "spec.userDataSecretRef.name";
+    const KEY: &str = "spec.userDataSecretRef.key";
+    match r.get("name") {
+        None | Some(Value::Null) => verdict.deny(
+            NAME,
+            "is required: the name of a Secret in the Cyberdesk's namespace",
+        ),
+        Some(Value::String(s)) => {
+            if let Some(problem) = subdomain_problem(s) {
+                verdict.deny(NAME, format!("must name a Secret: {problem}"));
+            }
+        }
+        Some(other) => verdict.deny(
+            NAME,
+            format!(
+                "must be the name of a Secret (a string), got {}",
+                describe(other)
+            ),
+        ),
+    }
+    match r.get("key") {
+        None | Some(Value::Null) => verdict.deny(
+            KEY,
+            "is required: the key in the Secret that holds the cloud-init user data",
+        ),
+        Some(Value::String(s)) => {
+            if let Some(problem) = secret_key_problem(s) {
+                verdict.deny(KEY, problem);
+            }
+        }
+        Some(other) => verdict.deny(
+            KEY,
+            format!(
+                "must be a key in the Secret (a string), got {}",
+                describe(other)
+            ),
+        ),
+    }
+}
+
+/// Kubernetes' rule for Secret and ConfigMap keys.
+fn secret_key_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if s.len() > SECRET_KEY_MAX {
+        return Some(format!(
+            "must be no more than {SECRET_KEY_MAX} characters; this one is {}",
+            s.chars().count()
+        ));
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Some(format!(
+            "{} is not a valid Secret key: use letters, digits, '-', '_' and '.' (e.g. \"user-data\")",
+            echo(s)
+        ));
+    }
+    if s == "." || s.starts_with("..") {
+        return Some(format!(
+            "{} is not a valid Secret key: it must not be '.' or start with '..'",
+            echo(s)
+        ));
+    }
+    None
+}
+
+/// UPDATE rules: what the running VM was built from cannot change under it.
+fn check_update(
+    spec: &Map<String, Value>,
+    new_timeout: Option<i64>,
+    old: &Value,
+    new: &Value,
+    now: Timestamp,
+    verdict: &mut Verdict,
+) {
+    let old_spec = old.get("spec");
+    let old_field = |key: &str| old_spec.and_then(|s| s.get(key)).filter(|v| !v.is_null());
+    let new_field = |key: &str| spec.get(key).filter(|v| !v.is_null());
+
+    if vm_exists(old) {
+        if old_field("template") != new_field("template") {
+            let was = match old_field("template") {
+                Some(Value::String(s)) => format!("it was {}", echo(s)),
+                Some(other) => format!("it was {}", describe(other)),
+                None => "it was not set, so the operator's default template is used".into(),
+            };
+            verdict.deny(
+                "spec.template",
+                format!("spec.template cannot change once the VirtualMachine exists ({was}); create a new Cyberdesk to use another template"),
+            );
+        }
+        if old_field("userDataSecretRef") != new_field("userDataSecretRef") {
+            let was = match old_field("userDataSecretRef") {
+                Some(r) => match (
+                    r.get("name").and_then(Value::as_str),
+                    r.get("key").and_then(Value::as_str),
+                ) {
+                    (Some(name), Some(key)) => {
+                        format!("it was Secret {} key {}", echo(name), echo(key))
+                    }
+                    _ => format!("it was {}", describe(r)),
+                },
+                None => "it was not set".into(),
+            };
+            verdict.deny(
+                "spec.userDataSecretRef",
+                format!("spec.userDataSecretRef cannot change once the VirtualMachine exists ({was}); cloud-init runs only when the VM is first created"),
+            );
+        }
+    }
+
+    // Shortening a running session is allowed, but say so when it ends the session at once.
+    let Some(timeout) = new_timeout else { return };
+    let old_timeout = old_field("timeoutMs").and_then(Value::as_i64);
+    if old_timeout.is_some_and(|old| timeout >= old) {
+        return;
+    }
+    let started = [old, new]
+        .iter()
+        .filter_map(|o| o.pointer("/status/startTime").and_then(Value::as_str))
+        .find_map(|s| s.parse::<Timestamp>().ok());
+    let Some(started) = started else { return };
+    let Some(expiry_ms) = started.as_millisecond().checked_add(timeout) else {
+        return;
+    };
+    if expiry_ms <= now.as_millisecond() {
+        let expiry = Timestamp::from_millisecond(expiry_ms)
+            .map(|t| format!(" at {t}"))
+            .unwrap_or_default();
+        verdict.warnings.push(format!(
+            "spec.timeoutMs: the desktop started at {started}, so a lifetime of {} ended{expiry}; it will time out right away",
+            human_ms(timeout)
+        ));
+    }
+}
+
+/// The VM exists once the controller has recorded it, by name or by condition.
+fn vm_exists(old: &Value) -> bool {
+    let Some(status) = old.get("status") else {
+        return false;
+    };
+    let by_ref = status
+        .get("virtualMachineRef")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty());
+    let by_condition = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|conditions| {
+            conditions.iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some(VM_CREATED)
+                    && c.get("status").and_then(Value::as_str) == Some("True")
+            })
+        });
+    by_ref || by_condition
+}
+
+/// A user-supplied string quoted for a message, cut so a 10 KB name is not echoed back.
+fn echo(s: &str) -> String {
+    let count = s.chars().count();
+    if count <= MAX_ECHO_CHARS {
+        format!("{s:?}")
+    } else {
+        let cut: String = s.chars().take(MAX_ECHO_CHARS).collect();
+        format!("{cut:?}… ({count} characters)")
+    }
+}
+
+/// A JSON value as a message names it: its type, and the value when short.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("a boolean ({b})"),
+        Value::Number(n) => format!(
+            "a number ({})",
+            truncate_chars(&n.to_string(), MAX_ECHO_CHARS)
+        ),
+        Value::String(s) => format!("a string ({})", echo(s)),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// `604800000` → `7d`, `5400000` → `90m`: what people compare timeouts in.
+pub fn human_ms(ms: i64) -> String {
+    const UNITS: [(i64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    if ms != 0 {
+        for (size, unit) in UNITS {
+            if ms % size == 0 {
+                return format!("{}{unit}", ms / size);
+            }
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::policy::PolicySet;
+    use serde_json::json;
+
+    const NOW: &str = "2025-06-01T12:00:00Z";
+
+    fn cfg() -> ValidateConfig {
+        ValidateConfig {
+            min_timeout_ms: 1_000,
+            max_timeout_ms: 30 * 24 * 3_600_000,
+        }
+    }
+
+    fn now() -> Timestamp {
+        NOW.parse().expect("valid timestamp")
+    }
+
+    fn desk(name: &str, spec: Value) -> Value {
+        json!({
+            "apiVersion": "cyberdesk.io/v1alpha1",
+            "kind": "Cyberdesk",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        })
+    }
+
+    fn run_with(
+        op: Operation,
+        name: &str,
+        object: &Value,
+        old: Option<&Value>,
+        policies: &PolicySet,
+    ) -> Verdict {
+        let input = ValidationInput {
+            operation: op,
+            name,
+            namespace: "default",
+            object,
+            old_object: old,
+        };
+        validate_at(&input, &cfg(), policies, now())
+    }
+
+    fn create(object: &Value) -> Verdict {
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        run_with(Operation::Create, name, object, None, &PolicySet::default())
+    }
+
+    fn update(old: &Value, object: &Value) -> Verdict {
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        run_with(
+            Operation::Update,
+            name,
+            object,
+            Some(old),
+            &PolicySet::default(),
+        )
+    }
+
+    fn fields(verdict: &Verdict) -> Vec<&str> {
+        verdict
+            .violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect()
+    }
+
+    fn message_for<'a>(verdict: &'a Verdict, field: &str) -> &'a str {
+        verdict
+            .violations
+            .iter()
+            .find(|v| v.field == field)
+            .map(|v| v.message.as_str())
+            .unwrap_or_else(|| panic!("no violation on {field}: {verdict:?}"))
+    }
+
+    fn good() -> Value {
+        desk(
+            "alice",
+            json!({"timeoutMs": 3_600_000, "timeoutAction": "Delete"}),
+        )
+    }
+
+    /// An old object whose VM exists, for UPDATE tests.
+    fn running(spec: Value) -> Value {
+        let mut old = desk("alice", spec);
+        old["status"] =
+            json!({"virtualMachineRef": "cyberdesk-alice", "startTime": "2025-06-01T11:00:00Z"});
+        old
+    }
+
+    #[test]
+    fn good_object_passes_quietly() {
+        let verdict = create(&good());
+        assert_eq!(verdict, Verdict::default());
+        assert!(verdict.allowed());
+        let full = desk(
+            "a",
+            json!({"timeoutMs": 1000, "timeoutAction": "Stop", "template": "cyberdesk-vm-template",
+                   "userDataSecretRef": {"name": "alice.user-data", "key": "user_data.yaml"}}),
+        );
+        assert_eq!(create(&full), Verdict::default());
+    }
+
+    #[test]
+    fn name_fits_the_vm_name() {
+        assert!(create(&desk(&"a".repeat(MAX_NAME_LEN), json!({}))).allowed());
+        let too_long = create(&desk(&"a".repeat(MAX_NAME_LEN + 1), json!({})));
+        assert_eq!(fields(&too_long), ["metadata.name"]);
+        let message = message_for(&too_long, "metadata.name");
+        assert!(message.contains("no more than 53 characters"), "{message}");
+        assert!(message.contains("cyberdesk-<name>"), "{message}");
+        assert!(message.contains("54 characters"), "{message}");
+    }
+
+    #[test]
+    fn name_must_be_a_dns_label() {
+        let cases = [
+            ("Alice", "uppercase"),
+            ("alice_desk", "'_'"),
+            ("-alice", "starts with '-'"),
+            ("alice-", "ends with '-'"),
+            ("alice.desk", "'.'"),
+            ("älice", "'ä'"),
+            ("a b", "' '"),
+        ];
+        for (name, expected) in cases {
+            let verdict = create(&desk(name, json!({})));
+            assert_eq!(fields(&verdict), ["metadata.name"], "{name}");
+            let message = message_for(&verdict, "metadata.name");
+            assert!(message.contains(expected), "{name}: {message}");
+            assert!(message.contains("lowercase letters"), "{message}");
+        }
+        for name in ["a", "0", "123", "a-b-c", "desk-01"] {
+            assert!(create(&desk(name, json!({}))).allowed(), "{name}");
+        }
+    }
+
+    #[test]
+    fn huge_name_is_not_echoed() {
+        let name = "X".repeat(10_000);
+        let verdict = create(&desk(&name, json!({})));
+        assert_eq!(
+            fields(&verdict),
+            ["metadata.name", "metadata.name"],
+            "length and format"
+        );
+        for v in &verdict.violations {
+            assert!(v.message.len() < 500, "{}", v.message.len());
+        }
+        assert!(
+            verdict.violations[1].message.contains("10000 characters"),
+            "{}",
+            verdict.violations[1].message
+        );
+        let multibyte = create(&desk(&"é".repeat(5_000), json!({})));
+        assert!(multibyte.violations.iter().all(|v| v.message.len() < 500));
+    }
+
+    #[test]
+    fn missing_name_is_a_violation() {
+        let mut object = good();
+        object["metadata"] = json!({});
+        let verdict = run_with(Operation::Create, "", &object, None, &PolicySet::default());
+        assert_eq!(fields(&verdict), ["metadata.name"]);
+        assert!(message_for(&verdict, "metadata.name").contains("required"));
+        // The object's own name is used when the request gives none.
+        let verdict = run_with(
+            Operation::Create,
+            "",
+            &desk("Bad", json!({})),
+            None,
+            &PolicySet::default(),
+        );
+        assert!(message_for(&verdict, "metadata.name").contains("\"Bad\""));
+    }
+
+    #[test]
+    fn timeout_range() {
+        for ok in [1_000, 3_600_000, 30 * 24 * 3_600_000_i64] {
+            assert!(
+                create(&desk("a", json!({"timeoutMs": ok}))).allowed(),
+                "{ok}"
+            );
+        }
+        for bad in [999, 0, -1, 30 * 24 * 3_600_000_i64 + 1, i64::MIN, i64::MAX] {
+            let verdict = create(&desk("a", json!({"timeoutMs": bad})));
+            assert_eq!(fields(&verdict), ["spec.timeoutMs"], "{bad}");
+            let message = message_for(&verdict, "spec.timeoutMs");
+            assert!(
+                message.contains("between 1000 (1s) and 2592000000 (30d)"),
+                "{message}"
+            );
+            assert!(message.contains(&bad.to_string()), "{message}");
+        }
+        // Absent or null: defaulted elsewhere.
+        assert!(create(&desk("a", json!({}))).allowed());
+        assert!(create(&desk("a", json!({"timeoutMs": null}))).allowed());
+    }
+
+    #[test]
+    fn timeout_type_confusion_is_a_violation() {
+        let cases = [
+            (json!("3600000"), "a string (\"3600000\")"),
+            (json!("1h"), "a string"),
+            (json!(1.5), "whole number"),
+            (json!(3_600_000.0), "whole number"),
+            (json!(1e308), "whole number"),
+            (json!(u64::MAX), "far too large"),
+            (json!(true), "a boolean"),
+            (json!([1]), "an array"),
+            (json!({"ms": 1}), "an object"),
+            (json!(-1.0), "whole number"),
+        ];
+        for (value, expected) in cases {
+            let verdict = create(&desk("a", json!({"timeoutMs": value.clone()})));
+            assert_eq!(fields(&verdict), ["spec.timeoutMs"], "{value}");
+            let message = message_for(&verdict, "spec.timeoutMs");
+            assert!(message.contains(expected), "{value}: {message}");
+        }
+    }
+
+    #[test]
+    fn timeout_action_values() {
+        for ok in ["Delete", "Stop"] {
+            assert!(create(&desk("a", json!({"timeoutAction": ok}))).allowed());
+        }
+        let cases = [
+            (json!("delete"), "capitalisation"),
+            (json!("STOP"), "capitalisation"),
+            (json!("Pause"), "a string (\"Pause\")"),
+            (json!(""), "a string (\"\")"),
+            (json!(1), "a number (1)"),
+            (json!(["Delete"]), "an array"),
+        ];
+        for (value, expected) in cases {
+            let verdict = create(&desk("a", json!({"timeoutAction": value.clone()})));
+            assert_eq!(fields(&verdict), ["spec.timeoutAction"], "{value}");
+            let message = message_for(&verdict, "spec.timeoutAction");
+            assert!(message.contains("\"Delete\" or \"Stop\""), "{message}");
+            assert!(message.contains(expected), "{value}: {message}");
+        }
+    }
+
+    #[test]
+    fn template_is_a_configmap_name() {
+        for ok in [
+            "cyberdesk-vm-template",
+            "a",
+            "gpu.templates.v2",
+            &"a".repeat(253),
+        ] {
+            assert!(
+                create(&desk("a", json!({"template": ok}))).allowed(),
+                "{ok}"
+            );
+        }
+        let cases = [
+            (json!(""), "must not be empty"),
+            (json!("GPU"), "not a valid object name"),
+            (json!("a..b"), "not a valid object name"),
+            (json!(".a"), "not a valid object name"),
+            (json!("a-"), "not a valid object name"),
+            (json!("a/b"), "not a valid object name"),
+            (json!("a".repeat(254)), "no more than 253"),
+            (json!(5), "a number"),
+            (json!({"name": "x"}), "an object"),
+        ];
+        for (value, expected) in cases {
+            let verdict = create(&desk("a", json!({"template": value.clone()})));
+            assert_eq!(fields(&verdict), ["spec.template"], "{value}");
+            let message = message_for(&verdict, "spec.template");
+            assert!(message.contains(expected), "{value}: {message}");
+            assert!(message.len() < 400, "{message}");
+        }
+    }
+
+    #[test]
+    fn user_data_secret_ref_shape() {
+        let ok = json!({"userDataSecretRef": {"name": "s", "key": "user-data"}});
+        assert!(create(&desk("a", ok)).allowed());
+        let cases = [
+            (json!("s/user-data"), vec!["spec.userDataSecretRef"]),
+            (json!([]), vec!["spec.userDataSecretRef"]),
+            (
+                json!({}),
+                vec!["spec.userDataSecretRef.name", "spec.userDataSecretRef.key"],
+            ),
+            (
+                json!({"name": "", "key": ""}),
+                vec!["spec.userDataSecretRef.name", "spec.userDataSecretRef.key"],
+            ),
+            (
+                json!({"name": "S", "key": "k"}),
+                vec!["spec.userDataSecretRef.name"],
+            ),
+            (
+                json!({"name": 1, "key": "k"}),
+                vec!["spec.userDataSecretRef.name"],
+            ),
+            (
+                json!({"name": "s", "key": "a/b"}),
+                vec!["spec.userDataSecretRef.key"],
+            ),
+            (
+                json!({"name": "s", "key": ".."}),
+                vec!["spec.userDataSecretRef.key"],
+            ),
+            (
+                json!({"name": "s", "key": "..data"}),
+                vec!["spec.userDataSecretRef.key"],
+            ),
+            (
+                json!({"name": "s", "key": "."}),
+                vec!["spec.userDataSecretRef.key"],
+            ),
+            (
+                json!({"name": "s", "key": "k".repeat(254)}),
+                vec!["spec.userDataSecretRef.key"],
+            ),
+            (
+                json!({"name": "s", "key": null}),
+                vec!["spec.userDataSecretRef.key"],
+            ),
+            (
+                json!({"name": "s", "key": false}),
+                vec!["spec.userDataSecretRef.key"],
+            ),
+        ];
+        for (value, expected) in cases {
+            let verdict = create(&desk("a", json!({"userDataSecretRef": value.clone()})));
+            assert_eq!(fields(&verdict), expected, "{value}");
+        }
+        for key in [
+            "user-data",
+            "User_Data.yaml",
+            ".hidden",
+            "k".repeat(253).as_str(),
+        ] {
+            let verdict = create(&desk(
+                "a",
+                json!({"userDataSecretRef": {"name": "s", "key": key}}),
+            ));
+            assert!(verdict.allowed(), "{key}: {verdict:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let verdict = create(&desk(
+            "a",
+            json!({"timeoutMS": 5, "a": {"a": {"a": 1}}, "x.y/z": 1}),
+        ));
+        assert_eq!(
+            fields(&verdict),
+            ["spec.a", "spec.timeoutMS", "spec[x.y/z]"]
+        );
+        assert!(message_for(&verdict, "spec.timeoutMS").contains("did you mean \"timeoutMs\"?"));
+        assert!(
+            message_for(&verdict, "spec.a")
+                .contains("timeoutMs, timeoutAction, template, userDataSecretRef")
+        );
+
+        let verdict = create(&desk(
+            "a",
+            json!({"userDataSecretRef": {"name": "s", "key": "k", "namespace": "other"}}),
+        ));
+        assert_eq!(fields(&verdict), ["spec.userDataSecretRef.namespace"]);
+
+        let mut many = serde_json::Map::new();
+        for i in 0..1_000 {
+            many.insert(format!("f{i:04}"), json!(i));
+        }
+        let verdict = create(&desk("a", Value::Object(many)));
+        assert_eq!(verdict.violations.len(), MAX_UNKNOWN_FIELDS + 1);
+        assert_eq!(verdict.violations[MAX_UNKNOWN_FIELDS].field, "spec");
+        assert!(
+            verdict.violations[MAX_UNKNOWN_FIELDS]
+                .message
+                .contains("990 more")
+        );
+
+        let long_key = "k".repeat(10_000);
+        let verdict = create(&desk("a", json!({ long_key: 1 })));
+        assert!(
+            verdict
+                .violations
+                .iter()
+                .all(|v| v.field.len() < 100 && v.message.len() < 500),
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn spec_must_be_an_object() {
+        for spec in [json!([]), json!("x"), json!(5), json!(true)] {
+            let verdict = create(&desk("a", spec.clone()));
+            assert_eq!(fields(&verdict), ["spec"], "{spec}");
+            assert!(message_for(&verdict, "spec").contains("must be an object"));
+        }
+        let mut object = good();
+        object.as_object_mut().expect("object").remove("spec");
+        let verdict = create(&object);
+        assert_eq!(fields(&verdict), ["spec"]);
+        assert!(message_for(&verdict, "spec").contains("required"));
+        assert_eq!(fields(&create(&desk("a", json!(null)))), ["spec"]);
+    }
+
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let object = desk(
+            "Bad_Name",
+            json!({
+                "timeoutMs": "forever",
+                "timeoutAction": "Explode",
+                "template": "Not A Name",
+                "userDataSecretRef": {"name": "", "key": "a b"}
+            }),
+        );
+        let verdict = create(&object);
+        assert_eq!(
+            fields(&verdict),
+            [
+                "metadata.name",
+                "spec.timeoutMs",
+                "spec.timeoutAction",
+                "spec.template",
+                "spec.userDataSecretRef.name",
+                "spec.userDataSecretRef.key"
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_objects_never_panic() {
+        let objects = [
+            json!(null),
+            json!(1),
+            json!("Cyberdesk"),
+            json!([good()]),
+            json!({}),
+            json!({"metadata": "x", "spec": {}}),
+            json!({"spec": {"timeoutMs": {"$numberLong": "9"}, "userDataSecretRef": {"name": {"a": 1}, "key": [1]}}}),
+            json!({"spec": {"userDataSecretRef": {"name": "é".repeat(10_000), "key": "ü".repeat(10_000)}}}),
+            json!({"spec": {"template": "\u{0}\u{1b}[31m"}, "status": "x"}),
+        ];
+        let set = PolicySet::load(&[(
+            "p.json".into(),
+            br#"{"name":"p","schema":{"properties":{"spec":{"properties":{"timeoutMs":{"maximum":5}}}}}}"#.to_vec(),
+        )])
+        .expect("loads");
+        for object in &objects {
+            for op in [Operation::Create, Operation::Update] {
+                for old in [
+                    None,
+                    Some(&json!(null)),
+                    Some(&json!([])),
+                    Some(&running(json!({"template": "a"}))),
+                ] {
+                    let verdict = run_with(op, "alice", object, old, &set);
+                    for v in &verdict.violations {
+                        assert!(v.message.len() < 1_000, "{}", v.message);
+                    }
+                }
+            }
+        }
+        let verdict = run_with(
+            Operation::Create,
+            "alice",
+            &json!([1, 2]),
+            None,
+            &PolicySet::default(),
+        );
+        assert_eq!(fields(&verdict), [""]);
+        assert!(
+            verdict.violations[0]
+                .message
+                .contains("must be a JSON object")
+        );
+    }
+
+    #[test]
+    fn template_is_immutable_once_the_vm_exists() {
+        let old =
+            running(json!({"timeoutMs": 3_600_000, "timeoutAction": "Delete", "template": "a"}));
+        let new = desk(
+            "alice",
+            json!({"timeoutMs": 3_600_000, "timeoutAction": "Delete", "template": "b"}),
+        );
+        let verdict = update(&old, &new);
+        assert_eq!(fields(&verdict), ["spec.template"]);
+        let message = message_for(&verdict, "spec.template");
+        assert!(
+            message.contains(
+                "spec.template cannot change once the VirtualMachine exists (it was \"a\")"
+            ),
+            "{message}"
+        );
+
+        // Removing it, or setting it where the default was used, is a change too.
+        let removed = desk(
+            "alice",
+            json!({"timeoutMs": 3_600_000, "timeoutAction": "Delete"}),
+        );
+        assert_eq!(fields(&update(&old, &removed)), ["spec.template"]);
+        let old_default = running(json!({"timeoutMs": 3_600_000, "timeoutAction": "Delete"}));
+        let verdict = update(&old_default, &new);
+        assert!(message_for(&verdict, "spec.template").contains("it was not set"));
+        // Null and absent are the same.
+        let null_template = desk(
+            "alice",
+            json!({"timeoutMs": 3_600_000, "timeoutAction": "Delete", "template": null}),
+        );
+        assert!(update(&old_default, &null_template).allowed());
+    }
+
+    #[test]
+    fn secret_ref_is_immutable_once_the_vm_exists() {
+        let old = running(
+            json!({"timeoutAction": "Delete", "userDataSecretRef": {"name": "s", "key": "k"}}),
+        );
+        let new = desk(
+            "alice",
+            json!({"timeoutAction": "Delete", "userDataSecretRef": {"name": "s", "key": "k2"}}),
+        );
+        let verdict = update(&old, &new);
+        assert_eq!(fields(&verdict), ["spec.userDataSecretRef"]);
+        let message = message_for(&verdict, "spec.userDataSecretRef");
+        assert!(
+            message.contains("it was Secret \"s\" key \"k\""),
+            "{message}"
+        );
+        let same = desk(
+            "alice",
+            json!({"timeoutAction": "Delete", "userDataSecretRef": {"key": "k", "name": "s"}}),
+        );
+        assert!(update(&old, &same).allowed());
+    }
+
+    #[test]
+    fn fields_may_change_before_the_vm_exists() {
+        let mut old = desk(
+            "alice",
+            json!({"timeoutAction": "Delete", "template": "a", "userDataSecretRef": {"name": "s", "key": "k"}}),
+        );
+        let new = desk(
+            "alice",
+            json!({"timeoutAction": "Delete", "template": "b", "userDataSecretRef": {"name": "t", "key": "k"}}),
+        );
+        assert!(update(&old, &new).allowed());
+        // The condition alone also means the VM exists; a False condition does not.
+        old["status"] =
+            json!({"conditions": [{"type": "VirtualMachineCreated", "status": "False"}]});
+        assert!(update(&old, &new).allowed());
+        old["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}, {"type": "VirtualMachineCreated", "status": "True"}]});
+        assert_eq!(
+            fields(&update(&old, &new)),
+            ["spec.template", "spec.userDataSecretRef"]
+        );
+        old["status"] = json!({"virtualMachineRef": ""});
+        assert!(update(&old, &new).allowed());
+        // Immutability is an UPDATE rule only.
+        let verdict = run_with(
+            Operation::Create,
+            "alice",
+            &new,
+            Some(&running(json!({"template": "a"}))),
+            &PolicySet::default(),
+        );
+        assert!(verdict.allowed());
+    }
+
+    #[test]
+    fn timeout_may_change_on_update() {
+        let old = running(json!({"timeoutMs": 3_600_000 * 2, "timeoutAction": "Stop"}));
+        let longer = desk(
+            "alice",
+            json!({"timeoutMs": 3_600_000 * 4, "timeoutAction": "Stop"}),
+        );
+        assert_eq!(update(&old, &longer), Verdict::default());
+        let shorter = desk(
+            "alice",
+            json!({"timeoutMs": 3 * 3_600_000 / 2, "timeoutAction": "Stop"}),
+        );
+        assert_eq!(
+            update(&old, &shorter),
+            Verdict::default(),
+            "still 30 minutes to go"
+        );
+    }
+
+    #[test]
+    fn shortening_past_the_start_warns() {
+        // Started 11:00, now 12:00: a 30-minute lifetime is already over.
+        let old = running(json!({"timeoutMs": 7_200_000, "timeoutAction": "Stop"}));
+        let new = desk(
+            "alice",
+            json!({"timeoutMs": 1_800_000, "timeoutAction": "Stop"}),
+        );
+        let verdict = update(&old, &new);
+        assert!(verdict.allowed());
+        assert_eq!(verdict.warnings.len(), 1, "{verdict:?}");
+        let warning = &verdict.warnings[0];
+        assert!(warning.contains("2025-06-01T11:00:00Z"), "{warning}");
+        assert!(warning.contains("30m"), "{warning}");
+        assert!(warning.contains("time out right away"), "{warning}");
+        // Exactly at now counts as over.
+        let exact = desk(
+            "alice",
+            json!({"timeoutMs": 3_600_000, "timeoutAction": "Stop"}),
+        );
+        assert_eq!(update(&old, &exact).warnings.len(), 1);
+        // No start time, or an unreadable one: nothing to say.
+        let mut unstarted = old.clone();
+        unstarted["status"]["startTime"] = json!("yesterday");
+        assert!(update(&unstarted, &new).warnings.is_empty());
+        unstarted["status"]["startTime"] = json!(42);
+        assert!(update(&unstarted, &new).warnings.is_empty());
+        // Extending never warns, even if the session already ran out.
+        let long_over = running(json!({"timeoutMs": 1_000, "timeoutAction": "Stop"}));
+        assert!(
+            update(
+                &long_over,
+                &desk(
+                    "alice",
+                    json!({"timeoutMs": 2_000, "timeoutAction": "Stop"})
+                )
+            )
+            .warnings
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn soft_findings_are_warnings() {
+        let old = running(json!({"timeoutMs": 3_600_000}));
+        let new = desk("alice", json!({"timeoutMs": 3_600_000}));
+        let verdict = update(&old, &new);
+        assert!(verdict.allowed());
+        assert_eq!(verdict.warnings.len(), 1);
+        assert!(
+            verdict.warnings[0].contains("spec.timeoutAction is not set"),
+            "{:?}",
+            verdict.warnings
+        );
+        // Not on CREATE: the mutating webhook sets it.
+        assert!(create(&new).warnings.is_empty());
+
+        let long = create(&desk(
+            "a",
+            json!({"timeoutMs": 2 * 86_400_000, "timeoutAction": "Stop"}),
+        ));
+        assert!(long.allowed());
+        assert_eq!(long.warnings.len(), 1);
+        assert!(long.warnings[0].contains("2d"), "{:?}", long.warnings);
+        assert!(
+            create(&desk("a", json!({"timeoutMs": 86_400_000})))
+                .warnings
+                .is_empty()
+        );
+        // An out-of-range timeout is a violation, not also a warning.
+        let over = create(&desk("a", json!({"timeoutMs": 40 * 86_400_000_i64})));
+        assert!(over.warnings.is_empty());
+        assert_eq!(fields(&over), ["spec.timeoutMs"]);
+    }
+
+    #[test]
+    fn policies_are_merged_in() {
+        let set = PolicySet::load(&[
+            (
+                "deny.json".into(),
+                br#"{"name":"max-timeout-7d","schema":{"properties":{"spec":{"properties":{"timeoutMs":{"maximum":604800000}}}}}}"#.to_vec(),
+            ),
+            (
+                "warn.json".into(),
+                br#"{"name":"eight-hours","enforcement":"warn","schema":{"properties":{"spec":{"properties":{"timeoutMs":{"maximum":28800000}}}}}}"#.to_vec(),
+            ),
+            (
+                "team.json".into(),
+                br#"{"name":"team-a","match":{"namespaces":["team-a"]},"schema":{"required":["nothing"]}}"#.to_vec(),
+            ),
+        ])
+        .expect("loads");
+        let object = desk(
+            "Bad",
+            json!({"timeoutMs": 604_800_001, "timeoutAction": "Stop"}),
+        );
+        let verdict = run_with(Operation::Create, "Bad", &object, None, &set);
+        assert_eq!(fields(&verdict), ["metadata.name", "spec.timeoutMs"]);
+        assert!(message_for(&verdict, "spec.timeoutMs").starts_with("policy \"max-timeout-7d\": "));
+        assert_eq!(verdict.warnings.len(), 2, "{:?}", verdict.warnings);
+        assert!(
+            verdict
+                .warnings
+                .iter()
+                .any(|w| w.contains("longer than 24h"))
+        );
+        assert!(
+            verdict
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("policy \"eight-hours\": spec.timeoutMs: "))
+        );
+
+        let ok = desk(
+            "a",
+            json!({"timeoutMs": 604_800_000, "timeoutAction": "Stop"}),
+        );
+        assert!(run_with(Operation::Update, "a", &ok, None, &set).allowed());
+    }
+
+    #[test]
+    fn shipped_policies_judge_the_seven_day_ceiling() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let set = PolicySet::load(&crate::webhook::policy::load_dir(&dir).expect("reads"))
+            .expect("loads");
+        let wide = ValidateConfig {
+            min_timeout_ms: 1_000,
+            max_timeout_ms: 365 * 86_400_000,
+        };
+        let judge = |ms: i64| {
+            let object = desk("a", json!({"timeoutMs": ms, "timeoutAction": "Stop"}));
+            let input = ValidationInput {
+                operation: Operation::Create,
+                name: "a",
+                namespace: "default",
+                object: &object,
+                old_object: None,
+            };
+            validate_at(&input, &wide, &set, now())
+        };
+        let over = judge(604_800_001);
+        assert_eq!(fields(&over), ["spec.timeoutMs"]);
+        assert!(judge(604_800_000).allowed());
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_ms(604_800_000), "7d");
+        assert_eq!(human_ms(3_600_000), "1h");
+        assert_eq!(human_ms(5_400_000), "90m");
+        assert_eq!(human_ms(1_000), "1s");
+        assert_eq!(human_ms(1_500), "1500ms");
+        assert_eq!(human_ms(0), "0ms");
+        assert_eq!(human_ms(-2_000), "-2s");
+        assert_eq!(human_ms(i64::MIN), format!("{}ms", i64::MIN));
+    }
 }

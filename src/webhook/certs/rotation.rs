@@ -1,0 +1,225 @@
+//! Self-managed mode's loop: keep the TLS Secret fresh, serve what it holds, and hand a
+//! changed CA bundle to whoever puts it into the webhook configurations.
+
+use std::fmt::Display;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{
+    CertBundle, CertError, CertOptions, KubeSecretStore, SecretStore, ensure_secret_in, unix,
+};
+use crate::config::RunConfig;
+use crate::metrics::Metrics;
+use crate::webhook::tls::{self, CertResolver};
+
+/// Checks are cheap (one GET); a minute keeps a replica at most that far behind a peer's
+/// rotation, and each check compares wall-clock time, so a host that slept catches up on
+/// its first check after waking.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct SelfManagedConfig {
+    pub namespace: String,
+    pub secret_name: String,
+    /// DNS names and IPs the serving certificate must carry.
+    pub sans: Vec<String>,
+    pub options: CertOptions,
+    pub check_interval: Duration,
+}
+
+impl SelfManagedConfig {
+    pub fn new(
+        namespace: impl Into<String>,
+        secret_name: impl Into<String>,
+        sans: Vec<String>,
+    ) -> Self {
+        Self {
+            namespace: namespace.into(),
+            secret_name: secret_name.into(),
+            sans,
+            options: CertOptions::default(),
+            check_interval: DEFAULT_CHECK_INTERVAL,
+        }
+    }
+
+    pub fn from_run_config(cfg: &RunConfig) -> Self {
+        Self::new(&cfg.namespace, &cfg.tls_secret, cfg.service_dns_names())
+    }
+}
+
+/// What one check did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// A different certificate is now served.
+    pub swapped: bool,
+    /// The CA bundle was handed to `on_new_ca`.
+    pub published_ca: bool,
+    /// notAfter (Unix seconds) of the certificate being served, if any.
+    pub not_after: Option<i64>,
+}
+
+struct Loaded {
+    fingerprint: u64,
+    not_after: i64,
+}
+
+fn fingerprint(bundle: &CertBundle) -> u64 {
+    let mut h = DefaultHasher::new();
+    bundle.cert_pem.hash(&mut h);
+    bundle.key_pem.hash(&mut h);
+    h.finish()
+}
+
+/// One replica's view of the Secret: what it serves and which CA bundle it last published.
+pub struct SelfManaged<S, F> {
+    store: S,
+    cfg: SelfManagedConfig,
+    resolver: Arc<CertResolver>,
+    metrics: Metrics,
+    on_new_ca: F,
+    loaded: Option<Loaded>,
+    published_ca: Option<String>,
+}
+
+impl<S, F, Fut, E> SelfManaged<S, F>
+where
+    S: SecretStore,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    pub fn new(
+        store: S,
+        cfg: SelfManagedConfig,
+        resolver: Arc<CertResolver>,
+        metrics: Metrics,
+        on_new_ca: F,
+    ) -> Self {
+        Self {
+            store,
+            cfg,
+            resolver,
+            metrics,
+            on_new_ca,
+            loaded: None,
+            published_ca: None,
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub async fn tick(&mut self) -> Result<Tick, CertError> {
+        self.tick_at(SystemTime::now()).await
+    }
+
+    /// One check: make the Secret right, publish a changed CA bundle, serve its leaf.
+    /// The bundle is published before the new leaf is served, so the apiserver already
+    /// trusts the CA that signed it (the bundle keeps the previous CA too, for peers).
+    pub async fn tick_at(&mut self, now: SystemTime) -> Result<Tick, CertError> {
+        let bundle = ensure_secret_in(&self.store, &self.cfg.sans, &self.cfg.options, now).await?;
+        let mut tick = Tick::default();
+
+        let mut publish_error = None;
+        if self.published_ca.as_deref() != Some(bundle.ca_cert_pem.as_str()) {
+            match (self.on_new_ca)(bundle.ca_cert_pem.clone()).await {
+                Ok(()) => {
+                    info!(secret = %self.cfg.secret_name, namespace = %self.cfg.namespace, "CA bundle published");
+                    self.published_ca = Some(bundle.ca_cert_pem.clone());
+                    tick.published_ca = true;
+                }
+                Err(e) => publish_error = Some(e.to_string()),
+            }
+        }
+
+        let fp = fingerprint(&bundle);
+        let changed = self.loaded.as_ref().is_none_or(|l| l.fingerprint != fp);
+        // Unpublished CA: keep serving the old leaf while it is still valid, since the
+        // apiserver may not trust the new one yet; with nothing valid to serve, serve it.
+        let old_still_valid = self
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.not_after > unix(now));
+        if changed && (publish_error.is_none() || !old_still_valid) {
+            let certified = tls::certified_key_from_pem(&bundle.cert_pem, &bundle.key_pem)?;
+            let not_after = tls::cert_not_after(&bundle.cert_pem)?;
+            self.resolver.swap(Arc::new(certified));
+            self.metrics.cert_expiry.set(not_after as f64);
+            self.loaded = Some(Loaded {
+                fingerprint: fp,
+                not_after,
+            });
+            tick.swapped = true;
+            info!(secret = %self.cfg.secret_name, namespace = %self.cfg.namespace, not_after, "webhook serving certificate loaded");
+        }
+        tick.not_after = self.loaded.as_ref().map(|l| l.not_after);
+
+        match publish_error {
+            Some(e) => Err(CertError::PublishCa(e)),
+            None => Ok(tick),
+        }
+    }
+
+    /// Checks every `check_interval` until `shutdown`; a failed check is retried sooner,
+    /// backing off from 1 s up to the interval. Never returns early, never panics.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let interval = self.cfg.check_interval.max(MIN_BACKOFF);
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.tick() => r,
+            };
+            let wait = match result {
+                Ok(_) => {
+                    backoff = MIN_BACKOFF;
+                    interval
+                }
+                Err(e) => {
+                    let wait = backoff;
+                    warn!(
+                        secret = %self.cfg.secret_name,
+                        namespace = %self.cfg.namespace,
+                        error = %e,
+                        retry_in_secs = wait.as_secs(),
+                        "webhook certificate check failed"
+                    );
+                    backoff = (backoff * 2).min(interval);
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// Self-managed mode for the lifetime of the process. `on_new_ca` gets the CA bundle (PEM)
+/// at start and whenever it changes, and should put it into both webhook configurations;
+/// an error is retried at the next check.
+pub async fn run_self_managed<F, Fut, E>(
+    client: Client,
+    cfg: SelfManagedConfig,
+    resolver: Arc<CertResolver>,
+    metrics: Metrics,
+    on_new_ca: F,
+    shutdown: CancellationToken,
+) where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let store = KubeSecretStore::new(client, &cfg.namespace, &cfg.secret_name);
+    SelfManaged::new(store, cfg, resolver, metrics, on_new_ca)
+        .run(shutdown)
+        .await;
+}

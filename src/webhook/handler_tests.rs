@@ -1,0 +1,253 @@
+//! Handler tests: the webhook router driven with crafted AdmissionReviews — good, bad and
+//! hostile. Every one gets a clear answer; none panics.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::metrics::Metrics;
+use crate::webhook::admission::Admission;
+use crate::webhook::mutate::MutateConfig;
+use crate::webhook::policy::{PolicySet, PolicyStore};
+use crate::webhook::server::{MAX_BODY_BYTES, router};
+use crate::webhook::validate::ValidateConfig;
+
+fn app_with(policies: PolicyStore) -> Router {
+    router(Arc::new(Admission {
+        mutate: MutateConfig { default_timeout_ms: 3_600_000 },
+        validate: ValidateConfig { min_timeout_ms: 1_000, max_timeout_ms: 30 * 86_400_000 },
+        policies,
+        metrics: Metrics::new("test", &[]).expect("metrics"),
+    }))
+}
+
+fn app() -> Router {
+    app_with(PolicyStore::default())
+}
+
+async fn post(app: Router, path: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+    let resp = app
+        .oneshot(Request::post(path).header("content-type", "application/json").body(body.into()).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn review(operation: &str, object: Value, old: Value) -> Value {
+    let name = object.pointer("/metadata/name").cloned().unwrap_or(json!(""));
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "11111111-2222-3333-4444-555555555555",
+            "kind": {"group": "cyberdesk.io", "version": "v1alpha1", "kind": "Cyberdesk"},
+            "resource": {"group": "cyberdesk.io", "version": "v1alpha1", "resource": "cyberdesks"},
+            "name": name, "namespace": "team-a", "operation": operation,
+            "userInfo": {"username": "alice"},
+            "object": object, "oldObject": old, "dryRun": false
+        }
+    })
+}
+
+fn desk(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+           "metadata": {"name": name, "namespace": "team-a"}, "spec": spec})
+}
+
+fn response(v: &Value) -> &Value {
+    &v["response"]
+}
+
+#[tokio::test]
+async fn mutate_defaults_and_adds_the_finalizer() {
+    let (status, body) = post(app(), "/mutate", review("CREATE", desk("alice", json!({})), Value::Null).to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = response(&body);
+    assert_eq!(r["uid"], "11111111-2222-3333-4444-555555555555");
+    assert_eq!(r["allowed"], true);
+    assert_eq!(r["patchType"], "JSONPatch");
+    let patch = patch_bytes(&r["patch"]);
+    let text = String::from_utf8(patch).expect("utf-8");
+    assert!(text.contains("/spec/timeoutMs") && text.contains("3600000"), "{text}");
+    assert!(text.contains("cyberdesk.io/vm-cleanup"), "{text}");
+}
+
+/// kube serializes the patch bytes as a JSON array (Go's decoder accepts that as well as
+/// base64); accept both here.
+fn patch_bytes(v: &Value) -> Vec<u8> {
+    use base64::Engine;
+    match v {
+        Value::String(s) => base64::engine::general_purpose::STANDARD.decode(s).expect("base64"),
+        Value::Array(items) => items.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect(),
+        other => panic!("no patch: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn mutate_leaves_complete_objects_alone() {
+    let mut obj = desk("alice", json!({"timeoutMs": 5000, "timeoutAction": "Stop"}));
+    obj["metadata"]["finalizers"] = json!(["cyberdesk.io/vm-cleanup"]);
+    let (status, body) = post(app(), "/mutate", review("CREATE", obj, Value::Null).to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response(&body)["allowed"], true);
+    assert!(response(&body).get("patch").is_none());
+}
+
+#[tokio::test]
+async fn validate_reports_every_violation_with_its_field() {
+    let obj = desk("Bad_Name", json!({"timeoutMs": 10, "timeoutAction": "Explode"}));
+    let (status, body) = post(app(), "/validate", review("CREATE", obj, Value::Null).to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = response(&body);
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 422);
+    assert_eq!(r["status"]["reason"], "Invalid");
+    let fields: Vec<&str> = r["status"]["details"]["causes"]
+        .as_array()
+        .expect("causes")
+        .iter()
+        .filter_map(|c| c["field"].as_str())
+        .collect();
+    for wanted in ["metadata.name", "spec.timeoutMs", "spec.timeoutAction"] {
+        assert!(fields.contains(&wanted), "{wanted} missing from {fields:?}");
+    }
+    assert!(r["status"]["details"]["causes"][0]["reason"] == "FieldValueInvalid");
+}
+
+#[tokio::test]
+async fn validate_admits_a_good_desk() {
+    let obj = desk("alice", json!({"timeoutMs": 60000, "timeoutAction": "Delete"}));
+    let (_, body) = post(app(), "/validate", review("CREATE", obj, Value::Null).to_string()).await;
+    assert_eq!(response(&body)["allowed"], true, "{body}");
+}
+
+#[tokio::test]
+async fn policies_deny_through_the_handler() {
+    let policy = json!({"name": "max-1h", "enforcement": "deny",
+        "schema": {"properties": {"spec": {"properties": {"timeoutMs": {"maximum": 3600000}}}}}});
+    let set = PolicySet::load(&[("test".into(), policy.to_string().into_bytes())]).expect("loads");
+    let app = app_with(PolicyStore::new(set));
+    let obj = desk("alice", json!({"timeoutMs": 7200000}));
+    let (_, body) = post(app, "/validate", review("CREATE", obj, Value::Null).to_string()).await;
+    let r = response(&body);
+    assert_eq!(r["allowed"], false);
+    assert!(r["status"]["message"].as_str().unwrap_or("").contains("max-1h"), "{body}");
+}
+
+#[tokio::test]
+async fn metadata_only_updates_are_never_blocked() {
+    // Finalizer removal during deletion must pass even if the spec now breaks a rule.
+    let old = desk("alice", json!({"timeoutMs": 10}));
+    let mut new = old.clone();
+    new["metadata"]["finalizers"] = json!([]);
+    let (_, body) = post(app(), "/validate", review("UPDATE", new, old).to_string()).await;
+    assert_eq!(response(&body)["allowed"], true, "{body}");
+}
+
+#[tokio::test]
+async fn immutable_fields_are_enforced_once_the_vm_exists() {
+    let mut old = desk("alice", json!({"timeoutMs": 60000, "template": "a"}));
+    old["status"] = json!({"virtualMachineRef": "cyberdesk-alice"});
+    let new = desk("alice", json!({"timeoutMs": 60000, "template": "b"}));
+    let (_, body) = post(app(), "/validate", review("UPDATE", new, old).to_string()).await;
+    let r = response(&body);
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["details"]["causes"][0]["field"], "spec.template");
+}
+
+#[tokio::test]
+async fn hostile_envelopes_get_400_with_a_reason() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty body", Vec::new()),
+        ("not JSON", b"<xml/>".to_vec()),
+        ("wrong apiVersion", br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#.to_vec()),
+        ("wrong kind", br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#.to_vec()),
+        ("missing request", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec()),
+        ("request not an object", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":[]}"#.to_vec()),
+        ("JSON array", b"[1,2,3]".to_vec()),
+    ];
+    for (what, body) in cases {
+        let (status, answer) = post(app(), "/validate", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn deep_nesting_is_refused_not_a_stack_overflow() {
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, _) = post(app(), "/mutate", deep).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let mut spec = json!(1);
+    for _ in 0..100 {
+        spec = json!({"a": spec});
+    }
+    // The apiserver prunes unknown fields before admission; here only a clean answer counts.
+    let (status, body) = post(app(), "/validate", review("CREATE", desk("alice", spec), Value::Null).to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response(&body)["uid"], "11111111-2222-3333-4444-555555555555");
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    let huge = vec![b' '; MAX_BODY_BYTES + 1];
+    let (status, _) = post(app(), "/validate", huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn unreadable_requests_are_denied_with_their_uid() {
+    let body = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u-42", "operation": "CREATE", "object": "not an object"}});
+    let (status, answer) = post(app(), "/validate", body.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response(&answer)["uid"], "u-42");
+    assert_eq!(response(&answer)["allowed"], false);
+}
+
+#[tokio::test]
+async fn wrong_spec_types_and_hostile_names_are_violations() {
+    let specs = [json!([]), json!("spec"), json!(null), json!({"timeoutMs": "soon"}), json!({"timeoutMs": 1.5}),
+                 json!({"timeoutMs": -1}), json!({"timeoutMs": 1e300}), json!({"userDataSecretRef": "s"})];
+    for spec in specs {
+        let (status, body) = post(app(), "/validate", review("CREATE", desk("alice", spec.clone()), Value::Null).to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{spec}");
+        assert_eq!(response(&body)["allowed"], false, "{spec} admitted: {body}");
+    }
+    for name in ["x".repeat(10_000), "désktop".to_string(), "UPPER".into(), "-dash".into(), "a.b".into(), String::new()] {
+        let (status, body) = post(app(), "/validate", review("CREATE", desk(&name, json!({})), Value::Null).to_string()).await;
+        assert_eq!(status, StatusCode::OK);
+        let r = response(&body);
+        assert_eq!(r["allowed"], false, "name {name:?} admitted");
+        assert!(r["status"]["message"].as_str().unwrap_or("").len() < 2_000, "echoed a huge name back");
+    }
+}
+
+#[tokio::test]
+async fn duplicate_keys_get_a_clear_answer() {
+    let text = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","kind":"AdmissionReview",
+        "request":{"uid":"u-7","kind":{"group":"cyberdesk.io","version":"v1alpha1","kind":"Cyberdesk"},
+        "resource":{"group":"cyberdesk.io","version":"v1alpha1","resource":"cyberdesks"},"name":"a","namespace":"n",
+        "operation":"CREATE","userInfo":{},"object":{"apiVersion":"cyberdesk.io/v1alpha1","kind":"Cyberdesk",
+        "metadata":{"name":"a"},"spec":{"timeoutMs":5000,"timeoutMs":10}}}}"#;
+    let (status, body) = post(app(), "/validate", text).await;
+    // Either a 400 with a reason or a review carrying the uid; never a panic or a hang.
+    match status {
+        StatusCode::BAD_REQUEST => assert!(body["error"].is_string()),
+        StatusCode::OK => assert_eq!(response(&body)["uid"], "u-7"),
+        other => panic!("unexpected status {other}"),
+    }
+}
+
+#[tokio::test]
+async fn other_kinds_are_refused() {
+    let mut r = review("CREATE", json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}), Value::Null);
+    r["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Pod"});
+    let (_, body) = post(app(), "/validate", r.to_string()).await;
+    assert_eq!(response(&body)["allowed"], false);
+}
