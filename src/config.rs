@@ -68,6 +68,10 @@ pub struct RunConfig {
     #[arg(long = "extra-san", env = "CYBERDESK_EXTRA_SANS", value_delimiter = ',')]
     pub extra_sans: Vec<String>,
 
+    /// How often the self-managed certificate is checked for expiry and for a peer's rotation.
+    #[arg(long, env = "CYBERDESK_CERT_CHECK_INTERVAL_SECS", default_value_t = 60)]
+    pub cert_check_interval_secs: u64,
+
     /// Create/update both webhook configurations (with the CA bundle) by server-side apply.
     #[arg(long, env = "CYBERDESK_MANAGE_WEBHOOK_CONFIG", default_value_t = true, action = ArgAction::Set)]
     pub manage_webhook_config: bool,

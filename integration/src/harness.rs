@@ -39,11 +39,26 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// `cyberdesk-operator run` with free ports, the given kubeconfig and extra flags.
     pub fn start(kubeconfig: &Path, log_dir: &Path, identity: &str, extra: &[String]) -> Self {
+        Self::start_on(kubeconfig, log_dir, identity, free_addr(), extra)
+    }
+
+    /// As `start`, with the webhook server on `webhook` (tests register that URL).
+    pub fn start_on(kubeconfig: &Path, log_dir: &Path, identity: &str, webhook: SocketAddr, extra: &[String]) -> Self {
         let admin = free_addr();
-        let webhook = free_addr();
         let log = log_dir.join(format!("operator-{identity}.log"));
         let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log {}: {e}", log.display()));
-        let child = Command::new(operator_binary())
+        let mut cmd = Command::new(operator_binary());
+        // SAFETY: only async-signal-safe prctl(2) between fork and exec. The operator dies
+        // with the thread that started it, so no test leaves one behind.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("run")
             .arg(format!("--admin-addr={admin}"))
             .arg(format!("--webhook-addr={webhook}"))
@@ -110,4 +125,50 @@ impl Drop for OperatorProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Where a shared operator listens; the process itself lives on a keeper thread.
+#[derive(Clone, Debug)]
+pub struct SharedOperator {
+    pub admin: SocketAddr,
+    pub webhook: SocketAddr,
+    pub log: PathBuf,
+    pub pid: u32,
+}
+
+impl SharedOperator {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").map(|(_, body)| body).unwrap_or_default()
+    }
+}
+
+/// Starts one operator per test binary on a thread that lives as long as the binary, and
+/// waits until it is ready. `extra(webhook_addr)` gives the flags (they may need the port).
+pub fn start_shared_operator(
+    kubeconfig: &Path,
+    log_dir: &Path,
+    extra: impl FnOnce(SocketAddr) -> Vec<String> + Send + 'static,
+) -> Result<SharedOperator, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let kubeconfig = kubeconfig.to_path_buf();
+    let log_dir = log_dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("operator-keeper".into())
+        .spawn(move || {
+            let webhook = free_addr();
+            let args = extra(webhook);
+            let process = OperatorProcess::start_on(&kubeconfig, &log_dir, "shared", webhook, &args);
+            let info = SharedOperator { admin: process.admin, webhook, log: process.log.clone(), pid: process.pid() };
+            let ready = process.wait_ready(Duration::from_secs(60));
+            let _ = tx.send(if ready { Ok(info) } else { Err(format!("operator never ready:\n{}", process.log())) });
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    rx.recv().map_err(|e| e.to_string())?
 }

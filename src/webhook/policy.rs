@@ -173,8 +173,8 @@ impl fmt::Debug for Policy {
 pub struct Finding {
     /// kubectl-style path (`spec.timeoutMs`); empty for the object itself.
     pub field: String,
-    /// `policy "<name>": <schema error text>`.
-    pub message: String,
+    /// The schema error text (cut short), without the policy's name.
+    pub detail: String,
 }
 
 impl Policy {
@@ -302,23 +302,39 @@ impl Policy {
             if i == MAX_FINDINGS_PER_POLICY {
                 findings.push(Finding {
                     field: String::new(),
-                    message: format!(
-                        "policy {:?}: more than {MAX_FINDINGS_PER_POLICY} findings; only the first {MAX_FINDINGS_PER_POLICY} are shown",
-                        self.name
+                    detail: format!(
+                        "more than {MAX_FINDINGS_PER_POLICY} findings; only the first {MAX_FINDINGS_PER_POLICY} are shown"
                     ),
                 });
                 break;
             }
             findings.push(Finding {
                 field: field_path(error.instance_path().as_str(), object),
-                message: format!(
-                    "policy {:?}: {}",
-                    self.name,
-                    bounded_display(&error, MAX_MESSAGE_CHARS)
-                ),
+                detail: bounded_display(&error, MAX_MESSAGE_CHARS),
             });
         }
         findings
+    }
+
+    /// A finding as a field error: `policy "<name>": <detail>` on its field.
+    pub fn violation(&self, finding: Finding) -> FieldViolation {
+        FieldViolation {
+            field: finding.field,
+            message: format!("policy {:?}: {}", self.name, finding.detail),
+        }
+    }
+
+    /// A finding as one warning sentence: `policy "<name>": spec.timeoutMs: <detail>` — the
+    /// field is spelled out because warnings have no field of their own.
+    pub fn warning(&self, finding: &Finding) -> String {
+        if finding.field.is_empty() {
+            format!("policy {:?}: {}", self.name, finding.detail)
+        } else {
+            format!(
+                "policy {:?}: {}: {}",
+                self.name, finding.field, finding.detail
+            )
+        }
     }
 
     /// One line for `policy check`.
@@ -413,13 +429,8 @@ impl PolicySet {
         {
             for finding in policy.check(object) {
                 match policy.enforcement {
-                    Enforcement::Deny => {
-                        outcome.violations.push(FieldViolation {
-                            field: finding.field,
-                            message: finding.message,
-                        });
-                    }
-                    Enforcement::Warn => outcome.warnings.push(warning_sentence(&finding)),
+                    Enforcement::Deny => outcome.violations.push(policy.violation(finding)),
+                    Enforcement::Warn => outcome.warnings.push(policy.warning(&finding)),
                 }
             }
         }
@@ -441,18 +452,6 @@ impl PolicySet {
 
     pub fn policies(&self) -> &[Policy] {
         &self.policies
-    }
-}
-
-/// `policy "x": spec.timeoutMs: 9 is greater than the maximum of 8` — the field goes after
-/// the policy name so that every warning still starts with who is speaking.
-fn warning_sentence(finding: &Finding) -> String {
-    if finding.field.is_empty() {
-        return finding.message.clone();
-    }
-    match finding.message.split_once(": ") {
-        Some((who, what)) => format!("{who}: {}: {what}", finding.field),
-        None => format!("{}: {}", finding.field, finding.message),
     }
 }
 

@@ -162,8 +162,10 @@ fn check_name(name: &str, verdict: &mut Verdict) {
         verdict.deny(FIELD, "a name is required");
         return;
     }
+    // Counted in characters: a non-ASCII name gets the format message below, not a
+    // byte count that would look wrong to its author.
     let length = name.chars().count();
-    if name.len() > MAX_NAME_LEN {
+    if length > MAX_NAME_LEN {
         verdict.deny(
             FIELD,
             format!(
@@ -769,6 +771,10 @@ mod tests {
             "{}",
             verdict.violations[1].message
         );
+        // 30 characters but 60 bytes: one message, about the characters.
+        let accented = create(&desk(&"é".repeat(30), json!({})));
+        assert_eq!(fields(&accented), ["metadata.name"]);
+        assert!(message_for(&accented, "metadata.name").contains("'é'"));
         let multibyte = create(&desk(&"é".repeat(5_000), json!({})));
         assert!(multibyte.violations.iter().all(|v| v.message.len() < 500));
     }

@@ -49,7 +49,9 @@ impl SelfManagedConfig {
     }
 
     pub fn from_run_config(cfg: &RunConfig) -> Self {
-        Self::new(&cfg.namespace, &cfg.tls_secret, cfg.service_dns_names())
+        let mut this = Self::new(&cfg.namespace, &cfg.tls_secret, cfg.service_dns_names());
+        this.check_interval = Duration::from_secs(cfg.cert_check_interval_secs.max(1));
+        this
     }
 }
 

@@ -1,0 +1,45 @@
+//! failurePolicy Fail: with the webhook server gone, creates fail with the apiserver's
+//! error and nothing is stored. Own binary: it kills its operator.
+
+use std::time::Duration;
+
+use cyberdesk_integration::harness::{OperatorProcess, free_addr, poll_until};
+use cyberdesk_integration::operator::operator_output;
+use cyberdesk_integration::shared::{cluster, namespace};
+
+#[tokio::test]
+async fn creates_fail_closed_when_the_webhook_is_down() {
+    let c = cluster();
+    let k = c.kubectl();
+    let crd = operator_output(&["crd"]);
+    k.apply(&String::from_utf8_lossy(&crd.stdout), &["--server-side"]).expect("kubectl").ok().expect("crd");
+    k.run(&["wait", "--for=condition=Established", "crd/cyberdesks.cyberdesk.io"], None).expect("kubectl");
+    let _ = k.run(&["create", "namespace", "cyberdesk-system"], None);
+    let client = c.client().await;
+    let ns = namespace(&client, "outage").await;
+
+    let webhook = free_addr();
+    let args = vec![
+        format!("--webhook-url=https://{webhook}"),
+        "--extra-san=127.0.0.1".to_string(),
+        "--leader-election=false".to_string(),
+        "--policy-dir=/nonexistent".to_string(),
+    ];
+    let mut op = OperatorProcess::start_on(&c.kubeconfig, &c.dir, "outage", webhook, &args);
+    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+    let manifest = |name: &str| {
+        format!("apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{}}\n")
+    };
+    assert!(
+        poll_until(Duration::from_secs(30), || k.apply(&manifest("up"), &["--dry-run=server"]).is_ok_and(|o| o.success)),
+        "webhooks never answered"
+    );
+
+    op.signal(libc::SIGKILL);
+    assert!(op.wait_exit(Duration::from_secs(10)).is_some());
+    let out = k.apply(&manifest("down"), &[]).expect("kubectl");
+    assert!(!out.success, "created without its webhook");
+    assert!(out.stderr.contains("failed calling webhook"), "{}", out.stderr);
+    let got = k.run(&["get", "cd", "down", "-n", &ns], None).expect("kubectl");
+    assert!(!got.success && got.stderr.contains("NotFound"), "stored anyway: {}", got.stdout);
+}
