@@ -45,7 +45,10 @@ async fn readyz_handler(State(state): State<AdminState>) -> Response {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("cannot listen on {addr} for the admin server: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("admin server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -60,7 +63,9 @@ pub async fn bind(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| AdminError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| AdminError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| AdminError::Bind { addr, source })?;
     let serve = async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -83,7 +88,9 @@ mod tests {
             .await
             .expect("response");
         let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -93,8 +100,14 @@ mod tests {
         let readiness = Readiness::default();
         readiness.register("webhook");
         let app = router(metrics, readiness.clone());
-        assert_eq!(get_path(app.clone(), "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(get_path(app.clone(), "/healthz").await, (StatusCode::OK, "ok".into()));
+        assert_eq!(
+            get_path(app.clone(), "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            get_path(app.clone(), "/healthz").await,
+            (StatusCode::OK, "ok".into())
+        );
         readiness.open("webhook");
         assert_eq!(get_path(app.clone(), "/readyz").await.0, StatusCode::OK);
         let (status, body) = get_path(app, "/metrics").await;

@@ -45,15 +45,28 @@ pub struct RunConfig {
     pub admin_addr: SocketAddr,
 
     /// Where the webhook serving certificate comes from.
-    #[arg(long, env = "CYBERDESK_TLS_MODE", value_enum, default_value = "self-managed")]
+    #[arg(
+        long,
+        env = "CYBERDESK_TLS_MODE",
+        value_enum,
+        default_value = "self-managed"
+    )]
     pub tls_mode: TlsMode,
 
     /// Serving certificate (PEM) for --tls-mode files.
-    #[arg(long, env = "CYBERDESK_TLS_CERT_FILE", default_value = "/etc/cyberdesk/tls/tls.crt")]
+    #[arg(
+        long,
+        env = "CYBERDESK_TLS_CERT_FILE",
+        default_value = "/etc/cyberdesk/tls/tls.crt"
+    )]
     pub tls_cert_file: PathBuf,
 
     /// Private key (PEM) for --tls-mode files.
-    #[arg(long, env = "CYBERDESK_TLS_KEY_FILE", default_value = "/etc/cyberdesk/tls/tls.key")]
+    #[arg(
+        long,
+        env = "CYBERDESK_TLS_KEY_FILE",
+        default_value = "/etc/cyberdesk/tls/tls.key"
+    )]
     pub tls_key_file: PathBuf,
 
     /// Secret that holds the self-managed CA and serving certificate.
@@ -65,7 +78,11 @@ pub struct RunConfig {
     pub service_name: String,
 
     /// Extra DNS names or IP addresses for the serving certificate (repeat or comma-separate).
-    #[arg(long = "extra-san", env = "CYBERDESK_EXTRA_SANS", value_delimiter = ',')]
+    #[arg(
+        long = "extra-san",
+        env = "CYBERDESK_EXTRA_SANS",
+        value_delimiter = ','
+    )]
     pub extra_sans: Vec<String>,
 
     /// How often the self-managed certificate is checked for expiry and for a peer's rotation.
@@ -89,7 +106,11 @@ pub struct RunConfig {
     pub max_timeout_ms: i64,
 
     /// Folder of JSON Schema policy files (*.json); a missing folder means no file policies.
-    #[arg(long, env = "CYBERDESK_POLICY_DIR", default_value = "/etc/cyberdesk/policies")]
+    #[arg(
+        long,
+        env = "CYBERDESK_POLICY_DIR",
+        default_value = "/etc/cyberdesk/policies"
+    )]
     pub policy_dir: PathBuf,
 
     /// ConfigMap in --namespace whose *.json keys are policies, watched and hot-reloaded.
@@ -150,6 +171,19 @@ impl RunConfig {
     }
 }
 
+impl RunConfig {
+    /// The configuration `run` gets with no flags: defaults and environment only.
+    pub fn parse_default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            run: RunConfig,
+        }
+        Only::parse_from(["cyberdesk-operator"]).run
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,18 +219,5 @@ mod tests {
         let names = cfg.service_dns_names();
         assert!(names.contains(&"cyberdesk-operator.cyberdesk-system.svc".to_string()));
         assert!(names.contains(&"127.0.0.1".to_string()));
-    }
-}
-
-impl RunConfig {
-    /// The configuration `run` gets with no flags: defaults and environment only.
-    pub fn parse_default() -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            run: RunConfig,
-        }
-        Only::parse_from(["cyberdesk-operator"]).run
     }
 }

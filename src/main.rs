@@ -94,7 +94,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(cfg) => {
             cyberdesk_operator::telemetry::init(cfg.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(cyberdesk_operator::runtime::run(*cfg))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -103,42 +105,56 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Certs(args) => {
-            let written = cyberdesk_operator::webhook::certs::write_local_certs(&args.out, &args.sans)?;
+            let written =
+                cyberdesk_operator::webhook::certs::write_local_certs(&args.out, &args.sans)?;
             for path in written {
                 println!("wrote {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::WebhookConfig(args) => {
-            use cyberdesk_operator::webhook::configuration::{WebhookConfigParams, WebhookTarget, render_yaml};
+            use cyberdesk_operator::webhook::configuration::{
+                WebhookConfigParams, WebhookTarget, render_yaml,
+            };
             let target = match args.url {
                 Some(url) => WebhookTarget::Url(url),
-                None => WebhookTarget::Service { name: args.service_name, namespace: args.namespace.clone(), port: 443 },
+                None => WebhookTarget::Service {
+                    name: args.service_name,
+                    namespace: args.namespace.clone(),
+                    port: 443,
+                },
             };
             let ca = match &args.ca_file {
-                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                ),
                 None => None,
             };
-            let params = WebhookConfigParams { target, exempt_namespace: args.namespace, timeout_seconds: 5 };
+            let params = WebhookConfigParams {
+                target,
+                exempt_namespace: args.namespace,
+                timeout_seconds: 5,
+            };
             print!("{}", render_yaml(&params, ca.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy { command: PolicyCommand::Check { files } } => {
-            match cyberdesk_operator::webhook::policy::check_files(&files) {
-                Ok(lines) => {
-                    for line in lines {
-                        println!("{line}");
-                    }
-                    Ok(ExitCode::SUCCESS)
+        Command::Policy {
+            command: PolicyCommand::Check { files },
+        } => match cyberdesk_operator::webhook::policy::check_files(&files) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
                 }
-                Err(errors) => {
-                    for e in errors {
-                        eprintln!("error: {e}");
-                    }
-                    Ok(ExitCode::FAILURE)
-                }
+                Ok(ExitCode::SUCCESS)
             }
-        }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Version => {
             println!("cyberdesk-operator {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

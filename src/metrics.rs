@@ -10,7 +10,13 @@ use prometheus::{
 /// Reconcile outcomes (`cyberdesk_reconcile_total{result}`).
 pub const RESULTS: &[&str] = &["success", "requeue", "error"];
 /// Timed operations (`cyberdesk_operation_duration_seconds{operation}`).
-pub const OPERATIONS: &[&str] = &["create_vm", "stop_vm", "delete_vm", "update_status", "reconcile"];
+pub const OPERATIONS: &[&str] = &[
+    "create_vm",
+    "stop_vm",
+    "delete_vm",
+    "update_status",
+    "reconcile",
+];
 pub const WEBHOOKS: &[&str] = &["mutate", "validate"];
 pub const ADMISSION_OPERATIONS: &[&str] = &["CREATE", "UPDATE", "DELETE", "CONNECT"];
 /// `allowed` label: true, false, or error (the review could not be processed).
@@ -41,11 +47,22 @@ impl Metrics {
         let m = Self {
             vm_created: IntCounter::new("cyberdesk_vm_created_total", "VirtualMachines created")?,
             vm_deleted: IntCounter::new("cyberdesk_vm_deleted_total", "VirtualMachines deleted")?,
-            vm_timeout: IntCounter::new("cyberdesk_vm_timeout_total", "Cyberdesks that reached their timeout")?,
-            active_vms: IntGauge::new("cyberdesk_active_vm_count", "VirtualMachines managed right now")?,
+            vm_timeout: IntCounter::new(
+                "cyberdesk_vm_timeout_total",
+                "Cyberdesks that reached their timeout",
+            )?,
+            active_vms: IntGauge::new(
+                "cyberdesk_active_vm_count",
+                "VirtualMachines managed right now",
+            )?,
             operation_duration: HistogramVec::new(
-                HistogramOpts::new("cyberdesk_operation_duration_seconds", "Duration of operator operations")
-                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                HistogramOpts::new(
+                    "cyberdesk_operation_duration_seconds",
+                    "Duration of operator operations",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
                 &["operation"],
             )?,
             reconcile_total: IntCounterVec::new(
@@ -53,20 +70,34 @@ impl Metrics {
                 &["result"],
             )?,
             reconcile_errors: IntCounterVec::new(
-                Opts::new("cyberdesk_reconcile_errors_total", "Reconcile errors by kind"),
+                Opts::new(
+                    "cyberdesk_reconcile_errors_total",
+                    "Reconcile errors by kind",
+                ),
                 &["error"],
             )?,
             admission_requests: IntCounterVec::new(
-                Opts::new("cyberdesk_admission_requests_total", "Admission reviews answered"),
+                Opts::new(
+                    "cyberdesk_admission_requests_total",
+                    "Admission reviews answered",
+                ),
                 &["webhook", "operation", "allowed"],
             )?,
             admission_duration: HistogramVec::new(
-                HistogramOpts::new("cyberdesk_admission_duration_seconds", "Time to answer an admission review")
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+                HistogramOpts::new(
+                    "cyberdesk_admission_duration_seconds",
+                    "Time to answer an admission review",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
                 &["webhook"],
             )?,
             leader: IntGaugeVec::new(
-                Opts::new("cyberdesk_leader", "1 while this replica holds the leader Lease"),
+                Opts::new(
+                    "cyberdesk_leader",
+                    "1 while this replica holds the leader Lease",
+                ),
                 &["identity"],
             )?,
             cert_expiry: Gauge::new(
@@ -74,7 +105,10 @@ impl Metrics {
                 "Unix time at which the webhook serving certificate expires",
             )?,
             policy_reload: IntCounterVec::new(
-                Opts::new("cyberdesk_policy_reload_total", "Policy set reloads by result"),
+                Opts::new(
+                    "cyberdesk_policy_reload_total",
+                    "Policy set reloads by result",
+                ),
                 &["result"],
             )?,
             timeout_lag: Histogram::with_opts(
@@ -82,7 +116,9 @@ impl Metrics {
                     "cyberdesk_timeout_lag_seconds",
                     "Delay between a Cyberdesk's expiry time and the moment its VM was halted",
                 )
-                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+                ]),
             )?,
             registry,
         };
@@ -100,7 +136,8 @@ impl Metrics {
             m.admission_duration.with_label_values(&[webhook]);
             for op in ADMISSION_OPERATIONS {
                 for verdict in ADMISSION_VERDICTS {
-                    m.admission_requests.with_label_values(&[webhook, op, verdict]);
+                    m.admission_requests
+                        .with_label_values(&[webhook, op, verdict]);
                 }
             }
         }
@@ -161,7 +198,10 @@ mod tests {
         let m = Metrics::new("pod-a", &["kube"]).expect("metrics");
         let text = m.render().expect("render");
         for family in FAMILIES {
-            assert!(text.contains(&format!("# TYPE {family} ")), "missing {family}");
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "missing {family}"
+            );
         }
         assert!(text.contains(r#"cyberdesk_leader{identity="pod-a"} 0"#));
     }

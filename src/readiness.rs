@@ -59,7 +59,11 @@ impl Readiness {
         if s.gates.is_empty() && !s.shutting_down {
             reasons.push("starting".into());
         }
-        if reasons.is_empty() { Ok(()) } else { Err(reasons.join("\n")) }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("\n"))
+        }
     }
 }
 

@@ -16,9 +16,15 @@ use std::sync::Arc;
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::admin;
+use crate::config::RunConfig;
 use crate::config::TlsMode;
+use crate::controller::{self, ControllerConfig};
+use crate::leader::{self, LeaderConfig};
+use crate::metrics::Metrics;
+use crate::model::Cyberdesk;
 use crate::model::cyberdesk::MIN_TIMEOUT_MS;
 use crate::model::names;
+use crate::readiness::Readiness;
 use crate::webhook::admission::Admission;
 use crate::webhook::certs::files;
 use crate::webhook::certs::rotation::{self, SelfManagedConfig};
@@ -26,15 +32,9 @@ use crate::webhook::configuration::{self, WebhookConfigParams, WebhookTarget};
 use crate::webhook::mutate::MutateConfig;
 use crate::webhook::policy::PolicyStore;
 use crate::webhook::policy_watch::{self, PolicySources};
+use crate::webhook::server;
 use crate::webhook::tls::{self, CertResolver};
 use crate::webhook::validate::ValidateConfig;
-use crate::webhook::server;
-use crate::controller::{self, ControllerConfig};
-use crate::leader::{self, LeaderConfig};
-use crate::config::RunConfig;
-use crate::metrics::Metrics;
-use crate::model::Cyberdesk;
-use crate::readiness::Readiness;
 
 /// Values `cyberdesk_reconcile_errors_total{error}` can take.
 pub const ERROR_LABELS: &[&str] = controller::error::ERROR_LABELS;
@@ -66,7 +66,9 @@ pub enum RunError {
 
 pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let signal = crate::shutdown::on_signal().map_err(RunError::Signals)?;
-    let client = kube::Client::try_default().await.map_err(RunError::KubeConfig)?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(RunError::KubeConfig)?;
     let metrics = Metrics::new(&cfg.pod_name, ERROR_LABELS)?;
     let readiness = Readiness::default();
     readiness.register(GATE_ADMIN);
@@ -84,7 +86,12 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let webhook_tasks = start_webhooks(&cfg, &client, &metrics, &readiness, &stop).await?;
     // The controller stops at the first signal (not after the endpoint delay), so the Lease
     // is released and a peer takes over as soon as in-flight reconciles are done.
-    let controller_task = tokio::spawn(run_controller(client.clone(), cfg.clone(), metrics.clone(), signal.clone()));
+    let controller_task = tokio::spawn(run_controller(
+        client.clone(),
+        cfg.clone(),
+        metrics.clone(),
+        signal.clone(),
+    ));
 
     let mut controller_task = controller_task;
     let leader_failed = tokio::select! {
@@ -132,9 +139,17 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
 fn webhook_params(cfg: &RunConfig) -> WebhookConfigParams {
     let target = match &cfg.webhook_url {
         Some(url) => WebhookTarget::Url(url.clone()),
-        None => WebhookTarget::Service { name: cfg.service_name.clone(), namespace: cfg.namespace.clone(), port: 443 },
+        None => WebhookTarget::Service {
+            name: cfg.service_name.clone(),
+            namespace: cfg.namespace.clone(),
+            port: 443,
+        },
     };
-    WebhookConfigParams { target, exempt_namespace: cfg.namespace.clone(), timeout_seconds: 5 }
+    WebhookConfigParams {
+        target,
+        exempt_namespace: cfg.namespace.clone(),
+        timeout_seconds: 5,
+    }
 }
 
 /// TLS, policies and the HTTPS server: everything the webhooks need, on every replica.
@@ -153,15 +168,21 @@ async fn start_webhooks(
     let params = webhook_params(cfg);
     match cfg.tls_mode {
         TlsMode::Files => {
-            let files = files::load_files(&cfg.tls_cert_file, &cfg.tls_key_file, &resolver, metrics)
-                .map_err(|e| RunError::Tls(e.to_string()))?;
+            let files =
+                files::load_files(&cfg.tls_cert_file, &cfg.tls_key_file, &resolver, metrics)
+                    .map_err(|e| RunError::Tls(e.to_string()))?;
             let ca_file = cfg.tls_cert_file.with_file_name("ca.crt");
             if cfg.manage_webhook_config
                 && let Ok(ca) = std::fs::read_to_string(&ca_file)
             {
                 configuration::apply(client, &params, &ca)
                     .await
-                    .map_err(|e| RunError::Tls(format!("registering the webhooks with {}: {e}", ca_file.display())))?;
+                    .map_err(|e| {
+                        RunError::Tls(format!(
+                            "registering the webhooks with {}: {e}",
+                            ca_file.display()
+                        ))
+                    })?;
             }
             readiness.open(GATE_TLS);
             tasks.push(tokio::spawn(files::run_files(
@@ -195,7 +216,8 @@ async fn start_webhooks(
                 on_new_ca,
                 stop.clone(),
             )));
-            let (gate_resolver, gate_readiness, gate_stop) = (resolver.clone(), readiness.clone(), stop.clone());
+            let (gate_resolver, gate_readiness, gate_stop) =
+                (resolver.clone(), readiness.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 while !gate_resolver.is_loaded() {
                     tokio::select! {
@@ -211,7 +233,10 @@ async fn start_webhooks(
     let store = PolicyStore::default();
     let recorder = Recorder::new(
         client.clone(),
-        Reporter { controller: names::FIELD_MANAGER.into(), instance: Some(cfg.pod_name.clone()) },
+        Reporter {
+            controller: names::FIELD_MANAGER.into(),
+            instance: Some(cfg.pod_name.clone()),
+        },
     );
     let sources = PolicySources {
         dir: cfg.policy_dir.clone(),
@@ -229,8 +254,13 @@ async fn start_webhooks(
     )));
 
     let admission = Arc::new(Admission {
-        mutate: MutateConfig { default_timeout_ms: cfg.default_timeout_ms },
-        validate: ValidateConfig { min_timeout_ms: MIN_TIMEOUT_MS, max_timeout_ms: cfg.max_timeout_ms },
+        mutate: MutateConfig {
+            default_timeout_ms: cfg.default_timeout_ms,
+        },
+        validate: ValidateConfig {
+            min_timeout_ms: MIN_TIMEOUT_MS,
+            max_timeout_ms: cfg.max_timeout_ms,
+        },
         policies: store,
         metrics: metrics.clone(),
     });
@@ -277,7 +307,13 @@ async fn run_controller(
     let lead_client = client.clone();
     let lead_metrics = metrics.clone();
     leader::run(client, leader_cfg, metrics, stop, move |leader_stop| {
-        controller::run(lead_client.clone(), controller_cfg.clone(), lead_metrics.clone(), identity.clone(), leader_stop)
+        controller::run(
+            lead_client.clone(),
+            controller_cfg.clone(),
+            lead_metrics.clone(),
+            identity.clone(),
+            leader_stop,
+        )
     })
     .await
 }

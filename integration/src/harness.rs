@@ -43,10 +43,17 @@ impl OperatorProcess {
     }
 
     /// As `start`, with the webhook server on `webhook` (tests register that URL).
-    pub fn start_on(kubeconfig: &Path, log_dir: &Path, identity: &str, webhook: SocketAddr, extra: &[String]) -> Self {
+    pub fn start_on(
+        kubeconfig: &Path,
+        log_dir: &Path,
+        identity: &str,
+        webhook: SocketAddr,
+        extra: &[String],
+    ) -> Self {
         let admin = free_addr();
         let log = log_dir.join(format!("operator-{identity}.log"));
-        let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log {}: {e}", log.display()));
+        let log_file =
+            std::fs::File::create(&log).unwrap_or_else(|e| panic!("log {}: {e}", log.display()));
         let mut cmd = Command::new(operator_binary());
         // SAFETY: only async-signal-safe prctl(2) between fork and exec. The operator dies
         // with the thread that started it, so no test leaves one behind.
@@ -66,14 +73,23 @@ impl OperatorProcess {
             .arg("--namespace=cyberdesk-system")
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", std::env::var("CYBERDESK_TEST_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CYBERDESK_TEST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .env_remove("CYBERDESK_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn operator: {e}"));
-        Self { child, admin, webhook, identity: identity.to_string(), log }
+        Self {
+            child,
+            admin,
+            webhook,
+            identity: identity.to_string(),
+            log,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -86,11 +102,15 @@ impl OperatorProcess {
 
     /// Waits for `/readyz` to answer 200.
     pub fn wait_ready(&self, within: Duration) -> bool {
-        poll_until(within, || matches!(http_get(self.admin, "/readyz"), Ok((200, _))))
+        poll_until(within, || {
+            matches!(http_get(self.admin, "/readyz"), Ok((200, _)))
+        })
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics").map(|(_, body)| body).unwrap_or_default()
+        http_get(self.admin, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 
     /// Value of an unlabelled (or exactly-labelled) sample, e.g. `cyberdesk_vm_created_total`.
@@ -142,7 +162,9 @@ impl SharedOperator {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics").map(|(_, body)| body).unwrap_or_default()
+        http_get(self.admin, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 }
 
@@ -161,10 +183,20 @@ pub fn start_shared_operator(
         .spawn(move || {
             let webhook = free_addr();
             let args = extra(webhook);
-            let process = OperatorProcess::start_on(&kubeconfig, &log_dir, "shared", webhook, &args);
-            let info = SharedOperator { admin: process.admin, webhook, log: process.log.clone(), pid: process.pid() };
+            let process =
+                OperatorProcess::start_on(&kubeconfig, &log_dir, "shared", webhook, &args);
+            let info = SharedOperator {
+                admin: process.admin,
+                webhook,
+                log: process.log.clone(),
+                pid: process.pid(),
+            };
             let ready = process.wait_ready(Duration::from_secs(60));
-            let _ = tx.send(if ready { Ok(info) } else { Err(format!("operator never ready:\n{}", process.log())) });
+            let _ = tx.send(if ready {
+                Ok(info)
+            } else {
+                Err(format!("operator never ready:\n{}", process.log()))
+            });
             loop {
                 std::thread::park();
             }

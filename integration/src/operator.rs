@@ -20,13 +20,22 @@ pub fn operator_binary() -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         // A no-op when `cargo test --workspace` already built it.
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "cyberdesk-operator", "--bin", "cyberdesk-operator"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "cyberdesk-operator",
+                "--bin",
+                "cyberdesk-operator",
+            ])
             .current_dir(&root)
             .stdin(Stdio::null())
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         if !status.success() {
-            return Err(format!("cargo build of cyberdesk-operator failed: {status}"));
+            return Err(format!(
+                "cargo build of cyberdesk-operator failed: {status}"
+            ));
         }
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)

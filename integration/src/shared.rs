@@ -54,7 +54,8 @@ fn start() -> Result<Cluster, String> {
             }
         })
         .map_err(|e| format!("could not start the keeper thread: {e}"))?;
-    rx.recv().map_err(|e| format!("control plane keeper died: {e}"))?
+    rx.recv()
+        .map_err(|e| format!("control plane keeper died: {e}"))?
 }
 
 /// The shared control plane; panics with the launcher's message when it cannot start,
@@ -74,9 +75,10 @@ impl Cluster {
     /// A fresh client (one per test: clients are bound to the runtime that made them).
     pub async fn client(&self) -> kube::Client {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig readable");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .expect("kubeconfig valid");
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .expect("kubeconfig valid");
         kube::Client::try_from(config).expect("client builds")
     }
 }
@@ -87,7 +89,11 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
     use k8s_openapi::api::core::v1::Namespace;
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let name = format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name}
     }))

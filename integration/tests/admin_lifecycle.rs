@@ -11,7 +11,10 @@ use cyberdesk_integration::operator::{operator_binary, operator_output};
 use cyberdesk_integration::shared::cluster;
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
 }
 
 fn poll_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -60,7 +63,10 @@ fn readyz_tracks_startup_and_shutdown_and_exit_is_clean() {
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
 
     assert!(
-        poll_until(Duration::from_secs(20), || matches!(http_get(admin, "/healthz"), Ok((200, _)))),
+        poll_until(Duration::from_secs(20), || matches!(
+            http_get(admin, "/healthz"),
+            Ok((200, _))
+        )),
         "admin server never came up: {}",
         log_text()
     );
@@ -72,14 +78,24 @@ fn readyz_tracks_startup_and_shutdown_and_exit_is_clean() {
     let (code, metrics) = http_get(admin, "/metrics").expect("metrics");
     assert_eq!(code, 200);
     for family in FAMILIES {
-        assert!(metrics.contains(&format!("# TYPE {family} ")), "missing {family}");
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "missing {family}"
+        );
     }
 
     let crd = operator_output(&["crd"]);
-    let applied = c.kubectl().apply(&String::from_utf8_lossy(&crd.stdout), &["--server-side"]).expect("kubectl").ok();
+    let applied = c
+        .kubectl()
+        .apply(&String::from_utf8_lossy(&crd.stdout), &["--server-side"])
+        .expect("kubectl")
+        .ok();
     assert!(applied.is_ok(), "{applied:?}");
     assert!(
-        poll_until(Duration::from_secs(60), || matches!(http_get(admin, "/readyz"), Ok((200, _)))),
+        poll_until(Duration::from_secs(60), || matches!(
+            http_get(admin, "/readyz"),
+            Ok((200, _))
+        )),
         "never became ready after the CRD appeared: {}",
         log_text()
     );
@@ -98,7 +114,10 @@ fn readyz_tracks_startup_and_shutdown_and_exit_is_clean() {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "operator did not exit after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "operator did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}: {}", log_text());

@@ -23,7 +23,11 @@ async fn version_reports_1_35() {
     let info = client.apiserver_version().await.expect("/version");
     assert_eq!(info.major, "1");
     assert_eq!(info.minor, "35");
-    assert!(info.git_version.starts_with("v1.35."), "gitVersion {}", info.git_version);
+    assert!(
+        info.git_version.starts_with("v1.35."),
+        "gitVersion {}",
+        info.git_version
+    );
 }
 
 fn widget_crd() -> CustomResourceDefinition {
@@ -56,7 +60,11 @@ async fn crd_established_and_objects_watched() {
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => panic!("create crd: {e}"),
     }
-    let established = await_condition(crds.clone(), "widgets.test.cyberdesk.io", conditions::is_crd_established());
+    let established = await_condition(
+        crds.clone(),
+        "widgets.test.cyberdesk.io",
+        conditions::is_crd_established(),
+    );
     tokio::time::timeout(Duration::from_secs(30), established)
         .await
         .expect("CRD established in time")
@@ -73,7 +81,10 @@ async fn crd_established_and_objects_watched() {
         "metadata": {"name": "w1"}, "spec": {"size": 3}
     }))
     .expect("widget literal");
-    widgets.create(&PostParams::default(), &obj).await.expect("create widget");
+    widgets
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create widget");
 
     let seen = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(ev) = events.try_next().await.expect("watch stream") {
@@ -89,7 +100,10 @@ async fn crd_established_and_objects_watched() {
     .expect("widget seen by the watch");
     assert_eq!(seen, json!(3));
 
-    widgets.delete("w1", &DeleteParams::default()).await.expect("delete widget");
+    widgets
+        .delete("w1", &DeleteParams::default())
+        .await
+        .expect("delete widget");
     let deleted = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(ev) = events.try_next().await.expect("watch stream") {
             if let watcher::Event::Delete(o) = ev
@@ -109,7 +123,10 @@ async fn crd_established_and_objects_watched() {
 async fn kubectl_reaches_the_apiserver() {
     let c = cluster();
     let kubectl = c.kubectl();
-    let readyz = kubectl.run(&["get", "--raw", "/readyz"], None).expect("run kubectl").ok();
+    let readyz = kubectl
+        .run(&["get", "--raw", "/readyz"], None)
+        .expect("run kubectl")
+        .ok();
     assert_eq!(readyz.as_deref().map(str::trim), Ok("ok"));
 
     let client = c.client().await;
@@ -117,24 +134,47 @@ async fn kubectl_reaches_the_apiserver() {
     let manifest = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello\n  namespace: {ns}\ndata:\n  greeting: hi\n"
     );
-    let applied = kubectl.apply(&manifest, &[]).expect("run kubectl").ok().expect("apply succeeds");
+    let applied = kubectl
+        .apply(&manifest, &[])
+        .expect("run kubectl")
+        .ok()
+        .expect("apply succeeds");
     assert!(applied.contains("configmap/hello created"), "{applied}");
-    let cm = Api::<ConfigMap>::namespaced(client, &ns).get("hello").await.expect("stored");
-    assert_eq!(cm.data.unwrap_or_default().get("greeting").map(String::as_str), Some("hi"));
+    let cm = Api::<ConfigMap>::namespaced(client, &ns)
+        .get("hello")
+        .await
+        .expect("stored");
+    assert_eq!(
+        cm.data
+            .unwrap_or_default()
+            .get("greeting")
+            .map(String::as_str),
+        Some("hi")
+    );
 }
 
 /// Answers every AdmissionReview with a denial carrying `message`.
-async fn serve_denying_webhook(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, message: &'static str) {
+async fn serve_denying_webhook(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    message: &'static str,
+) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { return };
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
             let mut buf = Vec::new();
             let mut chunk = [0u8; 8192];
             // Read headers, then Content-Length bytes of body.
             let (head_len, body_len) = loop {
-                let Ok(n) = tls.read(&mut chunk).await else { return };
+                let Ok(n) = tls.read(&mut chunk).await else {
+                    return;
+                };
                 if n == 0 {
                     return;
                 }
@@ -150,7 +190,9 @@ async fn serve_denying_webhook(listener: tokio::net::TcpListener, acceptor: toki
                 }
             };
             while buf.len() < head_len + body_len {
-                let Ok(n) = tls.read(&mut chunk).await else { return };
+                let Ok(n) = tls.read(&mut chunk).await else {
+                    return;
+                };
                 if n == 0 {
                     return;
                 }
@@ -180,21 +222,32 @@ async fn apiserver_calls_a_webhook_by_url_over_tls() {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
     let ca = TestCa::new("webhook-test-ca").expect("ca");
-    let serving = ca.issue_server("webhook", &["127.0.0.1"]).expect("serving cert");
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .expect("cert pem");
+    let serving = ca
+        .issue_server("webhook", &["127.0.0.1"])
+        .expect("serving cert");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("cert pem");
     let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).expect("key pem");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocols")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     const MESSAGE: &str = "denied by the cyberdesk test webhook";
-    tokio::spawn(serve_denying_webhook(listener, tokio_rustls::TlsAcceptor::from(Arc::new(config)), MESSAGE));
+    tokio::spawn(serve_denying_webhook(
+        listener,
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        MESSAGE,
+    ));
 
     let c = cluster();
     let client = c.client().await;
@@ -218,23 +271,36 @@ async fn apiserver_calls_a_webhook_by_url_over_tls() {
             "timeoutSeconds": 5,
         }]
     });
-    let applied = c.kubectl().apply(&vwc.to_string(), &[]).expect("run kubectl").ok();
+    let applied = c
+        .kubectl()
+        .apply(&vwc.to_string(), &[])
+        .expect("run kubectl")
+        .ok();
     assert!(applied.is_ok(), "{applied:?}");
 
     // The apiserver picks up new webhook configurations asynchronously; retry briefly.
     let cms: Api<ConfigMap> = Api::namespaced(client, &ns);
     let mut last = String::new();
     for attempt in 0..50 {
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("cm-{attempt}")}}))
-            .expect("configmap literal");
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("cm-{attempt}")}}))
+                .expect("configmap literal");
         match cms.create(&PostParams::default(), &cm).await {
             Err(kube::Error::Api(e)) => {
                 last = e.message.clone();
                 if e.message.contains(MESSAGE) {
                     assert_eq!(e.code, 403);
                     let stored = cms.list(&Default::default()).await.expect("list");
-                    assert!(stored.items.iter().all(|c| c.metadata.name.as_deref() != Some(&format!("cm-{attempt}"))));
-                    let _ = c.kubectl().run(&["delete", "validatingwebhookconfiguration", &vwc_name], None);
+                    assert!(
+                        stored
+                            .items
+                            .iter()
+                            .all(|c| c.metadata.name.as_deref() != Some(&format!("cm-{attempt}")))
+                    );
+                    let _ = c.kubectl().run(
+                        &["delete", "validatingwebhookconfiguration", &vwc_name],
+                        None,
+                    );
                     return;
                 }
             }

@@ -14,11 +14,23 @@ async fn install_crd(c: &Cluster) {
         let out = operator_output(&["crd"]);
         assert!(out.status.success(), "crd subcommand failed");
         let yaml = String::from_utf8(out.stdout).expect("utf-8 crd");
-        let applied = c.kubectl().apply(&yaml, &["--server-side"]).expect("kubectl").ok();
+        let applied = c
+            .kubectl()
+            .apply(&yaml, &["--server-side"])
+            .expect("kubectl")
+            .ok();
         assert!(applied.is_ok(), "{applied:?}");
         let waited = c
             .kubectl()
-            .run(&["wait", "--for=condition=Established", "--timeout=60s", "crd/cyberdesks.cyberdesk.io"], None)
+            .run(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/cyberdesks.cyberdesk.io",
+                ],
+                None,
+            )
             .expect("kubectl")
             .ok();
         assert!(waited.is_ok(), "{waited:?}");
@@ -33,7 +45,10 @@ async fn kubectl_explain_shows_field_descriptions() {
     // Discovery of a fresh CRD can lag a moment behind Established.
     let mut last = String::new();
     for _ in 0..50 {
-        let out = c.kubectl().run(&["explain", "cyberdesk.spec.timeoutMs"], None).expect("kubectl");
+        let out = c
+            .kubectl()
+            .run(&["explain", "cyberdesk.spec.timeoutMs"], None)
+            .expect("kubectl");
         if out.success && out.stdout.contains("milliseconds") {
             return;
         }
@@ -52,7 +67,10 @@ async fn strict_validation_rejects_unknown_fields_and_bad_values() {
     let unknown = format!(
         "apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata: {{name: d1, namespace: {ns}}}\nspec:\n  timeoutMs: 60000\n  colour: blue\n"
     );
-    let out = c.kubectl().apply(&unknown, &["--validate=strict"]).expect("kubectl");
+    let out = c
+        .kubectl()
+        .apply(&unknown, &["--validate=strict"])
+        .expect("kubectl");
     assert!(!out.success, "unknown field accepted: {}", out.stdout);
     assert!(out.stderr.contains("colour"), "{}", out.stderr);
 
@@ -70,7 +88,10 @@ async fn strict_validation_rejects_unknown_fields_and_bad_values() {
     assert!(!out.success);
     assert!(out.stderr.contains("spec.timeoutAction"), "{}", out.stderr);
 
-    let nothing = c.kubectl().run(&["get", "cyberdesks", "-n", &ns, "-o", "name"], None).expect("kubectl");
+    let nothing = c
+        .kubectl()
+        .run(&["get", "cyberdesks", "-n", &ns, "-o", "name"], None)
+        .expect("kubectl");
     assert_eq!(nothing.stdout.trim(), "", "rejected objects were stored");
 }
 
@@ -83,25 +104,59 @@ async fn kubectl_get_shows_printer_columns() {
     let desk = format!(
         "apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata: {{name: desk, namespace: {ns}}}\nspec:\n  timeoutMs: 60000\n"
     );
-    let applied = c.kubectl().apply(&desk, &["--validate=strict"]).expect("kubectl").ok();
+    let applied = c
+        .kubectl()
+        .apply(&desk, &["--validate=strict"])
+        .expect("kubectl")
+        .ok();
     assert!(applied.is_ok(), "{applied:?}");
     let status = serde_json::json!({"status": {"phase": "Running", "virtualMachineRef": "cyberdesk-desk",
         "ipAddress": "10.0.0.7", "expiryTime": "2030-01-01T00:00:00Z"}});
     let patched = c
         .kubectl()
         .run(
-            &["patch", "cd", "desk", "-n", &ns, "--subresource=status", "--type=merge", "-p", &status.to_string()],
+            &[
+                "patch",
+                "cd",
+                "desk",
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
             None,
         )
         .expect("kubectl")
         .ok();
     assert!(patched.is_ok(), "{patched:?}");
-    let table = c.kubectl().run(&["get", "cd", "-n", &ns], None).expect("kubectl").ok().expect("get cd");
-    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    let table = c
+        .kubectl()
+        .run(&["get", "cd", "-n", &ns], None)
+        .expect("kubectl")
+        .ok()
+        .expect("get cd");
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(header, ["NAME", "PHASE", "VM", "IP", "EXPIRY", "AGE"]);
-    assert!(table.contains("Running") && table.contains("cyberdesk-desk") && table.contains("10.0.0.7"), "{table}");
-    let short = c.kubectl().run(&["get", "cds", "-n", &ns, "-o", "name"], None).expect("kubectl").ok();
-    assert_eq!(short.as_deref().map(str::trim), Ok("cyberdesk.cyberdesk.io/desk"));
+    assert!(
+        table.contains("Running") && table.contains("cyberdesk-desk") && table.contains("10.0.0.7"),
+        "{table}"
+    );
+    let short = c
+        .kubectl()
+        .run(&["get", "cds", "-n", &ns, "-o", "name"], None)
+        .expect("kubectl")
+        .ok();
+    assert_eq!(
+        short.as_deref().map(str::trim),
+        Ok("cyberdesk.cyberdesk.io/desk")
+    );
 }
 
 /// Minimal CRDs for the third-party kinds the overlays use (cert-manager, Prometheus
@@ -126,18 +181,44 @@ async fn kustomize_base_and_overlays_pass_a_server_side_dry_run() {
     for (group, kind, plural, version) in [
         ("cert-manager.io", "Certificate", "certificates", "v1"),
         ("cert-manager.io", "Issuer", "issuers", "v1"),
-        ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors", "v1"),
-        ("monitoring.coreos.com", "PrometheusRule", "prometheusrules", "v1"),
+        (
+            "monitoring.coreos.com",
+            "ServiceMonitor",
+            "servicemonitors",
+            "v1",
+        ),
+        (
+            "monitoring.coreos.com",
+            "PrometheusRule",
+            "prometheusrules",
+            "v1",
+        ),
     ] {
-        let applied = kubectl.apply(&third_party_crd(group, kind, plural, version), &[]).expect("kubectl").ok();
+        let applied = kubectl
+            .apply(&third_party_crd(group, kind, plural, version), &[])
+            .expect("kubectl")
+            .ok();
         assert!(applied.is_ok(), "{applied:?}");
         let name = format!("crd/{plural}.{group}");
-        let _ = kubectl.run(&["wait", "--for=condition=Established", "--timeout=60s", &name], None);
+        let _ = kubectl.run(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &name,
+            ],
+            None,
+        );
     }
     // A dry run creates nothing, so the namespace the objects go into must exist for real.
     let _ = kubectl.run(&["create", "namespace", "cyberdesk-system"], None);
 
-    for dir in ["manifests/base", "manifests/overlays/dev", "manifests/overlays/cert-manager", "manifests/monitoring"] {
+    for dir in [
+        "manifests/base",
+        "manifests/overlays/dev",
+        "manifests/overlays/cert-manager",
+        "manifests/monitoring",
+    ] {
         let path = repo_path(dir);
         let rendered = kubectl
             .run(&["kustomize", &path.display().to_string()], None)
@@ -148,7 +229,9 @@ async fn kustomize_base_and_overlays_pass_a_server_side_dry_run() {
         let mut passed = false;
         // Discovery of the just-installed CRDs may lag; retry a little.
         for _ in 0..30 {
-            let out = kubectl.apply(&rendered, &["--dry-run=server"]).expect("kubectl");
+            let out = kubectl
+                .apply(&rendered, &["--dry-run=server"])
+                .expect("kubectl");
             if out.success {
                 passed = true;
                 break;

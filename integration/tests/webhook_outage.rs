@@ -12,8 +12,19 @@ async fn creates_fail_closed_when_the_webhook_is_down() {
     let c = cluster();
     let k = c.kubectl();
     let crd = operator_output(&["crd"]);
-    k.apply(&String::from_utf8_lossy(&crd.stdout), &["--server-side"]).expect("kubectl").ok().expect("crd");
-    k.run(&["wait", "--for=condition=Established", "crd/cyberdesks.cyberdesk.io"], None).expect("kubectl");
+    k.apply(&String::from_utf8_lossy(&crd.stdout), &["--server-side"])
+        .expect("kubectl")
+        .ok()
+        .expect("crd");
+    k.run(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/cyberdesks.cyberdesk.io",
+        ],
+        None,
+    )
+    .expect("kubectl");
     let _ = k.run(&["create", "namespace", "cyberdesk-system"], None);
     let client = c.client().await;
     let ns = namespace(&client, "outage").await;
@@ -28,10 +39,14 @@ async fn creates_fail_closed_when_the_webhook_is_down() {
     let mut op = OperatorProcess::start_on(&c.kubeconfig, &c.dir, "outage", webhook, &args);
     assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
     let manifest = |name: &str| {
-        format!("apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{}}\n")
+        format!(
+            "apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{}}\n"
+        )
     };
     assert!(
-        poll_until(Duration::from_secs(30), || k.apply(&manifest("up"), &["--dry-run=server"]).is_ok_and(|o| o.success)),
+        poll_until(Duration::from_secs(30), || k
+            .apply(&manifest("up"), &["--dry-run=server"])
+            .is_ok_and(|o| o.success)),
         "webhooks never answered"
     );
 
@@ -39,7 +54,17 @@ async fn creates_fail_closed_when_the_webhook_is_down() {
     assert!(op.wait_exit(Duration::from_secs(10)).is_some());
     let out = k.apply(&manifest("down"), &[]).expect("kubectl");
     assert!(!out.success, "created without its webhook");
-    assert!(out.stderr.contains("failed calling webhook"), "{}", out.stderr);
-    let got = k.run(&["get", "cd", "down", "-n", &ns], None).expect("kubectl");
-    assert!(!got.success && got.stderr.contains("NotFound"), "stored anyway: {}", got.stdout);
+    assert!(
+        out.stderr.contains("failed calling webhook"),
+        "{}",
+        out.stderr
+    );
+    let got = k
+        .run(&["get", "cd", "down", "-n", &ns], None)
+        .expect("kubectl");
+    assert!(
+        !got.success && got.stderr.contains("NotFound"),
+        "stored anyway: {}",
+        got.stdout
+    );
 }

@@ -13,7 +13,9 @@ use kube::Api;
 use serde_json::json;
 
 fn desk(ns: &str, name: &str, spec: &str) -> String {
-    format!("apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec: {spec}\n")
+    format!(
+        "apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec: {spec}\n"
+    )
 }
 
 /// Control plane + CRD + one operator (self-managed TLS, webhooks by URL) per test binary.
@@ -23,10 +25,19 @@ fn setup() -> (Cluster, SharedOperator) {
     let op = OP.get_or_init(|| {
         let k = c.kubectl();
         let crd = operator_output(&["crd"]);
-        k.apply(&String::from_utf8_lossy(&crd.stdout), &["--server-side"]).map_err(|e| e.to_string())?.ok()?;
-        k.run(&["wait", "--for=condition=Established", "crd/cyberdesks.cyberdesk.io"], None)
+        k.apply(&String::from_utf8_lossy(&crd.stdout), &["--server-side"])
             .map_err(|e| e.to_string())?
             .ok()?;
+        k.run(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/cyberdesks.cyberdesk.io",
+            ],
+            None,
+        )
+        .map_err(|e| e.to_string())?
+        .ok()?;
         let _ = k.run(&["create", "namespace", "cyberdesk-system"], None);
         start_shared_operator(&c.kubeconfig, &c.dir, |webhook| {
             vec![
@@ -49,7 +60,9 @@ fn setup() -> (Cluster, SharedOperator) {
 fn wait_webhooks_active(c: &Cluster, ns: &str) {
     let probe = desk(ns, "probe", "{}");
     let active = poll_until(Duration::from_secs(30), || {
-        let out = c.kubectl().apply(&probe, &["--dry-run=server", "-o", "json"]);
+        let out = c
+            .kubectl()
+            .apply(&probe, &["--dry-run=server", "-o", "json"]);
         matches!(out, Ok(o) if o.success && o.stdout.contains("vm-cleanup"))
     });
     assert!(active, "webhooks never became active");
@@ -61,13 +74,24 @@ async fn apply_without_timeout_stores_the_default_and_the_finalizer() {
     let client = c.client().await;
     let ns = namespace(&client, "defaults").await;
     wait_webhooks_active(&c, &ns);
-    let out = c.kubectl().apply(&desk(&ns, "alice", "{}"), &[]).expect("kubectl");
+    let out = c
+        .kubectl()
+        .apply(&desk(&ns, "alice", "{}"), &[])
+        .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
-    let stored = c.kubectl().run(&["get", "cd", "alice", "-n", &ns, "-o", "json"], None).expect("kubectl").ok().expect("get");
+    let stored = c
+        .kubectl()
+        .run(&["get", "cd", "alice", "-n", &ns, "-o", "json"], None)
+        .expect("kubectl")
+        .ok()
+        .expect("get");
     let v: serde_json::Value = serde_json::from_str(&stored).expect("json");
     assert_eq!(v["spec"]["timeoutMs"], 3_600_000);
     assert_eq!(v["spec"]["timeoutAction"], "Delete");
-    assert_eq!(v["metadata"]["finalizers"], json!(["cyberdesk.io/vm-cleanup"]));
+    assert_eq!(
+        v["metadata"]["finalizers"],
+        json!(["cyberdesk.io/vm-cleanup"])
+    );
 }
 
 #[tokio::test]
@@ -78,21 +102,46 @@ async fn bad_specs_name_every_field_and_dry_run_agrees() {
     wait_webhooks_active(&c, &ns);
     // Passes the CRD schema; only the webhook can see what is wrong with it.
     let long_name = "d".repeat(60);
-    let bad = desk(&ns, &long_name, "{timeoutMs: 2700000000, userDataSecretRef: {name: s, key: 'bad key'}}");
+    let bad = desk(
+        &ns,
+        &long_name,
+        "{timeoutMs: 2700000000, userDataSecretRef: {name: s, key: 'bad key'}}",
+    );
     for extra in [&[][..], &["--dry-run=server"][..]] {
         let out = c.kubectl().apply(&bad, extra).expect("kubectl");
         assert!(!out.success, "accepted with {extra:?}");
-        for field in ["metadata.name", "spec.timeoutMs", "spec.userDataSecretRef.key"] {
-            assert!(out.stderr.contains(field), "{field} missing with {extra:?}: {}", out.stderr);
+        for field in [
+            "metadata.name",
+            "spec.timeoutMs",
+            "spec.userDataSecretRef.key",
+        ] {
+            assert!(
+                out.stderr.contains(field),
+                "{field} missing with {extra:?}: {}",
+                out.stderr
+            );
         }
     }
-    let listed = c.kubectl().run(&["get", "cd", "-n", &ns, "-o", "name"], None).expect("kubectl");
+    let listed = c
+        .kubectl()
+        .run(&["get", "cd", "-n", &ns, "-o", "name"], None)
+        .expect("kubectl");
     assert_eq!(listed.stdout.trim(), "", "a rejected object was stored");
 
     // A good desk under --dry-run=server is admitted (and defaulted) but not stored.
-    let out = c.kubectl().apply(&desk(&ns, "ok", "{}"), &["--dry-run=server", "-o", "json"]).expect("kubectl");
-    assert!(out.success && out.stdout.contains("3600000"), "{}", out.stderr);
-    let listed = c.kubectl().run(&["get", "cd", "-n", &ns, "-o", "name"], None).expect("kubectl");
+    let out = c
+        .kubectl()
+        .apply(&desk(&ns, "ok", "{}"), &["--dry-run=server", "-o", "json"])
+        .expect("kubectl");
+    assert!(
+        out.success && out.stdout.contains("3600000"),
+        "{}",
+        out.stderr
+    );
+    let listed = c
+        .kubectl()
+        .run(&["get", "cd", "-n", &ns, "-o", "name"], None)
+        .expect("kubectl");
     assert_eq!(listed.stdout.trim(), "");
 }
 
@@ -112,35 +161,85 @@ async fn policy_configmap_changes_verdicts_without_a_restart() {
     let ns = namespace(&client, "policy").await;
     wait_webhooks_active(&c, &ns);
     let two_hours = desk(&ns, "long", "{timeoutMs: 7200000}");
-    assert!(c.kubectl().apply(&two_hours, &["--dry-run=server"]).expect("kubectl").success);
+    assert!(
+        c.kubectl()
+            .apply(&two_hours, &["--dry-run=server"])
+            .expect("kubectl")
+            .success
+    );
 
     let max_1h = json!({"name": "max-1h", "match": {"namespaces": [ns]}, "enforcement": "deny",
         "schema": {"properties": {"spec": {"properties": {"timeoutMs": {"maximum": 3600000}}}}}});
-    let applied = c.kubectl().apply(&policy_configmap(&ns, max_1h), &[]).expect("kubectl").ok();
+    let applied = c
+        .kubectl()
+        .apply(&policy_configmap(&ns, max_1h), &[])
+        .expect("kubectl")
+        .ok();
     assert!(applied.is_ok(), "{applied:?}");
     let denied = || {
-        let out = c.kubectl().apply(&two_hours, &["--dry-run=server"]).expect("kubectl");
+        let out = c
+            .kubectl()
+            .apply(&two_hours, &["--dry-run=server"])
+            .expect("kubectl");
         !out.success && out.stderr.contains("max-1h") && out.stderr.contains("spec.timeoutMs")
     };
-    assert!(poll_until(Duration::from_secs(20), denied), "the new policy never took effect");
+    assert!(
+        poll_until(Duration::from_secs(20), denied),
+        "the new policy never took effect"
+    );
 
     // A policy that does not compile is refused; the previous set stays in force.
     let errors_before = reload_errors(op.metrics());
     let broken = json!({"name": "broken", "schema": {"type": "no-such-type"}});
-    c.kubectl().apply(&policy_configmap(&ns, broken), &[]).expect("kubectl").ok().expect("apply");
+    c.kubectl()
+        .apply(&policy_configmap(&ns, broken), &[])
+        .expect("kubectl")
+        .ok()
+        .expect("apply");
     assert!(
-        poll_until(Duration::from_secs(20), || reload_errors(op.metrics()) > errors_before),
+        poll_until(Duration::from_secs(20), || reload_errors(op.metrics())
+            > errors_before),
         "the broken policy was not reported"
     );
     assert!(denied(), "the last good policy set was dropped");
-    assert!(op.log().contains("broken"), "the log does not name the broken policy");
-    let events = c.kubectl().run(&["get", "events", "-n", "cyberdesk-system", "-o", "json"], None).expect("kubectl");
-    assert!(events.stdout.contains("PolicyRejected"), "no Warning event on the ConfigMap");
+    assert!(
+        op.log().contains("broken"),
+        "the log does not name the broken policy"
+    );
+    let events = c
+        .kubectl()
+        .run(
+            &["get", "events", "-n", "cyberdesk-system", "-o", "json"],
+            None,
+        )
+        .expect("kubectl");
+    assert!(
+        events.stdout.contains("PolicyRejected"),
+        "no Warning event on the ConfigMap"
+    );
 
     // Removing the policy lifts the restriction.
-    c.kubectl().run(&["delete", "configmap", "cyberdesk-policies", "-n", "cyberdesk-system"], None).expect("kubectl");
-    let allowed = || c.kubectl().apply(&two_hours, &["--dry-run=server"]).is_ok_and(|o| o.success);
-    assert!(poll_until(Duration::from_secs(20), allowed), "deleting the policy did not lift it");
+    c.kubectl()
+        .run(
+            &[
+                "delete",
+                "configmap",
+                "cyberdesk-policies",
+                "-n",
+                "cyberdesk-system",
+            ],
+            None,
+        )
+        .expect("kubectl");
+    let allowed = || {
+        c.kubectl()
+            .apply(&two_hours, &["--dry-run=server"])
+            .is_ok_and(|o| o.success)
+    };
+    assert!(
+        poll_until(Duration::from_secs(20), allowed),
+        "deleting the policy did not lift it"
+    );
 }
 
 fn reload_errors(metrics: String) -> f64 {
@@ -159,8 +258,19 @@ async fn serving_certificate_rotation_loses_no_admission() {
     let ns = namespace(&client, "rotate").await;
     wait_webhooks_active(&c, &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "cyberdesk-system");
-    let leaf = |s: &Secret| s.data.as_ref().and_then(|d| d.get("tls.crt")).map(|b| b.0.clone());
-    let before = leaf(&secrets.get("cyberdesk-webhook-tls").await.expect("tls secret")).expect("tls.crt");
+    let leaf = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get("tls.crt"))
+            .map(|b| b.0.clone())
+    };
+    let before = leaf(
+        &secrets
+            .get("cyberdesk-webhook-tls")
+            .await
+            .expect("tls secret"),
+    )
+    .expect("tls.crt");
 
     let mut failures = Vec::new();
     let mut rotated = false;
@@ -172,11 +282,26 @@ async fn serving_certificate_rotation_loses_no_admission() {
             let patch = json!([{"op": "replace", "path": "/data/tls.crt", "value": garbage}]);
             let out = c
                 .kubectl()
-                .run(&["patch", "secret", "cyberdesk-webhook-tls", "-n", "cyberdesk-system", "--type=json", "-p", &patch.to_string()], None)
+                .run(
+                    &[
+                        "patch",
+                        "secret",
+                        "cyberdesk-webhook-tls",
+                        "-n",
+                        "cyberdesk-system",
+                        "--type=json",
+                        "-p",
+                        &patch.to_string(),
+                    ],
+                    None,
+                )
                 .expect("kubectl");
             assert!(out.success, "{}", out.stderr);
         }
-        let out = c.kubectl().apply(&desk(&ns, &format!("d{i}"), "{}"), &["--dry-run=server"]).expect("kubectl");
+        let out = c
+            .kubectl()
+            .apply(&desk(&ns, &format!("d{i}"), "{}"), &["--dry-run=server"])
+            .expect("kubectl");
         if !out.success {
             failures.push(out.stderr);
         }
@@ -192,5 +317,10 @@ async fn serving_certificate_rotation_loses_no_admission() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(rotated, "the serving certificate was never rotated");
-    assert!(failures.is_empty(), "{} admissions failed during rotation: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} admissions failed during rotation: {:?}",
+        failures.len(),
+        failures.first()
+    );
 }

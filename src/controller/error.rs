@@ -5,7 +5,10 @@ pub enum Error {
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
     #[error("cannot serialize {what}: {source}")]
-    Serialization { what: &'static str, source: serde_json::Error },
+    Serialization {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("Cyberdesk has no namespace")]
     NoNamespace,
 }

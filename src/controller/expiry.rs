@@ -12,7 +12,9 @@ pub fn parse(ts: &str) -> Option<Timestamp> {
 
 /// RFC 3339 with millisecond precision, UTC (`2026-11-22T10:00:00.123Z`).
 pub fn format(ts: Timestamp) -> String {
-    ts.round(jiff::Unit::Millisecond).map(|t| t.to_string()).unwrap_or_else(|_| ts.to_string())
+    ts.round(jiff::Unit::Millisecond)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| ts.to_string())
 }
 
 /// `start + timeout_ms`, clamped to the largest representable time instead of overflowing.
@@ -57,14 +59,23 @@ mod tests {
     #[test]
     fn huge_timeouts_clamp_instead_of_overflowing() {
         assert_eq!(expiry(ts("2026-01-01T00:00:00Z"), i64::MAX), Timestamp::MAX);
-        assert_eq!(expiry(ts("2026-01-01T00:00:00Z"), -5), ts("2026-01-01T00:00:00Z"));
+        assert_eq!(
+            expiry(ts("2026-01-01T00:00:00Z"), -5),
+            ts("2026-01-01T00:00:00Z")
+        );
     }
 
     #[test]
     fn deadline_before_and_after() {
         let exp = ts("2026-01-01T00:01:00Z");
-        assert_eq!(deadline(ts("2026-01-01T00:00:00Z"), exp), Deadline::In(Duration::from_secs(60)));
-        assert_eq!(deadline(ts("2026-01-01T00:01:02Z"), exp), Deadline::Passed(Duration::from_secs(2)));
+        assert_eq!(
+            deadline(ts("2026-01-01T00:00:00Z"), exp),
+            Deadline::In(Duration::from_secs(60))
+        );
+        assert_eq!(
+            deadline(ts("2026-01-01T00:01:02Z"), exp),
+            Deadline::Passed(Duration::from_secs(2))
+        );
         assert_eq!(deadline(exp, exp), Deadline::Passed(Duration::ZERO));
     }
 

@@ -40,18 +40,28 @@ fn owner_desk<K: kube::Resource>(obj: K) -> Option<ObjectRef<Cyberdesk>> {
 }
 
 /// Runs the controller until `stop`; in-flight reconciles finish first.
-pub async fn run(client: kube::Client, cfg: ControllerConfig, metrics: Metrics, identity: String, stop: CancellationToken) {
+pub async fn run(
+    client: kube::Client,
+    cfg: ControllerConfig,
+    metrics: Metrics,
+    identity: String,
+    stop: CancellationToken,
+) {
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &cfg.namespace);
     let (cm_store, cm_writer) = reflector::store();
     // Any change to a ConfigMap in our namespace may fix (or break) a template: re-check all desks.
-    let template_changes = reflector::reflector(cm_writer, watcher(configmaps, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .filter_map(|r| async move { r.ok().map(|_| ()) });
+    let template_changes =
+        reflector::reflector(cm_writer, watcher(configmaps, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects()
+            .filter_map(|r| async move { r.ok().map(|_| ()) });
 
     let recorder = Recorder::new(
         client.clone(),
-        Reporter { controller: names::FIELD_MANAGER.into(), instance: Some(identity) },
+        Reporter {
+            controller: names::FIELD_MANAGER.into(),
+            instance: Some(identity),
+        },
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -64,18 +74,29 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig, metrics: Metrics, 
     let active = tokio::spawn(count_active_vms(client.clone(), metrics, stop.clone()));
 
     let selector = managed_selector();
-    let controller = Controller::new(Api::<Cyberdesk>::all(client.clone()), watcher::Config::default())
-        .with_config(ControllerRuntimeConfig::default().concurrency(CONCURRENCY))
-        .watches(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default().labels(&selector), owner_desk)
-        .watches(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default().labels(&selector), owner_desk)
-        .reconcile_all_on(template_changes)
-        .graceful_shutdown_on(stop.clone().cancelled_owned())
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
-            }
-        });
+    let controller = Controller::new(
+        Api::<Cyberdesk>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(ControllerRuntimeConfig::default().concurrency(CONCURRENCY))
+    .watches(
+        Api::<VirtualMachine>::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+        owner_desk,
+    )
+    .watches(
+        Api::<VirtualMachineInstance>::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+        owner_desk,
+    )
+    .reconcile_all_on(template_changes)
+    .graceful_shutdown_on(stop.clone().cancelled_owned())
+    .run(reconcile::reconcile, reconcile::error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "controller event");
+        }
+    });
     controller.await;
     active.abort();
     tracing::info!("controller stopped");

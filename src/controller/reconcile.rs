@@ -23,7 +23,9 @@ use crate::controller::status::{self, Observation, RenderProblem};
 use crate::controller::template::{self, Ownership, TemplateVars};
 use crate::metrics::Metrics;
 use crate::model::conditions::{self, ConditionStatus};
-use crate::model::{Cyberdesk, CyberdeskPhase, TimeoutAction, VirtualMachine, VirtualMachineInstance, names};
+use crate::model::{
+    Cyberdesk, CyberdeskPhase, TimeoutAction, VirtualMachine, VirtualMachineInstance, names,
+};
 
 /// Cloud-init given to a desk without `userDataSecretRef`: valid and empty.
 const EMPTY_CLOUD_CONFIG: &str = "#cloud-config\n{}\n";
@@ -57,12 +59,28 @@ fn pp() -> PatchParams {
 }
 
 fn plain_pp() -> PatchParams {
-    PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() }
+    PatchParams {
+        field_manager: Some(names::FIELD_MANAGER.into()),
+        ..Default::default()
+    }
 }
 
 impl Context {
-    async fn publish(&self, cd: &Cyberdesk, type_: EventType, reason: &str, action: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    async fn publish(
+        &self,
+        cd: &Cyberdesk,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&event, &cd.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "could not publish event");
         }
@@ -118,8 +136,14 @@ pub async fn reconcile(cd: Arc<Cyberdesk>, ctx: Arc<Context>) -> Result<Action, 
 
 /// Requeue with exponential backoff (0.5 s doubling to 5 min) per desk.
 pub fn error_policy(cd: Arc<Cyberdesk>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.with_label_values(&[error.metric_label()]).inc();
-    ctx.metrics.reconcile_total.with_label_values(&["error"]).inc();
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[error.metric_label()])
+        .inc();
+    ctx.metrics
+        .reconcile_total
+        .with_label_values(&["error"])
+        .inc();
     let attempts = match ctx.failures.lock() {
         Ok(mut failures) => {
             let n = failures.entry(ObjectRef::from(cd.as_ref())).or_insert(0);
@@ -128,7 +152,9 @@ pub fn error_policy(cd: Arc<Cyberdesk>, error: &Error, ctx: Arc<Context>) -> Act
         }
         Err(_) => 1,
     };
-    let delay = Duration::from_millis(500u64.saturating_mul(1 << attempts.min(10).saturating_sub(1))).min(Duration::from_secs(300));
+    let delay =
+        Duration::from_millis(500u64.saturating_mul(1 << attempts.min(10).saturating_sub(1)))
+            .min(Duration::from_secs(300));
     tracing::warn!(cyberdesk = %cd.name_any(), namespace = ?cd.namespace(), %error, attempts, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
@@ -147,20 +173,34 @@ async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<bool, 
                {"op": "add", "path": "/metadata/finalizers/-", "value": names::FINALIZER}])
     };
     let patch: json_patch::Patch =
-        serde_json::from_value(ops).map_err(|source| Error::Serialization { what: "finalizer patch", source })?;
-    api.patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch)).await?;
+        serde_json::from_value(ops).map_err(|source| Error::Serialization {
+            what: "finalizer patch",
+            source,
+        })?;
+    api.patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
+        .await?;
     Ok(true)
 }
 
 async fn remove_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Error> {
-    let remaining: Vec<&String> = cd.finalizers().iter().filter(|f| *f != names::FINALIZER).collect();
+    let remaining: Vec<&String> = cd
+        .finalizers()
+        .iter()
+        .filter(|f| *f != names::FINALIZER)
+        .collect();
     let rv = cd.resource_version().unwrap_or_default();
     let patch: json_patch::Patch = serde_json::from_value(json!([
         {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
         {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
     ]))
-    .map_err(|source| Error::Serialization { what: "finalizer patch", source })?;
-    match api.patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch)).await {
+    .map_err(|source| Error::Serialization {
+        what: "finalizer patch",
+        source,
+    })?;
+    match api
+        .patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
@@ -170,26 +210,43 @@ async fn remove_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Er
 /// The template for this desk: its named ConfigMap, else the default ConfigMap, else the
 /// built-in one.
 fn load_template(cd: &Cyberdesk, ctx: &Context) -> Result<Value, RenderProblem> {
-    let wanted = cd.spec.template.as_deref().unwrap_or(&ctx.cfg.template_configmap);
+    let wanted = cd
+        .spec
+        .template
+        .as_deref()
+        .unwrap_or(&ctx.cfg.template_configmap);
     let key = ObjectRef::<ConfigMap>::new(wanted).within(&ctx.cfg.namespace);
     match ctx.configmaps.get(&key) {
         Some(cm) => {
-            let text = cm.data.as_ref().and_then(|d| d.get(names::TEMPLATE_KEY)).ok_or_else(|| {
-                RenderProblem::Template(format!("ConfigMap {wanted} has no key {}", names::TEMPLATE_KEY))
-            })?;
-            template::parse(text).map_err(|e| RenderProblem::Template(format!("ConfigMap {wanted}: {e}")))
+            let text = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get(names::TEMPLATE_KEY))
+                .ok_or_else(|| {
+                    RenderProblem::Template(format!(
+                        "ConfigMap {wanted} has no key {}",
+                        names::TEMPLATE_KEY
+                    ))
+                })?;
+            template::parse(text)
+                .map_err(|e| RenderProblem::Template(format!("ConfigMap {wanted}: {e}")))
         }
         None if cd.spec.template.is_some() => Err(RenderProblem::Template(format!(
             "VM template ConfigMap {wanted} not found in namespace {}",
             ctx.cfg.namespace
         ))),
-        None => template::parse(template::BUILTIN_TEMPLATE).map_err(|e| RenderProblem::Template(e.to_string())),
+        None => template::parse(template::BUILTIN_TEMPLATE)
+            .map_err(|e| RenderProblem::Template(e.to_string())),
     }
 }
 
 /// The user data as base64, or why it cannot be had. API failures other than
 /// not-found/forbidden are errors (retried), not problems.
-async fn load_user_data(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Result<String, RenderProblem>, Error> {
+async fn load_user_data(
+    cd: &Cyberdesk,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<String, RenderProblem>, Error> {
     let Some(r) = &cd.spec.user_data_secret_ref else {
         return Ok(Ok(B64.encode(EMPTY_CLOUD_CONFIG)));
     };
@@ -197,17 +254,29 @@ async fn load_user_data(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Resul
     match secrets.get_opt(&r.name).await {
         Ok(Some(secret)) => match secret.data.as_ref().and_then(|d| d.get(&r.key)) {
             Some(bytes) => Ok(Ok(B64.encode(&bytes.0))),
-            None => Ok(Err(RenderProblem::UserData(format!("Secret {} has no key {}", r.name, r.key)))),
+            None => Ok(Err(RenderProblem::UserData(format!(
+                "Secret {} has no key {}",
+                r.name, r.key
+            )))),
         },
-        Ok(None) => Ok(Err(RenderProblem::UserData(format!("Secret {} not found in namespace {ns}", r.name)))),
-        Err(kube::Error::Api(e)) if e.code == 403 => {
-            Ok(Err(RenderProblem::UserData(format!("not allowed to read Secret {}: {}", r.name, e.message))))
-        }
+        Ok(None) => Ok(Err(RenderProblem::UserData(format!(
+            "Secret {} not found in namespace {ns}",
+            r.name
+        )))),
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(Err(RenderProblem::UserData(format!(
+            "not allowed to read Secret {}: {}",
+            r.name, e.message
+        )))),
         Err(e) => Err(e.into()),
     }
 }
 
-async fn render_vm(cd: &Cyberdesk, ctx: &Context, ns: &str, run_strategy: &'static str) -> Result<Result<Value, RenderProblem>, Error> {
+async fn render_vm(
+    cd: &Cyberdesk,
+    ctx: &Context,
+    ns: &str,
+    run_strategy: &'static str,
+) -> Result<Result<Value, RenderProblem>, Error> {
     let template = match load_template(cd, ctx) {
         Ok(t) => t,
         Err(problem) => return Ok(Err(problem)),
@@ -217,11 +286,26 @@ async fn render_vm(cd: &Cyberdesk, ctx: &Context, ns: &str, run_strategy: &'stat
         Err(problem) => return Ok(Err(problem)),
     };
     let owner = cd.controller_owner_ref(&()).ok_or(Error::NoNamespace)?;
-    let owner_reference =
-        serde_json::to_value(owner).map_err(|source| Error::Serialization { what: "ownerReference", source })?;
+    let owner_reference = serde_json::to_value(owner).map_err(|source| Error::Serialization {
+        what: "ownerReference",
+        source,
+    })?;
     let name = cd.name_any();
-    let vars = TemplateVars { vm_name: names::vm_name(&name), namespace: ns.into(), cyberdesk_name: name, user_data_base64: user_data };
-    Ok(template::render(&template, &vars, &Ownership { owner_reference, run_strategy }).map_err(|e| RenderProblem::Template(e.to_string())))
+    let vars = TemplateVars {
+        vm_name: names::vm_name(&name),
+        namespace: ns.into(),
+        cyberdesk_name: name,
+        user_data_base64: user_data,
+    };
+    Ok(template::render(
+        &template,
+        &vars,
+        &Ownership {
+            owner_reference,
+            run_strategy,
+        },
+    )
+    .map_err(|e| RenderProblem::Template(e.to_string())))
 }
 
 /// Halts the VM with a guarded JSON patch (the same change `virtctl stop` makes).
@@ -233,13 +317,24 @@ async fn halt(vms: &Api<VirtualMachine>, vm: &VirtualMachine) -> Result<VirtualM
         None => json!([{"op": "add", "path": "/spec/runStrategy", "value": "Halted"}]),
     };
     let patch: json_patch::Patch =
-        serde_json::from_value(ops).map_err(|source| Error::Serialization { what: "halt patch", source })?;
-    Ok(vms.patch(&name, &plain_pp(), &Patch::<()>::Json(patch)).await?)
+        serde_json::from_value(ops).map_err(|source| Error::Serialization {
+            what: "halt patch",
+            source,
+        })?;
+    Ok(vms
+        .patch(&name, &plain_pp(), &Patch::<()>::Json(patch))
+        .await?)
 }
 
-async fn write_status(api: &Api<Cyberdesk>, cd: &Cyberdesk, desired: &crate::model::CyberdeskStatus) -> Result<(), Error> {
-    let body = json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "status": desired});
-    api.patch_status(&cd.name_any(), &pp(), &Patch::Apply(body)).await?;
+async fn write_status(
+    api: &Api<Cyberdesk>,
+    cd: &Cyberdesk,
+    desired: &crate::model::CyberdeskStatus,
+) -> Result<(), Error> {
+    let body =
+        json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "status": desired});
+    api.patch_status(&cd.name_any(), &pp(), &Patch::Apply(body))
+        .await?;
     Ok(())
 }
 
@@ -259,8 +354,17 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
     if let Some(existing) = &vm
         && !owned_by(existing, cd)
     {
-        let note = format!("VirtualMachine {vm_name} exists but is not controlled by this Cyberdesk; leaving it alone");
-        ctx.publish(cd, EventType::Warning, "VirtualMachineConflict", "Create", note).await;
+        let note = format!(
+            "VirtualMachine {vm_name} exists but is not controlled by this Cyberdesk; leaving it alone"
+        );
+        ctx.publish(
+            cd,
+            EventType::Warning,
+            "VirtualMachineConflict",
+            "Create",
+            note,
+        )
+        .await;
         return Ok(Action::requeue(RENDER_RETRY));
     }
     let vmi = vmis.get_opt(&vm_name).await?;
@@ -277,8 +381,12 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
         ctx.metrics.vm_timeout.inc();
         ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
         tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halting the VM");
-        let note = format!("timed out after {} ms; halting VirtualMachine {vm_name}", cd.spec.timeout_ms.unwrap_or(ctx.cfg.default_timeout_ms));
-        ctx.publish(cd, EventType::Normal, "TimedOut", "Stop", note).await;
+        let note = format!(
+            "timed out after {} ms; halting VirtualMachine {vm_name}",
+            cd.spec.timeout_ms.unwrap_or(ctx.cfg.default_timeout_ms)
+        );
+        ctx.publish(cd, EventType::Normal, "TimedOut", "Stop", note)
+            .await;
     }
     if timed_out
         && let Some(current) = &vm
@@ -297,7 +405,14 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
                 let created = ctx.time("create_vm", t, created)?;
                 ctx.metrics.vm_created.inc();
                 tracing::info!(vm = %vm_name, "created VirtualMachine");
-                ctx.publish(cd, EventType::Normal, "VirtualMachineCreated", "Create", format!("created VirtualMachine {vm_name}")).await;
+                ctx.publish(
+                    cd,
+                    EventType::Normal,
+                    "VirtualMachineCreated",
+                    "Create",
+                    format!("created VirtualMachine {vm_name}"),
+                )
+                .await;
                 vm = Some(created);
             }
             Err(problem) => {
@@ -307,7 +422,14 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
                         RenderProblem::Template(_) => "TemplateInvalid",
                         RenderProblem::UserData(_) => "UserDataUnavailable",
                     };
-                    ctx.publish(cd, EventType::Warning, reason, "Create", problem.message().to_string()).await;
+                    ctx.publish(
+                        cd,
+                        EventType::Warning,
+                        reason,
+                        "Create",
+                        problem.message().to_string(),
+                    )
+                    .await;
                 }
                 render_error = Some(problem);
             }
@@ -331,23 +453,44 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
         ctx.time("update_status", t, written)?;
         if desired.phase == Some(CyberdeskPhase::Running) && was != Some(CyberdeskPhase::Running) {
             let ip = desired.ip_address.clone().unwrap_or_default();
-            ctx.publish(cd, EventType::Normal, "Ready", "Start", format!("desktop running at {ip}")).await;
+            ctx.publish(
+                cd,
+                EventType::Normal,
+                "Ready",
+                "Start",
+                format!("desktop running at {ip}"),
+            )
+            .await;
         }
     }
 
     if timed_out && cd.timeout_action() == TimeoutAction::Delete {
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {
-                ctx.publish(cd, EventType::Normal, "Deleting", "Delete", "timeoutAction Delete: deleting the Cyberdesk".into()).await;
+                ctx.publish(
+                    cd,
+                    EventType::Normal,
+                    "Deleting",
+                    "Delete",
+                    "timeoutAction Delete: deleting the Cyberdesk".into(),
+                )
+                .await;
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
-        ctx.metrics.reconcile_total.with_label_values(&["success"]).inc();
+        ctx.metrics
+            .reconcile_total
+            .with_label_values(&["success"])
+            .inc();
         return Ok(Action::await_change());
     }
 
-    let action = match (&render_error, desired.expiry_time.as_deref().and_then(expiry::parse), timed_out) {
+    let action = match (
+        &render_error,
+        desired.expiry_time.as_deref().and_then(expiry::parse),
+        timed_out,
+    ) {
         (Some(_), _, _) => Action::requeue(RENDER_RETRY),
         (None, Some(exp), false) => match expiry::deadline(Timestamp::now(), exp) {
             // Wake up exactly at expiry; no polling in between.
@@ -356,8 +499,15 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
         },
         _ => Action::await_change(),
     };
-    let result = if matches!(render_error, Some(_)) { "requeue" } else { "success" };
-    ctx.metrics.reconcile_total.with_label_values(&[result]).inc();
+    let result = if render_error.is_some() {
+        "requeue"
+    } else {
+        "success"
+    };
+    ctx.metrics
+        .reconcile_total
+        .with_label_values(&[result])
+        .inc();
     Ok(action)
 }
 
@@ -384,10 +534,21 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Erro
         }
         ctx.metrics.vm_deleted.inc();
         tracing::info!(vm = %vm_name, "deleting VirtualMachine");
-        ctx.publish(cd, EventType::Normal, "DeletingVirtualMachine", "Delete", format!("deleting VirtualMachine {vm_name}")).await;
+        ctx.publish(
+            cd,
+            EventType::Normal,
+            "DeletingVirtualMachine",
+            "Delete",
+            format!("deleting VirtualMachine {vm_name}"),
+        )
+        .await;
     }
     // A VMI left by a VM we just deleted belongs to it; KubeVirt removes it before the VM.
-    let vmi = if vm.is_some() { vmis.get_opt(&vm_name).await? } else { None };
+    let vmi = if vm.is_some() {
+        vmis.get_opt(&vm_name).await?
+    } else {
+        None
+    };
 
     let observation = Observation {
         cyberdesk: cd,
@@ -403,12 +564,25 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Erro
         if cd.status.as_ref() != Some(&desired) {
             write_status(&api, cd, &desired).await?;
         }
-        ctx.metrics.reconcile_total.with_label_values(&["requeue"]).inc();
+        ctx.metrics
+            .reconcile_total
+            .with_label_values(&["requeue"])
+            .inc();
         return Ok(Action::requeue(CLEANUP_RECHECK));
     }
     remove_finalizer(&api, cd).await?;
     tracing::info!(vm = %vm_name, "VirtualMachine gone; finalizer released");
-    ctx.publish(cd, EventType::Normal, "CleanedUp", "Delete", format!("VirtualMachine {vm_name} is gone")).await;
-    ctx.metrics.reconcile_total.with_label_values(&["success"]).inc();
+    ctx.publish(
+        cd,
+        EventType::Normal,
+        "CleanedUp",
+        "Delete",
+        format!("VirtualMachine {vm_name} is gone"),
+    )
+    .await;
+    ctx.metrics
+        .reconcile_total
+        .with_label_values(&["success"])
+        .inc();
     Ok(Action::await_change())
 }

@@ -5,7 +5,9 @@ use jiff::Timestamp;
 
 use crate::controller::expiry;
 use crate::model::conditions::{self, Condition, ConditionStatus, set_condition};
-use crate::model::{Cyberdesk, CyberdeskPhase, CyberdeskStatus, VirtualMachine, VirtualMachineInstance};
+use crate::model::{
+    Cyberdesk, CyberdeskPhase, CyberdeskStatus, VirtualMachine, VirtualMachineInstance,
+};
 
 /// printableStatus values that mean the desktop cannot come up without help.
 const VM_ERROR_STATES: &[&str] = &[
@@ -48,17 +50,34 @@ impl RenderProblem {
 
 /// When the desk's lifetime started: recorded once, else the VM's creation time.
 pub fn start_time(cd: &Cyberdesk, vm: Option<&VirtualMachine>) -> Option<Timestamp> {
-    let recorded = cd.status.as_ref().and_then(|s| s.start_time.as_deref()).and_then(expiry::parse);
+    let recorded = cd
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_deref())
+        .and_then(expiry::parse);
     recorded.or_else(|| vm?.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
 /// `startTime + spec.timeoutMs`; moves when timeoutMs changes.
-pub fn expiry_time(cd: &Cyberdesk, vm: Option<&VirtualMachine>, default_timeout_ms: i64) -> Option<Timestamp> {
+pub fn expiry_time(
+    cd: &Cyberdesk,
+    vm: Option<&VirtualMachine>,
+    default_timeout_ms: i64,
+) -> Option<Timestamp> {
     let start = start_time(cd, vm)?;
-    Some(expiry::expiry(start, cd.spec.timeout_ms.unwrap_or(default_timeout_ms)))
+    Some(expiry::expiry(
+        start,
+        cd.spec.timeout_ms.unwrap_or(default_timeout_ms),
+    ))
 }
 
-fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String, obs: &Observation<'_>) -> Condition {
+fn condition(
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+    obs: &Observation<'_>,
+) -> Condition {
     Condition {
         type_: type_.into(),
         status,
@@ -72,10 +91,16 @@ fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String
 fn phase_and_message(obs: &Observation<'_>) -> (CyberdeskPhase, String) {
     use CyberdeskPhase::*;
     if obs.cyberdesk.metadata.deletion_timestamp.is_some() {
-        return (Terminating, "deleting the VirtualMachine before releasing the Cyberdesk".into());
+        return (
+            Terminating,
+            "deleting the VirtualMachine before releasing the Cyberdesk".into(),
+        );
     }
     if obs.timed_out {
-        return (TimedOut, "the desktop reached its timeout and its VirtualMachine was halted".into());
+        return (
+            TimedOut,
+            "the desktop reached its timeout and its VirtualMachine was halted".into(),
+        );
     }
     let Some(vm) = obs.vm else {
         return match obs.render_error {
@@ -83,21 +108,43 @@ fn phase_and_message(obs: &Observation<'_>) -> (CyberdeskPhase, String) {
             None => (Pending, "creating the VirtualMachine".into()),
         };
     };
-    if let Some(state) = vm.printable_status().filter(|s| VM_ERROR_STATES.contains(s)) {
+    if let Some(state) = vm
+        .printable_status()
+        .filter(|s| VM_ERROR_STATES.contains(s))
+    {
         return (Failed, format!("the VirtualMachine is in state {state}"));
     }
     let Some(vmi) = obs.vmi else {
-        return (Provisioning, "the VirtualMachine exists; waiting for its instance".into());
+        return (
+            Provisioning,
+            "the VirtualMachine exists; waiting for its instance".into(),
+        );
     };
     if vmi.metadata.deletion_timestamp.is_some() {
-        return (Stopping, "the VirtualMachineInstance is shutting down".into());
+        return (
+            Stopping,
+            "the VirtualMachineInstance is shutting down".into(),
+        );
     }
     match vmi.phase().unwrap_or("") {
         "Running" if vmi.is_ready() => (Running, "the desktop is running".into()),
-        "Running" => (Starting, "the VirtualMachineInstance runs; waiting for it to be ready".into()),
+        "Running" => (
+            Starting,
+            "the VirtualMachineInstance runs; waiting for it to be ready".into(),
+        ),
         "Failed" => (Failed, "the VirtualMachineInstance failed".into()),
         "Succeeded" => (Stopping, "the VirtualMachineInstance stopped".into()),
-        phase => (Starting, format!("the VirtualMachineInstance is {}", if phase.is_empty() { "being created" } else { phase })),
+        phase => (
+            Starting,
+            format!(
+                "the VirtualMachineInstance is {}",
+                if phase.is_empty() {
+                    "being created"
+                } else {
+                    phase
+                }
+            ),
+        ),
     }
 }
 
@@ -110,8 +157,20 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
 
     let template_ok = !matches!(obs.render_error, Some(RenderProblem::Template(_)));
     let template_cond = match obs.render_error {
-        Some(RenderProblem::Template(m)) => condition(conditions::TEMPLATE_VALID, ConditionStatus::False, "TemplateInvalid", m.clone(), obs),
-        _ => condition(conditions::TEMPLATE_VALID, ConditionStatus::True, "TemplateRendered", "the VM template renders".into(), obs),
+        Some(RenderProblem::Template(m)) => condition(
+            conditions::TEMPLATE_VALID,
+            ConditionStatus::False,
+            "TemplateInvalid",
+            m.clone(),
+            obs,
+        ),
+        _ => condition(
+            conditions::TEMPLATE_VALID,
+            ConditionStatus::True,
+            "TemplateRendered",
+            "the VM template renders".into(),
+            obs,
+        ),
     };
     set_condition(&mut conds, template_cond);
 
@@ -120,12 +179,19 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
             conditions::VM_CREATED,
             ConditionStatus::True,
             "Created",
-            format!("VirtualMachine {} exists", vm.metadata.name.as_deref().unwrap_or("")),
+            format!(
+                "VirtualMachine {} exists",
+                vm.metadata.name.as_deref().unwrap_or("")
+            ),
             obs,
         ),
-        (None, Some(RenderProblem::UserData(m))) => {
-            condition(conditions::VM_CREATED, ConditionStatus::False, "UserDataUnavailable", m.clone(), obs)
-        }
+        (None, Some(RenderProblem::UserData(m))) => condition(
+            conditions::VM_CREATED,
+            ConditionStatus::False,
+            "UserDataUnavailable",
+            m.clone(),
+            obs,
+        ),
         (None, _) if !template_ok => condition(
             conditions::VM_CREATED,
             ConditionStatus::False,
@@ -133,21 +199,51 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
             "the VM template does not render".into(),
             obs,
         ),
-        (None, _) => condition(conditions::VM_CREATED, ConditionStatus::False, "Pending", "not created yet".into(), obs),
+        (None, _) => condition(
+            conditions::VM_CREATED,
+            ConditionStatus::False,
+            "Pending",
+            "not created yet".into(),
+            obs,
+        ),
     };
     set_condition(&mut conds, created);
 
     let ready = if phase == CyberdeskPhase::Running {
-        condition(conditions::READY, ConditionStatus::True, "Running", "the desktop is ready".into(), obs)
+        condition(
+            conditions::READY,
+            ConditionStatus::True,
+            "Running",
+            "the desktop is ready".into(),
+            obs,
+        )
     } else {
-        condition(conditions::READY, ConditionStatus::False, phase.as_str(), message.clone(), obs)
+        condition(
+            conditions::READY,
+            ConditionStatus::False,
+            phase.as_str(),
+            message.clone(),
+            obs,
+        )
     };
     set_condition(&mut conds, ready);
 
     let timed_out = if obs.timed_out {
-        condition(conditions::TIMED_OUT, ConditionStatus::True, "Expired", "the timeout passed; the VM was halted".into(), obs)
+        condition(
+            conditions::TIMED_OUT,
+            ConditionStatus::True,
+            "Expired",
+            "the timeout passed; the VM was halted".into(),
+            obs,
+        )
     } else {
-        condition(conditions::TIMED_OUT, ConditionStatus::False, "NotExpired", "the timeout has not passed".into(), obs)
+        condition(
+            conditions::TIMED_OUT,
+            ConditionStatus::False,
+            "NotExpired",
+            "the timeout has not passed".into(),
+            obs,
+        )
     };
     set_condition(&mut conds, timed_out);
 
@@ -155,7 +251,10 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
     let expiry = expiry_time(obs.cyberdesk, obs.vm, obs.default_timeout_ms);
     CyberdeskStatus {
         phase: Some(phase),
-        virtual_machine_ref: obs.vm.and_then(|vm| vm.metadata.name.clone()).or(current.virtual_machine_ref),
+        virtual_machine_ref: obs
+            .vm
+            .and_then(|vm| vm.metadata.name.clone())
+            .or(current.virtual_machine_ref),
         vmi_phase: obs.vmi.and_then(|v| v.phase().map(str::to_string)),
         ip_address: obs.vmi.and_then(|v| v.ip_address().map(str::to_string)),
         start_time: start.map(expiry::format),
@@ -199,7 +298,11 @@ mod tests {
         .expect("vmi")
     }
 
-    fn obs<'a>(cd: &'a Cyberdesk, vm: Option<&'a VirtualMachine>, vmi: Option<&'a VirtualMachineInstance>) -> Observation<'a> {
+    fn obs<'a>(
+        cd: &'a Cyberdesk,
+        vm: Option<&'a VirtualMachine>,
+        vmi: Option<&'a VirtualMachineInstance>,
+    ) -> Observation<'a> {
         Observation {
             cyberdesk: cd,
             vm,
@@ -215,16 +318,28 @@ mod tests {
     fn phases_follow_the_vm_and_vmi() {
         let cd = desk(json!(null));
         let (v, running, booting) = (vm(), vmi("Running", true), vmi("Scheduling", false));
-        assert_eq!(desired_status(&obs(&cd, None, None)).phase, Some(CyberdeskPhase::Pending));
-        assert_eq!(desired_status(&obs(&cd, Some(&v), None)).phase, Some(CyberdeskPhase::Provisioning));
-        assert_eq!(desired_status(&obs(&cd, Some(&v), Some(&booting))).phase, Some(CyberdeskPhase::Starting));
+        assert_eq!(
+            desired_status(&obs(&cd, None, None)).phase,
+            Some(CyberdeskPhase::Pending)
+        );
+        assert_eq!(
+            desired_status(&obs(&cd, Some(&v), None)).phase,
+            Some(CyberdeskPhase::Provisioning)
+        );
+        assert_eq!(
+            desired_status(&obs(&cd, Some(&v), Some(&booting))).phase,
+            Some(CyberdeskPhase::Starting)
+        );
         let s = desired_status(&obs(&cd, Some(&v), Some(&running)));
         assert_eq!(s.phase, Some(CyberdeskPhase::Running));
         assert_eq!(s.ip_address.as_deref(), Some("10.0.0.5"));
         assert_eq!(s.vmi_phase.as_deref(), Some("Running"));
         assert_eq!(s.virtual_machine_ref.as_deref(), Some("cyberdesk-alice"));
         assert_eq!(s.observed_generation, Some(3));
-        assert_eq!(conditions::find(&s.conditions, conditions::READY).map(|c| c.status), Some(ConditionStatus::True));
+        assert_eq!(
+            conditions::find(&s.conditions, conditions::READY).map(|c| c.status),
+            Some(ConditionStatus::True)
+        );
     }
 
     #[test]
@@ -270,8 +385,13 @@ mod tests {
         assert_eq!(desired_status(&t).phase, Some(CyberdeskPhase::TimedOut));
         let mut deleting = desk(json!(null));
         deleting.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2026-01-01T00:00:05Z".parse().expect("t")));
-        assert_eq!(desired_status(&obs(&deleting, Some(&v), None)).phase, Some(CyberdeskPhase::Terminating));
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:05Z".parse().expect("t"),
+            ));
+        assert_eq!(
+            desired_status(&obs(&deleting, Some(&v), None)).phase,
+            Some(CyberdeskPhase::Terminating)
+        );
     }
 
     #[test]

@@ -13,7 +13,13 @@ use crate::model::names;
 pub const BUILTIN_TEMPLATE: &str = include_str!("../../manifests/base/vm-template/template.yaml");
 
 /// Exactly the variables a template may use.
-pub const VARIABLES: [&str; 5] = ["vm_name", "namespace", "cyberdesk_name", "managed_by", "user_data_base64"];
+pub const VARIABLES: [&str; 5] = [
+    "vm_name",
+    "namespace",
+    "cyberdesk_name",
+    "managed_by",
+    "user_data_base64",
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
@@ -26,7 +32,9 @@ pub enum TemplateError {
     UnknownVariable { name: String, path: String },
     #[error("the VM template has an empty or unterminated ${{...}} reference at {path}")]
     BadReference { path: String },
-    #[error("the VM template must be a kubevirt.io/v1 VirtualMachine, not {api_version:?} {kind:?}")]
+    #[error(
+        "the VM template must be a kubevirt.io/v1 VirtualMachine, not {api_version:?} {kind:?}"
+    )]
     WrongKind { api_version: String, kind: String },
     #[error("the VM template has no spec.template object (the VMI template KubeVirt requires)")]
     NoVmiTemplate,
@@ -66,7 +74,8 @@ pub struct Ownership {
 /// Parses a template and checks it renders, so a broken ConfigMap is reported when it is
 /// loaded rather than when the next desk needs it.
 pub fn parse(text: &str) -> Result<Value, TemplateError> {
-    let value: Value = serde_yaml::from_str(text).map_err(|e| TemplateError::Yaml(e.to_string()))?;
+    let value: Value =
+        serde_yaml::from_str(text).map_err(|e| TemplateError::Yaml(e.to_string()))?;
     check_kind(&value)?;
     let probe = TemplateVars {
         vm_name: "cyberdesk-probe".into(),
@@ -80,19 +89,32 @@ pub fn parse(text: &str) -> Result<Value, TemplateError> {
 }
 
 fn check_kind(value: &Value) -> Result<(), TemplateError> {
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
     if api_version != "kubevirt.io/v1" || kind != "VirtualMachine" {
-        return Err(TemplateError::WrongKind { api_version: api_version.into(), kind: kind.into() });
+        return Err(TemplateError::WrongKind {
+            api_version: api_version.into(),
+            kind: kind.into(),
+        });
     }
-    if !value.pointer("/spec/template").is_some_and(Value::is_object) {
+    if !value
+        .pointer("/spec/template")
+        .is_some_and(Value::is_object)
+    {
         return Err(TemplateError::NoVmiTemplate);
     }
     Ok(())
 }
 
 /// Renders a parsed template for one Cyberdesk.
-pub fn render(template: &Value, vars: &TemplateVars, ownership: &Ownership) -> Result<Value, TemplateError> {
+pub fn render(
+    template: &Value,
+    vars: &TemplateVars,
+    ownership: &Ownership,
+) -> Result<Value, TemplateError> {
     check_kind(template)?;
     let mut vm = template.clone();
     substitute(&mut vm, vars, &mut String::new())?;
@@ -100,7 +122,11 @@ pub fn render(template: &Value, vars: &TemplateVars, ownership: &Ownership) -> R
     Ok(vm)
 }
 
-fn substitute(value: &mut Value, vars: &TemplateVars, path: &mut String) -> Result<(), TemplateError> {
+fn substitute(
+    value: &mut Value,
+    vars: &TemplateVars,
+    path: &mut String,
+) -> Result<(), TemplateError> {
     match value {
         Value::String(s) => {
             if s.contains("${") {
@@ -140,16 +166,23 @@ fn substitute_str(s: &str, vars: &TemplateVars, path: &str) -> Result<String, Te
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            return Err(TemplateError::BadReference { path: path.to_string() });
+            return Err(TemplateError::BadReference {
+                path: path.to_string(),
+            });
         };
         let name = &after[..end];
         if name.is_empty() {
-            return Err(TemplateError::BadReference { path: path.to_string() });
+            return Err(TemplateError::BadReference {
+                path: path.to_string(),
+            });
         }
         match vars.get(name) {
             Some(v) => out.push_str(v),
             None => {
-                return Err(TemplateError::UnknownVariable { name: name.chars().take(64).collect(), path: path.to_string() });
+                return Err(TemplateError::UnknownVariable {
+                    name: name.chars().take(64).collect(),
+                    path: path.to_string(),
+                });
             }
         }
         rest = &after[end + 1..];
@@ -188,7 +221,14 @@ fn stamp(vm: &mut Value, vars: &TemplateVars, ownership: &Ownership) {
         root.remove("status");
     }
     let meta = object_at(vm, "metadata");
-    for key in ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "deletionTimestamp"] {
+    for key in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "managedFields",
+        "deletionTimestamp",
+    ] {
         meta.remove(key);
     }
     meta.insert("name".into(), json!(vars.vm_name));
@@ -232,8 +272,14 @@ mod tests {
         assert_eq!(vm["metadata"]["name"], "cyberdesk-alice");
         assert_eq!(vm["metadata"]["namespace"], "team-a");
         assert_eq!(vm["metadata"]["labels"]["cyberdesk-instance"], "alice");
-        assert_eq!(vm["metadata"]["labels"]["app.kubernetes.io/managed-by"], "cyberdesk-operator");
-        assert_eq!(vm["spec"]["template"]["metadata"]["labels"]["app"], "cyberdesk");
+        assert_eq!(
+            vm["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "cyberdesk-operator"
+        );
+        assert_eq!(
+            vm["spec"]["template"]["metadata"]["labels"]["app"],
+            "cyberdesk"
+        );
         assert_eq!(vm["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(vm["spec"]["runStrategy"], "Always");
         let text = vm.to_string();
@@ -258,7 +304,10 @@ mod tests {
         assert!(vm["spec"].get("running").is_none());
         assert_eq!(vm["spec"]["runStrategy"], "Halted");
         assert!(vm.get("status").is_none());
-        assert_eq!(vm["spec"]["template"]["metadata"]["labels"]["cyberdesk-instance"], "alice");
+        assert_eq!(
+            vm["spec"]["template"]["metadata"]["labels"]["cyberdesk-instance"],
+            "alice"
+        );
     }
 
     #[test]
@@ -266,20 +315,38 @@ mod tests {
         let unknown = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec:\n  template:\n    spec: {hostname: '${owner}'}\n";
         assert_eq!(
             parse(unknown),
-            Err(TemplateError::UnknownVariable { name: "owner".into(), path: "spec.template.spec.hostname".into() })
+            Err(TemplateError::UnknownVariable {
+                name: "owner".into(),
+                path: "spec.template.spec.hostname".into()
+            })
         );
         let open = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {template: {x: ['${vm_name']}}\n";
-        assert!(matches!(parse(open), Err(TemplateError::BadReference { path }) if path == "spec.template.x[0]"));
-        let empty = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {template: {x: '${}'}}\n";
-        assert!(matches!(parse(empty), Err(TemplateError::BadReference { .. })));
+        assert!(
+            matches!(parse(open), Err(TemplateError::BadReference { path }) if path == "spec.template.x[0]")
+        );
+        let empty =
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {template: {x: '${}'}}\n";
+        assert!(matches!(
+            parse(empty),
+            Err(TemplateError::BadReference { .. })
+        ));
     }
 
     #[test]
     fn wrong_documents_are_errors() {
         assert!(matches!(parse("{{{"), Err(TemplateError::Yaml(_))));
-        assert!(matches!(parse("apiVersion: v1\nkind: Pod\n"), Err(TemplateError::WrongKind { .. })));
-        assert!(matches!(parse("- a\n- b\n"), Err(TemplateError::WrongKind { .. })));
-        assert_eq!(parse("apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {}\n"), Err(TemplateError::NoVmiTemplate));
+        assert!(matches!(
+            parse("apiVersion: v1\nkind: Pod\n"),
+            Err(TemplateError::WrongKind { .. })
+        ));
+        assert!(matches!(
+            parse("- a\n- b\n"),
+            Err(TemplateError::WrongKind { .. })
+        ));
+        assert_eq!(
+            parse("apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {}\n"),
+            Err(TemplateError::NoVmiTemplate)
+        );
     }
 
     #[test]

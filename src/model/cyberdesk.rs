@@ -28,11 +28,11 @@ pub const DEFAULT_TIMEOUT_MS: i64 = 3_600_000;
     shortname = "cds",
     category = "cyberdesk",
     doc = "A virtual desktop backed by a KubeVirt VirtualMachine that lives for spec.timeoutMs.",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
-    printcolumn(name = "VM", type_ = "string", json_path = ".status.virtualMachineRef", description = "VirtualMachine name"),
-    printcolumn(name = "IP", type_ = "string", json_path = ".status.ipAddress", description = "Address of the desktop"),
-    printcolumn(name = "Expiry", type_ = "date", json_path = ".status.expiryTime", description = "When the desktop times out"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase"}"#,
+    printcolumn = r#"{"name": "VM", "type": "string", "jsonPath": ".status.virtualMachineRef", "description": "VirtualMachine name"}"#,
+    printcolumn = r#"{"name": "IP", "type": "string", "jsonPath": ".status.ipAddress", "description": "Address of the desktop"}"#,
+    printcolumn = r#"{"name": "Expiry", "type": "date", "jsonPath": ".status.expiryTime", "description": "When the desktop times out"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CyberdeskSpec {
@@ -176,9 +176,15 @@ mod tests {
     #[test]
     fn crd_has_names_columns_and_status() {
         let crd = Cyberdesk::crd();
-        assert_eq!(crd.metadata.name.as_deref(), Some("cyberdesks.cyberdesk.io"));
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("cyberdesks.cyberdesk.io")
+        );
         let names = &crd.spec.names;
-        assert_eq!(names.short_names.as_deref(), Some(&["cd".to_string(), "cds".to_string()][..]));
+        assert_eq!(
+            names.short_names.as_deref(),
+            Some(&["cd".to_string(), "cds".to_string()][..])
+        );
         let version = &crd.spec.versions[0];
         let columns: Vec<&str> = version
             .additional_printer_columns
@@ -186,7 +192,13 @@ mod tests {
             .map(|c| c.iter().map(|c| c.name.as_str()).collect())
             .unwrap_or_default();
         assert_eq!(columns, ["Phase", "VM", "IP", "Expiry", "Age"]);
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
     }
 
     #[test]
@@ -194,8 +206,15 @@ mod tests {
         let crd = serde_json::to_value(Cyberdesk::crd()).expect("crd serializes");
         let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
         assert_eq!(spec["timeoutMs"]["minimum"], serde_json::json!(1000.0));
-        assert_eq!(spec["timeoutAction"]["enum"], serde_json::json!(["Delete", "Stop"]));
-        assert!(spec["timeoutMs"]["description"].as_str().is_some_and(|d| d.contains("milliseconds")));
+        assert_eq!(
+            spec["timeoutAction"]["enum"],
+            serde_json::json!(["Delete", "Stop"])
+        );
+        assert!(
+            spec["timeoutMs"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("milliseconds"))
+        );
     }
 
     #[test]

@@ -202,7 +202,10 @@ mod tests {
         let vmi: VirtualMachineInstance = serde_json::from_value(real_vmi()).expect("parses");
         let back = serde_json::to_value(&vmi).expect("serializes");
         assert_eq!(back["status"]["qosClass"], "Burstable");
-        assert_eq!(back["spec"]["domain"]["resources"]["requests"]["memory"], "1Gi");
+        assert_eq!(
+            back["spec"]["domain"]["resources"]["requests"]["memory"],
+            "1Gi"
+        );
     }
 
     #[test]

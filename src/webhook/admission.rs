@@ -70,9 +70,13 @@ fn operation_label(op: &Operation) -> &'static str {
 
 /// Parses and checks the envelope; anything short of a usable request is a `BadReview`,
 /// except a request whose uid we can read, which gets a denied review carrying it.
-fn parse(body: &[u8]) -> Result<Result<AdmissionRequest<DynamicObject>, AdmissionResponse>, BadReview> {
+fn parse(
+    body: &[u8],
+) -> Result<Result<AdmissionRequest<DynamicObject>, AdmissionResponse>, BadReview> {
     if body.is_empty() {
-        return Err(BadReview("empty body: expected an admission.k8s.io/v1 AdmissionReview".into()));
+        return Err(BadReview(
+            "empty body: expected an admission.k8s.io/v1 AdmissionReview".into(),
+        ));
     }
     let raw: Value = serde_json::from_slice(body)
         .map_err(|e| BadReview(format!("body is not JSON: {}", truncate(&e.to_string()))))?;
@@ -88,7 +92,10 @@ fn parse(body: &[u8]) -> Result<Result<AdmissionRequest<DynamicObject>, Admissio
     let Some(request) = raw.get("request").filter(|r| r.is_object()) else {
         return Err(BadReview("AdmissionReview has no request".into()));
     };
-    let uid = request.get("uid").and_then(Value::as_str).map(str::to_string);
+    let uid = request
+        .get("uid")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     match serde_json::from_value::<AdmissionReview<DynamicObject>>(raw.clone()) {
         Ok(review) => match review.try_into() {
             Ok(req) => Ok(Ok(req)),
@@ -96,18 +103,28 @@ fn parse(body: &[u8]) -> Result<Result<AdmissionRequest<DynamicObject>, Admissio
         },
         Err(e) => match uid {
             Some(uid) if !uid.is_empty() => {
-                let mut resp = AdmissionResponse::invalid(format!("malformed AdmissionReview request: {}", truncate(&e.to_string())));
+                let mut resp = AdmissionResponse::invalid(format!(
+                    "malformed AdmissionReview request: {}",
+                    truncate(&e.to_string())
+                ));
                 resp.uid = uid;
                 Ok(Err(resp))
             }
-            _ => Err(BadReview(format!("malformed AdmissionReview: {}", truncate(&e.to_string())))),
+            _ => Err(BadReview(format!(
+                "malformed AdmissionReview: {}",
+                truncate(&e.to_string())
+            ))),
         },
     }
 }
 
 impl Admission {
     /// Answers one review. `Err` means HTTP 400 with the message.
-    pub fn review(&self, webhook: Webhook, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, BadReview> {
+    pub fn review(
+        &self,
+        webhook: Webhook,
+        body: &[u8],
+    ) -> Result<AdmissionReview<DynamicObject>, BadReview> {
         let start = Instant::now();
         let result = parse(body).map(|parsed| match parsed {
             Ok(req) => {
@@ -161,7 +178,9 @@ impl Admission {
         };
         match (webhook, &req.operation) {
             (Webhook::Mutate, Operation::Create) => {
-                let Some(object) = object else { return resp.deny("CREATE review without an object") };
+                let Some(object) = object else {
+                    return resp.deny("CREATE review without an object");
+                };
                 let patch = defaults_patch(&object, &self.mutate);
                 if patch.0.is_empty() {
                     return resp;
@@ -172,7 +191,9 @@ impl Admission {
                 }
             }
             (Webhook::Validate, Operation::Create | Operation::Update) => {
-                let Some(object) = object else { return resp.deny("review without an object") };
+                let Some(object) = object else {
+                    return resp.deny("review without an object");
+                };
                 let old = match req.old_object.as_ref().map(serde_json::to_value) {
                     Some(Ok(v)) => Some(v),
                     _ => None,
@@ -198,7 +219,9 @@ impl Admission {
         if operation == validate::Operation::Update {
             // Metadata-only updates (finalizer removal during deletion, labels) must never be
             // blocked by a spec rule or a policy added after the object was admitted.
-            let being_deleted = object.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
+            let being_deleted = object
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|v| !v.is_null());
             let spec_unchanged = old.is_some_and(|o| o.get("spec") == object.get("spec"));
             if being_deleted || spec_unchanged {
                 return resp;
@@ -211,7 +234,13 @@ impl Admission {
             .unwrap_or(req.name.as_str());
         let namespace = req.namespace.as_deref().unwrap_or("");
         let policies = self.policies.current();
-        let input = ValidationInput { operation, name, namespace, object, old_object: old };
+        let input = ValidationInput {
+            operation,
+            name,
+            namespace,
+            object,
+            old_object: old,
+        };
         let verdict = validate::validate(&input, &self.validate, &policies);
         respond(resp, name, verdict)
     }
@@ -229,23 +258,39 @@ fn respond(mut resp: AdmissionResponse, name: &str, verdict: Verdict) -> Admissi
     let summary: Vec<String> = verdict
         .violations
         .iter()
-        .map(|v| if v.field.is_empty() { v.message.clone() } else { format!("{}: {}", v.field, v.message) })
+        .map(|v| {
+            if v.field.is_empty() {
+                v.message.clone()
+            } else {
+                format!("{}: {}", v.field, v.message)
+            }
+        })
         .collect();
-    let message = format!("{KIND}.{GROUP} \"{}\" is invalid: {}", truncate(name), summary.join(", "));
+    let message = format!(
+        "{KIND}.{GROUP} \"{}\" is invalid: {}",
+        truncate(name),
+        summary.join(", ")
+    );
     let causes = verdict
         .violations
         .into_iter()
-        .map(|v| StatusCause { reason: "FieldValueInvalid".into(), message: v.message, field: v.field })
+        .map(|v| StatusCause {
+            reason: "FieldValueInvalid".into(),
+            message: v.message,
+            field: v.field,
+        })
         .collect();
     resp.allowed = false;
-    resp.result = Status::failure(&message, "Invalid").with_code(422).with_details(StatusDetails {
-        name: truncate(name),
-        group: GROUP.into(),
-        kind: "cyberdesks".into(),
-        uid: String::new(),
-        causes,
-        retry_after_seconds: 0,
-    });
+    resp.result = Status::failure(&message, "Invalid")
+        .with_code(422)
+        .with_details(StatusDetails {
+            name: truncate(name),
+            group: GROUP.into(),
+            kind: "cyberdesks".into(),
+            uid: String::new(),
+            causes,
+            retry_after_seconds: 0,
+        });
     resp
 }
 
@@ -259,8 +304,14 @@ mod tests {
         let base = AdmissionResponse::invalid("x");
         let verdict = Verdict {
             violations: vec![
-                FieldViolation { field: "spec.timeoutMs".into(), message: "too long".into() },
-                FieldViolation { field: "metadata.name".into(), message: "too long".into() },
+                FieldViolation {
+                    field: "spec.timeoutMs".into(),
+                    message: "too long".into(),
+                },
+                FieldViolation {
+                    field: "metadata.name".into(),
+                    message: "too long".into(),
+                },
             ],
             warnings: vec!["careful".into()],
         };
@@ -277,8 +328,13 @@ mod tests {
     fn envelope_errors_are_bad_reviews() {
         assert!(parse(b"").is_err());
         assert!(parse(b"not json").is_err());
-        assert!(parse(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#).is_err());
-        assert!(parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).is_err());
+        assert!(
+            parse(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#)
+                .is_err()
+        );
+        assert!(
+            parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).is_err()
+        );
         // A request we cannot read but whose uid we know: a denied review, not a 400.
         let denied = parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","operation":"EXPLODE"}}"#);
         match denied {

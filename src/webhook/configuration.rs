@@ -42,12 +42,19 @@ pub enum ConfigurationError {
     #[error("cannot print the webhook configuration: {0}")]
     Yaml(#[from] serde_yaml::Error),
     #[error("cannot apply webhook configuration {name}: {source}")]
-    Apply { name: &'static str, source: kube::Error },
+    Apply {
+        name: &'static str,
+        source: kube::Error,
+    },
 }
 
 fn client_config(target: &WebhookTarget, path: &str, ca_pem: Option<&str>) -> Value {
     let mut cc = match target {
-        WebhookTarget::Service { name, namespace, port } => json!({
+        WebhookTarget::Service {
+            name,
+            namespace,
+            port,
+        } => json!({
             "service": {"name": name, "namespace": namespace, "path": path, "port": port}
         }),
         WebhookTarget::Url(base) => json!({"url": format!("{}{path}", base.trim_end_matches('/'))}),
@@ -58,7 +65,13 @@ fn client_config(target: &WebhookTarget, path: &str, ca_pem: Option<&str>) -> Va
     cc
 }
 
-fn webhook(name: &str, path: &str, operations: &[&str], params: &WebhookConfigParams, ca_pem: Option<&str>) -> Value {
+fn webhook(
+    name: &str,
+    path: &str,
+    operations: &[&str],
+    params: &WebhookConfigParams,
+    ca_pem: Option<&str>,
+) -> Value {
     json!({
         "name": name,
         "rules": [{
@@ -83,7 +96,13 @@ fn metadata(name: &str) -> Value {
 
 /// The mutating configuration as JSON (with `caBundle` when given).
 pub fn mutating(params: &WebhookConfigParams, ca_pem: Option<&str>) -> Value {
-    let mut hook = webhook("mutate.cyberdesk.io", "/mutate", &["CREATE"], params, ca_pem);
+    let mut hook = webhook(
+        "mutate.cyberdesk.io",
+        "/mutate",
+        &["CREATE"],
+        params,
+        ca_pem,
+    );
     hook["reinvocationPolicy"] = json!("Never");
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -104,24 +123,49 @@ pub fn validating(params: &WebhookConfigParams, ca_pem: Option<&str>) -> Value {
 }
 
 /// Both configurations as a two-document YAML stream.
-pub fn render_yaml(params: &WebhookConfigParams, ca_pem: Option<&str>) -> Result<String, ConfigurationError> {
+pub fn render_yaml(
+    params: &WebhookConfigParams,
+    ca_pem: Option<&str>,
+) -> Result<String, ConfigurationError> {
     let m: MutatingWebhookConfiguration = serde_json::from_value(mutating(params, ca_pem))?;
     let v: ValidatingWebhookConfiguration = serde_json::from_value(validating(params, ca_pem))?;
-    Ok(format!("{}---\n{}", serde_yaml::to_string(&m)?, serde_yaml::to_string(&v)?))
+    Ok(format!(
+        "{}---\n{}",
+        serde_yaml::to_string(&m)?,
+        serde_yaml::to_string(&v)?
+    ))
 }
 
 /// Server-side-applies both configurations with the CA bundle (creating them if needed).
 /// `force`: the operator owns these fields even if someone edited them by hand.
-pub async fn apply(client: &kube::Client, params: &WebhookConfigParams, ca_pem: &str) -> Result<(), ConfigurationError> {
+pub async fn apply(
+    client: &kube::Client,
+    params: &WebhookConfigParams,
+    ca_pem: &str,
+) -> Result<(), ConfigurationError> {
     let pp = PatchParams::apply(names::FIELD_MANAGER).force();
     let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    m.patch(names::MUTATING_WEBHOOK_CONFIG, &pp, &Patch::Apply(mutating(params, Some(ca_pem))))
-        .await
-        .map_err(|source| ConfigurationError::Apply { name: names::MUTATING_WEBHOOK_CONFIG, source })?;
+    m.patch(
+        names::MUTATING_WEBHOOK_CONFIG,
+        &pp,
+        &Patch::Apply(mutating(params, Some(ca_pem))),
+    )
+    .await
+    .map_err(|source| ConfigurationError::Apply {
+        name: names::MUTATING_WEBHOOK_CONFIG,
+        source,
+    })?;
     let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    v.patch(names::VALIDATING_WEBHOOK_CONFIG, &pp, &Patch::Apply(validating(params, Some(ca_pem))))
-        .await
-        .map_err(|source| ConfigurationError::Apply { name: names::VALIDATING_WEBHOOK_CONFIG, source })?;
+    v.patch(
+        names::VALIDATING_WEBHOOK_CONFIG,
+        &pp,
+        &Patch::Apply(validating(params, Some(ca_pem))),
+    )
+    .await
+    .map_err(|source| ConfigurationError::Apply {
+        name: names::VALIDATING_WEBHOOK_CONFIG,
+        source,
+    })?;
     Ok(())
 }
 
@@ -130,7 +174,11 @@ mod tests {
     use super::*;
 
     fn params(target: WebhookTarget) -> WebhookConfigParams {
-        WebhookConfigParams { target, exempt_namespace: "cyberdesk-system".into(), timeout_seconds: 5 }
+        WebhookConfigParams {
+            target,
+            exempt_namespace: "cyberdesk-system".into(),
+            timeout_seconds: 5,
+        }
     }
 
     #[test]

@@ -18,8 +18,13 @@ use crate::webhook::validate::ValidateConfig;
 
 fn app_with(policies: PolicyStore) -> Router {
     router(Arc::new(Admission {
-        mutate: MutateConfig { default_timeout_ms: 3_600_000 },
-        validate: ValidateConfig { min_timeout_ms: 1_000, max_timeout_ms: 30 * 86_400_000 },
+        mutate: MutateConfig {
+            default_timeout_ms: 3_600_000,
+        },
+        validate: ValidateConfig {
+            min_timeout_ms: 1_000,
+            max_timeout_ms: 30 * 86_400_000,
+        },
         policies,
         metrics: Metrics::new("test", &[]).expect("metrics"),
     }))
@@ -31,16 +36,29 @@ fn app() -> Router {
 
 async fn post(app: Router, path: &str, body: impl Into<Body>) -> (StatusCode, Value) {
     let resp = app
-        .oneshot(Request::post(path).header("content-type", "application/json").body(body.into()).expect("request"))
+        .oneshot(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(body.into())
+                .expect("request"),
+        )
         .await
         .expect("response");
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn review(operation: &str, object: Value, old: Value) -> Value {
-    let name = object.pointer("/metadata/name").cloned().unwrap_or(json!(""));
+    let name = object
+        .pointer("/metadata/name")
+        .cloned()
+        .unwrap_or(json!(""));
     json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {
@@ -65,7 +83,12 @@ fn response(v: &Value) -> &Value {
 
 #[tokio::test]
 async fn mutate_defaults_and_adds_the_finalizer() {
-    let (status, body) = post(app(), "/mutate", review("CREATE", desk("alice", json!({})), Value::Null).to_string()).await;
+    let (status, body) = post(
+        app(),
+        "/mutate",
+        review("CREATE", desk("alice", json!({})), Value::Null).to_string(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let r = response(&body);
     assert_eq!(r["uid"], "11111111-2222-3333-4444-555555555555");
@@ -73,7 +96,10 @@ async fn mutate_defaults_and_adds_the_finalizer() {
     assert_eq!(r["patchType"], "JSONPatch");
     let patch = patch_bytes(&r["patch"]);
     let text = String::from_utf8(patch).expect("utf-8");
-    assert!(text.contains("/spec/timeoutMs") && text.contains("3600000"), "{text}");
+    assert!(
+        text.contains("/spec/timeoutMs") && text.contains("3600000"),
+        "{text}"
+    );
     assert!(text.contains("cyberdesk.io/vm-cleanup"), "{text}");
 }
 
@@ -82,8 +108,13 @@ async fn mutate_defaults_and_adds_the_finalizer() {
 fn patch_bytes(v: &Value) -> Vec<u8> {
     use base64::Engine;
     match v {
-        Value::String(s) => base64::engine::general_purpose::STANDARD.decode(s).expect("base64"),
-        Value::Array(items) => items.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect(),
+        Value::String(s) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .expect("base64"),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|b| b.as_u64().map(|b| b as u8))
+            .collect(),
         other => panic!("no patch: {other}"),
     }
 }
@@ -92,7 +123,12 @@ fn patch_bytes(v: &Value) -> Vec<u8> {
 async fn mutate_leaves_complete_objects_alone() {
     let mut obj = desk("alice", json!({"timeoutMs": 5000, "timeoutAction": "Stop"}));
     obj["metadata"]["finalizers"] = json!(["cyberdesk.io/vm-cleanup"]);
-    let (status, body) = post(app(), "/mutate", review("CREATE", obj, Value::Null).to_string()).await;
+    let (status, body) = post(
+        app(),
+        "/mutate",
+        review("CREATE", obj, Value::Null).to_string(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(response(&body)["allowed"], true);
     assert!(response(&body).get("patch").is_none());
@@ -100,8 +136,16 @@ async fn mutate_leaves_complete_objects_alone() {
 
 #[tokio::test]
 async fn validate_reports_every_violation_with_its_field() {
-    let obj = desk("Bad_Name", json!({"timeoutMs": 10, "timeoutAction": "Explode"}));
-    let (status, body) = post(app(), "/validate", review("CREATE", obj, Value::Null).to_string()).await;
+    let obj = desk(
+        "Bad_Name",
+        json!({"timeoutMs": 10, "timeoutAction": "Explode"}),
+    );
+    let (status, body) = post(
+        app(),
+        "/validate",
+        review("CREATE", obj, Value::Null).to_string(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let r = response(&body);
     assert_eq!(r["allowed"], false);
@@ -121,8 +165,16 @@ async fn validate_reports_every_violation_with_its_field() {
 
 #[tokio::test]
 async fn validate_admits_a_good_desk() {
-    let obj = desk("alice", json!({"timeoutMs": 60000, "timeoutAction": "Delete"}));
-    let (_, body) = post(app(), "/validate", review("CREATE", obj, Value::Null).to_string()).await;
+    let obj = desk(
+        "alice",
+        json!({"timeoutMs": 60000, "timeoutAction": "Delete"}),
+    );
+    let (_, body) = post(
+        app(),
+        "/validate",
+        review("CREATE", obj, Value::Null).to_string(),
+    )
+    .await;
     assert_eq!(response(&body)["allowed"], true, "{body}");
 }
 
@@ -133,10 +185,21 @@ async fn policies_deny_through_the_handler() {
     let set = PolicySet::load(&[("test".into(), policy.to_string().into_bytes())]).expect("loads");
     let app = app_with(PolicyStore::new(set));
     let obj = desk("alice", json!({"timeoutMs": 7200000}));
-    let (_, body) = post(app, "/validate", review("CREATE", obj, Value::Null).to_string()).await;
+    let (_, body) = post(
+        app,
+        "/validate",
+        review("CREATE", obj, Value::Null).to_string(),
+    )
+    .await;
     let r = response(&body);
     assert_eq!(r["allowed"], false);
-    assert!(r["status"]["message"].as_str().unwrap_or("").contains("max-1h"), "{body}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max-1h"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -157,7 +220,10 @@ async fn immutable_fields_are_enforced_once_the_vm_exists() {
     let (_, body) = post(app(), "/validate", review("UPDATE", new, old).to_string()).await;
     let r = response(&body);
     assert_eq!(r["allowed"], false);
-    assert_eq!(r["status"]["details"]["causes"][0]["field"], "spec.template");
+    assert_eq!(
+        r["status"]["details"]["causes"][0]["field"],
+        "spec.template"
+    );
 }
 
 #[tokio::test]
@@ -165,16 +231,33 @@ async fn hostile_envelopes_get_400_with_a_reason() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty body", Vec::new()),
         ("not JSON", b"<xml/>".to_vec()),
-        ("wrong apiVersion", br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#.to_vec()),
-        ("wrong kind", br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#.to_vec()),
-        ("missing request", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec()),
-        ("request not an object", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":[]}"#.to_vec()),
+        (
+            "wrong apiVersion",
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#
+                .to_vec(),
+        ),
+        (
+            "wrong kind",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#.to_vec(),
+        ),
+        (
+            "missing request",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+        ),
+        (
+            "request not an object",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":[]}"#
+                .to_vec(),
+        ),
         ("JSON array", b"[1,2,3]".to_vec()),
     ];
     for (what, body) in cases {
         let (status, answer) = post(app(), "/validate", body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{what}");
-        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {answer}"
+        );
     }
 }
 
@@ -188,9 +271,17 @@ async fn deep_nesting_is_refused_not_a_stack_overflow() {
         spec = json!({"a": spec});
     }
     // The apiserver prunes unknown fields before admission; here only a clean answer counts.
-    let (status, body) = post(app(), "/validate", review("CREATE", desk("alice", spec), Value::Null).to_string()).await;
+    let (status, body) = post(
+        app(),
+        "/validate",
+        review("CREATE", desk("alice", spec), Value::Null).to_string(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(response(&body)["uid"], "11111111-2222-3333-4444-555555555555");
+    assert_eq!(
+        response(&body)["uid"],
+        "11111111-2222-3333-4444-555555555555"
+    );
 }
 
 #[tokio::test]
@@ -212,19 +303,47 @@ async fn unreadable_requests_are_denied_with_their_uid() {
 
 #[tokio::test]
 async fn wrong_spec_types_and_hostile_names_are_violations() {
-    let specs = [json!([]), json!("spec"), json!(null), json!({"timeoutMs": "soon"}), json!({"timeoutMs": 1.5}),
-                 json!({"timeoutMs": -1}), json!({"timeoutMs": 1e300}), json!({"userDataSecretRef": "s"})];
+    let specs = [
+        json!([]),
+        json!("spec"),
+        json!(null),
+        json!({"timeoutMs": "soon"}),
+        json!({"timeoutMs": 1.5}),
+        json!({"timeoutMs": -1}),
+        json!({"timeoutMs": 1e300}),
+        json!({"userDataSecretRef": "s"}),
+    ];
     for spec in specs {
-        let (status, body) = post(app(), "/validate", review("CREATE", desk("alice", spec.clone()), Value::Null).to_string()).await;
+        let (status, body) = post(
+            app(),
+            "/validate",
+            review("CREATE", desk("alice", spec.clone()), Value::Null).to_string(),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{spec}");
         assert_eq!(response(&body)["allowed"], false, "{spec} admitted: {body}");
     }
-    for name in ["x".repeat(10_000), "désktop".to_string(), "UPPER".into(), "-dash".into(), "a.b".into(), String::new()] {
-        let (status, body) = post(app(), "/validate", review("CREATE", desk(&name, json!({})), Value::Null).to_string()).await;
+    for name in [
+        "x".repeat(10_000),
+        "désktop".to_string(),
+        "UPPER".into(),
+        "-dash".into(),
+        "a.b".into(),
+        String::new(),
+    ] {
+        let (status, body) = post(
+            app(),
+            "/validate",
+            review("CREATE", desk(&name, json!({})), Value::Null).to_string(),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         let r = response(&body);
         assert_eq!(r["allowed"], false, "name {name:?} admitted");
-        assert!(r["status"]["message"].as_str().unwrap_or("").len() < 2_000, "echoed a huge name back");
+        assert!(
+            r["status"]["message"].as_str().unwrap_or("").len() < 2_000,
+            "echoed a huge name back"
+        );
     }
 }
 
@@ -246,7 +365,11 @@ async fn duplicate_keys_get_a_clear_answer() {
 
 #[tokio::test]
 async fn other_kinds_are_refused() {
-    let mut r = review("CREATE", json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}), Value::Null);
+    let mut r = review(
+        "CREATE",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}),
+        Value::Null,
+    );
     r["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Pod"});
     let (_, body) = post(app(), "/validate", r.to_string()).await;
     assert_eq!(response(&body)["allowed"], false);

@@ -28,21 +28,43 @@ pub struct PolicySources {
 }
 
 /// (origin, bytes) of every policy source: directory files first, then ConfigMap keys.
-fn sources(dir: &std::path::Path, cm: Option<&ConfigMap>) -> Result<Vec<(String, Vec<u8>)>, String> {
+fn sources(
+    dir: &std::path::Path,
+    cm: Option<&ConfigMap>,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut all = policy::load_dir(dir).map_err(|e| format!("cannot read policy folder: {e}"))?;
     if let Some(cm) = cm {
-        let data: BTreeMap<&String, &String> = cm.data.iter().flatten().filter(|(k, _)| k.ends_with(".json")).collect();
+        let data: BTreeMap<&String, &String> = cm
+            .data
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.ends_with(".json"))
+            .collect();
         for (key, value) in data {
-            all.push((format!("configmap/{}/{key}", cm.name_any()), value.clone().into_bytes()));
+            all.push((
+                format!("configmap/{}/{key}", cm.name_any()),
+                value.clone().into_bytes(),
+            ));
         }
     }
     Ok(all)
 }
 
 /// Loads and swaps in the set; returns the error report when it does not load.
-pub fn reload(store: &PolicyStore, metrics: &Metrics, dir: &std::path::Path, cm: Option<&ConfigMap>) -> Result<usize, String> {
+pub fn reload(
+    store: &PolicyStore,
+    metrics: &Metrics,
+    dir: &std::path::Path,
+    cm: Option<&ConfigMap>,
+) -> Result<usize, String> {
     let result = sources(dir, cm).and_then(|src| {
-        PolicySet::load(&src).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+        PolicySet::load(&src).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     });
     match result {
         Ok(set) => {
@@ -71,7 +93,8 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &sources_cfg.namespace);
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={}", sources_cfg.configmap));
+    let cfg =
+        watcher::Config::default().fields(&format!("metadata.name={}", sources_cfg.configmap));
     let mut events = watcher(api, cfg).default_backoff().boxed();
     let mut current: Option<ConfigMap> = None;
     let mut initial = true;

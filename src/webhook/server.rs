@@ -46,11 +46,20 @@ fn answer(admission: &Admission, webhook: Webhook, body: &[u8]) -> Response {
     match admission.review(webhook, body) {
         Ok(review) => match serde_json::to_vec(&review) {
             Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the review: {e}")).into_response(),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the review: {e}"),
+            )
+                .into_response(),
         },
         Err(bad) => {
             let body = serde_json::json!({"error": bad.0}).to_string();
-            (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+            (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
         }
     }
 }
@@ -58,11 +67,16 @@ fn answer(admission: &Admission, webhook: Webhook, body: &[u8]) -> Response {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr} for the webhook server: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
 }
 
 /// Serves until `shutdown`, then lets in-flight requests finish for up to `drain`.
@@ -111,7 +125,13 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain, "webhook connections still open after the drain period");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "webhook connections still open after the drain period"
+        );
     }
 }

@@ -19,7 +19,10 @@ fn read_response(mut stream: impl Read) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -49,7 +52,8 @@ pub fn https_get(addr: SocketAddr, ca_pem: &str, path: &str) -> std::io::Result<
         .with_root_certificates(roots)
         .with_no_client_auth();
     let name = ServerName::IpAddress(addr.ip().into());
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
     let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     sock.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut tls = rustls::StreamOwned::new(conn, sock);

@@ -30,17 +30,37 @@ pub enum Error {
     )]
     PortInUse { what: &'static str, port: u16 },
     #[error("could not create the working directory {path}: {source}")]
-    WorkDir { path: PathBuf, source: std::io::Error },
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("could not generate certificates: {0}")]
     Pki(#[from] rcgen::Error),
     #[error("could not start {name} ({path}): {source}")]
-    Spawn { name: &'static str, path: PathBuf, source: std::io::Error },
+    Spawn {
+        name: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{name} exited during start-up ({status}); its log ({log}) ends with:\n{tail}")]
-    Exited { name: &'static str, status: String, log: PathBuf, tail: String },
+    Exited {
+        name: &'static str,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("{name} was not ready after {waited:?}; its log ({log}) ends with:\n{tail}")]
-    NotReady { name: &'static str, waited: Duration, log: PathBuf, tail: String },
+    NotReady {
+        name: &'static str,
+        waited: Duration,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("could not write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Where `build.sh` puts the binaries, unless CYBERDESK_CONTROLPLANE_BIN says otherwise.
@@ -50,8 +70,12 @@ pub fn default_bin_dir() -> PathBuf {
     }
     let cache = std::env::var_os("CYBERDESK_CACHE_DIR")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("cyberdesk-operator")))
-        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/cyberdesk-operator")))
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("cyberdesk-operator"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/cyberdesk-operator"))
+        })
         .unwrap_or_else(|| PathBuf::from("/tmp/cyberdesk-operator-cache"));
     cache.join("controlplane/bin")
 }
@@ -121,7 +145,10 @@ fn binary(bin_dir: &Path, name: &'static str) -> Result<PathBuf, Error> {
 }
 
 fn write(path: PathBuf, contents: &str) -> Result<PathBuf, Error> {
-    std::fs::write(&path, contents).map_err(|source| Error::Write { path: path.clone(), source })?;
+    std::fs::write(&path, contents).map_err(|source| Error::Write {
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 
@@ -193,11 +220,17 @@ impl ControlPlane {
         let peer_port = claim_port("etcd peer", None)?;
 
         let root = work_root();
-        let dir = tempdir_in(&root).map_err(|source| Error::WorkDir { path: root.clone(), source })?;
+        let dir = tempdir_in(&root).map_err(|source| Error::WorkDir {
+            path: root.clone(),
+            source,
+        })?;
         let cleanup_dir = scopeguard(dir.clone());
 
         let ca = TestCa::new("cyberdesk-test-ca")?;
-        let serving = ca.issue_server("kube-apiserver", &["127.0.0.1", "localhost", "kubernetes.default.svc"])?;
+        let serving = ca.issue_server(
+            "kube-apiserver",
+            &["127.0.0.1", "localhost", "kubernetes.default.svc"],
+        )?;
         let admin = ca.issue_client("cyberdesk-admin", &["system:masters"])?;
         let ca_file = write(dir.join("ca.crt"), ca.cert_pem())?;
         let serving_crt = write(dir.join("apiserver.crt"), &serving.cert_pem)?;
@@ -220,10 +253,17 @@ impl ControlPlane {
             "--log-level=warn".to_string(),
         ];
         let mut etcd = ManagedChild::spawn("etcd", &etcd_bin, &etcd_args, dir.join("etcd.log"))
-            .map_err(|source| Error::Spawn { name: "etcd", path: etcd_bin.clone(), source })?;
-        wait_ready(&mut etcd, "etcd", opts.ready_timeout, || {
-            matches!(http_get(loopback(etcd_port), "/health"), Ok((200, body)) if body.contains("true"))
-        })?;
+            .map_err(|source| Error::Spawn {
+                name: "etcd",
+                path: etcd_bin.clone(),
+                source,
+            })?;
+        wait_ready(
+            &mut etcd,
+            "etcd",
+            opts.ready_timeout,
+            || matches!(http_get(loopback(etcd_port), "/health"), Ok((200, body)) if body.contains("true")),
+        )?;
 
         let p = |f: &Path| f.display().to_string();
         let api_args = vec![
@@ -248,12 +288,23 @@ impl ControlPlane {
             "--allow-privileged=true".to_string(),
             "--profiling=false".to_string(),
         ];
-        let mut apiserver =
-            ManagedChild::spawn("kube-apiserver", &apiserver_bin, &api_args, dir.join("kube-apiserver.log"))
-                .map_err(|source| Error::Spawn { name: "kube-apiserver", path: apiserver_bin.clone(), source })?;
+        let mut apiserver = ManagedChild::spawn(
+            "kube-apiserver",
+            &apiserver_bin,
+            &api_args,
+            dir.join("kube-apiserver.log"),
+        )
+        .map_err(|source| Error::Spawn {
+            name: "kube-apiserver",
+            path: apiserver_bin.clone(),
+            source,
+        })?;
         let ca_pem = ca.cert_pem().to_string();
         wait_ready(&mut apiserver, "kube-apiserver", opts.ready_timeout, || {
-            matches!(https_get(loopback(api_port), &ca_pem, "/readyz"), Ok((200, _)))
+            matches!(
+                https_get(loopback(api_port), &ca_pem, "/readyz"),
+                Ok((200, _))
+            )
         })?;
 
         let kubeconfig = write(

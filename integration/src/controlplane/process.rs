@@ -16,7 +16,12 @@ pub struct ManagedChild {
 }
 
 impl ManagedChild {
-    pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> std::io::Result<Self> {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> std::io::Result<Self> {
         let out = File::create(&log)?;
         let err = out.try_clone()?;
         let parent = std::process::id() as libc::pid_t;
