@@ -2,6 +2,8 @@
 //! kubectl runner and (later) the KubeVirt simulator.
 
 pub mod controlplane;
+pub mod harness;
 pub mod kubectl;
+pub mod kubevirt;
 pub mod operator;
 pub mod shared;

@@ -36,7 +36,11 @@ fn main() -> anyhow::Result<()> {
         }
         None => cp.kubeconfig_path().to_path_buf(),
     };
-    println!("control plane ready in {:.1}s at {}", started.elapsed().as_secs_f64(), cp.apiserver_url());
+    println!(
+        "control plane ready in {:.1}s at {}",
+        started.elapsed().as_secs_f64(),
+        cp.apiserver_url()
+    );
     println!("pids: kube-apiserver={api_pid} etcd={etcd_pid}");
     println!("export KUBECONFIG={}", kubeconfig.display());
     println!("kubectl: {}", cp.kubectl_path().display());

@@ -1,0 +1,299 @@
+//! The simulator's public face: options, the handle that keeps it running, counters for
+//! tests, and the wiring of its two controllers (virt-controller's VM controller, and the
+//! VMI lifecycle that virt-controller and virt-handler share).
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject};
+use kube::core::ApiResource;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use tokio::task::JoinHandle;
+
+use super::{Error, vm_controller, vm_resource, vmi_controller, vmi_resource};
+
+/// How the simulated KubeVirt behaves. `Default` is instant boots in all namespaces.
+#[derive(Clone, Debug)]
+pub struct SimulatorOptions {
+    /// Only VMs and VMIs of this namespace; `None` watches all namespaces. Tests sharing a
+    /// control plane should each scope their simulator to their own namespace.
+    pub namespace: Option<String>,
+    /// Time a VMI stays `Pending` (virt-controller creating the launcher pod).
+    pub pending_to_scheduling: Duration,
+    /// Time a VMI stays `Scheduling` (the pod being scheduled and started).
+    pub scheduling_to_scheduled: Duration,
+    /// Time a VMI stays `Scheduled` (virt-handler booting the domain).
+    pub scheduled_to_running: Duration,
+    /// Time a deleted, running VMI takes to shut down (the VM shows `Stopping` meanwhile).
+    pub shutdown: Duration,
+    /// Address given to the first VMI that runs; each later one gets the next address.
+    pub first_ip: Ipv4Addr,
+    /// Node every VMI is scheduled to.
+    pub node_name: String,
+}
+
+impl Default for SimulatorOptions {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            pending_to_scheduling: Duration::ZERO,
+            scheduling_to_scheduled: Duration::ZERO,
+            scheduled_to_running: Duration::ZERO,
+            shutdown: Duration::ZERO,
+            first_ip: Ipv4Addr::new(10, 244, 0, 10),
+            node_name: "sim-node-1".into(),
+        }
+    }
+}
+
+impl SimulatorOptions {
+    /// Defaults, limited to one namespace.
+    pub fn in_namespace(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: Some(namespace.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The same `delay` for each of the three phase steps before `Running`.
+    pub fn with_phase_delay(mut self, delay: Duration) -> Self {
+        self.pending_to_scheduling = delay;
+        self.scheduling_to_scheduled = delay;
+        self.scheduled_to_running = delay;
+        self
+    }
+}
+
+/// What the simulator did, for assertions.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// VMIs created by the VM controller.
+    pub vmis_created: AtomicU64,
+    /// DELETE calls the VM controller sent for VMIs.
+    pub vmis_deleted: AtomicU64,
+    /// Writes to VM `/status`.
+    pub vm_status_writes: AtomicU64,
+    /// Patches of VMIs (phase steps, labels, finalizers, annotations).
+    pub vmi_writes: AtomicU64,
+    /// Patches of VM metadata (finalizers, annotations).
+    pub vm_metadata_writes: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Entry point: `Simulator::start(client, options)`.
+pub struct Simulator;
+
+impl Simulator {
+    /// Spawns the simulated controllers on the current Tokio runtime (so call it from
+    /// inside one). They run until the returned handle is dropped or stopped.
+    pub fn start(client: Client, opts: SimulatorOptions) -> SimulatorHandle {
+        let ctx = Arc::new(Context::new(client, opts));
+        let tasks = vec![
+            tokio::spawn(run_vm_controller(ctx.clone())),
+            tokio::spawn(run_vmi_controller(ctx.clone())),
+        ];
+        SimulatorHandle { ctx, tasks }
+    }
+}
+
+/// Keeps the simulator alive; dropping it aborts the controllers.
+pub struct SimulatorHandle {
+    ctx: Arc<Context>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl SimulatorHandle {
+    /// The live counters.
+    pub fn counters(&self) -> &Counters {
+        &self.ctx.counters
+    }
+
+    pub fn vmis_created(&self) -> u64 {
+        self.ctx.counters.vmis_created.load(Ordering::Relaxed)
+    }
+
+    pub fn vmis_deleted(&self) -> u64 {
+        self.ctx.counters.vmis_deleted.load(Ordering::Relaxed)
+    }
+
+    /// The next boot of VMI `namespace/name` ends in phase `Failed` instead of `Running`,
+    /// as if the guest crashed on start.
+    pub fn fail_next_boot(&self, namespace: &str, name: &str) {
+        lock(&self.ctx.boot_failures).insert((namespace.to_owned(), name.to_owned()));
+    }
+
+    /// Aborts the controllers and waits until they have stopped.
+    pub async fn stop(mut self) {
+        for task in std::mem::take(&mut self.tasks) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimulatorHandle {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// State shared by both controllers and the handle.
+pub(super) struct Context {
+    pub client: Client,
+    pub opts: SimulatorOptions,
+    pub counters: Counters,
+    pub vm_ar: ApiResource,
+    pub vmi_ar: ApiResource,
+    boot_failures: Mutex<HashSet<(String, String)>>,
+    /// VMI uid → (step, when the simulator first saw the VMI at that step).
+    step_started: Mutex<HashMap<String, (String, Instant)>>,
+    next_address: AtomicU32,
+}
+
+impl Context {
+    fn new(client: Client, opts: SimulatorOptions) -> Self {
+        Self {
+            client,
+            opts,
+            counters: Counters::default(),
+            vm_ar: vm_resource(),
+            vmi_ar: vmi_resource(),
+            boot_failures: Mutex::default(),
+            step_started: Mutex::default(),
+            next_address: AtomicU32::new(0),
+        }
+    }
+
+    pub fn vms(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &self.vm_ar)
+    }
+
+    pub fn vmis(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &self.vmi_ar)
+    }
+
+    fn scoped(&self, ar: &ApiResource) -> Api<DynamicObject> {
+        match &self.opts.namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, ar),
+            None => Api::all_with(self.client.clone(), ar),
+        }
+    }
+
+    /// Whether the next boot of this VMI was asked to fail.
+    pub fn boot_should_fail(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.boot_failures).contains(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// Forgets a failure request once the failed boot is written.
+    pub fn take_boot_failure(&self, namespace: &str, name: &str) {
+        lock(&self.boot_failures).remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// How long VMI `uid` still has to stay at `step` before it may move on; `None` when
+    /// it may move now. The clock starts the first time the step is seen.
+    pub fn time_left(&self, uid: &str, step: &str, delay: Duration) -> Option<Duration> {
+        if delay.is_zero() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut steps = lock(&self.step_started);
+        let entry = steps
+            .entry(uid.to_owned())
+            .or_insert_with(|| (step.to_owned(), now));
+        if entry.0 != step {
+            *entry = (step.to_owned(), now);
+        }
+        let elapsed = now.duration_since(entry.1);
+        (elapsed < delay).then(|| delay - elapsed)
+    }
+
+    /// Starts the clock of `step` for VMI `uid` now (right after writing that step).
+    pub fn step_entered(&self, uid: &str, step: &str) {
+        lock(&self.step_started).insert(uid.to_owned(), (step.to_owned(), Instant::now()));
+    }
+
+    pub fn forget(&self, uid: &str) {
+        lock(&self.step_started).remove(uid);
+    }
+
+    /// The next guest address (and a MAC derived from the same number).
+    pub fn next_address(&self) -> (String, String) {
+        let n = self.next_address.fetch_add(1, Ordering::Relaxed);
+        let ip = Ipv4Addr::from(u32::from(self.opts.first_ip).wrapping_add(n));
+        let [a, b, c, d] = n.to_be_bytes();
+        (
+            ip.to_string(),
+            format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}"),
+        )
+    }
+}
+
+/// A poisoned lock only means another pass panicked; the data is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn run_vm_controller(ctx: Arc<Context>) {
+    let vm_ar = ctx.vm_ar.clone();
+    // A VMI always carries its VM's name, so any VMI event wakes the VM of that name.
+    let vmi_to_vm = move |vmi: DynamicObject| {
+        let ns = vmi.namespace().unwrap_or_default();
+        Some(ObjectRef::new_with(&vmi.name_any(), vm_ar.clone()).within(&ns))
+    };
+    Controller::new_with(
+        ctx.scoped(&ctx.vm_ar),
+        watcher::Config::default(),
+        ctx.vm_ar.clone(),
+    )
+    .watches_with(
+        ctx.scoped(&ctx.vmi_ar),
+        ctx.vmi_ar.clone(),
+        watcher::Config::default(),
+        vmi_to_vm,
+    )
+    .run(vm_controller::reconcile, error_policy, ctx.clone())
+    .for_each(|result| async move { log_result("VirtualMachine", result) })
+    .await;
+}
+
+async fn run_vmi_controller(ctx: Arc<Context>) {
+    Controller::new_with(
+        ctx.scoped(&ctx.vmi_ar),
+        watcher::Config::default(),
+        ctx.vmi_ar.clone(),
+    )
+    .run(vmi_controller::reconcile, error_policy, ctx.clone())
+    .for_each(|result| async move { log_result("VirtualMachineInstance", result) })
+    .await;
+}
+
+fn error_policy(obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Context>) -> Action {
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    if err.is_conflict() {
+        tracing::debug!(namespace = %ns, name = %name, "kubevirt simulator lost a write race; retrying");
+        Action::requeue(Duration::from_millis(20))
+    } else {
+        tracing::warn!(namespace = %ns, name = %name, error = %err, "kubevirt simulator pass failed; retrying");
+        Action::requeue(Duration::from_millis(500))
+    }
+}
+
+fn log_result<T, E: std::fmt::Display>(kind: &str, result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(kind, error = %e, "kubevirt simulator controller event");
+    }
+}

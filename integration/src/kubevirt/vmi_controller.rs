@@ -1,0 +1,260 @@
+//! The VMI lifecycle that virt-controller and virt-handler share: phases Pending →
+//! Scheduling → Scheduled → Running (or Failed), the Ready condition, node and address,
+//! and shutting a deleted VMI down. The VMI has no status subresource, so status is
+//! written with the main resource (a full update, which keeps `null` condition times).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::controller::Action;
+use serde_json::{Map, Value, json};
+
+use super::api::{patch_guarded, replace_guarded};
+use super::simulator::{Context, Counters};
+use super::status::{
+    FAILED, PENDING, RUNNING, SCHEDULED, SCHEDULING, SUCCEEDED, condition, conditions,
+    finalizers_without, has_condition, has_finalizer, is_deleting, is_final, now, phase,
+    status_mut, upsert_condition,
+};
+use super::{Error, NODE_NAME_LABEL, VM_CONTROLLER_FINALIZER, VMI_FOREGROUND_FINALIZER};
+
+/// Step name for the shutdown clock (not a phase).
+const SHUTTING_DOWN: &str = "ShuttingDown";
+
+pub(super) async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let Some(ns) = obj.namespace() else {
+        return Ok(Action::await_change());
+    };
+    let vmis = ctx.vmis(&ns);
+    let Some(vmi) = vmis.get_opt(&obj.name_any()).await? else {
+        if let Some(uid) = obj.uid() {
+            ctx.forget(&uid);
+        }
+        return Ok(Action::await_change());
+    };
+    let life = Lifecycle {
+        ctx: &ctx,
+        vmis,
+        ns,
+    };
+    if is_final(&vmi) {
+        life.ctx.forget(&vmi.uid().unwrap_or_default());
+        life.release(&vmi).await?;
+        return Ok(Action::await_change());
+    }
+    if is_deleting(&vmi.metadata) {
+        return life.shut_down(&vmi).await;
+    }
+    life.walk(&vmi).await
+}
+
+/// One pass over one VMI.
+struct Lifecycle<'a> {
+    ctx: &'a Context,
+    vmis: Api<DynamicObject>,
+    ns: String,
+}
+
+impl Lifecycle<'_> {
+    /// Moves the VMI one phase on once it has spent its configured time in this one.
+    async fn walk(&self, vmi: &DynamicObject) -> Result<Action, Error> {
+        let opts = &self.ctx.opts;
+        let current = phase(vmi);
+        let (delay, next) = match current {
+            "" => (Duration::ZERO, PENDING),
+            PENDING => (opts.pending_to_scheduling, SCHEDULING),
+            SCHEDULING => (opts.scheduling_to_scheduled, SCHEDULED),
+            SCHEDULED => (opts.scheduled_to_running, RUNNING),
+            // Running, Unknown, WaitingForSync: nothing to move on to.
+            _ => return Ok(Action::await_change()),
+        };
+        let uid = vmi.uid().unwrap_or_default();
+        if let Some(left) = self.ctx.time_left(&uid, current, delay) {
+            return Ok(Action::requeue(left));
+        }
+        let name = vmi.name_any();
+        let fail = next == RUNNING && self.ctx.boot_should_fail(&self.ns, &name);
+        let next = if fail { FAILED } else { next };
+        if self.write(self.entering(vmi, next)).await? {
+            self.ctx.step_entered(&uid, next);
+            if fail {
+                self.ctx.take_boot_failure(&self.ns, &name);
+            }
+            tracing::debug!(vmi = %name, phase = next, "kubevirt simulator: VMI phase");
+        }
+        Ok(Action::await_change())
+    }
+
+    /// The VMI as it is once it has entered phase `next`.
+    fn entering(&self, vmi: &DynamicObject, next: &str) -> Option<DynamicObject> {
+        let now = now();
+        let mut conds = conditions(vmi);
+        let mut updated = vmi.clone();
+        let node = &self.ctx.opts.node_name;
+        let mut extra = Map::new();
+        match next {
+            SCHEDULING | FAILED => upsert_condition(&mut conds, not_running(&now)),
+            SCHEDULED => {
+                upsert_condition(&mut conds, not_running(&now));
+                extra.insert("nodeName".into(), json!(node));
+                updated
+                    .labels_mut()
+                    .insert(NODE_NAME_LABEL.into(), node.clone());
+            }
+            RUNNING => {
+                upsert_condition(
+                    &mut conds,
+                    condition("Ready", "True", "", "", None, Some(&now)),
+                );
+                // virt-handler writes these without any timestamps.
+                upsert_condition(
+                    &mut conds,
+                    condition("LiveMigratable", "True", "", "", None, None),
+                );
+                upsert_condition(
+                    &mut conds,
+                    condition("AgentConnected", "True", "", "", None, None),
+                );
+                extra.insert("interfaces".into(), self.interfaces(vmi));
+            }
+            _ => {}
+        }
+        let status = status_mut(&mut updated)?;
+        status.extend(extra);
+        if !conds.is_empty() {
+            status.insert("conditions".into(), Value::Array(conds));
+        }
+        enter_phase(status, vmi, next, &now);
+        Some(updated)
+    }
+
+    /// The guest's one interface, named after the first network, as the guest agent
+    /// reports it.
+    fn interfaces(&self, vmi: &DynamicObject) -> Value {
+        let (ip, generated_mac) = self.ctx.next_address();
+        let spec = &vmi.data["spec"];
+        let network = spec["networks"][0]["name"].as_str().unwrap_or("default");
+        let mac = spec["domain"]["devices"]["interfaces"][0]["macAddress"]
+            .as_str()
+            .unwrap_or(&generated_mac);
+        json!([{
+            "name": network,
+            "interfaceName": "eth0",
+            "ipAddress": ip,
+            "ipAddresses": [ip],
+            "mac": mac,
+            "infoSource": "domain, guest-agent",
+            "queueCount": 1,
+        }])
+    }
+
+    /// A deleted VMI: a running guest shuts down (Succeeded) after the configured time,
+    /// one that never ran fails at once. virt-controller then drops its finalizer.
+    async fn shut_down(&self, vmi: &DynamicObject) -> Result<Action, Error> {
+        let running = phase(vmi) == RUNNING;
+        let uid = vmi.uid().unwrap_or_default();
+        let delay = if running {
+            self.ctx.opts.shutdown
+        } else {
+            Duration::ZERO
+        };
+        let now = now();
+        let mut conds = conditions(vmi);
+        let terminating = condition(
+            "Ready",
+            "False",
+            "PodTerminating",
+            "virt-launcher pod is terminating",
+            None,
+            Some(&now),
+        );
+        let mut updated = vmi.clone();
+        if let Some(left) = self.ctx.time_left(&uid, SHUTTING_DOWN, delay) {
+            if !has_condition(&conds, "Ready", "False", Some("PodTerminating")) {
+                upsert_condition(&mut conds, terminating);
+                if let Some(status) = status_mut(&mut updated) {
+                    status.insert("conditions".into(), Value::Array(conds));
+                    self.write(Some(updated)).await?;
+                }
+            }
+            return Ok(Action::requeue(left));
+        }
+        upsert_condition(&mut conds, terminating);
+        updated.metadata.finalizers =
+            Some(finalizers_without(&vmi.metadata, VMI_FOREGROUND_FINALIZER));
+        if let Some(status) = status_mut(&mut updated) {
+            status.insert("conditions".into(), Value::Array(conds));
+            enter_phase(status, vmi, if running { SUCCEEDED } else { FAILED }, &now);
+            self.write(Some(updated)).await?;
+        }
+        Ok(Action::await_change())
+    }
+
+    /// A final VMI keeps no lifecycle finalizer; the VM controller's one goes too when no
+    /// VM is left to record the outcome.
+    async fn release(&self, vmi: &DynamicObject) -> Result<(), Error> {
+        let mut finalizers = finalizers_without(&vmi.metadata, VMI_FOREGROUND_FINALIZER);
+        if has_finalizer(&vmi.metadata, VM_CONTROLLER_FINALIZER) && self.owner_gone(vmi).await? {
+            finalizers.retain(|f| f != VM_CONTROLLER_FINALIZER);
+        }
+        if finalizers.len() != vmi.finalizers().len() {
+            let patch = json!({"metadata": {"finalizers": finalizers}});
+            if patch_guarded(&self.vmis, vmi, patch).await?.is_some() {
+                Counters::bump(&self.ctx.counters.vmi_writes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the VM controlling this VMI no longer exists (or is another VM by now).
+    async fn owner_gone(&self, vmi: &DynamicObject) -> Result<bool, Error> {
+        let Some(owner) = vmi
+            .owner_references()
+            .iter()
+            .find(|r| r.controller == Some(true) && r.kind == "VirtualMachine")
+        else {
+            return Ok(true);
+        };
+        let vm = self.ctx.vms(&self.ns).get_opt(&owner.name).await?;
+        Ok(vm.is_none_or(|vm| vm.metadata.uid.as_deref() != Some(owner.uid.as_str())))
+    }
+
+    /// A guarded update of the whole VMI; `false` when there was nothing to write or the
+    /// VMI is already gone.
+    async fn write(&self, updated: Option<DynamicObject>) -> Result<bool, Error> {
+        let Some(updated) = updated else {
+            tracing::warn!(namespace = %self.ns, "VMI body is not a JSON object; leaving it alone");
+            return Ok(false);
+        };
+        let written = replace_guarded(&self.vmis, &updated).await?.is_some();
+        if written {
+            Counters::bump(&self.ctx.counters.vmi_writes);
+        }
+        Ok(written)
+    }
+}
+
+/// Ready=False while the guest is not up.
+fn not_running(now: &str) -> Value {
+    condition(
+        "Ready",
+        "False",
+        "GuestNotRunning",
+        "Guest VM is not reported as running",
+        None,
+        Some(now),
+    )
+}
+
+/// Sets `phase` and appends its transition timestamp.
+fn enter_phase(status: &mut Map<String, Value>, vmi: &DynamicObject, phase: &str, now: &str) {
+    let mut stamps = vmi.data["status"]["phaseTransitionTimestamps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    stamps.push(json!({"phase": phase, "phaseTransitionTimestamp": now}));
+    status.insert("phase".into(), json!(phase));
+    status.insert("phaseTransitionTimestamps".into(), Value::Array(stamps));
+}
