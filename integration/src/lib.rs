@@ -2,6 +2,7 @@
 //! kubectl runner and (later) the KubeVirt simulator.
 
 pub mod controlplane;
+pub mod e2e;
 pub mod harness;
 pub mod kubectl;
 pub mod kubevirt;
