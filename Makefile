@@ -29,9 +29,9 @@ test: controlplane ## unit, handler and end-to-end tests against the real contro
 test-unit: ## only the tests that need no control plane
 	$(CARGO) test --locked -p cyberdesk-operator
 
-demo: controlplane ## local control plane + operator + a sample Cyberdesk
-	@echo "make demo: not yet — it arrives with the reconciler (see the open issues)." >&2
-	@exit 1
+demo: controlplane ## local control plane + operator + a sample Cyberdesk, until Ctrl-C
+	$(CARGO) build --locked -q -p cyberdesk-operator
+	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-demo
 
 fmt: ## format the code
 	$(CARGO) fmt --all

@@ -31,7 +31,7 @@ pub const DEFAULT_TIMEOUT_MS: i64 = 3_600_000;
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase"}"#,
     printcolumn = r#"{"name": "VM", "type": "string", "jsonPath": ".status.virtualMachineRef", "description": "VirtualMachine name"}"#,
     printcolumn = r#"{"name": "IP", "type": "string", "jsonPath": ".status.ipAddress", "description": "Address of the desktop"}"#,
-    printcolumn = r#"{"name": "Expiry", "type": "date", "jsonPath": ".status.expiryTime", "description": "When the desktop times out"}"#,
+    printcolumn = r#"{"name": "Expiry", "type": "string", "jsonPath": ".status.expiryTime", "description": "When the desktop times out"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

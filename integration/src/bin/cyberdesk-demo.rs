@@ -1,0 +1,152 @@
+//! `make demo`: a local control plane, KubeVirt's CRDs with the simulator playing
+//! virt-controller, the operator (webhooks registered over TLS, leader election on) and
+//! examples/cyberdesk.yaml, watched with `kubectl get cyberdesks -w` until Ctrl-C.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use cyberdesk_integration::controlplane::{ControlPlane, Options};
+use cyberdesk_integration::e2e::install_everything;
+use cyberdesk_integration::harness::{OperatorProcess, free_addr};
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
+use cyberdesk_integration::operator::repo_path;
+use cyberdesk_integration::shared::Cluster;
+
+#[derive(Parser)]
+#[command(about = "Run the operator against a local control plane with a sample Cyberdesk")]
+struct Args {
+    /// Exit once the sample desk has timed out (for smoke tests) instead of waiting for Ctrl-C.
+    #[arg(long)]
+    until_timed_out: bool,
+    /// Delay between VMI phases in the simulator, in milliseconds (to watch them go by).
+    #[arg(long, default_value_t = 1500)]
+    phase_delay_ms: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    install_signal_flag(&stop);
+
+    eprintln!("==> starting kube-apiserver + etcd");
+    let cp = ControlPlane::start(&Options::default())?;
+    let cluster = Cluster {
+        kubeconfig: cp.kubeconfig_path().to_path_buf(),
+        kubectl: cp.kubectl_path().to_path_buf(),
+        apiserver_url: cp.apiserver_url(),
+        dir: cp.dir().to_path_buf(),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _sim = runtime.block_on(async {
+        eprintln!("==> installing the Cyberdesk and KubeVirt CRDs");
+        install_everything(&cluster).await;
+        let opts = SimulatorOptions::default()
+            .with_phase_delay(Duration::from_millis(args.phase_delay_ms));
+        Simulator::start(cluster.client().await, opts)
+    });
+
+    eprintln!("==> starting cyberdesk-operator (webhooks over TLS, leader election)");
+    let webhook = free_addr();
+    let operator_args = vec![
+        format!("--webhook-url=https://{webhook}"),
+        "--extra-san=127.0.0.1".to_string(),
+        format!("--policy-dir={}", repo_path("policies").display()),
+    ];
+    let operator = OperatorProcess::start_on(
+        &cluster.kubeconfig,
+        &cluster.dir,
+        "demo",
+        webhook,
+        &operator_args,
+    );
+    if !operator.wait_ready(Duration::from_secs(60)) {
+        anyhow::bail!(
+            "the operator did not become ready; its log:\n{}",
+            operator.log()
+        );
+    }
+    let kubectl = cluster.kubectl();
+    let example = std::fs::read_to_string(repo_path("examples/cyberdesk.yaml"))?;
+    // The apiserver picks up the webhook configuration a moment after it is written.
+    let mut applied = None;
+    for _ in 0..100 {
+        let out = kubectl.apply(&example, &[])?;
+        if out.success {
+            applied = Some(out.stdout);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let applied =
+        applied.ok_or_else(|| anyhow::anyhow!("could not apply examples/cyberdesk.yaml"))?;
+    eprint!("{applied}");
+
+    let kc = cluster.kubeconfig.display().to_string();
+    let kubectl_path = cluster.kubectl.display().to_string();
+    eprintln!("\n==> ready. In another terminal:");
+    eprintln!("    export KUBECONFIG={kc}");
+    eprintln!("    alias kubectl={kubectl_path}");
+    eprintln!(
+        "    kubectl get cyberdesks -A ; kubectl describe cd demo -n desks ; kubectl get vm,vmi -n desks"
+    );
+    eprintln!(
+        "    operator log: {}",
+        cluster.dir.join("operator-demo.log").display()
+    );
+    eprintln!("==> watching (Ctrl-C stops everything)\n");
+    let mut watch = Command::new(&cluster.kubectl)
+        .args(["get", "cyberdesks", "-n", "desks", "-w"])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stdin(Stdio::null())
+        .spawn()?;
+
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if args.until_timed_out {
+            let phase = kubectl.run(
+                &[
+                    "get",
+                    "cd",
+                    "demo",
+                    "-n",
+                    "desks",
+                    "-o",
+                    "jsonpath={.status.phase}",
+                ],
+                None,
+            )?;
+            if phase.stdout.trim() == "TimedOut" {
+                eprintln!("\n==> the demo desk timed out");
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    eprintln!("==> stopping");
+    drop(operator);
+    drop(runtime);
+    drop(cp);
+    Ok(())
+}
+
+fn install_signal_flag(flag: &Arc<AtomicBool>) {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    let _ = FLAG.set(flag.clone());
+    extern "C" fn on_signal(_: libc::c_int) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, Ordering::SeqCst);
+        }
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
