@@ -1,11 +1,14 @@
 //! Leader election over a Lease (kube-lease-manager): only the holder runs the controller.
-//! Losing the Lease ends the process (a fresh start is the only safe way to rejoin); on
-//! shutdown the controller drains first and then the Lease is released so a peer takes
-//! over at once instead of waiting for it to expire.
+//!
+//! Followers re-check the Lease every `renew_every` (client-go's RetryPeriod) instead of
+//! sleeping until it expires, so a Lease released on SIGTERM is taken over within about
+//! that period. Losing the Lease ends the process (a fresh start is the only safe way to
+//! rejoin); on shutdown the controller drains first and then the Lease is released.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
-use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -44,12 +47,44 @@ where
     F: Fn(CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let retry = Duration::from_secs(cfg.renew_every_secs.max(1));
+    let gauge = metrics.leader.with_label_values(&[&cfg.identity]);
+    // Fail fast on a Lease we cannot even read (RBAC, namespace missing).
+    new_manager(&client, &cfg).await?;
+    let Some(manager) = wait_for_lease(&client, &cfg, retry, &shutdown).await else {
+        return Ok(());
+    };
+    tracing::info!(identity = %cfg.identity, lease = %cfg.lease_name, "acquired the leader Lease; starting the controller");
+    gauge.set(1);
+    let stop = CancellationToken::new();
+    let mut controller = tokio::spawn(lead(stop.clone()));
+    let lost = hold_lease(&manager, &cfg, &shutdown, &mut controller).await;
+    stop.cancel();
+    let _ = controller.await;
+    gauge.set(0);
+    if lost {
+        tracing::error!(identity = %cfg.identity, "lost the leader Lease");
+        return Err(LeaderError::Lost);
+    }
+    match manager.release().await {
+        Ok(()) => tracing::info!(identity = %cfg.identity, "released the leader Lease"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not release the leader Lease; it expires on its own")
+        }
+    }
+    Ok(())
+}
+
+async fn new_manager(
+    client: &kube::Client,
+    cfg: &LeaderConfig,
+) -> Result<LeaseManager, LeaderError> {
     // The holder renews when `grace` seconds are left, i.e. every (duration - grace) s.
     let grace = cfg
         .duration_secs
         .saturating_sub(cfg.renew_every_secs.max(1))
         .max(1);
-    let manager = LeaseManagerBuilder::new(client, &cfg.lease_name)
+    LeaseManagerBuilder::new(client.clone(), &cfg.lease_name)
         .with_namespace(&cfg.namespace)
         .with_identity(&cfg.identity)
         .with_duration(cfg.duration_secs)
@@ -61,63 +96,66 @@ where
             namespace: cfg.namespace.clone(),
             name: cfg.lease_name.clone(),
             source,
-        })?;
-    let (mut is_leader, lease_task) = manager.watch().await;
-    let gauge = metrics.leader.with_label_values(&[&cfg.identity]);
-    let outcome = lead_while_holding(&mut is_leader, &cfg, &gauge, &shutdown, lead).await;
-    // Dropping the receiver makes the lease task release the Lease and end.
-    drop(is_leader);
-    match lease_task.await {
-        Ok(Ok(_)) => tracing::info!(identity = %cfg.identity, "released the leader Lease"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not release the leader Lease"),
-        Err(e) => tracing::warn!(error = %e, "lease task failed"),
-    }
-    outcome
+        })
 }
 
-/// Waits for the Lease, runs the controller while it is held, and reports whether it was
-/// lost (an error) or shutdown came first.
-async fn lead_while_holding<F, Fut>(
-    is_leader: &mut tokio::sync::watch::Receiver<bool>,
+/// Follower: every `retry`, reads the Lease afresh and tries to take it; returns the
+/// manager that holds it, or `None` on shutdown. A fresh manager per attempt because the
+/// crate trusts its cached copy until it expires and would miss a release.
+async fn wait_for_lease(
+    client: &kube::Client,
     cfg: &LeaderConfig,
-    gauge: &prometheus::IntGauge,
+    retry: Duration,
     shutdown: &CancellationToken,
-    lead: F,
-) -> Result<(), LeaderError>
-where
-    F: Fn(CancellationToken) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    while !*is_leader.borrow_and_update() {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            changed = is_leader.changed() => if changed.is_err() { return Ok(()) },
-        }
-    }
-    if shutdown.is_cancelled() {
-        return Ok(());
-    }
-    tracing::info!(identity = %cfg.identity, lease = %cfg.lease_name, "acquired the leader Lease; starting the controller");
-    gauge.set(1);
-    let stop = CancellationToken::new();
-    let mut controller = tokio::spawn(lead(stop.clone()));
-    let lost = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break false,
-            _ = &mut controller => break false,
-            changed = is_leader.changed() => {
-                if changed.is_err() || !*is_leader.borrow_and_update() {
-                    break true;
-                }
+) -> Option<LeaseManager> {
+    loop {
+        let attempt = async {
+            let manager = new_manager(client, cfg).await.map_err(|e| e.to_string())?;
+            match tokio::time::timeout(retry, manager.changed()).await {
+                Ok(Ok(true)) => Ok(Some(manager)),
+                Ok(Ok(false)) | Err(_) => Ok(None),
+                Ok(Err(e)) => Err(e.to_string()),
             }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            result = attempt => match result {
+                Ok(Some(manager)) => return Some(manager),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(identity = %cfg.identity, error = %e, "leader election check failed; retrying");
+                    tokio::time::sleep(retry).await;
+                }
+            },
         }
-    };
-    stop.cancel();
-    let _ = controller.await;
-    gauge.set(0);
-    if lost {
-        tracing::error!(identity = %cfg.identity, "lost the leader Lease");
-        return Err(LeaderError::Lost);
     }
-    Ok(())
+}
+
+/// Leader: keeps renewing until shutdown or the controller ends (false) or the Lease is
+/// lost or cannot be renewed for a whole lease duration (true).
+async fn hold_lease(
+    manager: &LeaseManager,
+    cfg: &LeaderConfig,
+    shutdown: &CancellationToken,
+    controller: &mut tokio::task::JoinHandle<()>,
+) -> bool {
+    let mut last_ok = Instant::now();
+    let duration = Duration::from_secs(cfg.duration_secs);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = &mut *controller => return false,
+            result = manager.changed() => match result {
+                Ok(false) => return true,
+                Ok(true) => last_ok = Instant::now(),
+                Err(e) => {
+                    tracing::warn!(identity = %cfg.identity, error = %e, "cannot renew the leader Lease");
+                    if last_ok.elapsed() >= duration {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+        }
+    }
 }

@@ -1,0 +1,121 @@
+//! Two replicas: only the Lease holder reconciles; SIGKILL of the leader hands over within
+//! the lease duration, SIGTERM within a couple of seconds (the Lease is released).
+
+use std::time::{Duration, Instant};
+
+use cyberdesk_integration::e2e::{Apis, desk_yaml, install_everything};
+use cyberdesk_integration::harness::{OperatorProcess, poll_until};
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
+use cyberdesk_integration::shared::{Cluster, cluster, namespace};
+
+fn replica(c: &Cluster, identity: &str) -> OperatorProcess {
+    let args = vec![
+        // Two replicas registering two URLs would flap; these tests need no webhooks.
+        "--manage-webhook-config=false".to_string(),
+        "--extra-san=127.0.0.1".to_string(),
+        "--policy-dir=/nonexistent".to_string(),
+        "--lease-duration-secs=15".to_string(),
+        "--lease-renew-secs=2".to_string(),
+    ];
+    let op = OperatorProcess::start(&c.kubeconfig, &c.dir, identity, &args);
+    assert!(
+        op.wait_ready(Duration::from_secs(60)),
+        "{identity} not ready: {}",
+        op.log()
+    );
+    op
+}
+
+fn is_leader(op: &OperatorProcess) -> bool {
+    op.metric(&format!("cyberdesk_leader{{identity=\"{}\"}}", op.identity)) == Some(1.0)
+}
+
+fn reconciles(op: &OperatorProcess) -> f64 {
+    ["success", "requeue", "error"]
+        .iter()
+        .filter_map(|r| op.metric(&format!("cyberdesk_reconcile_total{{result=\"{r}\"}}")))
+        .sum()
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_failover_is_quick() {
+    let c = cluster();
+    install_everything(&c).await;
+    let client = c.client().await;
+    let ns = namespace(&client, "ha").await;
+    let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
+    let apis = Apis::new(&client, &ns);
+
+    let mut a = replica(&c, "replica-a");
+    assert!(
+        poll_until(Duration::from_secs(30), || is_leader(&a)),
+        "a never led: {}",
+        a.log()
+    );
+    let mut b = replica(&c, "replica-b");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!is_leader(&b), "two leaders at once");
+
+    let out = c
+        .kubectl()
+        .apply(&desk_yaml(&ns, "one", "{timeoutMs: 600000}"), &[])
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    apis.wait_phase("one", "Running", Duration::from_secs(30))
+        .await;
+    assert!(reconciles(&a) > 0.0);
+    assert_eq!(reconciles(&b), 0.0, "the follower reconciled");
+    assert_eq!(b.metric("cyberdesk_vm_created_total"), Some(0.0));
+
+    // SIGKILL: no release; the follower must wait for the Lease to expire.
+    a.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    assert!(a.wait_exit(Duration::from_secs(5)).is_some());
+    assert!(
+        poll_until(Duration::from_secs(25), || is_leader(&b)),
+        "b never took over: {}",
+        b.log()
+    );
+    let sigkill_takeover = killed.elapsed();
+    eprintln!(
+        "takeover after SIGKILL: {:.1}s",
+        sigkill_takeover.as_secs_f64()
+    );
+    assert!(
+        sigkill_takeover <= Duration::from_secs(20),
+        "took {sigkill_takeover:?}"
+    );
+
+    let out = c
+        .kubectl()
+        .apply(&desk_yaml(&ns, "two", "{timeoutMs: 600000}"), &[])
+        .expect("kubectl");
+    assert!(out.success);
+    apis.wait_phase("two", "Running", Duration::from_secs(30))
+        .await;
+
+    // SIGTERM: the leader drains and releases the Lease, so a peer takes over at once.
+    let a2 = replica(&c, "replica-a2");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!is_leader(&a2));
+    b.signal(libc::SIGTERM);
+    let termed = Instant::now();
+    assert!(
+        poll_until(Duration::from_secs(15), || is_leader(&a2)),
+        "a2 never took over: {}",
+        a2.log()
+    );
+    let sigterm_takeover = termed.elapsed();
+    eprintln!(
+        "takeover after SIGTERM: {:.1}s",
+        sigterm_takeover.as_secs_f64()
+    );
+    assert!(
+        sigterm_takeover <= Duration::from_secs(6),
+        "took {sigterm_takeover:?}"
+    );
+    let status = b
+        .wait_exit(Duration::from_secs(30))
+        .expect("b exits after SIGTERM");
+    assert!(status.success(), "b exited with {status}: {}", b.log());
+}
