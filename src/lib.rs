@@ -3,6 +3,7 @@
 //! so tests reach everything.
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod controller;
 pub mod crd;

@@ -324,7 +324,7 @@ async fn sync_caches(client: kube::Client, readiness: Readiness, stop: Cancellat
     let api: Api<Cyberdesk> = Api::all(client);
     let (reader, writer) = reflector::store();
     let stream = reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
+        .backoff(crate::backoff::WatchBackoff::default())
         .for_each(|event| async move {
             if let Err(e) = event {
                 tracing::warn!(error = %e, "Cyberdesk watch failed; retrying");

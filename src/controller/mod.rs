@@ -19,6 +19,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::WatchBackoff;
 use crate::metrics::Metrics;
 use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
 pub use reconcile::{Context, ControllerConfig};
@@ -52,7 +53,7 @@ pub async fn run(
     // Any change to a ConfigMap in our namespace may fix (or break) a template: re-check all desks.
     let template_changes =
         reflector::reflector(cm_writer, watcher(configmaps, watcher::Config::default()))
-            .default_backoff()
+            .backoff(WatchBackoff::default())
             .touched_objects()
             .filter_map(|r| async move { r.ok().map(|_| ()) });
 
@@ -79,6 +80,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .with_config(ControllerRuntimeConfig::default().concurrency(CONCURRENCY))
+    .trigger_backoff(WatchBackoff::default())
     .watches(
         Api::<VirtualMachine>::all(client.clone()),
         watcher::Config::default().labels(&selector),

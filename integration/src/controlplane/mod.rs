@@ -114,6 +114,9 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     kubectl: PathBuf,
     keep_dir: bool,
+    apiserver_bin: PathBuf,
+    apiserver_args: Vec<String>,
+    ready_timeout: Duration,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -321,6 +324,9 @@ impl ControlPlane {
             kubeconfig,
             kubectl,
             keep_dir: std::env::var_os("CYBERDESK_KEEP_CONTROLPLANE_DIR").is_some(),
+            apiserver_bin,
+            apiserver_args: api_args,
+            ready_timeout: opts.ready_timeout,
         })
     }
 
@@ -362,9 +368,32 @@ impl ControlPlane {
         [&self.apiserver, &self.etcd]
     }
 
-    /// Restart only kube-apiserver (same flags, same etcd): for "apiserver went away" tests.
+    /// Stops only kube-apiserver (etcd keeps the data): for "apiserver went away" tests.
     pub fn stop_apiserver(&mut self) {
         self.apiserver.stop(Duration::from_secs(5));
+    }
+
+    /// Starts kube-apiserver again with the same flags, port and etcd, and waits for /readyz.
+    pub fn start_apiserver(&mut self) -> Result<(), Error> {
+        let log = self.dir.join("kube-apiserver-restarted.log");
+        self.apiserver = ManagedChild::spawn(
+            "kube-apiserver",
+            &self.apiserver_bin,
+            &self.apiserver_args,
+            log,
+        )
+        .map_err(|source| Error::Spawn {
+            name: "kube-apiserver",
+            path: self.apiserver_bin.clone(),
+            source,
+        })?;
+        let (addr, ca) = (self.apiserver_addr, self.ca.cert_pem().to_string());
+        wait_ready(
+            &mut self.apiserver,
+            "kube-apiserver",
+            self.ready_timeout,
+            || matches!(https_get(addr, &ca, "/readyz"), Ok((200, _))),
+        )
     }
 }
 

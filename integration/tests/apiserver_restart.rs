@@ -1,0 +1,89 @@
+//! The apiserver goes away mid-run and comes back: the operator neither crashes nor loses
+//! track — a desk that expired during the outage is timed out afterwards, new desks are
+//! served and deletions still clean up.
+
+use std::time::Duration;
+
+use cyberdesk_integration::controlplane::{ControlPlane, Options};
+use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, install_everything};
+use cyberdesk_integration::harness::OperatorProcess;
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
+use cyberdesk_integration::shared::{Cluster, namespace};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_recovers_from_an_apiserver_restart() {
+    // Our own control plane: this test restarts its apiserver.
+    let mut cp = ControlPlane::start(&Options::default()).expect("control plane");
+    let c = Cluster {
+        kubeconfig: cp.kubeconfig_path().to_path_buf(),
+        kubectl: cp.kubectl_path().to_path_buf(),
+        apiserver_url: cp.apiserver_url(),
+        dir: cp.dir().to_path_buf(),
+    };
+    install_everything(&c).await;
+    let client = c.client().await;
+    let ns = namespace(&client, "restart-api").await;
+    let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
+    let apis = Apis::new(&client, &ns);
+    let args = vec![
+        "--manage-webhook-config=false".to_string(),
+        "--extra-san=127.0.0.1".to_string(),
+        "--policy-dir=/nonexistent".to_string(),
+        "--leader-election=false".to_string(),
+    ];
+    let mut op = OperatorProcess::start(&c.kubeconfig, &c.dir, "api-restart", &args);
+    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+
+    let apply = |yaml: String| {
+        let out = c.kubectl().apply(&yaml, &[]).expect("kubectl");
+        assert!(out.success, "{}", out.stderr);
+    };
+    apply(desk_yaml(&ns, "before", "{timeoutMs: 600000}"));
+    apply(desk_yaml(
+        &ns,
+        "expires",
+        "{timeoutMs: 6000, timeoutAction: Stop}",
+    ));
+    apis.wait_phase("before", "Running", Duration::from_secs(30))
+        .await;
+    apis.wait_phase("expires", "Running", Duration::from_secs(30))
+        .await;
+
+    cp.stop_apiserver();
+    // Long enough for "expires" to pass its expiry while nobody can write.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        op.wait_exit(Duration::from_millis(10)).is_none(),
+        "operator died with the apiserver: {}",
+        op.log()
+    );
+    cp.start_apiserver().expect("apiserver restarts");
+
+    apis.wait_phase("expires", "TimedOut", Duration::from_secs(60))
+        .await;
+    apply(desk_yaml(&ns, "after", "{timeoutMs: 600000}"));
+    apis.wait_phase("after", "Running", Duration::from_secs(60))
+        .await;
+    assert_eq!(apis.phase("before").await.as_deref(), Some("Running"));
+
+    let out = c
+        .kubectl()
+        .run(&["delete", "cd", "before", "-n", &ns], None)
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    eventually(
+        Duration::from_secs(30),
+        "the VM of a deleted desk to go",
+        || async {
+            apis.vms
+                .get_opt("cyberdesk-before")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    drop(op);
+    drop(cp);
+}
