@@ -95,7 +95,9 @@ pub async fn run(
     let api: Api<ConfigMap> = Api::namespaced(client, &sources_cfg.namespace);
     let cfg =
         watcher::Config::default().fields(&format!("metadata.name={}", sources_cfg.configmap));
-    let mut events = watcher(api, cfg).backoff(crate::backoff::WatchBackoff::default()).boxed();
+    let mut events = watcher(api, cfg)
+        .backoff(crate::backoff::WatchBackoff::default())
+        .boxed();
     let mut current: Option<ConfigMap> = None;
     let mut initial = true;
     // Before the first list arrives, serve with the file policies alone.
