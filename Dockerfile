@@ -21,9 +21,6 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=builder /cyberdesk-operator /cyberdesk-operator
-# Built-in default policies for reference; the Deployment mounts the cyberdesk-policies
-# ConfigMap at /etc/cyberdesk/policies.
-COPY policies/ /etc/cyberdesk/policies-default/
 USER 65532:65532
 # 8443: admission webhooks (HTTPS); 8081: /metrics /healthz /readyz
 EXPOSE 8443 8081

@@ -33,6 +33,17 @@ demo: controlplane ## local control plane + operator + a sample Cyberdesk, until
 	$(CARGO) build --locked -q -p cyberdesk-operator
 	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-demo
 
+crd: ## regenerate manifests/base/crd.yaml from the Rust types
+	$(CARGO) run --locked -q -p cyberdesk-operator -- crd > manifests/base/crd.yaml
+
+certs: ## write a local CA and serving certificate into webhook-certs/ (git-ignored)
+	$(CARGO) run --locked -q -p cyberdesk-operator -- certs --out webhook-certs --san localhost,127.0.0.1
+
+bench: controlplane ## benchmarks (figures, not pass/fail); see docs/benchmarks.md
+	$(CARGO) build --release --locked -q -p cyberdesk-operator
+	CYBERDESK_OPERATOR_BIN=$(or $(CARGO_TARGET_DIR),target)/release/cyberdesk-operator \
+	  $(CARGO) run --release --locked -q -p cyberdesk-integration --bin cyberdesk-bench -- $(BENCH_ARGS)
+
 fmt: ## format the code
 	$(CARGO) fmt --all
 

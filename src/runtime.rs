@@ -118,9 +118,12 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         if let Ok(Err(e)) = admin_task.await {
             tracing::warn!(error = %e, "admin server ended with an error");
         }
+        tracing::debug!("admin server stopped");
         let _ = cache_task.await;
-        for task in webhook_tasks {
+        tracing::debug!("cache watch stopped");
+        for (i, task) in webhook_tasks.into_iter().enumerate() {
             let _ = task.await;
+            tracing::debug!(task = i, "webhook task stopped");
         }
         if let Ok(Err(e)) = controller_task.await {
             tracing::warn!(error = %e, "controller ended with an error");
@@ -324,7 +327,7 @@ async fn sync_caches(client: kube::Client, readiness: Readiness, stop: Cancellat
     let api: Api<Cyberdesk> = Api::all(client);
     let (reader, writer) = reflector::store();
     let stream = reflector(writer, watcher(api, watcher::Config::default()))
-        .backoff(crate::backoff::WatchBackoff::default())
+        .backoff(crate::backoff::watch_backoff())
         .for_each(|event| async move {
             if let Err(e) = event {
                 tracing::warn!(error = %e, "Cyberdesk watch failed; retrying");

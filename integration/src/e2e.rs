@@ -83,15 +83,26 @@ impl Apis {
 
     /// Waits for the desk to report `phase`, returning it.
     pub async fn wait_phase(&self, name: &str, phase: &str, within: Duration) -> Cyberdesk {
-        eventually(
-            within,
-            &format!("{name} to reach phase {phase}"),
-            || async {
-                let desk = self.desks.get_opt(name).await.ok()??;
-                let now = desk.status.as_ref()?.phase?.as_str();
-                (now == phase).then_some(desk)
-            },
-        )
-        .await
+        let start = Instant::now();
+        let mut last = None;
+        loop {
+            if let Ok(Some(desk)) = self.desks.get_opt(name).await {
+                if desk
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .map(|p| p.as_str())
+                    == Some(phase)
+                {
+                    return desk;
+                }
+                last = desk.status.clone();
+            }
+            assert!(
+                start.elapsed() < within,
+                "timed out after {within:?} waiting for {name} to reach phase {phase}; last status: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

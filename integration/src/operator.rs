@@ -12,10 +12,14 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The operator binary of this workspace (debug profile), built once per test binary.
+/// The operator binary of this workspace (debug profile), built once per test binary;
+/// `CYBERDESK_OPERATOR_BIN` points at another build (the benchmarks use release).
 pub fn operator_binary() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let result = BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("CYBERDESK_OPERATOR_BIN") {
+            return Ok(PathBuf::from(bin));
+        }
         let root = workspace_root();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         // A no-op when `cargo test --workspace` already built it.

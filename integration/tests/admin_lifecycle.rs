@@ -47,11 +47,23 @@ const FAMILIES: &[&str] = &[
 #[test]
 fn readyz_tracks_startup_and_shutdown_and_exit_is_clean() {
     let c = cluster();
+    // The self-managed certificate lives in the operator namespace.
+    let ns = c
+        .kubectl()
+        .run(&["create", "namespace", "cyberdesk-system"], None)
+        .expect("kubectl");
+    assert!(ns.success, "{}", ns.stderr);
     let admin = free_addr();
     let log = c.dir.join("operator-admin-lifecycle.log");
     let log_file = std::fs::File::create(&log).expect("log file");
     let mut child = Command::new(operator_binary())
-        .args(["run", "--leader-election=false", "--shutdown-delay-secs=3"])
+        .args([
+            "run",
+            "--leader-election=false",
+            "--shutdown-delay-secs=3",
+            "--manage-webhook-config=false",
+            "--policy-dir=/nonexistent",
+        ])
         .arg(format!("--admin-addr={admin}"))
         .arg(format!("--webhook-addr={}", free_addr()))
         .env("KUBECONFIG", &c.kubeconfig)

@@ -59,10 +59,10 @@ async fn the_operator_recovers_from_an_apiserver_restart() {
     );
     cp.start_apiserver().expect("apiserver restarts");
 
-    apis.wait_phase("expires", "TimedOut", Duration::from_secs(60))
+    apis.wait_phase("expires", "TimedOut", Duration::from_secs(90))
         .await;
     apply(desk_yaml(&ns, "after", "{timeoutMs: 600000}"));
-    apis.wait_phase("after", "Running", Duration::from_secs(60))
+    apis.wait_phase("after", "Running", Duration::from_secs(90))
         .await;
     assert_eq!(apis.phase("before").await.as_deref(), Some("Running"));
 

@@ -19,7 +19,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::WatchBackoff;
+use crate::backoff::watch_backoff;
 use crate::metrics::Metrics;
 use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
 pub use reconcile::{Context, ControllerConfig};
@@ -27,6 +27,8 @@ pub use reconcile::{Context, ControllerConfig};
 /// Desks reconciled at once; bounded so a thousand desks do not mean a thousand requests
 /// in flight.
 const CONCURRENCY: u16 = 32;
+/// Longest wait for in-flight reconciles after the stop signal.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Label selector for the VMs and VMIs this operator made.
 fn managed_selector() -> String {
@@ -53,7 +55,7 @@ pub async fn run(
     // Any change to a ConfigMap in our namespace may fix (or break) a template: re-check all desks.
     let template_changes =
         reflector::reflector(cm_writer, watcher(configmaps, watcher::Config::default()))
-            .backoff(WatchBackoff::default())
+            .backoff(watch_backoff())
             .touched_objects()
             .filter_map(|r| async move { r.ok().map(|_| ()) });
 
@@ -80,7 +82,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .with_config(ControllerRuntimeConfig::default().concurrency(CONCURRENCY))
-    .trigger_backoff(WatchBackoff::default())
+    .trigger_backoff(watch_backoff())
     .watches(
         Api::<VirtualMachine>::all(client.clone()),
         watcher::Config::default().labels(&selector),
@@ -99,7 +101,16 @@ pub async fn run(
             tracing::debug!(error = %e, "controller event");
         }
     });
-    controller.await;
+    // kube's graceful shutdown waits for in-flight reconciles, but not while its watches are
+    // failing (e.g. the CRD is missing); never let that hold the process hostage.
+    let drain_limit = async {
+        stop.cancelled().await;
+        tokio::time::sleep(DRAIN_LIMIT).await;
+    };
+    tokio::select! {
+        _ = controller => {}
+        _ = drain_limit => tracing::warn!(limit = ?DRAIN_LIMIT, "controller did not drain in time; stopping anyway"),
+    }
     active.abort();
     tracing::info!("controller stopped");
 }

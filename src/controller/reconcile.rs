@@ -370,30 +370,31 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
     let vmi = vmis.get_opt(&vm_name).await?;
     let now = Timestamp::now();
 
-    // Timeout: sticky once reached, acted on exactly once per transition.
+    // Timeout: sticky once reached. The halt is the transition that is counted and
+    // announced; it is judged on the live VM, so a stale cached Cyberdesk (whose TimedOut
+    // condition we wrote a moment ago) can never count one timeout twice.
     let expiry = status::expiry_time(cd, vm.as_ref(), ctx.cfg.default_timeout_ms);
-    let mut timed_out = timed_out_before(cd);
-    if !timed_out
-        && let Some(exp) = expiry
-        && let Deadline::Passed(lag) = expiry::deadline(now, exp)
-    {
-        timed_out = true;
-        ctx.metrics.vm_timeout.inc();
-        ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
-        tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halting the VM");
-        let note = format!(
-            "timed out after {} ms; halting VirtualMachine {vm_name}",
-            cd.spec.timeout_ms.unwrap_or(ctx.cfg.default_timeout_ms)
-        );
-        ctx.publish(cd, EventType::Normal, "TimedOut", "Stop", note)
-            .await;
-    }
+    let expired = match expiry.map(|exp| expiry::deadline(now, exp)) {
+        Some(Deadline::Passed(lag)) => Some(lag),
+        _ => None,
+    };
+    let timed_out = timed_out_before(cd) || expired.is_some();
     if timed_out
         && let Some(current) = &vm
         && current.run_strategy() != Some("Halted")
     {
+        let lag = expired.unwrap_or_default();
+        tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halting the VM");
         let t = Instant::now();
         vm = Some(ctx.time("stop_vm", t, halt(&vms, current).await)?);
+        ctx.metrics.vm_timeout.inc();
+        ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
+        let note = format!(
+            "timed out after {} ms; halted VirtualMachine {vm_name}",
+            cd.spec.timeout_ms.unwrap_or(ctx.cfg.default_timeout_ms)
+        );
+        ctx.publish(cd, EventType::Normal, "TimedOut", "Stop", note)
+            .await;
     }
 
     let mut render_error = None;
@@ -402,7 +403,19 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
             Ok(rendered) => {
                 let t = Instant::now();
                 let created = vms.patch(&vm_name, &pp(), &Patch::Apply(rendered)).await;
-                let created = ctx.time("create_vm", t, created)?;
+                let created = match ctx.time("create_vm", t, created) {
+                    Ok(vm) => vm,
+                    // A VM the apiserver refuses (invalid, forbidden) will not pass on
+                    // retry either: report it on the desk instead of looping.
+                    Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
+                        let problem = RenderProblem::Rejected(format!(
+                            "the apiserver rejected VirtualMachine {vm_name}: {}",
+                            e.message
+                        ));
+                        return report_problem(cd, ctx, &api, &vms, &vmis, problem).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 ctx.metrics.vm_created.inc();
                 tracing::info!(vm = %vm_name, "created VirtualMachine");
                 ctx.publish(
@@ -421,6 +434,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
                     let reason = match problem {
                         RenderProblem::Template(_) => "TemplateInvalid",
                         RenderProblem::UserData(_) => "UserDataUnavailable",
+                        RenderProblem::Rejected(_) => "CreateRejected",
                     };
                     ctx.publish(
                         cd,
@@ -509,6 +523,46 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
         .with_label_values(&[result])
         .inc();
     Ok(action)
+}
+
+/// Records a problem that keeps the VM from being created: status, Warning event, retry.
+async fn report_problem(
+    cd: &Cyberdesk,
+    ctx: &Context,
+    api: &Api<Cyberdesk>,
+    vms: &Api<VirtualMachine>,
+    vmis: &Api<VirtualMachineInstance>,
+    problem: RenderProblem,
+) -> Result<Action, Error> {
+    let vm_name = names::vm_name(&cd.name_any());
+    let vm = vms.get_opt(&vm_name).await?;
+    let vmi = vmis.get_opt(&vm_name).await?;
+    let observation = Observation {
+        cyberdesk: cd,
+        vm: vm.as_ref(),
+        vmi: vmi.as_ref(),
+        render_error: Some(&problem),
+        timed_out: timed_out_before(cd),
+        default_timeout_ms: ctx.cfg.default_timeout_ms,
+        now: Timestamp::now(),
+    };
+    let desired = status::desired_status(&observation);
+    if cd.status.as_ref() != Some(&desired) {
+        write_status(api, cd, &desired).await?;
+        ctx.publish(
+            cd,
+            EventType::Warning,
+            "CreateRejected",
+            "Create",
+            problem.message().to_string(),
+        )
+        .await;
+    }
+    ctx.metrics
+        .reconcile_total
+        .with_label_values(&["requeue"])
+        .inc();
+    Ok(Action::requeue(RENDER_RETRY))
 }
 
 async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error> {

@@ -38,12 +38,16 @@ pub struct Observation<'a> {
 pub enum RenderProblem {
     Template(String),
     UserData(String),
+    /// The apiserver (or KubeVirt's admission) refused the rendered VM.
+    Rejected(String),
 }
 
 impl RenderProblem {
     pub fn message(&self) -> &str {
         match self {
-            RenderProblem::Template(m) | RenderProblem::UserData(m) => m,
+            RenderProblem::Template(m)
+            | RenderProblem::UserData(m)
+            | RenderProblem::Rejected(m) => m,
         }
     }
 }

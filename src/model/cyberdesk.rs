@@ -142,7 +142,7 @@ pub struct CyberdeskStatus {
     /// First IP address of the VMI's first interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_address: Option<String>,
-    /// When the lifetime started (RFC 3339): the VM's first start.
+    /// When the lifetime started (RFC 3339): when the VM was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
     pub start_time: Option<String>,

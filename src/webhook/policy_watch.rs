@@ -96,7 +96,7 @@ pub async fn run(
     let cfg =
         watcher::Config::default().fields(&format!("metadata.name={}", sources_cfg.configmap));
     let mut events = watcher(api, cfg)
-        .backoff(crate::backoff::WatchBackoff::default())
+        .backoff(crate::backoff::watch_backoff())
         .boxed();
     let mut current: Option<ConfigMap> = None;
     let mut initial = true;
@@ -135,7 +135,14 @@ pub async fn run(
         if !changed {
             continue;
         }
-        if let Err(report) = reload(&store, &metrics, &sources_cfg.dir, current.as_ref())
+        let result = reload(&store, &metrics, &sources_cfg.dir, current.as_ref());
+        if result.is_ok() {
+            // Ready only with a set that loaded: a new pod facing a broken ConfigMap stays
+            // unready (old pods keep serving the last good set) instead of admitting
+            // without the cluster's policies.
+            readiness.open(GATE_POLICIES);
+        }
+        if let Err(report) = result
             && let Some(cm) = &current
         {
             let event = Event {
@@ -149,7 +156,6 @@ pub async fn run(
                 tracing::warn!(error = %e, "could not publish the policy event");
             }
         }
-        readiness.open(GATE_POLICIES);
     }
 }
 
