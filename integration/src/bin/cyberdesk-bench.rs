@@ -1,0 +1,538 @@
+//! `make bench`: figures, not pass/fail. Prints one line per measurement; docs/benchmarks.md
+//! records them with the machine they came from.
+//!
+//! Sections (all by default, or name some): admission, controlplane, operator, apply,
+//! desks, scale.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use cyberdesk_integration::controlplane::{ControlPlane, Options};
+use cyberdesk_integration::e2e::{Apis, desk_yaml, install_everything};
+use cyberdesk_integration::harness::{OperatorProcess, free_addr};
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
+use cyberdesk_integration::operator::operator_binary;
+use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_operator::metrics::Metrics;
+use cyberdesk_operator::model::Cyberdesk;
+use cyberdesk_operator::webhook::admission::Admission;
+use cyberdesk_operator::webhook::mutate::MutateConfig;
+use cyberdesk_operator::webhook::policy::{PolicySet, PolicyStore, load_dir};
+use cyberdesk_operator::webhook::validate::ValidateConfig;
+use cyberdesk_operator::webhook::{certs, server, tls};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks for cyberdesk-operator (figures, not pass/fail)")]
+struct Args {
+    /// Sections to run: admission, controlplane, operator, apply, desks, scale (default: all).
+    sections: Vec<String>,
+    /// Desks for the scale section.
+    #[arg(long, default_value_t = 1000)]
+    scale_desks: usize,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn review(webhook: &str) -> Vec<u8> {
+    let op = "CREATE";
+    let object = json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+        "metadata": {"name": "bench", "namespace": "team-b", "uid": "u"},
+        "spec": if webhook == "mutate" { json!({}) } else { json!({"timeoutMs": 3600000, "timeoutAction": "Delete"}) }});
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4",
+        "kind": {"group": "cyberdesk.io", "version": "v1alpha1", "kind": "Cyberdesk"},
+        "resource": {"group": "cyberdesk.io", "version": "v1alpha1", "resource": "cyberdesks"},
+        "name": "bench", "namespace": "team-b", "operation": op, "userInfo": {"username": "bench"},
+        "object": object, "oldObject": null, "dryRun": false}})
+    .to_string()
+    .into_bytes()
+}
+
+/// The webhook server in-process over TLS, with the shipped policies loaded.
+async fn start_webhook() -> anyhow::Result<(SocketAddr, String, CancellationToken)> {
+    let (ca, ca_key) = certs::generate_ca(Duration::from_secs(86_400))?;
+    let (cert, key) = certs::issue_serving(
+        &ca,
+        &ca_key,
+        &["127.0.0.1".to_string()],
+        Duration::from_secs(86_400),
+    )?;
+    let resolver = Arc::new(tls::CertResolver::new());
+    resolver.swap(Arc::new(tls::certified_key_from_pem(&cert, &key)?));
+    let sources = load_dir(&cyberdesk_integration::operator::repo_path("policies"))?;
+    let set = PolicySet::load(&sources).map_err(|e| anyhow::anyhow!("policies: {e:?}"))?;
+    let admission = Arc::new(Admission {
+        mutate: MutateConfig {
+            default_timeout_ms: 3_600_000,
+        },
+        validate: ValidateConfig {
+            min_timeout_ms: 1_000,
+            max_timeout_ms: 30 * 86_400_000,
+        },
+        policies: PolicyStore::new(set),
+        metrics: Metrics::new("bench", &[])?,
+    });
+    let listener = server::bind("127.0.0.1:0".parse()?).await?;
+    let addr = listener.local_addr()?;
+    let token = CancellationToken::new();
+    let config = Arc::new(tls::server_config(resolver)?);
+    tokio::spawn(server::serve(
+        listener,
+        config,
+        server::router(admission),
+        token.clone(),
+        Duration::from_secs(1),
+    ));
+    Ok((addr, ca, token))
+}
+
+async fn tls_client(
+    addr: SocketAddr,
+    ca_pem: &str,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in tls::certs_from_pem(ca_pem)? {
+        roots.add(c)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let stream = connector
+        .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
+        .await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn bench_admission() -> anyhow::Result<()> {
+    let (addr, ca, token) = start_webhook().await?;
+    for webhook in ["validate", "mutate"] {
+        let body = Bytes::from(review(webhook));
+        for (concurrency, total) in [(1usize, 3_000usize), (32, 32_000)] {
+            let per_worker = total / concurrency;
+            let start = Instant::now();
+            let mut workers = Vec::new();
+            for _ in 0..concurrency {
+                let (ca, body) = (ca.clone(), body.clone());
+                workers.push(tokio::spawn(async move {
+                    let mut sender = tls_client(addr, &ca).await?;
+                    let mut lat = Vec::with_capacity(per_worker);
+                    for _ in 0..per_worker {
+                        let req = hyper::Request::post(format!("/{webhook}"))
+                            .header("host", "127.0.0.1")
+                            .header("content-type", "application/json")
+                            .body(Full::new(body.clone()))?;
+                        let t = Instant::now();
+                        sender.ready().await?;
+                        let resp = sender.send_request(req).await?;
+                        let status = resp.status();
+                        let _ = resp.into_body().collect().await?;
+                        anyhow::ensure!(status == 200, "status {status}");
+                        lat.push(t.elapsed());
+                    }
+                    anyhow::Ok(lat)
+                }));
+            }
+            let mut all = Vec::with_capacity(total);
+            for w in workers {
+                all.extend(w.await??);
+            }
+            let wall = start.elapsed();
+            all.sort();
+            println!(
+                "admission /{webhook} concurrency={concurrency} requests={}: p50 {} p99 {} throughput {:.0} req/s",
+                all.len(),
+                ms(pct(&all, 0.5)),
+                ms(pct(&all, 0.99)),
+                all.len() as f64 / wall.as_secs_f64()
+            );
+        }
+    }
+    token.cancel();
+    Ok(())
+}
+
+fn cluster_of(cp: &ControlPlane) -> Cluster {
+    Cluster {
+        kubeconfig: cp.kubeconfig_path().to_path_buf(),
+        kubectl: cp.kubectl_path().to_path_buf(),
+        apiserver_url: cp.apiserver_url(),
+        dir: cp.dir().to_path_buf(),
+    }
+}
+
+fn bench_controlplane() -> anyhow::Result<()> {
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let cp = ControlPlane::start(&Options::default())?;
+        times.push(t.elapsed());
+        drop(cp);
+    }
+    times.sort();
+    println!(
+        "control plane start-to-ready (5 runs): median {} min {} max {}",
+        ms(times[2]),
+        ms(times[0]),
+        ms(times[4])
+    );
+    let cp = ControlPlane::start(&Options::default())?;
+    std::thread::sleep(Duration::from_secs(15));
+    let (api, etcd) = cp.pids();
+    let (a, e) = (rss_kib(api), rss_kib(etcd));
+    println!(
+        "idle RSS after 15 s: kube-apiserver {} MiB, etcd {} MiB, total {} MiB",
+        a / 1024,
+        e / 1024,
+        (a + e) / 1024
+    );
+    Ok(())
+}
+
+async fn bench_operator(c: &Cluster) -> anyhow::Result<()> {
+    let bin = operator_binary();
+    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "operator binary {}: {:.1} MiB",
+        bin.display(),
+        size as f64 / 1048576.0
+    );
+    let mut ready = Vec::new();
+    for i in 0..5 {
+        let t = Instant::now();
+        let op = OperatorProcess::start(
+            &c.kubeconfig,
+            &c.dir,
+            &format!("bench-start-{i}"),
+            &operator_flags(false),
+        );
+        anyhow::ensure!(
+            op.wait_ready(Duration::from_secs(60)),
+            "not ready: {}",
+            op.log()
+        );
+        ready.push(t.elapsed());
+        if i == 4 {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            println!(
+                "operator idle RSS after 15 s (no desks): {} MiB",
+                rss_kib(op.pid()) / 1024
+            );
+        }
+    }
+    ready.sort();
+    println!(
+        "operator start-to-ready (5 runs, includes the webhook Secret read): median {}",
+        ms(ready[2])
+    );
+    Ok(())
+}
+
+fn operator_flags(webhooks: bool) -> Vec<String> {
+    let mut f = vec![
+        "--extra-san=127.0.0.1".to_string(),
+        "--policy-dir=/nonexistent".to_string(),
+        "--leader-election=false".to_string(),
+    ];
+    if !webhooks {
+        f.push("--manage-webhook-config=false".into());
+    }
+    f
+}
+
+async fn create_dry_runs(
+    client: &kube::Client,
+    ns: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let api: Api<Cyberdesk> = Api::namespaced(client.clone(), ns);
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let desk: Cyberdesk = serde_json::from_value(
+        json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+        "metadata": {"name": "probe"}, "spec": {"timeoutMs": 60000}}),
+    )?;
+    let mut lat = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        api.create(&pp, &desk).await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    Ok(lat)
+}
+
+async fn bench_apply(c: &Cluster) -> anyhow::Result<()> {
+    let client = c.client().await;
+    let ns = namespace(&client, "bench-apply").await;
+    let k = c.kubectl();
+    let _ = k.run(
+        &[
+            "delete",
+            "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+            "--all",
+        ],
+        None,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    create_dry_runs(&client, &ns, 20).await?;
+    let without = create_dry_runs(&client, &ns, 200).await?;
+    let webhook = free_addr();
+    let mut flags = operator_flags(true);
+    flags.push(format!("--webhook-url=https://{webhook}"));
+    let op = OperatorProcess::start_on(&c.kubeconfig, &c.dir, "bench-apply", webhook, &flags);
+    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
+    // Wait until the apiserver really calls the webhooks (the finalizer appears).
+    for _ in 0..100 {
+        let out = k.apply(
+            &desk_yaml(&ns, "probe", "{}"),
+            &["--dry-run=server", "-o", "json"],
+        )?;
+        if out.stdout.contains("vm-cleanup") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    create_dry_runs(&client, &ns, 20).await?;
+    let with = create_dry_runs(&client, &ns, 200).await?;
+    println!(
+        "create (dry-run) through the apiserver, 200 requests: without webhooks p50 {} p99 {}; with both webhooks p50 {} p99 {}; added p50 {}",
+        ms(pct(&without, 0.5)),
+        ms(pct(&without, 0.99)),
+        ms(pct(&with, 0.5)),
+        ms(pct(&with, 0.99)),
+        ms(pct(&with, 0.5).saturating_sub(pct(&without, 0.5)))
+    );
+    let mut kubectl = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        let out = k.apply(
+            &desk_yaml(&ns, &format!("k{i}"), "{}"),
+            &["--dry-run=server"],
+        )?;
+        anyhow::ensure!(out.success, "{}", out.stderr);
+        kubectl.push(t.elapsed());
+    }
+    kubectl.sort();
+    println!(
+        "kubectl apply --dry-run=server with webhooks (20 runs, process start included): median {}",
+        ms(kubectl[10])
+    );
+    Ok(())
+}
+
+async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
+    let client = c.client().await;
+    let ns = namespace(&client, "bench-desks").await;
+    let sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
+    let apis = Apis::new(&client, &ns);
+    let op = OperatorProcess::start(&c.kubeconfig, &c.dir, "bench-desks", &operator_flags(false));
+    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
+    let api: Api<Cyberdesk> = Api::namespaced(client.clone(), &ns);
+    let mut to_running = Vec::new();
+    for i in 0..20 {
+        let desk: Cyberdesk = serde_json::from_value(
+            json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+            "metadata": {"name": format!("r{i:02}")}, "spec": {"timeoutMs": 3600000}}),
+        )?;
+        let t = Instant::now();
+        api.create(&PostParams::default(), &desk).await?;
+        loop {
+            if apis.phase(&format!("r{i:02}")).await.as_deref() == Some("Running") {
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "r{i:02} never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        to_running.push(t.elapsed());
+    }
+    to_running.sort();
+    println!(
+        "create → phase Running, zero simulator delay (20 desks, one at a time): median {} p90 {}",
+        ms(pct(&to_running, 0.5)),
+        ms(pct(&to_running, 0.9))
+    );
+
+    // Timeout lag: 100 desks expiring 20 s after creation; the operator logs the lag it saw.
+    let all: Vec<String> = (0..100)
+        .map(|i| {
+            desk_yaml(
+                &ns,
+                &format!("t{i:03}"),
+                "{timeoutMs: 20000, timeoutAction: Stop}",
+            )
+        })
+        .collect();
+    let out = c.kubectl().apply(&all.join("---\n"), &[])?;
+    anyhow::ensure!(out.success, "{}", out.stderr);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut lags: Vec<Duration> = Vec::new();
+    while Instant::now() < deadline {
+        lags = op
+            .log()
+            .lines()
+            .filter(|l| l.contains("timeout reached"))
+            .filter_map(|l| l.split("lag_ms").nth(1))
+            .filter_map(|rest| {
+                rest.trim_start_matches(|c: char| !c.is_ascii_digit())
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .map(Duration::from_millis)
+            .collect();
+        if lags.len() >= 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    lags.sort();
+    println!(
+        "timeout lag (expiry → halt issued) over {} desks: p50 {} p99 {} max {}",
+        lags.len(),
+        ms(pct(&lags, 0.5)),
+        ms(pct(&lags, 0.99)),
+        ms(lags.last().copied().unwrap_or_default())
+    );
+    drop(sim);
+    Ok(())
+}
+
+async fn bench_scale(c: &Cluster, n: usize) -> anyhow::Result<()> {
+    let client = c.client().await;
+    let ns = namespace(&client, "bench-scale").await;
+    let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
+    let apis = Apis::new(&client, &ns);
+    let op = OperatorProcess::start(&c.kubeconfig, &c.dir, "bench-scale", &operator_flags(false));
+    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
+    let t = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let docs: Vec<String> = chunk
+            .iter()
+            .map(|i| desk_yaml(&ns, &format!("s{i:04}"), "{timeoutMs: 3600000}"))
+            .collect();
+        let out = c.kubectl().apply(&docs.join("---\n"), &[])?;
+        anyhow::ensure!(out.success, "{}", out.stderr);
+    }
+    let applied = t.elapsed();
+    loop {
+        let list = apis.desks.list(&ListParams::default()).await?;
+        let running = list
+            .items
+            .iter()
+            .filter(|d| {
+                d.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()) == Some("Running")
+            })
+            .count();
+        if running == n {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(1200),
+            "only {running}/{n} Running after 20 min"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!(
+        "{n} desks: applied in {:.1} s, all Running after {:.1} s",
+        applied.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    println!(
+        "operator RSS with {n} Running desks: {} MiB",
+        rss_kib(op.pid()) / 1024
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let want = |s: &str| args.sections.is_empty() || args.sections.iter().any(|a| a == s);
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        meminfo()
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    if want("admission") {
+        runtime.block_on(bench_admission())?;
+    }
+    if want("controlplane") {
+        bench_controlplane()?;
+    }
+    if want("operator") || want("apply") || want("desks") || want("scale") {
+        let cp = ControlPlane::start(&Options::default())?;
+        let c = cluster_of(&cp);
+        runtime.block_on(install_everything(&c));
+        if want("operator") {
+            runtime.block_on(bench_operator(&c))?;
+        }
+        if want("apply") {
+            runtime.block_on(bench_apply(&c))?;
+        }
+        if want("desks") {
+            runtime.block_on(bench_desks(&c))?;
+        }
+        if want("scale") {
+            runtime.block_on(bench_scale(&c, args.scale_desks))?;
+        }
+        drop(runtime);
+        drop(cp);
+    }
+    Ok(())
+}
+
+fn meminfo() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map(|kib| format!("{:.0} GiB RAM", kib as f64 / 1048576.0))
+        .unwrap_or_default()
+}
