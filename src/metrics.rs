@@ -22,6 +22,23 @@ pub const ADMISSION_OPERATIONS: &[&str] = &["CREATE", "UPDATE", "DELETE", "CONNE
 /// `allowed` label: true, false, or error (the review could not be processed).
 pub const ADMISSION_VERDICTS: &[&str] = &["true", "false", "error"];
 
+/// The names the previous operator documented, plus the ones DESIGN.md adds.
+pub const FAMILIES: &[&str] = &[
+    "cyberdesk_vm_created_total",
+    "cyberdesk_vm_deleted_total",
+    "cyberdesk_vm_timeout_total",
+    "cyberdesk_active_vm_count",
+    "cyberdesk_operation_duration_seconds",
+    "cyberdesk_reconcile_total",
+    "cyberdesk_reconcile_errors_total",
+    "cyberdesk_admission_requests_total",
+    "cyberdesk_admission_duration_seconds",
+    "cyberdesk_leader",
+    "cyberdesk_webhook_cert_expiry_timestamp_seconds",
+    "cyberdesk_policy_reload_total",
+    "cyberdesk_timeout_lag_seconds",
+];
+
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -175,23 +192,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The names the previous operator documented, plus the ones DESIGN.md adds.
-    pub const FAMILIES: &[&str] = &[
-        "cyberdesk_vm_created_total",
-        "cyberdesk_vm_deleted_total",
-        "cyberdesk_vm_timeout_total",
-        "cyberdesk_active_vm_count",
-        "cyberdesk_operation_duration_seconds",
-        "cyberdesk_reconcile_total",
-        "cyberdesk_reconcile_errors_total",
-        "cyberdesk_admission_requests_total",
-        "cyberdesk_admission_duration_seconds",
-        "cyberdesk_leader",
-        "cyberdesk_webhook_cert_expiry_timestamp_seconds",
-        "cyberdesk_policy_reload_total",
-        "cyberdesk_timeout_lag_seconds",
-    ];
 
     #[test]
     fn every_family_is_exported_from_the_start() {

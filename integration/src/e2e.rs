@@ -76,6 +76,17 @@ impl Apis {
         }
     }
 
+    /// How many desks in the namespace report `phase`.
+    pub async fn count_in_phase(&self, phase: &str) -> usize {
+        let Ok(list) = self.desks.list(&Default::default()).await else {
+            return 0;
+        };
+        list.items
+            .iter()
+            .filter(|d| d.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()) == Some(phase))
+            .count()
+    }
+
     pub async fn phase(&self, name: &str) -> Option<String> {
         let desk = self.desks.get_opt(name).await.ok()??;
         desk.status?.phase.map(|p| p.as_str().to_string())

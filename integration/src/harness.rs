@@ -27,6 +27,17 @@ pub fn poll_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Flags for an operator that registers no webhooks (tests of the reconciler alone) and
+/// reads no policy files.
+pub fn reconciler_only_flags(leader_election: bool) -> Vec<String> {
+    vec![
+        "--manage-webhook-config=false".to_string(),
+        "--extra-san=127.0.0.1".to_string(),
+        "--policy-dir=/nonexistent".to_string(),
+        format!("--leader-election={leader_election}"),
+    ]
+}
+
 /// An operator process. Dropping it SIGKILLs it.
 pub struct OperatorProcess {
     child: Child,

@@ -2,47 +2,14 @@
 //! its caches sync) and shutdown (false again on SIGTERM), then exit code 0.
 //! Own test binary: it needs a control plane on which the CRD is not yet installed.
 
-use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cyberdesk_integration::controlplane::http_get;
+use cyberdesk_integration::harness::{free_addr, poll_until};
 use cyberdesk_integration::operator::{operator_binary, operator_output};
 use cyberdesk_integration::shared::cluster;
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-}
-
-fn poll_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-const FAMILIES: &[&str] = &[
-    "cyberdesk_vm_created_total",
-    "cyberdesk_vm_deleted_total",
-    "cyberdesk_vm_timeout_total",
-    "cyberdesk_active_vm_count",
-    "cyberdesk_operation_duration_seconds",
-    "cyberdesk_reconcile_total",
-    "cyberdesk_reconcile_errors_total",
-    "cyberdesk_admission_requests_total",
-    "cyberdesk_admission_duration_seconds",
-    "cyberdesk_leader",
-    "cyberdesk_webhook_cert_expiry_timestamp_seconds",
-    "cyberdesk_policy_reload_total",
-    "cyberdesk_timeout_lag_seconds",
-];
+use cyberdesk_operator::metrics::FAMILIES;
 
 #[test]
 fn readyz_tracks_startup_and_shutdown_and_exit_is_clean() {

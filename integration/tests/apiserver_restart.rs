@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cyberdesk_integration::controlplane::{ControlPlane, Options};
 use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, install_everything};
-use cyberdesk_integration::harness::OperatorProcess;
+use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::shared::{Cluster, namespace};
 
@@ -25,12 +25,7 @@ async fn the_operator_recovers_from_an_apiserver_restart() {
     let ns = namespace(&client, "restart-api").await;
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
-    let args = vec![
-        "--manage-webhook-config=false".to_string(),
-        "--extra-san=127.0.0.1".to_string(),
-        "--policy-dir=/nonexistent".to_string(),
-        "--leader-election=false".to_string(),
-    ];
+    let args = reconciler_only_flags(false);
     let mut op = OperatorProcess::start(&c.kubeconfig, &c.dir, "api-restart", &args);
     assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
 

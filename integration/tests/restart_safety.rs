@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, install_everything};
-use cyberdesk_integration::harness::OperatorProcess;
+use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::shared::{Cluster, cluster, namespace};
 use kube::api::{DeleteParams, ListParams};
@@ -14,12 +14,7 @@ use kube::api::{DeleteParams, ListParams};
 const DESKS: usize = 50;
 
 fn start(c: &Cluster, n: usize) -> OperatorProcess {
-    let args = vec![
-        "--manage-webhook-config=false".to_string(),
-        "--extra-san=127.0.0.1".to_string(),
-        "--policy-dir=/nonexistent".to_string(),
-        "--leader-election=false".to_string(),
-    ];
+    let args = reconciler_only_flags(false);
     OperatorProcess::start(&c.kubeconfig, &c.dir, &format!("restart-{n}"), &args)
 }
 
@@ -77,15 +72,7 @@ async fn sigkill_during_creation_leaves_exactly_one_vm_per_desk() {
 
     let names: BTreeSet<String> = (0..DESKS).map(|i| format!("d{i:02}")).collect();
     eventually(Duration::from_secs(120), "every desk Running", || async {
-        let list = apis.desks.list(&ListParams::default()).await.ok()?;
-        let running = list
-            .items
-            .iter()
-            .filter(|d| {
-                d.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()) == Some("Running")
-            })
-            .count();
-        (running == DESKS).then_some(())
+        (apis.count_in_phase("Running").await == DESKS).then_some(())
     })
     .await;
     let vms = apis

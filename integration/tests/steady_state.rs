@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, install_everything};
-use cyberdesk_integration::harness::OperatorProcess;
+use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::shared::{Cluster, cluster, namespace};
-use kube::api::ListParams;
 
 const DESKS: usize = 100;
 const WRITE_VERBS: &[&str] = &["POST", "PUT", "PATCH", "DELETE", "APPLY"];
@@ -56,12 +55,7 @@ async fn a_quiet_world_gets_no_writes() {
     let ns = namespace(&client, "steady").await;
     let sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
-    let args = vec![
-        "--manage-webhook-config=false".to_string(),
-        "--extra-san=127.0.0.1".to_string(),
-        "--policy-dir=/nonexistent".to_string(),
-        "--leader-election=false".to_string(),
-    ];
+    let args = reconciler_only_flags(false);
     let op = OperatorProcess::start(&c.kubeconfig, &c.dir, "steady", &args);
     assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
 
@@ -71,15 +65,7 @@ async fn a_quiet_world_gets_no_writes() {
     let out = c.kubectl().apply(&all.join("---\n"), &[]).expect("kubectl");
     assert!(out.success, "{}", out.stderr);
     eventually(Duration::from_secs(180), "100 desks Running", || async {
-        let list = apis.desks.list(&ListParams::default()).await.ok()?;
-        let running = list
-            .items
-            .iter()
-            .filter(|d| {
-                d.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()) == Some("Running")
-            })
-            .count();
-        (running == DESKS).then_some(())
+        (apis.count_in_phase("Running").await == DESKS).then_some(())
     })
     .await;
     // Let trailing events and the watch echoes of the last status writes settle.

@@ -13,7 +13,7 @@ use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -455,14 +455,7 @@ async fn bench_scale(c: &Cluster, n: usize) -> anyhow::Result<()> {
     }
     let applied = t.elapsed();
     loop {
-        let list = apis.desks.list(&ListParams::default()).await?;
-        let running = list
-            .items
-            .iter()
-            .filter(|d| {
-                d.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()) == Some("Running")
-            })
-            .count();
+        let running = apis.count_in_phase("Running").await;
         if running == n {
             break;
         }
