@@ -347,6 +347,10 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
 
     if ensure_finalizer(&api, cd).await? {
         // The patch bumped the resourceVersion; the watch event brings the next pass.
+        ctx.metrics
+            .reconcile_total
+            .with_label_values(&["success"])
+            .inc();
         return Ok(Action::await_change());
     }
 
@@ -365,6 +369,10 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
             note,
         )
         .await;
+        ctx.metrics
+            .reconcile_total
+            .with_label_values(&["requeue"])
+            .inc();
         return Ok(Action::requeue(RENDER_RETRY));
     }
     let vmi = vmis.get_opt(&vm_name).await?;
