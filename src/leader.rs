@@ -50,8 +50,8 @@ where
     let retry = Duration::from_secs(cfg.renew_every_secs.max(1));
     let gauge = metrics.leader.with_label_values(&[&cfg.identity]);
     // Fail fast on a Lease we cannot even read (RBAC, namespace missing).
-    new_manager(&client, &cfg).await?;
-    let Some(manager) = wait_for_lease(&client, &cfg, retry, &shutdown).await else {
+    let first = new_manager(&client, &cfg).await?;
+    let Some(manager) = wait_for_lease(first, &client, &cfg, retry, &shutdown).await else {
         return Ok(());
     };
     tracing::info!(identity = %cfg.identity, lease = %cfg.lease_name, "acquired the leader Lease; starting the controller");
@@ -103,14 +103,21 @@ async fn new_manager(
 /// manager that holds it, or `None` on shutdown. A fresh manager per attempt because the
 /// crate trusts its cached copy until it expires and would miss a release.
 async fn wait_for_lease(
+    first: LeaseManager,
     client: &kube::Client,
     cfg: &LeaderConfig,
     retry: Duration,
     shutdown: &CancellationToken,
 ) -> Option<LeaseManager> {
+    // The manager built at start (which proved the Lease is reachable) makes the first try.
+    let mut first = Some(first);
     loop {
+        let reuse = first.take();
         let attempt = async {
-            let manager = new_manager(client, cfg).await.map_err(|e| e.to_string())?;
+            let manager = match reuse {
+                Some(m) => m,
+                None => new_manager(client, cfg).await.map_err(|e| e.to_string())?,
+            };
             match tokio::time::timeout(retry, manager.changed()).await {
                 Ok(Ok(true)) => Ok(Some(manager)),
                 Ok(Ok(false)) | Err(_) => Ok(None),

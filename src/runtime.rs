@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::api::ListParams;
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
@@ -321,28 +320,26 @@ async fn run_controller(
     .await
 }
 
-/// Watches Cyberdesks until the initial list is in, then opens the caches gate. A missing
-/// CRD or an unreachable apiserver keeps the gate closed and is retried with backoff.
+/// Opens the caches gate once Cyberdesks can be listed cluster-wide (CRD installed, RBAC
+/// right, apiserver reachable); retried with backoff until then. A one-item list is enough:
+/// the controller keeps its own caches on the leader, and holding a second copy of every
+/// Cyberdesk on every replica just for readiness would cost memory for nothing.
 async fn sync_caches(client: kube::Client, readiness: Readiness, stop: CancellationToken) {
     let api: Api<Cyberdesk> = Api::all(client);
-    let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, watcher::Config::default()))
-        .backoff(crate::backoff::watch_backoff())
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "Cyberdesk watch failed; retrying");
+    let mut backoff = crate::backoff::watch_backoff();
+    loop {
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => {
+                readiness.open(GATE_CACHES);
+                tracing::info!("Cyberdesk API readable");
+                return;
             }
-        });
-    let gate = async {
-        if reader.wait_until_ready().await.is_ok() {
-            readiness.open(GATE_CACHES);
-            tracing::info!("caches synced");
+            Err(e) => tracing::warn!(error = %e, "cannot list Cyberdesks yet; retrying"),
         }
-        std::future::pending::<()>().await
-    };
-    tokio::select! {
-        _ = stream => {}
-        _ = gate => {}
-        _ = stop.cancelled() => {}
+        let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }

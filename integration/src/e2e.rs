@@ -117,3 +117,44 @@ impl Apis {
         }
     }
 }
+
+/// The shared control plane with everything installed and one operator per test binary
+/// serving the webhooks (self-managed TLS, registered by URL), plus `extra` flags.
+pub async fn webhook_operator(extra: &[&str]) -> (Cluster, crate::harness::SharedOperator) {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    static OPERATOR: std::sync::OnceLock<Result<crate::harness::SharedOperator, String>> =
+        std::sync::OnceLock::new();
+    let c = crate::shared::cluster();
+    INSTALLED.get_or_init(|| install_everything(&c)).await;
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let op = OPERATOR.get_or_init(|| {
+        crate::harness::start_shared_operator(&c.kubeconfig, &c.dir, move |webhook| {
+            let mut flags = vec![
+                format!("--webhook-url=https://{webhook}"),
+                "--extra-san=127.0.0.1".into(),
+                "--leader-election=false".into(),
+                "--policy-dir=/nonexistent".into(),
+            ];
+            flags.extend(extra);
+            flags
+        })
+    });
+    match op {
+        Ok(op) => (c, op.clone()),
+        Err(e) => panic!("operator: {e}"),
+    }
+}
+
+/// The apiserver picks up a new webhook configuration a moment after it is written; waits
+/// until a server-side dry run in `ns` comes back defaulted by our mutating webhook.
+pub async fn wait_webhooks_active(c: &Cluster, ns: &str) {
+    let probe = desk_yaml(ns, "probe", "{}");
+    eventually(Duration::from_secs(30), "webhooks active", || async {
+        let out = c
+            .kubectl()
+            .apply(&probe, &["--dry-run=server", "-o", "json"])
+            .ok()?;
+        (out.success && out.stdout.contains("vm-cleanup")).then_some(())
+    })
+    .await;
+}

@@ -35,12 +35,7 @@ fn start() -> Result<Cluster, String> {
         .name("controlplane-keeper".into())
         .spawn(move || {
             let result = ControlPlane::start(&Options::default()).map(|cp| {
-                let cluster = Cluster {
-                    kubeconfig: cp.kubeconfig_path().to_path_buf(),
-                    kubectl: cp.kubectl_path().to_path_buf(),
-                    apiserver_url: cp.apiserver_url(),
-                    dir: cp.dir().to_path_buf(),
-                };
+                let cluster = Cluster::of(&cp);
                 if let Ok(mut guard) = RUNNING.lock() {
                     *guard = Some(cp);
                 }
@@ -68,6 +63,16 @@ pub fn cluster() -> Cluster {
 }
 
 impl Cluster {
+    /// The handle for a control plane the caller owns.
+    pub fn of(cp: &ControlPlane) -> Self {
+        Cluster {
+            kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            kubectl: cp.kubectl_path().to_path_buf(),
+            apiserver_url: cp.apiserver_url(),
+            dir: cp.dir().to_path_buf(),
+        }
+    }
+
     pub fn kubectl(&self) -> Kubectl {
         Kubectl::new(&self.kubectl, &self.kubeconfig)
     }

@@ -14,12 +14,7 @@ use cyberdesk_integration::shared::{Cluster, namespace};
 async fn the_operator_recovers_from_an_apiserver_restart() {
     // Our own control plane: this test restarts its apiserver.
     let mut cp = ControlPlane::start(&Options::default()).expect("control plane");
-    let c = Cluster {
-        kubeconfig: cp.kubeconfig_path().to_path_buf(),
-        kubectl: cp.kubectl_path().to_path_buf(),
-        apiserver_url: cp.apiserver_url(),
-        dir: cp.dir().to_path_buf(),
-    };
+    let c = Cluster::of(&cp);
     install_everything(&c).await;
     let client = c.client().await;
     let ns = namespace(&client, "restart-api").await;

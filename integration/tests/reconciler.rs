@@ -2,35 +2,18 @@
 //! virt-controller in each test's namespace, one operator process (webhooks registered) for
 //! the whole binary, and kubectl as the user.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, install_everything};
-use cyberdesk_integration::harness::{SharedOperator, start_shared_operator};
+use cyberdesk_integration::e2e::{
+    Apis, desk_yaml, eventually, wait_webhooks_active, webhook_operator,
+};
+use cyberdesk_integration::harness::SharedOperator;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorHandle, SimulatorOptions};
-use cyberdesk_integration::shared::{Cluster, cluster, namespace};
+use cyberdesk_integration::shared::{Cluster, namespace};
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
-use tokio::sync::OnceCell;
 
 async fn setup() -> (Cluster, SharedOperator) {
-    static INSTALLED: OnceCell<()> = OnceCell::const_new();
-    static OP: OnceLock<Result<SharedOperator, String>> = OnceLock::new();
-    let c = cluster();
-    INSTALLED.get_or_init(|| install_everything(&c)).await;
-    let op = OP.get_or_init(|| {
-        start_shared_operator(&c.kubeconfig, &c.dir, |webhook| {
-            vec![
-                format!("--webhook-url=https://{webhook}"),
-                "--extra-san=127.0.0.1".into(),
-                "--leader-election=false".into(),
-                "--policy-dir=/nonexistent".into(),
-            ]
-        })
-    });
-    match op {
-        Ok(op) => (c, op.clone()),
-        Err(e) => panic!("operator: {e}"),
-    }
+    webhook_operator(&[]).await
 }
 
 async fn desk_ns(
@@ -48,16 +31,7 @@ async fn desk_ns(
         },
     );
     let apis = Apis::new(&client, &ns);
-    // The webhooks are registered by the operator at start; wait until they answer.
-    let probe = desk_yaml(&ns, "probe", "{}");
-    eventually(Duration::from_secs(30), "webhooks active", || async {
-        let out = c
-            .kubectl()
-            .apply(&probe, &["--dry-run=server", "-o", "json"])
-            .ok()?;
-        (out.success && out.stdout.contains("vm-cleanup")).then_some(())
-    })
-    .await;
+    wait_webhooks_active(c, &ns).await;
     (ns, apis, sim)
 }
 

@@ -3,29 +3,15 @@
 
 use std::time::Duration;
 
+use cyberdesk_integration::e2e::install_everything;
 use cyberdesk_integration::harness::{OperatorProcess, free_addr, poll_until};
-use cyberdesk_integration::operator::operator_output;
 use cyberdesk_integration::shared::{cluster, namespace};
 
 #[tokio::test]
 async fn creates_fail_closed_when_the_webhook_is_down() {
     let c = cluster();
     let k = c.kubectl();
-    let crd = operator_output(&["crd"]);
-    k.apply(&String::from_utf8_lossy(&crd.stdout), &["--server-side"])
-        .expect("kubectl")
-        .ok()
-        .expect("crd");
-    k.run(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/cyberdesks.cyberdesk.io",
-        ],
-        None,
-    )
-    .expect("kubectl");
-    let _ = k.run(&["create", "namespace", "cyberdesk-system"], None);
+    install_everything(&c).await;
     let client = c.client().await;
     let ns = namespace(&client, "outage").await;
 

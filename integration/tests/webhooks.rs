@@ -2,81 +2,30 @@
 //! webhook registered by URL with the operator's self-managed CA), and tests use kubectl as
 //! a user would.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use cyberdesk_integration::harness::{SharedOperator, poll_until, start_shared_operator};
-use cyberdesk_integration::operator::operator_output;
-use cyberdesk_integration::shared::{Cluster, cluster, namespace};
+use cyberdesk_integration::e2e::{desk_yaml, wait_webhooks_active, webhook_operator};
+use cyberdesk_integration::harness::{SharedOperator, poll_until};
+use cyberdesk_integration::shared::{Cluster, namespace};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::json;
 
-fn desk(ns: &str, name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec: {spec}\n"
-    )
-}
-
-/// Control plane + CRD + one operator (self-managed TLS, webhooks by URL) per test binary.
-fn setup() -> (Cluster, SharedOperator) {
-    static OP: OnceLock<Result<SharedOperator, String>> = OnceLock::new();
-    let c = cluster();
-    let op = OP.get_or_init(|| {
-        let k = c.kubectl();
-        let crd = operator_output(&["crd"]);
-        k.apply(&String::from_utf8_lossy(&crd.stdout), &["--server-side"])
-            .map_err(|e| e.to_string())?
-            .ok()?;
-        k.run(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "crd/cyberdesks.cyberdesk.io",
-            ],
-            None,
-        )
-        .map_err(|e| e.to_string())?
-        .ok()?;
-        let _ = k.run(&["create", "namespace", "cyberdesk-system"], None);
-        start_shared_operator(&c.kubeconfig, &c.dir, |webhook| {
-            vec![
-                format!("--webhook-url=https://{webhook}"),
-                "--extra-san=127.0.0.1".into(),
-                "--leader-election=false".into(),
-                "--policy-dir=/nonexistent".into(),
-                "--cert-check-interval-secs=1".into(),
-            ]
-        })
-    });
-    match op {
-        Ok(op) => (c, op.clone()),
-        Err(e) => panic!("setup failed: {e}"),
-    }
-}
-
-/// The first apply after registration can race the apiserver picking up the webhook
-/// configuration; wait until the webhooks are demonstrably active.
-fn wait_webhooks_active(c: &Cluster, ns: &str) {
-    let probe = desk(ns, "probe", "{}");
-    let active = poll_until(Duration::from_secs(30), || {
-        let out = c
-            .kubectl()
-            .apply(&probe, &["--dry-run=server", "-o", "json"]);
-        matches!(out, Ok(o) if o.success && o.stdout.contains("vm-cleanup"))
-    });
-    assert!(active, "webhooks never became active");
+/// Control plane + CRDs + one operator per test binary; certificates checked every second
+/// so the rotation test does not wait a minute.
+async fn setup() -> (Cluster, SharedOperator) {
+    webhook_operator(&["--cert-check-interval-secs=1"]).await
 }
 
 #[tokio::test]
 async fn apply_without_timeout_stores_the_default_and_the_finalizer() {
-    let (c, _op) = setup();
+    let (c, _op) = setup().await;
     let client = c.client().await;
     let ns = namespace(&client, "defaults").await;
-    wait_webhooks_active(&c, &ns);
+    wait_webhooks_active(&c, &ns).await;
     let out = c
         .kubectl()
-        .apply(&desk(&ns, "alice", "{}"), &[])
+        .apply(&desk_yaml(&ns, "alice", "{}"), &[])
         .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
     let stored = c
@@ -96,13 +45,13 @@ async fn apply_without_timeout_stores_the_default_and_the_finalizer() {
 
 #[tokio::test]
 async fn bad_specs_name_every_field_and_dry_run_agrees() {
-    let (c, _op) = setup();
+    let (c, _op) = setup().await;
     let client = c.client().await;
     let ns = namespace(&client, "invalid").await;
-    wait_webhooks_active(&c, &ns);
+    wait_webhooks_active(&c, &ns).await;
     // Passes the CRD schema; only the webhook can see what is wrong with it.
     let long_name = "d".repeat(60);
-    let bad = desk(
+    let bad = desk_yaml(
         &ns,
         &long_name,
         "{timeoutMs: 2700000000, userDataSecretRef: {name: s, key: 'bad key'}}",
@@ -131,7 +80,10 @@ async fn bad_specs_name_every_field_and_dry_run_agrees() {
     // A good desk under --dry-run=server is admitted (and defaulted) but not stored.
     let out = c
         .kubectl()
-        .apply(&desk(&ns, "ok", "{}"), &["--dry-run=server", "-o", "json"])
+        .apply(
+            &desk_yaml(&ns, "ok", "{}"),
+            &["--dry-run=server", "-o", "json"],
+        )
         .expect("kubectl");
     assert!(
         out.success && out.stdout.contains("3600000"),
@@ -156,11 +108,11 @@ fn policy_configmap(ns: &str, policy: serde_json::Value) -> String {
 
 #[tokio::test]
 async fn policy_configmap_changes_verdicts_without_a_restart() {
-    let (c, op) = setup();
+    let (c, op) = setup().await;
     let client = c.client().await;
     let ns = namespace(&client, "policy").await;
-    wait_webhooks_active(&c, &ns);
-    let two_hours = desk(&ns, "long", "{timeoutMs: 7200000}");
+    wait_webhooks_active(&c, &ns).await;
+    let two_hours = desk_yaml(&ns, "long", "{timeoutMs: 7200000}");
     assert!(
         c.kubectl()
             .apply(&two_hours, &["--dry-run=server"])
@@ -253,10 +205,10 @@ fn reload_errors(metrics: String) -> f64 {
 
 #[tokio::test]
 async fn serving_certificate_rotation_loses_no_admission() {
-    let (c, _op) = setup();
+    let (c, _op) = setup().await;
     let client = c.client().await;
     let ns = namespace(&client, "rotate").await;
-    wait_webhooks_active(&c, &ns);
+    wait_webhooks_active(&c, &ns).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "cyberdesk-system");
     let leaf = |s: &Secret| {
         s.data
@@ -300,7 +252,10 @@ async fn serving_certificate_rotation_loses_no_admission() {
         }
         let out = c
             .kubectl()
-            .apply(&desk(&ns, &format!("d{i}"), "{}"), &["--dry-run=server"])
+            .apply(
+                &desk_yaml(&ns, &format!("d{i}"), "{}"),
+                &["--dry-run=server"],
+            )
             .expect("kubectl");
         if !out.success {
             failures.push(out.stderr);

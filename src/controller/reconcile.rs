@@ -411,50 +411,52 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
             Ok(rendered) => {
                 let t = Instant::now();
                 let created = vms.patch(&vm_name, &pp(), &Patch::Apply(rendered)).await;
-                let created = match ctx.time("create_vm", t, created) {
-                    Ok(vm) => vm,
+                match ctx.time("create_vm", t, created) {
+                    Ok(created) => {
+                        ctx.metrics.vm_created.inc();
+                        tracing::info!(vm = %vm_name, "created VirtualMachine");
+                        let note = format!("created VirtualMachine {vm_name}");
+                        ctx.publish(
+                            cd,
+                            EventType::Normal,
+                            "VirtualMachineCreated",
+                            "Create",
+                            note,
+                        )
+                        .await;
+                        vm = Some(created);
+                    }
                     // A VM the apiserver refuses (invalid, forbidden) will not pass on
-                    // retry either: report it on the desk instead of looping.
+                    // retry either: report it on the desk like any other render problem.
                     Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
-                        let problem = RenderProblem::Rejected(format!(
+                        render_error = Some(RenderProblem::Rejected(format!(
                             "the apiserver rejected VirtualMachine {vm_name}: {}",
                             e.message
-                        ));
-                        return report_problem(cd, ctx, &api, &vms, &vmis, problem).await;
+                        )));
                     }
                     Err(e) => return Err(e.into()),
-                };
-                ctx.metrics.vm_created.inc();
-                tracing::info!(vm = %vm_name, "created VirtualMachine");
-                ctx.publish(
-                    cd,
-                    EventType::Normal,
-                    "VirtualMachineCreated",
-                    "Create",
-                    format!("created VirtualMachine {vm_name}"),
-                )
-                .await;
-                vm = Some(created);
-            }
-            Err(problem) => {
-                let before = cd.status.as_ref().and_then(|s| s.message.as_deref());
-                if before != Some(problem.message()) {
-                    let reason = match problem {
-                        RenderProblem::Template(_) => "TemplateInvalid",
-                        RenderProblem::UserData(_) => "UserDataUnavailable",
-                        RenderProblem::Rejected(_) => "CreateRejected",
-                    };
-                    ctx.publish(
-                        cd,
-                        EventType::Warning,
-                        reason,
-                        "Create",
-                        problem.message().to_string(),
-                    )
-                    .await;
                 }
-                render_error = Some(problem);
             }
+            Err(problem) => render_error = Some(problem),
+        }
+    }
+    if let Some(problem) = &render_error {
+        // One Warning per distinct problem, not one per retry.
+        let before = cd.status.as_ref().and_then(|s| s.message.as_deref());
+        if before != Some(problem.message()) {
+            let reason = match problem {
+                RenderProblem::Template(_) => "TemplateInvalid",
+                RenderProblem::UserData(_) => "UserDataUnavailable",
+                RenderProblem::Rejected(_) => "CreateRejected",
+            };
+            ctx.publish(
+                cd,
+                EventType::Warning,
+                reason,
+                "Create",
+                problem.message().to_string(),
+            )
+            .await;
         }
     }
 
@@ -531,46 +533,6 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
         .with_label_values(&[result])
         .inc();
     Ok(action)
-}
-
-/// Records a problem that keeps the VM from being created: status, Warning event, retry.
-async fn report_problem(
-    cd: &Cyberdesk,
-    ctx: &Context,
-    api: &Api<Cyberdesk>,
-    vms: &Api<VirtualMachine>,
-    vmis: &Api<VirtualMachineInstance>,
-    problem: RenderProblem,
-) -> Result<Action, Error> {
-    let vm_name = names::vm_name(&cd.name_any());
-    let vm = vms.get_opt(&vm_name).await?;
-    let vmi = vmis.get_opt(&vm_name).await?;
-    let observation = Observation {
-        cyberdesk: cd,
-        vm: vm.as_ref(),
-        vmi: vmi.as_ref(),
-        render_error: Some(&problem),
-        timed_out: timed_out_before(cd),
-        default_timeout_ms: ctx.cfg.default_timeout_ms,
-        now: Timestamp::now(),
-    };
-    let desired = status::desired_status(&observation);
-    if cd.status.as_ref() != Some(&desired) {
-        write_status(api, cd, &desired).await?;
-        ctx.publish(
-            cd,
-            EventType::Warning,
-            "CreateRejected",
-            "Create",
-            problem.message().to_string(),
-        )
-        .await;
-    }
-    ctx.metrics
-        .reconcile_total
-        .with_label_values(&["requeue"])
-        .inc();
-    Ok(Action::requeue(RENDER_RETRY))
 }
 
 async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error> {

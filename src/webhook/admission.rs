@@ -49,14 +49,7 @@ pub struct Admission {
 }
 
 fn truncate(s: &str) -> String {
-    if s.len() <= MAX_ECHO {
-        return s.to_string();
-    }
-    let mut end = MAX_ECHO;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::webhook::truncate(s, MAX_ECHO)
 }
 
 fn operation_label(op: &Operation) -> &'static str {
@@ -96,7 +89,7 @@ fn parse(
         .get("uid")
         .and_then(Value::as_str)
         .map(str::to_string);
-    match serde_json::from_value::<AdmissionReview<DynamicObject>>(raw.clone()) {
+    match serde_json::from_value::<AdmissionReview<DynamicObject>>(raw) {
         Ok(review) => match review.try_into() {
             Ok(req) => Ok(Ok(req)),
             Err(_) => Err(BadReview("AdmissionReview has no request".into())),

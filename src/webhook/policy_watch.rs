@@ -148,7 +148,7 @@ pub async fn run(
             let event = Event {
                 type_: EventType::Warning,
                 reason: "PolicyRejected".into(),
-                note: Some(truncate(&report, 1000)),
+                note: Some(crate::webhook::truncate(&report, 1000)),
                 action: "Reload".into(),
                 secondary: None,
             };
@@ -157,15 +157,4 @@ pub async fn run(
             }
         }
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

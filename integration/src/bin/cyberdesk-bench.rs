@@ -188,15 +188,6 @@ async fn bench_admission() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cluster_of(cp: &ControlPlane) -> Cluster {
-    Cluster {
-        kubeconfig: cp.kubeconfig_path().to_path_buf(),
-        kubectl: cp.kubectl_path().to_path_buf(),
-        apiserver_url: cp.apiserver_url(),
-        dir: cp.dir().to_path_buf(),
-    }
-}
-
 fn bench_controlplane() -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..5 {
@@ -497,7 +488,7 @@ fn main() -> anyhow::Result<()> {
     }
     if want("operator") || want("apply") || want("desks") || want("scale") {
         let cp = ControlPlane::start(&Options::default())?;
-        let c = cluster_of(&cp);
+        let c = Cluster::of(&cp);
         runtime.block_on(install_everything(&c));
         if want("operator") {
             runtime.block_on(bench_operator(&c))?;

@@ -33,12 +33,7 @@ fn main() -> anyhow::Result<()> {
 
     eprintln!("==> starting kube-apiserver + etcd");
     let cp = ControlPlane::start(&Options::default())?;
-    let cluster = Cluster {
-        kubeconfig: cp.kubeconfig_path().to_path_buf(),
-        kubectl: cp.kubectl_path().to_path_buf(),
-        apiserver_url: cp.apiserver_url(),
-        dir: cp.dir().to_path_buf(),
-    };
+    let cluster = Cluster::of(&cp);
     let runtime = tokio::runtime::Runtime::new()?;
     let _sim = runtime.block_on(async {
         eprintln!("==> installing the Cyberdesk and KubeVirt CRDs");
