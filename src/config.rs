@@ -89,13 +89,10 @@ pub struct RunConfig {
     #[arg(long, env = "CYBERDESK_CERT_CHECK_INTERVAL_SECS", default_value_t = 60)]
     pub cert_check_interval_secs: u64,
 
-    /// Create/update both webhook configurations (with the CA bundle) by server-side apply.
+    /// Put the CA bundle into both (existing) webhook configurations by server-side apply of
+    /// the caBundle fields alone; every other field stays as the manifests or an admin set it.
     #[arg(long, env = "CYBERDESK_MANAGE_WEBHOOK_CONFIG", default_value_t = true, action = ArgAction::Set)]
     pub manage_webhook_config: bool,
-
-    /// Register the webhooks by this base URL (e.g. https://127.0.0.1:8443) instead of the Service.
-    #[arg(long, env = "CYBERDESK_WEBHOOK_URL")]
-    pub webhook_url: Option<String>,
 
     /// spec.timeoutMs given to a Cyberdesk that does not set one.
     #[arg(long, env = "CYBERDESK_DEFAULT_TIMEOUT_MS", default_value_t = DEFAULT_TIMEOUT_MS)]
@@ -117,9 +114,24 @@ pub struct RunConfig {
     #[arg(long, env = "CYBERDESK_POLICY_CONFIGMAP", default_value = names::POLICIES_CONFIGMAP)]
     pub policy_configmap: String,
 
-    /// ConfigMap in --namespace (key template.yaml) with the default VM template.
+    /// ConfigMap in --namespace (key template.yaml, label cyberdesk.io/template=true) with
+    /// the default VM template; the built-in template when it does not exist.
     #[arg(long, env = "CYBERDESK_TEMPLATE_CONFIGMAP", default_value = names::TEMPLATE_CONFIGMAP)]
     pub template_configmap: String,
+
+    /// Longest wait for the SubjectAccessReview that checks a requester may read the
+    /// user-data Secret their desk names; no answer in time denies the desk.
+    #[arg(
+        long,
+        env = "CYBERDESK_ACCESS_REVIEW_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub access_review_timeout_ms: u64,
+
+    /// How long a SubjectAccessReview answer is reused for the same user, groups and Secret
+    /// (0 turns the cache off).
+    #[arg(long, env = "CYBERDESK_ACCESS_REVIEW_CACHE_SECS", default_value_t = 5)]
+    pub access_review_cache_secs: u64,
 
     /// Run the reconciler only while holding the Lease (turn off only for a single replica).
     #[arg(long, env = "CYBERDESK_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]

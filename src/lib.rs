@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod catalog;
 pub mod config;
 pub mod controller;
 pub mod crd;

@@ -57,7 +57,7 @@ struct WebhookConfigArgs {
     /// Service name (ignored with --url).
     #[arg(long, default_value = cyberdesk_operator::model::names::SERVICE_NAME)]
     service_name: String,
-    /// The operator's namespace: the Service's namespace, exempted from the webhooks.
+    /// The operator's namespace: the Service's namespace.
     #[arg(long, default_value = cyberdesk_operator::model::names::DEFAULT_NAMESPACE)]
     namespace: String,
     /// PEM file whose contents become the caBundle (omit for cert-manager CA injection).
@@ -120,7 +120,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 Some(url) => WebhookTarget::Url(url),
                 None => WebhookTarget::Service {
                     name: args.service_name,
-                    namespace: args.namespace.clone(),
+                    namespace: args.namespace,
                     port: 443,
                 },
             };
@@ -133,7 +133,6 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             let params = WebhookConfigParams {
                 target,
-                exempt_namespace: args.namespace,
                 timeout_seconds: 5,
             };
             print!("{}", render_yaml(&params, ca.as_deref())?);

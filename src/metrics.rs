@@ -22,6 +22,12 @@ pub const ADMISSION_OPERATIONS: &[&str] = &["CREATE", "UPDATE", "DELETE", "CONNE
 /// `allowed` label: true, false, or error (the review could not be processed).
 pub const ADMISSION_VERDICTS: &[&str] = &["true", "false", "error"];
 
+/// `cyberdesk_secret_access_reviews_total{result}`: the requester may read the Secret, may
+/// not, or the SubjectAccessReview failed (the webhook then denies).
+pub const ACCESS_RESULTS: &[&str] = &["allowed", "denied", "error"];
+/// `...{source}`: asked the apiserver, or answered from the short-lived cache.
+pub const ACCESS_SOURCES: &[&str] = &["api", "cache"];
+
 /// The names the previous operator documented, plus the ones DESIGN.md adds.
 pub const FAMILIES: &[&str] = &[
     "cyberdesk_vm_created_total",
@@ -37,6 +43,7 @@ pub const FAMILIES: &[&str] = &[
     "cyberdesk_webhook_cert_expiry_timestamp_seconds",
     "cyberdesk_policy_reload_total",
     "cyberdesk_timeout_lag_seconds",
+    "cyberdesk_secret_access_reviews_total",
 ];
 
 #[derive(Clone, Debug)]
@@ -55,6 +62,7 @@ pub struct Metrics {
     pub cert_expiry: Gauge,
     pub policy_reload: IntCounterVec,
     pub timeout_lag: Histogram,
+    pub secret_access_reviews: IntCounterVec,
 }
 
 impl Metrics {
@@ -137,6 +145,13 @@ impl Metrics {
                     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
                 ]),
             )?,
+            secret_access_reviews: IntCounterVec::new(
+                Opts::new(
+                    "cyberdesk_secret_access_reviews_total",
+                    "Checks that a Cyberdesk's requester may read its user-data Secret, by result and source",
+                ),
+                &["result", "source"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -162,6 +177,11 @@ impl Metrics {
         for result in ["success", "error"] {
             m.policy_reload.with_label_values(&[result]);
         }
+        for result in ACCESS_RESULTS {
+            for source in ACCESS_SOURCES {
+                m.secret_access_reviews.with_label_values(&[result, source]);
+            }
+        }
         Ok(m)
     }
 
@@ -180,6 +200,7 @@ impl Metrics {
         r.register(Box::new(self.cert_expiry.clone()))?;
         r.register(Box::new(self.policy_reload.clone()))?;
         r.register(Box::new(self.timeout_lag.clone()))?;
+        r.register(Box::new(self.secret_access_reviews.clone()))?;
         Ok(())
     }
 

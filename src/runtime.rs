@@ -15,6 +15,7 @@ use std::sync::Arc;
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::admin;
+use crate::catalog::{self, Catalog};
 use crate::config::RunConfig;
 use crate::config::TlsMode;
 use crate::controller::{self, ControllerConfig};
@@ -25,9 +26,10 @@ use crate::model::cyberdesk::MIN_TIMEOUT_MS;
 use crate::model::names;
 use crate::readiness::Readiness;
 use crate::webhook::admission::Admission;
+use crate::webhook::authz::SubjectAccessReviewer;
 use crate::webhook::certs::files;
 use crate::webhook::certs::rotation::{self, SelfManagedConfig};
-use crate::webhook::configuration::{self, WebhookConfigParams, WebhookTarget};
+use crate::webhook::configuration;
 use crate::webhook::mutate::MutateConfig;
 use crate::webhook::policy::PolicyStore;
 use crate::webhook::policy_watch::{self, PolicySources};
@@ -82,12 +84,23 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     tracing::info!(addr = %admin_addr, "admin server listening");
 
     let cache_task = tokio::spawn(sync_caches(client.clone(), readiness.clone(), stop.clone()));
-    let webhook_tasks = start_webhooks(&cfg, &client, &metrics, &readiness, &stop).await?;
+    // One watch of the template ConfigMaps, for the webhook and (on the leader) the controller.
+    let (templates, templates_task) = catalog::start(
+        client.clone(),
+        &cfg.namespace,
+        &cfg.template_configmap,
+        readiness.clone(),
+        stop.clone(),
+    );
+    let mut webhook_tasks =
+        start_webhooks(&cfg, &client, &metrics, &readiness, &templates, &stop).await?;
+    webhook_tasks.push(templates_task);
     // The controller stops at the first signal (not after the endpoint delay), so the Lease
     // is released and a peer takes over as soon as in-flight reconciles are done.
     let controller_task = tokio::spawn(run_controller(
         client.clone(),
         cfg.clone(),
+        templates,
         metrics.clone(),
         signal.clone(),
     ));
@@ -138,28 +151,13 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     }
 }
 
-fn webhook_params(cfg: &RunConfig) -> WebhookConfigParams {
-    let target = match &cfg.webhook_url {
-        Some(url) => WebhookTarget::Url(url.clone()),
-        None => WebhookTarget::Service {
-            name: cfg.service_name.clone(),
-            namespace: cfg.namespace.clone(),
-            port: 443,
-        },
-    };
-    WebhookConfigParams {
-        target,
-        exempt_namespace: cfg.namespace.clone(),
-        timeout_seconds: 5,
-    }
-}
-
 /// TLS, policies and the HTTPS server: everything the webhooks need, on every replica.
 async fn start_webhooks(
     cfg: &RunConfig,
     client: &kube::Client,
     metrics: &Metrics,
     readiness: &Readiness,
+    templates: &Catalog,
     stop: &CancellationToken,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
     readiness.register(GATE_TLS);
@@ -167,7 +165,6 @@ async fn start_webhooks(
     readiness.register(policy_watch::GATE_POLICIES);
     let mut tasks = Vec::new();
     let resolver = Arc::new(CertResolver::new());
-    let params = webhook_params(cfg);
     match cfg.tls_mode {
         TlsMode::Files => {
             let files =
@@ -177,7 +174,7 @@ async fn start_webhooks(
             if cfg.manage_webhook_config
                 && let Ok(ca) = std::fs::read_to_string(&ca_file)
             {
-                configuration::apply(client, &params, &ca)
+                configuration::apply_ca_bundle(client, &ca)
                     .await
                     .map_err(|e| {
                         RunError::Tls(format!(
@@ -200,10 +197,9 @@ async fn start_webhooks(
             let apply_client = client.clone();
             let on_new_ca = move |ca: String| {
                 let client = apply_client.clone();
-                let params = params.clone();
                 async move {
                     if manage {
-                        configuration::apply(&client, &params, &ca).await?;
+                        configuration::apply_ca_bundle(&client, &ca).await?;
                         tracing::info!("webhook configurations carry the current CA bundle");
                     }
                     Ok::<(), configuration::ConfigurationError>(())
@@ -265,6 +261,13 @@ async fn start_webhooks(
         },
         policies: store,
         metrics: metrics.clone(),
+        templates: templates.clone(),
+        secret_access: Arc::new(SubjectAccessReviewer::new(
+            client.clone(),
+            Duration::from_millis(cfg.access_review_timeout_ms),
+            Duration::from_secs(cfg.access_review_cache_secs),
+            metrics.clone(),
+        )),
     });
     let tls_config = tls::server_config(resolver).map_err(|e| RunError::Tls(e.to_string()))?;
     let listener = server::bind(cfg.webhook_addr).await?;
@@ -285,18 +288,17 @@ async fn start_webhooks(
 async fn run_controller(
     client: kube::Client,
     cfg: RunConfig,
+    templates: Catalog,
     metrics: Metrics,
     stop: CancellationToken,
 ) -> Result<(), crate::leader::LeaderError> {
     let controller_cfg = ControllerConfig {
-        namespace: cfg.namespace.clone(),
-        template_configmap: cfg.template_configmap.clone(),
         default_timeout_ms: cfg.default_timeout_ms,
     };
     let identity = cfg.pod_name.clone();
     if !cfg.leader_election {
         metrics.leader.with_label_values(&[&identity]).set(1);
-        controller::run(client, controller_cfg, metrics, identity, stop).await;
+        controller::run(client, controller_cfg, templates, metrics, identity, stop).await;
         return Ok(());
     }
     let leader_cfg = LeaderConfig {
@@ -312,6 +314,7 @@ async fn run_controller(
         controller::run(
             lead_client.clone(),
             controller_cfg.clone(),
+            templates.clone(),
             lead_metrics.clone(),
             identity.clone(),
             leader_stop,

@@ -11,15 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::watch_backoff;
+use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
 pub use reconcile::{Context, ControllerConfig};
@@ -46,18 +46,13 @@ fn owner_desk<K: kube::Resource>(obj: K) -> Option<ObjectRef<Cyberdesk>> {
 pub async fn run(
     client: kube::Client,
     cfg: ControllerConfig,
+    templates: Catalog,
     metrics: Metrics,
     identity: String,
     stop: CancellationToken,
 ) {
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &cfg.namespace);
-    let (cm_store, cm_writer) = reflector::store();
-    // Any change to a ConfigMap in our namespace may fix (or break) a template: re-check all desks.
-    let template_changes =
-        reflector::reflector(cm_writer, watcher(configmaps, watcher::Config::default()))
-            .backoff(watch_backoff())
-            .touched_objects()
-            .filter_map(|r| async move { r.ok().map(|_| ()) });
+    // Any change to a template may fix (or break) a desk: re-check all desks.
+    let template_changes = templates.changes();
 
     let recorder = Recorder::new(
         client.clone(),
@@ -70,7 +65,7 @@ pub async fn run(
         client: client.clone(),
         recorder,
         metrics: metrics.clone(),
-        configmaps: cm_store,
+        templates,
         cfg,
         failures: Mutex::new(Default::default()),
     });

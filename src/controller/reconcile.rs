@@ -8,27 +8,26 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
+use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
 use crate::controller::error::Error;
 use crate::controller::expiry::{self, Deadline};
 use crate::controller::status::{self, Observation, RenderProblem};
-use crate::controller::template::{self, Ownership, TemplateVars};
+use crate::controller::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateVars};
 use crate::metrics::Metrics;
 use crate::model::conditions::{self, ConditionStatus};
 use crate::model::{
     Cyberdesk, CyberdeskPhase, TimeoutAction, VirtualMachine, VirtualMachineInstance, names,
 };
 
-/// Cloud-init given to a desk without `userDataSecretRef`: valid and empty.
-const EMPTY_CLOUD_CONFIG: &str = "#cloud-config\n{}\n";
 /// How often a desk that cannot be built (missing Secret, broken template) is retried, in
 /// addition to the retry that a ConfigMap change triggers.
 const RENDER_RETRY: Duration = Duration::from_secs(15);
@@ -37,9 +36,6 @@ const CLEANUP_RECHECK: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
-    /// The operator's namespace, where VM template ConfigMaps live.
-    pub namespace: String,
-    pub template_configmap: String,
     pub default_timeout_ms: i64,
 }
 
@@ -47,8 +43,8 @@ pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    /// ConfigMaps of the operator's namespace, kept current by a watch (hot reload).
-    pub configmaps: Store<ConfigMap>,
+    /// The template ConfigMaps, kept current by a watch (hot reload).
+    pub templates: Catalog,
     pub cfg: ControllerConfig,
     /// Consecutive failures per desk, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<Cyberdesk>, u32>>,
@@ -207,53 +203,56 @@ async fn remove_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Er
     }
 }
 
-/// The template for this desk: its named ConfigMap, else the default ConfigMap, else the
-/// built-in one.
-fn load_template(cd: &Cyberdesk, ctx: &Context) -> Result<Value, RenderProblem> {
-    let wanted = cd
-        .spec
-        .template
-        .as_deref()
-        .unwrap_or(&ctx.cfg.template_configmap);
-    let key = ObjectRef::<ConfigMap>::new(wanted).within(&ctx.cfg.namespace);
-    match ctx.configmaps.get(&key) {
-        Some(cm) => {
-            let text = cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(names::TEMPLATE_KEY))
-                .ok_or_else(|| {
-                    RenderProblem::Template(format!(
-                        "ConfigMap {wanted} has no key {}",
-                        names::TEMPLATE_KEY
-                    ))
-                })?;
-            template::parse(text)
-                .map_err(|e| RenderProblem::Template(format!("ConfigMap {wanted}: {e}")))
-        }
-        None if cd.spec.template.is_some() => Err(RenderProblem::Template(format!(
-            "VM template ConfigMap {wanted} not found in namespace {}",
-            ctx.cfg.namespace
-        ))),
-        None => template::parse(template::BUILTIN_TEMPLATE)
-            .map_err(|e| RenderProblem::Template(e.to_string())),
-    }
-}
-
-/// The user data as base64, or why it cannot be had. API failures other than
-/// not-found/forbidden are errors (retried), not problems.
-async fn load_user_data(
+/// The template for this desk, parsed; refused like the webhook refuses it, because the
+/// webhooks can be switched off.
+fn load_template(
     cd: &Cyberdesk,
     ctx: &Context,
     ns: &str,
-) -> Result<Result<String, RenderProblem>, Error> {
+) -> Result<(ResolvedTemplate, Value), RenderProblem> {
+    let resolved = ctx
+        .templates
+        .resolve(cd.spec.template.as_deref(), ns)
+        .map_err(|refusal| match refusal {
+            TemplateRefusal::NotAllowed { .. } => {
+                RenderProblem::TemplateNotAllowed(refusal.to_string())
+            }
+            _ => RenderProblem::Template(refusal.to_string()),
+        })?;
+    let parsed = template::parse(&resolved.text)
+        .map_err(|e| RenderProblem::Template(format!("{}: {e}", resolved.describe())))?;
+    Ok((resolved, parsed))
+}
+
+/// The user data the template asks for: the Secret's name for a `secretRef` (not read: KubeVirt
+/// reads it), its value base64 for `${user_data_base64}` (read, which needs the opt-in RBAC).
+/// API failures other than not-found/forbidden are errors (retried), not problems.
+async fn user_data_vars(
+    cd: &Cyberdesk,
+    resolved: &ResolvedTemplate,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<(String, String), RenderProblem>, Error> {
     let Some(r) = &cd.spec.user_data_secret_ref else {
-        return Ok(Ok(B64.encode(EMPTY_CLOUD_CONFIG)));
+        return Ok(Ok((B64.encode(EMPTY_CLOUD_CONFIG), String::new())));
     };
+    if resolved.uses(template::USER_DATA_SECRET_NAME)
+        && !template::SECRET_REF_KEYS.contains(&r.key.as_str())
+    {
+        return Ok(Err(RenderProblem::UserData(format!(
+            "{} passes Secret {} to KubeVirt by reference, which reads only the key userdata or userData, not {}",
+            resolved.describe(),
+            r.name,
+            r.key
+        ))));
+    }
+    if !resolved.uses(template::USER_DATA_BASE64) {
+        return Ok(Ok((String::new(), r.name.clone())));
+    }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     match secrets.get_opt(&r.name).await {
         Ok(Some(secret)) => match secret.data.as_ref().and_then(|d| d.get(&r.key)) {
-            Some(bytes) => Ok(Ok(B64.encode(&bytes.0))),
+            Some(bytes) => Ok(Ok((B64.encode(&bytes.0), r.name.clone()))),
             None => Ok(Err(RenderProblem::UserData(format!(
                 "Secret {} has no key {}",
                 r.name, r.key
@@ -264,8 +263,9 @@ async fn load_user_data(
             r.name
         )))),
         Err(kube::Error::Api(e)) if e.code == 403 => Ok(Err(RenderProblem::UserData(format!(
-            "not allowed to read Secret {}: {}",
-            r.name, e.message
+            "{} puts the user data inline (${{user_data_base64}}), but the operator may not get Secret {} in namespace {ns}; install the inline-user-data component (manifests/components/inline-user-data) or use a template with ${{user_data_secret_name}}",
+            resolved.describe(),
+            r.name
         )))),
         Err(e) => Err(e.into()),
     }
@@ -277,14 +277,15 @@ async fn render_vm(
     ns: &str,
     run_strategy: &'static str,
 ) -> Result<Result<Value, RenderProblem>, Error> {
-    let template = match load_template(cd, ctx) {
+    let (resolved, template) = match load_template(cd, ctx, ns) {
         Ok(t) => t,
         Err(problem) => return Ok(Err(problem)),
     };
-    let user_data = match load_user_data(cd, ctx, ns).await? {
-        Ok(u) => u,
-        Err(problem) => return Ok(Err(problem)),
-    };
+    let (user_data_base64, user_data_secret_name) =
+        match user_data_vars(cd, &resolved, ctx, ns).await? {
+            Ok(u) => u,
+            Err(problem) => return Ok(Err(problem)),
+        };
     let owner = cd.controller_owner_ref(&()).ok_or(Error::NoNamespace)?;
     let owner_reference = serde_json::to_value(owner).map_err(|source| Error::Serialization {
         what: "ownerReference",
@@ -295,7 +296,8 @@ async fn render_vm(
         vm_name: names::vm_name(&name),
         namespace: ns.into(),
         cyberdesk_name: name,
-        user_data_base64: user_data,
+        user_data_base64,
+        user_data_secret_name,
     };
     Ok(template::render(
         &template,
@@ -446,6 +448,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
         if before != Some(problem.message()) {
             let reason = match problem {
                 RenderProblem::Template(_) => "TemplateInvalid",
+                RenderProblem::TemplateNotAllowed(_) => "TemplateNotAllowed",
                 RenderProblem::UserData(_) => "UserDataUnavailable",
                 RenderProblem::Rejected(_) => "CreateRejected",
             };

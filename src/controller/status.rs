@@ -37,6 +37,8 @@ pub struct Observation<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RenderProblem {
     Template(String),
+    /// The template exists but is not allowed in the desk's namespace.
+    TemplateNotAllowed(String),
     UserData(String),
     /// The apiserver (or KubeVirt's admission) refused the rendered VM.
     Rejected(String),
@@ -46,6 +48,7 @@ impl RenderProblem {
     pub fn message(&self) -> &str {
         match self {
             RenderProblem::Template(m)
+            | RenderProblem::TemplateNotAllowed(m)
             | RenderProblem::UserData(m)
             | RenderProblem::Rejected(m) => m,
         }
@@ -159,12 +162,16 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
     let (phase, message) = phase_and_message(obs);
     let mut conds = current.conditions.clone();
 
-    let template_ok = !matches!(obs.render_error, Some(RenderProblem::Template(_)));
-    let template_cond = match obs.render_error {
-        Some(RenderProblem::Template(m)) => condition(
+    let template_refused = match obs.render_error {
+        Some(RenderProblem::Template(m)) => Some(("TemplateInvalid", m)),
+        Some(RenderProblem::TemplateNotAllowed(m)) => Some(("TemplateNotAllowed", m)),
+        _ => None,
+    };
+    let template_cond = match template_refused {
+        Some((reason, m)) => condition(
             conditions::TEMPLATE_VALID,
             ConditionStatus::False,
-            "TemplateInvalid",
+            reason,
             m.clone(),
             obs,
         ),
@@ -196,11 +203,11 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
             m.clone(),
             obs,
         ),
-        (None, _) if !template_ok => condition(
+        (None, _) if template_refused.is_some() => condition(
             conditions::VM_CREATED,
             ConditionStatus::False,
-            "TemplateInvalid",
-            "the VM template does not render".into(),
+            template_refused.map_or("TemplateInvalid", |(reason, _)| reason),
+            "the VM template cannot be used".into(),
             obs,
         ),
         (None, _) => condition(

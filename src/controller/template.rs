@@ -13,13 +13,24 @@ use crate::model::names;
 pub const BUILTIN_TEMPLATE: &str = include_str!("../../manifests/base/vm-template/template.yaml");
 
 /// Exactly the variables a template may use.
-pub const VARIABLES: [&str; 5] = [
+pub const VARIABLES: [&str; 6] = [
     "vm_name",
     "namespace",
     "cyberdesk_name",
     "managed_by",
     "user_data_base64",
+    USER_DATA_SECRET_NAME,
 ];
+/// The desk's user-data Secret name, for `cloudInitNoCloud.secretRef`: KubeVirt reads the
+/// Secret itself, so neither the operator nor the VM spec ever holds the data.
+pub const USER_DATA_SECRET_NAME: &str = "user_data_secret_name";
+/// The user data inline, base64 (the previous operator's variable); the operator must be
+/// allowed to read the Secret for it.
+pub const USER_DATA_BASE64: &str = "user_data_base64";
+/// Keys KubeVirt reads from a `cloudInitNoCloud.secretRef` Secret.
+pub const SECRET_REF_KEYS: [&str; 2] = ["userdata", "userData"];
+/// Cloud-init given to a desk without `userDataSecretRef`: valid and empty.
+pub const EMPTY_CLOUD_CONFIG: &str = "#cloud-config\n{}\n";
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
@@ -27,7 +38,7 @@ pub enum TemplateError {
     Yaml(String),
     #[error(
         "the VM template uses unknown variable ${{{name}}} at {path}; the known variables are \
-         vm_name, namespace, cyberdesk_name, managed_by, user_data_base64"
+         vm_name, namespace, cyberdesk_name, managed_by, user_data_base64, user_data_secret_name"
     )]
     UnknownVariable { name: String, path: String },
     #[error("the VM template has an empty or unterminated ${{...}} reference at {path}")]
@@ -47,6 +58,8 @@ pub struct TemplateVars {
     pub namespace: String,
     pub cyberdesk_name: String,
     pub user_data_base64: String,
+    /// Empty when the desk names no Secret (see [`render`]).
+    pub user_data_secret_name: String,
 }
 
 impl TemplateVars {
@@ -56,7 +69,8 @@ impl TemplateVars {
             "namespace" => Some(&self.namespace),
             "cyberdesk_name" => Some(&self.cyberdesk_name),
             "managed_by" => Some(names::MANAGED_BY_VALUE),
-            "user_data_base64" => Some(&self.user_data_base64),
+            USER_DATA_BASE64 => Some(&self.user_data_base64),
+            USER_DATA_SECRET_NAME => Some(&self.user_data_secret_name),
             _ => None,
         }
     }
@@ -82,6 +96,7 @@ pub fn parse(text: &str) -> Result<Value, TemplateError> {
         namespace: "probe".into(),
         cyberdesk_name: "probe".into(),
         user_data_base64: String::new(),
+        user_data_secret_name: String::new(),
     };
     let mut copy = value.clone();
     substitute(&mut copy, &probe, &mut String::new())?;
@@ -109,7 +124,9 @@ fn check_kind(value: &Value) -> Result<(), TemplateError> {
     Ok(())
 }
 
-/// Renders a parsed template for one Cyberdesk.
+/// Renders a parsed template for one Cyberdesk. A desk without a user-data Secret leaves
+/// `${user_data_secret_name}` empty; a cloud-init source whose `secretRef` names nothing
+/// then gets the empty cloud-config inline instead, which KubeVirt accepts.
 pub fn render(
     template: &Value,
     vars: &TemplateVars,
@@ -118,8 +135,35 @@ pub fn render(
     check_kind(template)?;
     let mut vm = template.clone();
     substitute(&mut vm, vars, &mut String::new())?;
+    if vars.user_data_secret_name.is_empty() {
+        inline_empty_secret_refs(&mut vm);
+    }
     stamp(&mut vm, vars, ownership);
     Ok(vm)
+}
+
+/// `cloudInitNoCloud`/`cloudInitConfigDrive` volumes whose `secretRef.name` is empty.
+fn inline_empty_secret_refs(vm: &mut Value) {
+    let Some(Value::Array(volumes)) = vm.pointer_mut("/spec/template/spec/volumes") else {
+        return;
+    };
+    for volume in volumes {
+        for source in ["cloudInitNoCloud", "cloudInitConfigDrive"] {
+            let Some(Value::Object(cloud_init)) = volume.get_mut(source) else {
+                continue;
+            };
+            let empty_ref = cloud_init.get("secretRef").is_some_and(|r| {
+                r.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .is_empty()
+            });
+            if empty_ref {
+                cloud_init.remove("secretRef");
+                cloud_init.insert("userData".into(), json!(EMPTY_CLOUD_CONFIG));
+            }
+        }
+    }
 }
 
 fn substitute(
@@ -254,8 +298,11 @@ mod tests {
             namespace: "team-a".into(),
             cyberdesk_name: "alice".into(),
             user_data_base64: "I2Nsb3VkLWNvbmZpZw==".into(),
+            user_data_secret_name: "alice-cloud-init".into(),
         }
     }
+
+    const INLINE_TEMPLATE: &str = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec:\n  template:\n    spec:\n      volumes:\n        - name: cloudinit\n          cloudInitNoCloud: {userDataBase64: '${user_data_base64}'}\n";
 
     fn ownership() -> Ownership {
         Ownership {
@@ -283,8 +330,40 @@ mod tests {
         assert_eq!(vm["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(vm["spec"]["runStrategy"], "Always");
         let text = vm.to_string();
-        assert!(text.contains("I2Nsb3VkLWNvbmZpZw=="));
         assert!(!text.contains("${"));
+        // The shipped template hands KubeVirt the Secret's name, never its value.
+        let cloud_init = &vm["spec"]["template"]["spec"]["volumes"][1]["cloudInitNoCloud"];
+        assert_eq!(cloud_init["secretRef"]["name"], "alice-cloud-init");
+        assert!(cloud_init.get("userDataBase64").is_none());
+        assert!(!text.contains("I2Nsb3VkLWNvbmZpZw=="));
+    }
+
+    #[test]
+    fn a_desk_without_a_secret_gets_empty_cloud_config_inline() {
+        let t = parse(BUILTIN_TEMPLATE).expect("builtin parses");
+        let mut v = vars();
+        v.user_data_secret_name = String::new();
+        let vm = render(&t, &v, &ownership()).expect("renders");
+        let cloud_init = &vm["spec"]["template"]["spec"]["volumes"][1]["cloudInitNoCloud"];
+        assert!(cloud_init.get("secretRef").is_none(), "{cloud_init}");
+        assert_eq!(cloud_init["userData"], EMPTY_CLOUD_CONFIG);
+        // With a Secret, the same template keeps its secretRef.
+        let with = render(&t, &vars(), &ownership()).expect("renders");
+        assert!(
+            with["spec"]["template"]["spec"]["volumes"][1]["cloudInitNoCloud"]
+                .get("userData")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn inline_user_data_still_renders_base64() {
+        let t = parse(INLINE_TEMPLATE).expect("parses");
+        let vm = render(&t, &vars(), &ownership()).expect("renders");
+        assert_eq!(
+            vm["spec"]["template"]["spec"]["volumes"][0]["cloudInitNoCloud"]["userDataBase64"],
+            "I2Nsb3VkLWNvbmZpZw=="
+        );
     }
 
     #[test]

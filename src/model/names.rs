@@ -12,6 +12,13 @@ pub const MUTATING_WEBHOOK_CONFIG: &str = "cyberdesk-mutating";
 pub const VALIDATING_WEBHOOK_CONFIG: &str = "cyberdesk-validating";
 pub const TEMPLATE_CONFIGMAP: &str = "cyberdesk-vm-template";
 pub const TEMPLATE_KEY: &str = "template.yaml";
+/// Opt-in label: only ConfigMaps carrying it (value `"true"`) are VM templates.
+pub const LABEL_TEMPLATE: &str = "cyberdesk.io/template";
+/// Optional annotation on a template: comma list of namespace names or globs allowed to use it.
+pub const ANNOTATION_ALLOWED_NAMESPACES: &str = "cyberdesk.io/allowed-namespaces";
+/// Field manager for the `caBundle` fields alone, so an admin's edits to the rest of the
+/// webhook configurations are never taken over or undone.
+pub const CA_BUNDLE_FIELD_MANAGER: &str = "cyberdesk-operator-ca-bundle";
 pub const POLICIES_CONFIGMAP: &str = "cyberdesk-policies";
 pub const SERVICE_NAME: &str = "cyberdesk-operator";
 pub const WEBHOOK_PORT: u16 = 8443;

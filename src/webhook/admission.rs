@@ -1,16 +1,21 @@
 //! AdmissionReview in, AdmissionReview out: parsing with clear errors, dispatch to the pure
 //! mutate/validate functions, and the response shape kubectl turns into field errors.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::response::{StatusCause, StatusDetails};
 use kube::core::{DynamicObject, Status};
 use serde_json::Value;
+use tracing::Instrument;
 
+use crate::catalog::Catalog;
 use crate::metrics::Metrics;
+use crate::webhook::authz::{Access, SecretAccess};
 use crate::webhook::mutate::{MutateConfig, defaults_patch};
 use crate::webhook::policy::PolicyStore;
+use crate::webhook::tenancy::{self, SecretAccessFact, TemplateFact, TenancyFacts};
 use crate::webhook::validate::{self, ValidateConfig, ValidationInput, Verdict};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
@@ -46,6 +51,10 @@ pub struct Admission {
     pub validate: ValidateConfig,
     pub policies: PolicyStore,
     pub metrics: Metrics,
+    /// Which templates exist and where they may be used.
+    pub templates: Catalog,
+    /// Whether a requester may read the Secret their desk names.
+    pub secret_access: Arc<dyn SecretAccess>,
 }
 
 fn truncate(s: &str) -> String {
@@ -113,14 +122,15 @@ fn parse(
 
 impl Admission {
     /// Answers one review. `Err` means HTTP 400 with the message.
-    pub fn review(
+    pub async fn review(
         &self,
         webhook: Webhook,
         body: &[u8],
     ) -> Result<AdmissionReview<DynamicObject>, BadReview> {
         let start = Instant::now();
-        let result = parse(body).map(|parsed| match parsed {
-            Ok(req) => {
+        let result = match parse(body) {
+            Err(bad) => Err(bad),
+            Ok(Ok(req)) => {
                 let span = tracing::info_span!(
                     "admission",
                     webhook = webhook.label(),
@@ -131,20 +141,25 @@ impl Admission {
                     operation = operation_label(&req.operation),
                     dry_run = req.dry_run,
                 );
-                let _guard = span.enter();
                 let op = operation_label(&req.operation);
-                let resp = self.answer(webhook, &req);
+                let resp = self.answer(webhook, &req).instrument(span.clone()).await;
                 let verdict = if resp.allowed { "true" } else { "false" };
-                tracing::info!(allowed = resp.allowed, message = %resp.result.message, "admission answered");
-                self.metrics.admission_requests.with_label_values(&[webhook.label(), op, verdict]).inc();
-                resp.into_review()
+                span.in_scope(|| tracing::info!(allowed = resp.allowed, message = %resp.result.message, "admission answered"));
+                self.metrics
+                    .admission_requests
+                    .with_label_values(&[webhook.label(), op, verdict])
+                    .inc();
+                Ok(resp.into_review())
             }
-            Err(resp) => {
-                self.metrics.admission_requests.with_label_values(&[webhook.label(), "CREATE", "error"]).inc();
+            Ok(Err(resp)) => {
+                self.metrics
+                    .admission_requests
+                    .with_label_values(&[webhook.label(), "CREATE", "error"])
+                    .inc();
                 tracing::warn!(webhook = webhook.label(), uid = %resp.uid, message = %resp.result.message, "malformed admission request");
-                resp.into_review()
+                Ok(resp.into_review())
             }
-        });
+        };
         if let Err(e) = &result {
             tracing::warn!(webhook = webhook.label(), error = %e, "rejected admission body");
         }
@@ -155,7 +170,11 @@ impl Admission {
         result
     }
 
-    fn answer(&self, webhook: Webhook, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    async fn answer(
+        &self,
+        webhook: Webhook,
+        req: &AdmissionRequest<DynamicObject>,
+    ) -> AdmissionResponse {
         let resp = AdmissionResponse::from(req);
         if req.kind.group != GROUP || req.kind.kind != KIND {
             return resp.deny(format!(
@@ -191,14 +210,14 @@ impl Admission {
                     Some(Ok(v)) => Some(v),
                     _ => None,
                 };
-                self.validate(req, resp, &object, old.as_ref())
+                self.validate(req, resp, &object, old.as_ref()).await
             }
             // Nothing to default on UPDATE/DELETE, nothing to validate on DELETE/CONNECT.
             _ => resp,
         }
     }
 
-    fn validate(
+    async fn validate(
         &self,
         req: &AdmissionRequest<DynamicObject>,
         resp: AdmissionResponse,
@@ -234,8 +253,52 @@ impl Admission {
             object,
             old_object: old,
         };
-        let verdict = validate::validate(&input, &self.validate, &policies);
+        let mut verdict = validate::validate(&input, &self.validate, &policies);
+        let facts = self.tenancy_facts(req, namespace, object, old).await;
+        let user = req.user_info.username.as_deref().unwrap_or("");
+        tenancy::judge(&facts, user, namespace, object, &mut verdict);
         respond(resp, name, verdict)
+    }
+
+    /// Looks up what the tenant rules need: a SubjectAccessReview for a new or changed
+    /// Secret reference, the template for a new or changed template (or reference).
+    async fn tenancy_facts(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        namespace: &str,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> TenancyFacts {
+        let secret_access = match tenancy::secret_to_check(old, object) {
+            None => None,
+            Some(secret) => Some(
+                match self
+                    .secret_access
+                    .may_get_secret(&req.user_info, namespace, secret)
+                    .await
+                {
+                    Ok(Access::Allowed) => SecretAccessFact::Allowed,
+                    Ok(Access::Denied(reason)) => SecretAccessFact::Denied(reason),
+                    Err(e) => {
+                        tracing::warn!(error = %e, secret, "SubjectAccessReview failed; denying");
+                        SecretAccessFact::Unknown(format!("SubjectAccessReview failed: {e}"))
+                    }
+                },
+            ),
+        };
+        let template = tenancy::template_to_check(old, object).map(|requested| {
+            if !self.templates.is_synced() {
+                return TemplateFact::NotLoaded;
+            }
+            match self.templates.resolve(requested, namespace) {
+                Ok(t) => TemplateFact::Resolved(t),
+                Err(refusal) => TemplateFact::Refused(refusal),
+            }
+        });
+        TenancyFacts {
+            secret_access,
+            template,
+        }
     }
 }
 

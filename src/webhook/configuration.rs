@@ -1,6 +1,7 @@
 //! The two webhook configurations (`cyberdesk-mutating`, `cyberdesk-validating`): rendered
-//! for GitOps users (`cyberdesk-operator webhook-config`) and server-side-applied with the
-//! CA bundle in self-managed mode.
+//! for installers and GitOps users (`cyberdesk-operator webhook-config`, the manifests), and
+//! kept trusted by putting the CA bundle into them. The operator never creates them and
+//! never owns any field but `caBundle`, so an admin's `timeoutSeconds` or selector stays.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -30,8 +31,6 @@ pub enum WebhookTarget {
 #[derive(Clone, Debug)]
 pub struct WebhookConfigParams {
     pub target: WebhookTarget,
-    /// The operator's namespace, exempted so the operator can never block itself.
-    pub exempt_namespace: String,
     pub timeout_seconds: i32,
 }
 
@@ -41,12 +40,18 @@ pub enum ConfigurationError {
     Render(#[from] serde_json::Error),
     #[error("cannot print the webhook configuration: {0}")]
     Yaml(#[from] serde_yaml::Error),
-    #[error("cannot apply webhook configuration {name}: {source}")]
+    #[error(
+        "cannot put the CA bundle into webhook configuration {name} (install it with the manifests or `cyberdesk-operator webhook-config` first): {source}"
+    )]
     Apply {
         name: &'static str,
         source: kube::Error,
     },
 }
+
+/// The webhook names inside the two configurations.
+pub const MUTATING_WEBHOOK: &str = "mutate.cyberdesk.io";
+pub const VALIDATING_WEBHOOK: &str = "validate.cyberdesk.io";
 
 fn client_config(target: &WebhookTarget, path: &str, ca_pem: Option<&str>) -> Value {
     let mut cc = match target {
@@ -84,9 +89,6 @@ fn webhook(
         "timeoutSeconds": params.timeout_seconds,
         "admissionReviewVersions": ["v1"],
         "matchPolicy": "Equivalent",
-        "namespaceSelector": {"matchExpressions": [{
-            "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [params.exempt_namespace],
-        }]},
     })
 }
 
@@ -96,13 +98,7 @@ fn metadata(name: &str) -> Value {
 
 /// The mutating configuration as JSON (with `caBundle` when given).
 pub fn mutating(params: &WebhookConfigParams, ca_pem: Option<&str>) -> Value {
-    let mut hook = webhook(
-        "mutate.cyberdesk.io",
-        "/mutate",
-        &["CREATE"],
-        params,
-        ca_pem,
-    );
+    let mut hook = webhook(MUTATING_WEBHOOK, "/mutate", &["CREATE"], params, ca_pem);
     hook["reinvocationPolicy"] = json!("Never");
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -118,7 +114,7 @@ pub fn validating(params: &WebhookConfigParams, ca_pem: Option<&str>) -> Value {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": metadata(names::VALIDATING_WEBHOOK_CONFIG),
-        "webhooks": [webhook("validate.cyberdesk.io", "/validate", &["CREATE", "UPDATE"], params, ca_pem)],
+        "webhooks": [webhook(VALIDATING_WEBHOOK, "/validate", &["CREATE", "UPDATE"], params, ca_pem)],
     })
 }
 
@@ -136,36 +132,52 @@ pub fn render_yaml(
     ))
 }
 
-/// Server-side-applies both configurations with the CA bundle (creating them if needed).
-/// `force`: the operator owns these fields even if someone edited them by hand.
-pub async fn apply(
+/// The apply configuration that sets only `caBundle` of one webhook: the webhooks list is a
+/// map keyed by name, so server-side apply merges it into the existing entry.
+fn ca_bundle_patch(kind: &str, name: &str, webhook: &str, ca_pem: &str) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "webhooks": [{"name": webhook, "clientConfig": {"caBundle": B64.encode(ca_pem)}}],
+    })
+}
+
+/// Puts `ca_pem` into both existing configurations by server-side apply of the caBundle
+/// fields alone, under their own field manager. Forced, so the bundle is ours even if a
+/// person pasted one in; nothing else is touched, and a configuration that does not
+/// exist is an error (the operator may not create them).
+pub async fn apply_ca_bundle(
     client: &kube::Client,
-    params: &WebhookConfigParams,
     ca_pem: &str,
 ) -> Result<(), ConfigurationError> {
-    let pp = PatchParams::apply(names::FIELD_MANAGER).force();
+    let pp = PatchParams::apply(names::CA_BUNDLE_FIELD_MANAGER).force();
     let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    m.patch(
+    let patch = ca_bundle_patch(
+        "MutatingWebhookConfiguration",
         names::MUTATING_WEBHOOK_CONFIG,
-        &pp,
-        &Patch::Apply(mutating(params, Some(ca_pem))),
-    )
-    .await
-    .map_err(|source| ConfigurationError::Apply {
-        name: names::MUTATING_WEBHOOK_CONFIG,
-        source,
-    })?;
+        MUTATING_WEBHOOK,
+        ca_pem,
+    );
+    m.patch(names::MUTATING_WEBHOOK_CONFIG, &pp, &Patch::Apply(patch))
+        .await
+        .map_err(|source| ConfigurationError::Apply {
+            name: names::MUTATING_WEBHOOK_CONFIG,
+            source,
+        })?;
     let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    v.patch(
+    let patch = ca_bundle_patch(
+        "ValidatingWebhookConfiguration",
         names::VALIDATING_WEBHOOK_CONFIG,
-        &pp,
-        &Patch::Apply(validating(params, Some(ca_pem))),
-    )
-    .await
-    .map_err(|source| ConfigurationError::Apply {
-        name: names::VALIDATING_WEBHOOK_CONFIG,
-        source,
-    })?;
+        VALIDATING_WEBHOOK,
+        ca_pem,
+    );
+    v.patch(names::VALIDATING_WEBHOOK_CONFIG, &pp, &Patch::Apply(patch))
+        .await
+        .map_err(|source| ConfigurationError::Apply {
+            name: names::VALIDATING_WEBHOOK_CONFIG,
+            source,
+        })?;
     Ok(())
 }
 
@@ -176,7 +188,6 @@ mod tests {
     fn params(target: WebhookTarget) -> WebhookConfigParams {
         WebhookConfigParams {
             target,
-            exempt_namespace: "cyberdesk-system".into(),
             timeout_seconds: 5,
         }
     }
@@ -206,5 +217,28 @@ mod tests {
         assert!(cc.get("service").is_none());
         let yaml = render_yaml(&p, Some("PEM")).expect("renders");
         assert!(yaml.contains("kind: MutatingWebhookConfiguration") && yaml.contains("---"));
+    }
+
+    #[test]
+    fn every_namespace_is_covered() {
+        let p = params(WebhookTarget::Url("https://127.0.0.1:9443".into()));
+        for config in [mutating(&p, None), validating(&p, None)] {
+            assert!(config["webhooks"][0].get("namespaceSelector").is_none());
+        }
+    }
+
+    #[test]
+    fn the_ca_bundle_patch_names_only_the_bundle() {
+        let patch = ca_bundle_patch(
+            "ValidatingWebhookConfiguration",
+            "cfg",
+            VALIDATING_WEBHOOK,
+            "PEM",
+        );
+        let hook = &patch["webhooks"][0];
+        assert_eq!(hook.as_object().map(|o| o.len()), Some(2));
+        assert_eq!(hook["clientConfig"].as_object().map(|o| o.len()), Some(1));
+        assert_eq!(hook["clientConfig"]["caBundle"], B64.encode("PEM"));
+        assert_eq!(patch["metadata"].as_object().map(|o| o.len()), Some(1));
     }
 }

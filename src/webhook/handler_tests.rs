@@ -9,14 +9,47 @@ use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use futures::future::BoxFuture;
+use k8s_openapi::api::authentication::v1::UserInfo;
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::webhook::admission::Admission;
+use crate::webhook::authz::{Access, AccessError, NoAccessReviews, SecretAccess};
 use crate::webhook::mutate::MutateConfig;
 use crate::webhook::policy::{PolicySet, PolicyStore};
 use crate::webhook::server::{MAX_BODY_BYTES, router};
 use crate::webhook::validate::ValidateConfig;
 
+/// Answers from a fixed list: only the Secrets named in `readable` may be read, by anyone.
+struct ReadableSecrets(&'static [&'static str]);
+
+impl SecretAccess for ReadableSecrets {
+    fn may_get_secret<'a>(
+        &'a self,
+        _who: &'a UserInfo,
+        _namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Access, AccessError>> {
+        let access = if self.0.contains(&name) {
+            Access::Allowed
+        } else {
+            Access::Denied(String::new())
+        };
+        Box::pin(async move { Ok(access) })
+    }
+}
+
 fn app_with(policies: PolicyStore) -> Router {
+    app_full(policies, Arc::new(ReadableSecrets(&["readable"])), vec![])
+}
+
+fn app_full(
+    policies: PolicyStore,
+    secret_access: Arc<dyn SecretAccess>,
+    templates: Vec<ConfigMap>,
+) -> Router {
     router(Arc::new(Admission {
         mutate: MutateConfig {
             default_timeout_ms: 3_600_000,
@@ -27,6 +60,8 @@ fn app_with(policies: PolicyStore) -> Router {
         },
         policies,
         metrics: Metrics::new("test", &[]).expect("metrics"),
+        templates: Catalog::fixed("cyberdesk-system", "cyberdesk-vm-template", templates),
+        secret_access,
     }))
 }
 
@@ -373,4 +408,128 @@ async fn other_kinds_are_refused() {
     r["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Pod"});
     let (_, body) = post(app(), "/validate", r.to_string()).await;
     assert_eq!(response(&body)["allowed"], false);
+}
+
+fn template_configmap(name: &str, allowed: Option<&str>) -> ConfigMap {
+    let mut v = json!({
+        "metadata": {"name": name, "labels": {"cyberdesk.io/template": "true"}},
+        "data": {"template.yaml": "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {template: {spec: {volumes: [{name: c, cloudInitNoCloud: {secretRef: {name: '${user_data_secret_name}'}}}]}}}\n"},
+    });
+    if let Some(a) = allowed {
+        v["metadata"]["annotations"] = json!({"cyberdesk.io/allowed-namespaces": a});
+    }
+    serde_json::from_value(v).expect("configmap")
+}
+
+fn causes(r: &Value) -> Vec<(String, String)> {
+    r["status"]["details"]["causes"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|c| {
+                    (
+                        c["field"].as_str().unwrap_or("").to_string(),
+                        c["message"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_secret_the_requester_may_not_read_is_denied_on_its_field() {
+    let secret = |name: &str| json!({"userDataSecretRef": {"name": name, "key": "userdata"}});
+    let (status, body) = post(
+        app(),
+        "/validate",
+        review("CREATE", desk("alice", secret("creds")), Value::Null).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let r = response(&body);
+    assert_eq!(r["allowed"], false);
+    let found = causes(r);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "spec.userDataSecretRef.name");
+    assert!(
+        found[0].1.contains("\"creds\"") && found[0].1.contains("alice"),
+        "{found:?}"
+    );
+
+    let (_, body) = post(
+        app(),
+        "/validate",
+        review("CREATE", desk("alice", secret("readable")), Value::Null).to_string(),
+    )
+    .await;
+    assert_eq!(response(&body)["allowed"], true, "{body}");
+
+    // Changing the reference later is checked again; an unrelated change is not.
+    let old = desk("alice", secret("readable"));
+    let (_, body) = post(
+        app(),
+        "/validate",
+        review("UPDATE", desk("alice", secret("creds")), old.clone()).to_string(),
+    )
+    .await;
+    assert_eq!(response(&body)["allowed"], false, "{body}");
+    let mut longer = secret("readable");
+    longer["timeoutMs"] = json!(7_200_000);
+    let (_, body) = post(
+        app_full(PolicyStore::default(), Arc::new(NoAccessReviews), vec![]),
+        "/validate",
+        review("UPDATE", desk("alice", longer), old).to_string(),
+    )
+    .await;
+    assert_eq!(response(&body)["allowed"], true, "{body}");
+}
+
+#[tokio::test]
+async fn no_access_review_means_no_admission() {
+    let spec = json!({"userDataSecretRef": {"name": "readable", "key": "userdata"}});
+    let (_, body) = post(
+        app_full(PolicyStore::default(), Arc::new(NoAccessReviews), vec![]),
+        "/validate",
+        review("CREATE", desk("alice", spec), Value::Null).to_string(),
+    )
+    .await;
+    let r = response(&body);
+    assert_eq!(r["allowed"], false);
+    assert!(causes(r)[0].1.contains("could not check"), "{r}");
+}
+
+#[tokio::test]
+async fn templates_must_exist_and_be_allowed_here() {
+    let templates = vec![
+        template_configmap("team-a-only", Some("team-a")),
+        template_configmap("team-b-only", Some("team-b")),
+    ];
+    let app = || {
+        app_full(
+            PolicyStore::default(),
+            Arc::new(ReadableSecrets(&["readable"])),
+            templates.clone(),
+        )
+    };
+    let verdict = |template: &str, key: &str| {
+        let spec =
+            json!({"template": template, "userDataSecretRef": {"name": "readable", "key": key}});
+        review("CREATE", desk("alice", spec), Value::Null).to_string()
+    };
+    let (_, body) = post(app(), "/validate", verdict("team-a-only", "userdata")).await;
+    assert_eq!(response(&body)["allowed"], true, "{body}");
+
+    let (_, body) = post(app(), "/validate", verdict("team-b-only", "userdata")).await;
+    let found = causes(response(&body));
+    assert_eq!(found[0].0, "spec.template", "{found:?}");
+    assert!(found[0].1.contains("team-a"), "{found:?}");
+
+    let (_, body) = post(app(), "/validate", verdict("missing", "userdata")).await;
+    assert_eq!(causes(response(&body))[0].0, "spec.template");
+
+    // The template passes the Secret by reference: KubeVirt reads only userdata/userData.
+    let (_, body) = post(app(), "/validate", verdict("team-a-only", "cloud-init")).await;
+    let found = causes(response(&body));
+    assert_eq!(found[0].0, "spec.userDataSecretRef.key", "{found:?}");
 }

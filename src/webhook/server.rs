@@ -35,15 +35,15 @@ pub fn router(admission: Arc<Admission>) -> Router {
 }
 
 async fn mutate(State(a): State<Arc<Admission>>, body: Bytes) -> Response {
-    answer(&a, Webhook::Mutate, &body)
+    answer(&a, Webhook::Mutate, &body).await
 }
 
 async fn validate(State(a): State<Arc<Admission>>, body: Bytes) -> Response {
-    answer(&a, Webhook::Validate, &body)
+    answer(&a, Webhook::Validate, &body).await
 }
 
-fn answer(admission: &Admission, webhook: Webhook, body: &[u8]) -> Response {
-    match admission.review(webhook, body) {
+async fn answer(admission: &Admission, webhook: Webhook, body: &[u8]) -> Response {
+    match admission.review(webhook, body).await {
         Ok(review) => match serde_json::to_vec(&review) {
             Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
             Err(e) => (

@@ -30,7 +30,7 @@ impl Verdict {
         self.violations.is_empty()
     }
 
-    fn deny(&mut self, field: &str, message: impl Into<String>) {
+    pub(crate) fn deny(&mut self, field: &str, message: impl Into<String>) {
         self.violations.push(FieldViolation {
             field: field.to_string(),
             message: message.into(),

@@ -23,9 +23,11 @@ use cyberdesk_integration::harness::{OperatorProcess, free_addr};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::operator_binary;
 use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_operator::catalog::Catalog;
 use cyberdesk_operator::metrics::Metrics;
 use cyberdesk_operator::model::Cyberdesk;
 use cyberdesk_operator::webhook::admission::Admission;
+use cyberdesk_operator::webhook::authz::NoAccessReviews;
 use cyberdesk_operator::webhook::mutate::MutateConfig;
 use cyberdesk_operator::webhook::policy::{PolicySet, PolicyStore, load_dir};
 use cyberdesk_operator::webhook::validate::ValidateConfig;
@@ -100,6 +102,9 @@ async fn start_webhook() -> anyhow::Result<(SocketAddr, String, CancellationToke
         },
         policies: PolicyStore::new(set),
         metrics: Metrics::new("bench", &[])?,
+        // The reviews name no Secret (no access review) and get the built-in template.
+        templates: Catalog::fixed("cyberdesk-system", "cyberdesk-vm-template", vec![]),
+        secret_access: Arc::new(NoAccessReviews),
     });
     let listener = server::bind("127.0.0.1:0".parse()?).await?;
     let addr = listener.local_addr()?;

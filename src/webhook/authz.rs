@@ -1,0 +1,296 @@
+//! May the requester read the Secret their desk names? The operator hands a VM user data
+//! from `spec.userDataSecretRef`; without this check, anyone allowed to create a Cyberdesk
+//! could have any Secret of the namespace copied into a VM (a confused deputy). Asked with
+//! a SubjectAccessReview for the request's `userInfo`, answered from a short-lived cache,
+//! and failing closed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::authentication::v1::UserInfo;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::Api;
+use kube::api::PostParams;
+
+use crate::metrics::Metrics;
+
+/// Most answers kept; past it, expired ones are dropped and then, if still full, all.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// The apiserver's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    /// Not allowed; the authorizer's reason, possibly empty.
+    Denied(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    #[error("no apiserver to ask")]
+    Unavailable,
+}
+
+/// Answers "may this user `get` Secret `name` in `namespace`?".
+pub trait SecretAccess: Send + Sync {
+    fn may_get_secret<'a>(
+        &'a self,
+        who: &'a UserInfo,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Access, AccessError>>;
+}
+
+/// Everything an answer depends on: the whole identity (extra included, since an
+/// authorizer may look at it), and the Secret.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct CacheKey {
+    user: String,
+    uid: String,
+    groups: Vec<String>,
+    extra: BTreeMap<String, Vec<String>>,
+    namespace: String,
+    name: String,
+}
+
+impl CacheKey {
+    fn new(who: &UserInfo, namespace: &str, name: &str) -> Self {
+        let mut groups = who.groups.clone().unwrap_or_default();
+        groups.sort();
+        Self {
+            user: who.username.clone().unwrap_or_default(),
+            uid: who.uid.clone().unwrap_or_default(),
+            groups,
+            extra: who.extra.clone().unwrap_or_default(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// A small map whose entries live `ttl`: admission must stay fast when one user applies a
+/// burst of desks, while a revoked permission takes effect within seconds.
+struct TtlCache {
+    ttl: Duration,
+    entries: HashMap<CacheKey, (Instant, Access)>,
+}
+
+impl TtlCache {
+    fn get(&mut self, key: &CacheKey, now: Instant) -> Option<Access> {
+        match self.entries.get(key) {
+            Some((at, access)) if now.duration_since(*at) < self.ttl => Some(access.clone()),
+            Some(_) => {
+                self.entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&mut self, key: CacheKey, access: Access, now: Instant) {
+        if self.entries.len() >= CACHE_CAPACITY {
+            let ttl = self.ttl;
+            self.entries
+                .retain(|_, (at, _)| now.duration_since(*at) < ttl);
+            if self.entries.len() >= CACHE_CAPACITY {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(key, (now, access));
+    }
+}
+
+/// The real thing: SubjectAccessReviews against the apiserver.
+pub struct SubjectAccessReviewer {
+    client: kube::Client,
+    timeout: Duration,
+    cache: Mutex<TtlCache>,
+    metrics: Metrics,
+}
+
+impl SubjectAccessReviewer {
+    /// `ttl` zero turns the cache off.
+    pub fn new(client: kube::Client, timeout: Duration, ttl: Duration, metrics: Metrics) -> Self {
+        Self {
+            client,
+            timeout,
+            cache: Mutex::new(TtlCache {
+                ttl,
+                entries: HashMap::new(),
+            }),
+            metrics,
+        }
+    }
+
+    fn count(&self, result: &Result<Access, AccessError>, source: &str) {
+        let label = match result {
+            Ok(Access::Allowed) => "allowed",
+            Ok(Access::Denied(_)) => "denied",
+            Err(_) => "error",
+        };
+        self.metrics
+            .secret_access_reviews
+            .with_label_values(&[label, source])
+            .inc();
+    }
+
+    async fn ask(
+        &self,
+        who: &UserInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Access, AccessError> {
+        let review = SubjectAccessReview {
+            spec: review_spec(who, namespace, name),
+            ..Default::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let answer =
+            tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &review))
+                .await
+                .map_err(|_| AccessError::Timeout(self.timeout))??;
+        let status = answer.status.unwrap_or_default();
+        Ok(if status.allowed && status.denied != Some(true) {
+            Access::Allowed
+        } else {
+            Access::Denied(status.reason.unwrap_or_default())
+        })
+    }
+}
+
+/// The question, for exactly the identity the apiserver authenticated.
+pub fn review_spec(who: &UserInfo, namespace: &str, name: &str) -> SubjectAccessReviewSpec {
+    SubjectAccessReviewSpec {
+        user: who.username.clone(),
+        uid: who.uid.clone(),
+        groups: who.groups.clone(),
+        extra: who.extra.clone(),
+        resource_attributes: Some(ResourceAttributes {
+            namespace: Some(namespace.into()),
+            verb: Some("get".into()),
+            group: Some(String::new()),
+            resource: Some("secrets".into()),
+            name: Some(name.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl SecretAccess for SubjectAccessReviewer {
+    fn may_get_secret<'a>(
+        &'a self,
+        who: &'a UserInfo,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Access, AccessError>> {
+        Box::pin(async move {
+            let key = CacheKey::new(who, namespace, name);
+            let cached = self
+                .cache
+                .lock()
+                .ok()
+                .and_then(|mut c| c.get(&key, Instant::now()));
+            if let Some(access) = cached {
+                let result = Ok(access);
+                self.count(&result, "cache");
+                return result;
+            }
+            let result = self.ask(who, namespace, name).await;
+            self.count(&result, "api");
+            if let Ok(access) = &result
+                && let Ok(mut cache) = self.cache.lock()
+                && !cache.ttl.is_zero()
+            {
+                cache.put(key, access.clone(), Instant::now());
+            }
+            result
+        })
+    }
+}
+
+/// For a webhook with no apiserver to ask (benchmarks, tests): every check fails, so every
+/// desk that names a Secret is denied.
+pub struct NoAccessReviews;
+
+impl SecretAccess for NoAccessReviews {
+    fn may_get_secret<'a>(
+        &'a self,
+        _who: &'a UserInfo,
+        _namespace: &'a str,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Result<Access, AccessError>> {
+        Box::pin(async { Err(AccessError::Unavailable) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, groups: &[&str]) -> UserInfo {
+        UserInfo {
+            username: Some(name.into()),
+            groups: Some(groups.iter().map(|g| g.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_question_carries_the_whole_identity() {
+        let mut who = user("alice", &["team-a", "system:authenticated"]);
+        who.uid = Some("u-1".into());
+        who.extra = Some(BTreeMap::from([("scopes".into(), vec!["x".into()])]));
+        let spec = review_spec(&who, "team-a", "creds");
+        assert_eq!(spec.user.as_deref(), Some("alice"));
+        assert_eq!(spec.uid.as_deref(), Some("u-1"));
+        assert_eq!(spec.groups.as_ref().map(Vec::len), Some(2));
+        assert!(spec.extra.is_some());
+        let attrs = spec.resource_attributes.expect("resource attributes");
+        assert_eq!(attrs.verb.as_deref(), Some("get"));
+        assert_eq!(attrs.resource.as_deref(), Some("secrets"));
+        assert_eq!(attrs.group.as_deref(), Some(""));
+        assert_eq!(attrs.name.as_deref(), Some("creds"));
+        assert_eq!(attrs.namespace.as_deref(), Some("team-a"));
+    }
+
+    #[test]
+    fn cache_keys_tell_identities_and_secrets_apart() {
+        let a = CacheKey::new(&user("alice", &["x", "y"]), "ns", "s");
+        // Group order does not matter; user, groups, namespace and name do.
+        assert_eq!(a, CacheKey::new(&user("alice", &["y", "x"]), "ns", "s"));
+        assert_ne!(a, CacheKey::new(&user("bob", &["x", "y"]), "ns", "s"));
+        assert_ne!(a, CacheKey::new(&user("alice", &["x"]), "ns", "s"));
+        assert_ne!(a, CacheKey::new(&user("alice", &["x", "y"]), "other", "s"));
+        assert_ne!(a, CacheKey::new(&user("alice", &["x", "y"]), "ns", "t"));
+    }
+
+    #[test]
+    fn entries_expire_and_the_cache_stays_bounded() {
+        let mut cache = TtlCache {
+            ttl: Duration::from_secs(5),
+            entries: HashMap::new(),
+        };
+        let t0 = Instant::now();
+        let key = CacheKey::new(&user("alice", &[]), "ns", "s");
+        cache.put(key.clone(), Access::Allowed, t0);
+        assert_eq!(
+            cache.get(&key, t0 + Duration::from_secs(4)),
+            Some(Access::Allowed)
+        );
+        assert_eq!(cache.get(&key, t0 + Duration::from_secs(5)), None);
+        for i in 0..CACHE_CAPACITY + 10 {
+            let k = CacheKey::new(&user(&format!("u{i}"), &[]), "ns", "s");
+            cache.put(k, Access::Denied(String::new()), t0);
+        }
+        assert!(cache.entries.len() <= CACHE_CAPACITY);
+    }
+}

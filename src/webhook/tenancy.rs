@@ -1,0 +1,303 @@
+//! Tenant rules of the validating webhook (pure): a desk gets only user data its requester
+//! may read, and only a template allowed in its namespace. The lookups (a
+//! SubjectAccessReview, the template catalog) happen before; this module judges their
+//! answers, so every rule is a unit test.
+
+use serde_json::Value;
+
+use crate::catalog::{ResolvedTemplate, TemplateRefusal};
+use crate::controller::template::{SECRET_REF_KEYS, USER_DATA_SECRET_NAME};
+use crate::webhook::truncate;
+use crate::webhook::validate::Verdict;
+
+pub const SECRET_NAME_FIELD: &str = "spec.userDataSecretRef.name";
+pub const SECRET_KEY_FIELD: &str = "spec.userDataSecretRef.key";
+pub const TEMPLATE_FIELD: &str = "spec.template";
+/// Longest Secret name worth asking about; longer ones are refused by validation anyway.
+const MAX_SECRET_NAME: usize = 253;
+
+/// What the apiserver said about the requester reading the Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretAccessFact {
+    Allowed,
+    /// The authorizer's reason, possibly empty.
+    Denied(String),
+    /// The review could not be made; the webhook fails closed.
+    Unknown(String),
+}
+
+/// The template the desk would get, as the catalog sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateFact {
+    Resolved(ResolvedTemplate),
+    Refused(TemplateRefusal),
+    /// This replica has not listed the templates yet.
+    NotLoaded,
+}
+
+/// Facts gathered for one review; `None` = the rule did not need checking.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenancyFacts {
+    pub secret_access: Option<SecretAccessFact>,
+    pub template: Option<TemplateFact>,
+}
+
+/// Did the value at `pointer` change (always true on CREATE)? Rules are checked again only
+/// when the field they guard changes, so a later edit of `timeoutMs` is never blocked by a
+/// template's allowed list that changed after the desk was admitted.
+pub fn changed(old: Option<&Value>, new: &Value, pointer: &str) -> bool {
+    let Some(old) = old else { return true };
+    let present = |v: &Value| v.pointer(pointer).filter(|x| !x.is_null()).cloned();
+    present(old) != present(new)
+}
+
+/// The Secret name to ask about: a plausible name whose reference is new or changed.
+pub fn secret_to_check<'a>(old: Option<&Value>, new: &'a Value) -> Option<&'a str> {
+    let name = new
+        .pointer("/spec/userDataSecretRef/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty() && n.len() <= MAX_SECRET_NAME)?;
+    changed(old, new, "/spec/userDataSecretRef").then_some(name)
+}
+
+/// The template to resolve: `Some(requested)` (inner `None` = the default) when the template
+/// or the Secret reference is new or changed (the key rule depends on both). A non-string
+/// `spec.template` is left to validation.
+pub fn template_to_check<'a>(old: Option<&Value>, new: &'a Value) -> Option<Option<&'a str>> {
+    let requested = match new.pointer("/spec/template") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return None,
+    };
+    (changed(old, new, "/spec/template") || changed(old, new, "/spec/userDataSecretRef"))
+        .then_some(requested)
+}
+
+/// Adds the violations the facts call for.
+pub fn judge(
+    facts: &TenancyFacts,
+    user: &str,
+    namespace: &str,
+    object: &Value,
+    verdict: &mut Verdict,
+) {
+    let secret = object
+        .pointer("/spec/userDataSecretRef/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let secret = truncate(secret, 63);
+    let user = truncate(user, 120);
+    match &facts.secret_access {
+        None | Some(SecretAccessFact::Allowed) => {}
+        Some(SecretAccessFact::Denied(reason)) => {
+            let why = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", truncate(reason, 200))
+            };
+            verdict.deny(
+                SECRET_NAME_FIELD,
+                format!(
+                    "user {user:?} may not read Secret {secret:?} in namespace {namespace:?}: the permission \"get\" on \"secrets\" (resourceName {secret:?}) is missing{why}; a desk may only use user data its creator can read"
+                ),
+            );
+        }
+        Some(SecretAccessFact::Unknown(error)) => verdict.deny(
+            SECRET_NAME_FIELD,
+            format!(
+                "could not check that user {user:?} may read Secret {secret:?} in namespace {namespace:?} ({}); refused to be safe, try again",
+                truncate(error, 200)
+            ),
+        ),
+    }
+    match &facts.template {
+        None => {}
+        Some(TemplateFact::Refused(refusal)) => verdict.deny(TEMPLATE_FIELD, refusal.to_string()),
+        Some(TemplateFact::NotLoaded) => verdict.deny(
+            TEMPLATE_FIELD,
+            "the VM templates are not loaded on this replica yet; try again in a moment",
+        ),
+        Some(TemplateFact::Resolved(template)) => {
+            let key = object
+                .pointer("/spec/userDataSecretRef/key")
+                .and_then(Value::as_str);
+            if let Some(key) = key
+                && template.uses(USER_DATA_SECRET_NAME)
+                && !SECRET_REF_KEYS.contains(&key)
+            {
+                verdict.deny(
+                    SECRET_KEY_FIELD,
+                    format!(
+                        "{} hands the Secret to KubeVirt by reference (cloudInitNoCloud.secretRef), which reads only the key \"userdata\" or \"userData\", not {:?}",
+                        template.describe(),
+                        truncate(key, 63)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn desk(spec: Value) -> Value {
+        json!({"metadata": {"name": "d"}, "spec": spec})
+    }
+
+    fn secret_ref_template() -> ResolvedTemplate {
+        ResolvedTemplate {
+            configmap: None,
+            text: "cloudInitNoCloud: {secretRef: {name: '${user_data_secret_name}'}}".into(),
+        }
+    }
+
+    fn judged(facts: TenancyFacts, spec: Value) -> Verdict {
+        let mut verdict = Verdict::default();
+        judge(&facts, "alice", "team-a", &desk(spec), &mut verdict);
+        verdict
+    }
+
+    #[test]
+    fn checks_run_on_create_and_when_the_field_changes() {
+        let a =
+            desk(json!({"userDataSecretRef": {"name": "a", "key": "userdata"}, "timeoutMs": 1}));
+        let b =
+            desk(json!({"userDataSecretRef": {"name": "b", "key": "userdata"}, "timeoutMs": 1}));
+        let a_longer =
+            desk(json!({"userDataSecretRef": {"name": "a", "key": "userdata"}, "timeoutMs": 2}));
+        assert_eq!(secret_to_check(None, &a), Some("a"));
+        assert_eq!(secret_to_check(Some(&a), &b), Some("b"));
+        assert_eq!(secret_to_check(Some(&a), &a_longer), None);
+        assert_eq!(secret_to_check(None, &desk(json!({}))), None);
+        assert_eq!(
+            secret_to_check(None, &desk(json!({"userDataSecretRef": {"name": 5}}))),
+            None
+        );
+
+        let t = desk(json!({"template": "gpu"}));
+        assert_eq!(template_to_check(None, &t), Some(Some("gpu")));
+        assert_eq!(template_to_check(None, &desk(json!({}))), Some(None));
+        assert_eq!(template_to_check(Some(&t), &t), None);
+        assert_eq!(
+            template_to_check(Some(&desk(json!({}))), &t),
+            Some(Some("gpu"))
+        );
+        assert_eq!(template_to_check(None, &desk(json!({"template": 1}))), None);
+        // A new Secret reference re-checks the template too: the key rule needs both.
+        assert_eq!(template_to_check(Some(&a_longer), &b), Some(None));
+    }
+
+    #[test]
+    fn a_denied_secret_is_a_field_error_naming_secret_and_permission() {
+        let v = judged(
+            TenancyFacts {
+                secret_access: Some(SecretAccessFact::Denied(String::new())),
+                template: None,
+            },
+            json!({"userDataSecretRef": {"name": "creds", "key": "userdata"}}),
+        );
+        assert_eq!(v.violations.len(), 1);
+        assert_eq!(v.violations[0].field, SECRET_NAME_FIELD);
+        let m = &v.violations[0].message;
+        assert!(
+            m.contains("\"creds\"")
+                && m.contains("\"get\"")
+                && m.contains("secrets")
+                && m.contains("alice"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_failed_review_fails_closed() {
+        let v = judged(
+            TenancyFacts {
+                secret_access: Some(SecretAccessFact::Unknown("timed out".into())),
+                template: None,
+            },
+            json!({"userDataSecretRef": {"name": "creds", "key": "userdata"}}),
+        );
+        assert_eq!(v.violations.len(), 1);
+        assert!(v.violations[0].message.contains("timed out"));
+    }
+
+    #[test]
+    fn allowed_or_unchecked_adds_nothing() {
+        let spec = json!({"userDataSecretRef": {"name": "creds", "key": "userdata"}});
+        assert!(judged(TenancyFacts::default(), spec.clone()).allowed());
+        let facts = TenancyFacts {
+            secret_access: Some(SecretAccessFact::Allowed),
+            template: Some(TemplateFact::Resolved(secret_ref_template())),
+        };
+        assert!(judged(facts, spec).allowed());
+    }
+
+    #[test]
+    fn template_refusals_are_field_errors() {
+        let refusal = TemplateRefusal::NotAllowed {
+            name: "gpu".into(),
+            namespace: "team-b".into(),
+            allowed: "team-a".into(),
+        };
+        let v = judged(
+            TenancyFacts {
+                secret_access: None,
+                template: Some(TemplateFact::Refused(refusal)),
+            },
+            json!({"template": "gpu"}),
+        );
+        assert_eq!(v.violations[0].field, TEMPLATE_FIELD);
+        assert!(v.violations[0].message.contains("team-b"));
+        let v = judged(
+            TenancyFacts {
+                secret_access: None,
+                template: Some(TemplateFact::NotLoaded),
+            },
+            json!({}),
+        );
+        assert!(!v.allowed());
+    }
+
+    #[test]
+    fn secret_ref_templates_need_a_key_kubevirt_reads() {
+        let facts = TenancyFacts {
+            secret_access: None,
+            template: Some(TemplateFact::Resolved(secret_ref_template())),
+        };
+        let v = judged(
+            facts.clone(),
+            json!({"userDataSecretRef": {"name": "s", "key": "cloud-init"}}),
+        );
+        assert_eq!(v.violations.len(), 1);
+        assert_eq!(v.violations[0].field, SECRET_KEY_FIELD);
+        assert!(v.violations[0].message.contains("cloud-init"));
+        for key in SECRET_REF_KEYS {
+            assert!(
+                judged(
+                    facts.clone(),
+                    json!({"userDataSecretRef": {"name": "s", "key": key}})
+                )
+                .allowed()
+            );
+        }
+        // A template with the value inline reads any key.
+        let inline = TenancyFacts {
+            secret_access: None,
+            template: Some(TemplateFact::Resolved(ResolvedTemplate {
+                configmap: Some("inline".into()),
+                text: "userDataBase64: '${user_data_base64}'".into(),
+            })),
+        };
+        assert!(
+            judged(
+                inline,
+                json!({"userDataSecretRef": {"name": "s", "key": "cloud-init"}})
+            )
+            .allowed()
+        );
+    }
+}
