@@ -181,6 +181,17 @@ impl Catalog {
         self.synced.load(Ordering::Relaxed)
     }
 
+    /// Returns once the first list is in (or never, if the watch task ends before it).
+    pub async fn wait_synced(&self) {
+        let mut rx = self.changes.clone();
+        // `synced` is set before the tick that announces it, so no wake-up is lost.
+        while !self.is_synced() {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// A tick for every change to a template ConfigMap (the reconciler re-checks all desks).
     pub fn changes(&self) -> impl Stream<Item = ()> + Send + 'static {
         let rx = self.changes.clone();

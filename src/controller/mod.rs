@@ -51,6 +51,11 @@ pub async fn run(
     identity: String,
     stop: CancellationToken,
 ) {
+    // A desk judged before the templates are listed would be told its template is missing.
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = templates.wait_synced() => {}
+    }
     // Any change to a template may fix (or break) a desk: re-check all desks.
     let template_changes = templates.changes();
 
