@@ -1,5 +1,5 @@
-//! The control plane's own certificate authority: serving cert for the apiserver, an admin
-//! client identity and the service-account signing key. Also issues serving certs for test
+//! The control plane's own certificate authority: serving cert for the apiserver, the admin
+//! and operator client identities and the service-account signing key. Also issues serving certs for test
 //! webhook servers so the apiserver trusts them through `caBundle`.
 
 use rcgen::{
