@@ -6,7 +6,7 @@ mod pki;
 mod process;
 
 pub use health::{http_get, https_get};
-pub use pki::{PemPair, TestCa};
+pub use pki::{ClientCertError, PemPair, TestCa};
 pub use process::{ManagedChild, pid_alive};
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("could not generate certificates: {0}")]
     Pki(#[from] rcgen::Error),
+    #[error("could not issue a client certificate: {0}")]
+    ClientCert(#[from] ClientCertError),
     #[error("could not start {name} ({path}): {source}")]
     Spawn {
         name: &'static str,
