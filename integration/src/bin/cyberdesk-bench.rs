@@ -290,14 +290,7 @@ async fn bench_apply(c: &Cluster) -> anyhow::Result<()> {
     let client = c.client().await;
     let ns = namespace(&client, "bench-apply").await;
     let k = c.kubectl();
-    let _ = k.run(
-        &[
-            "delete",
-            "mutatingwebhookconfiguration,validatingwebhookconfiguration",
-            "--all",
-        ],
-        None,
-    );
+    delete_webhook_configs(c);
     tokio::time::sleep(Duration::from_secs(2)).await;
     create_dry_runs(&client, &ns, 20).await?;
     let without = create_dry_runs(&client, &ns, 200).await?;
@@ -339,7 +332,21 @@ async fn bench_apply(c: &Cluster) -> anyhow::Result<()> {
         "kubectl apply --dry-run=server with webhooks (20 runs, process start included): median {}",
         ms(kubectl[10])
     );
+    // The operator stops here; its registrations would fail every later create.
+    drop(op);
+    delete_webhook_configs(c);
     Ok(())
+}
+
+fn delete_webhook_configs(c: &Cluster) {
+    let _ = c.kubectl().run(
+        &[
+            "delete",
+            "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+            "--all",
+        ],
+        None,
+    );
 }
 
 async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
