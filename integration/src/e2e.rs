@@ -1,16 +1,89 @@
 //! Shared set-up and waits for the end-to-end tests.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cyberdesk_operator::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance};
 use kube::Api;
 
-use crate::operator::operator_output;
+use crate::harness::{OperatorProcess, SharedOperator, start_shared_operator};
+use crate::operator::{operator_output, repo_path};
 use crate::shared::Cluster;
 
-/// Installs the Cyberdesk CRD (from `cyberdesk-operator crd`), KubeVirt's CRDs and the
-/// operator namespace. Idempotent.
+/// The shipped files that give the operator its identity and rights.
+const OPERATOR_RBAC: [&str; 2] = [
+    "manifests/base/serviceaccount.yaml",
+    "manifests/base/rbac.yaml",
+];
+
+/// `kubectl apply --server-side` of one manifest file as the admin. `path` is relative to
+/// the repository root (or absolute): tests apply the files exactly as they ship.
+pub fn apply_file(c: &Cluster, path: impl AsRef<Path>) -> Result<String, String> {
+    apply_path(c, "-f", path.as_ref())
+}
+
+/// `kubectl apply --server-side -k` of a kustomization directory as the admin, relative to
+/// the repository root (or absolute).
+pub fn apply_kustomization(c: &Cluster, dir: impl AsRef<Path>) -> Result<String, String> {
+    apply_path(c, "-k", dir.as_ref())
+}
+
+/// Server-side, forcing conflicts: the admin's copy wins over whatever a previous test or
+/// the operator wrote, as a re-install would.
+fn apply_path(c: &Cluster, flag: &str, rel: &Path) -> Result<String, String> {
+    let path = repo_path(rel);
+    let shown = path.display().to_string();
+    c.kubectl()
+        .run(
+            &["apply", "--server-side", "--force-conflicts", flag, &shown],
+            None,
+        )
+        .map_err(|e| format!("kubectl apply {flag} {shown}: {e}"))?
+        .ok()
+        .map_err(|e| format!("kubectl apply {flag} {shown}: {e}"))
+}
+
+/// The operator namespace with the shipped ServiceAccount and RBAC. The harness runs the
+/// operator as that ServiceAccount, so a right the manifests lack fails the test that
+/// needs it. Idempotent.
+pub fn install_operator_rbac(c: &Cluster) {
+    let _ = c
+        .kubectl()
+        .run(&["create", "namespace", "cyberdesk-system"], None);
+    for file in OPERATOR_RBAC {
+        if let Err(e) = apply_file(c, file) {
+            panic!("installing {file}: {e}");
+        }
+    }
+}
+
+/// Registers both webhook configurations for an operator serving at `webhook`, as the
+/// admin: `cyberdesk-operator webhook-config --url=https://ADDR | kubectl apply`. The
+/// operator only fills in caBundle (its RBAC is meant to allow no more), so the
+/// configurations must exist before it starts, as after a real install.
+pub fn register_webhooks(c: &Cluster, webhook: SocketAddr) -> Result<(), String> {
+    let out = operator_output(&["webhook-config", &format!("--url=https://{webhook}")]);
+    if !out.status.success() {
+        return Err(format!(
+            "cyberdesk-operator webhook-config failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    c.kubectl()
+        .apply(
+            &String::from_utf8_lossy(&out.stdout),
+            &["--server-side", "--force-conflicts"],
+        )
+        .map_err(|e| format!("kubectl apply of the webhook configurations: {e}"))?
+        .ok()
+        .map(drop)
+}
+
+/// Installs the Cyberdesk CRD (from `cyberdesk-operator crd`), KubeVirt's CRDs, the
+/// operator namespace and the operator's shipped ServiceAccount and RBAC. Idempotent.
 pub async fn install_everything(c: &Cluster) {
     let k = c.kubectl();
     let crd = operator_output(&["crd"]);
@@ -30,7 +103,7 @@ pub async fn install_everything(c: &Cluster) {
         )
         .expect("kubectl");
     assert!(waited.success, "{}", waited.stderr);
-    let _ = k.run(&["create", "namespace", "cyberdesk-system"], None);
+    install_operator_rbac(c);
     crate::kubevirt::install_kubevirt_crds(&c.client().await)
         .await
         .expect("kubevirt crds");
@@ -119,25 +192,22 @@ impl Apis {
 }
 
 /// The shared control plane with everything installed and one operator per test binary
-/// serving the webhooks (self-managed TLS, registered by URL), plus `extra` flags.
-pub async fn webhook_operator(extra: &[&str]) -> (Cluster, crate::harness::SharedOperator) {
+/// serving the webhooks (self-managed TLS, registered by URL; see
+/// [`OperatorProcess::start_serving_webhooks`]), plus `extra` flags.
+pub async fn webhook_operator(extra: &[&str]) -> (Cluster, SharedOperator) {
     static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    static OPERATOR: std::sync::OnceLock<Result<crate::harness::SharedOperator, String>> =
+    static OPERATOR: std::sync::OnceLock<Result<SharedOperator, String>> =
         std::sync::OnceLock::new();
     let c = crate::shared::cluster();
     INSTALLED.get_or_init(|| install_everything(&c)).await;
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let mut flags = vec![
+        "--leader-election=false".to_string(),
+        "--policy-dir=/nonexistent".to_string(),
+    ];
+    flags.extend(extra.iter().map(|s| s.to_string()));
     let op = OPERATOR.get_or_init(|| {
-        crate::harness::start_shared_operator(&c.kubeconfig, &c.dir, move |webhook| {
-            let mut flags = vec![
-                format!("--webhook-url=https://{webhook}"),
-                "--extra-san=127.0.0.1".into(),
-                "--leader-election=false".into(),
-                "--policy-dir=/nonexistent".into(),
-            ];
-            flags.extend(extra);
-            flags
-        })
+        let c = c.clone();
+        start_shared_operator(move || OperatorProcess::start_serving_webhooks(&c, "shared", &flags))
     });
     match op {
         Ok(op) => (c, op.clone()),

@@ -1,13 +1,15 @@
 //! Runs the operator as a child process against a control plane, the way a Deployment
-//! would run it, and gives tests handles to signal, kill and inspect it.
+//! would run it (as its ServiceAccount, under the shipped RBAC), and gives tests handles to
+//! signal, kill and inspect it.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::controlplane::http_get;
 use crate::operator::operator_binary;
+use crate::shared::Cluster;
 
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -48,21 +50,40 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// `cyberdesk-operator run` with free ports, the given kubeconfig and extra flags.
-    pub fn start(kubeconfig: &Path, log_dir: &Path, identity: &str, extra: &[String]) -> Self {
-        Self::start_on(kubeconfig, log_dir, identity, free_addr(), extra)
+    /// `cyberdesk-operator run` as the operator's ServiceAccount (`c.operator_kubeconfig`),
+    /// with free ports, the given identity (pod name) and extra flags; logs to
+    /// `c.dir/operator-<identity>.log`. For an operator that serves the webhooks by URL use
+    /// [`OperatorProcess::start_serving_webhooks`], which registers them first.
+    pub fn start(c: &Cluster, identity: &str, extra: &[String]) -> Self {
+        assert!(
+            !extra.iter().any(|a| a.starts_with("--webhook-url")),
+            "{identity}: start an operator that serves the webhooks with \
+             OperatorProcess::start_serving_webhooks, which registers them as the admin"
+        );
+        Self::start_on(c, identity, free_addr(), extra)
     }
 
-    /// As `start`, with the webhook server on `webhook` (tests register that URL).
-    pub fn start_on(
-        kubeconfig: &Path,
-        log_dir: &Path,
-        identity: &str,
-        webhook: SocketAddr,
-        extra: &[String],
-    ) -> Self {
+    /// As `start`, serving both webhooks by URL on a free port (`--webhook-url`, with
+    /// 127.0.0.1 in the certificate). The admin registers both configurations for that URL
+    /// first ([`crate::e2e::register_webhooks`]), as a cluster install does: the shipped
+    /// RBAC is only meant to let the operator patch caBundle into them.
+    pub fn start_serving_webhooks(c: &Cluster, identity: &str, extra: &[String]) -> Self {
+        let webhook = free_addr();
+        if let Err(e) = crate::e2e::register_webhooks(c, webhook) {
+            panic!("registering the webhooks for {identity}: {e}");
+        }
+        let mut args = vec![
+            format!("--webhook-url=https://{webhook}"),
+            "--extra-san=127.0.0.1".to_string(),
+        ];
+        args.extend_from_slice(extra);
+        Self::start_on(c, identity, webhook, &args)
+    }
+
+    /// Spawns the process with the webhook server on `webhook`.
+    fn start_on(c: &Cluster, identity: &str, webhook: SocketAddr, extra: &[String]) -> Self {
         let admin = free_addr();
-        let log = log_dir.join(format!("operator-{identity}.log"));
+        let log = c.dir.join(format!("operator-{identity}.log"));
         let log_file =
             std::fs::File::create(&log).unwrap_or_else(|e| panic!("log {}: {e}", log.display()));
         let mut cmd = Command::new(operator_binary());
@@ -83,7 +104,7 @@ impl OperatorProcess {
             .arg(format!("--pod-name={identity}"))
             .arg("--namespace=cyberdesk-system")
             .args(extra)
-            .env("KUBECONFIG", kubeconfig)
+            .env("KUBECONFIG", &c.operator_kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("CYBERDESK_TEST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
@@ -179,26 +200,19 @@ impl SharedOperator {
     }
 }
 
-/// Starts one operator per test binary on a thread that lives as long as the binary, and
-/// waits until it is ready. `extra(webhook_addr)` gives the flags (they may need the port).
+/// Starts one operator per test binary with `start` on a thread that lives as long as the
+/// binary (the operator dies with the thread that spawned it), and waits until it is ready.
 pub fn start_shared_operator(
-    kubeconfig: &Path,
-    log_dir: &Path,
-    extra: impl FnOnce(SocketAddr) -> Vec<String> + Send + 'static,
+    start: impl FnOnce() -> OperatorProcess + Send + 'static,
 ) -> Result<SharedOperator, String> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let kubeconfig = kubeconfig.to_path_buf();
-    let log_dir = log_dir.to_path_buf();
     std::thread::Builder::new()
         .name("operator-keeper".into())
         .spawn(move || {
-            let webhook = free_addr();
-            let args = extra(webhook);
-            let process =
-                OperatorProcess::start_on(&kubeconfig, &log_dir, "shared", webhook, &args);
+            let process = start();
             let info = SharedOperator {
                 admin: process.admin,
-                webhook,
+                webhook: process.webhook,
                 log: process.log.clone(),
                 pid: process.pid(),
             };
@@ -213,5 +227,6 @@ pub fn start_shared_operator(
             }
         })
         .map_err(|e| e.to_string())?;
-    rx.recv().map_err(|e| e.to_string())?
+    rx.recv()
+        .map_err(|_| "operator keeper thread died before ready (its panic is above)".to_string())?
 }

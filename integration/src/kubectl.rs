@@ -27,6 +27,8 @@ impl KubectlOutput {
 pub struct Kubectl {
     binary: PathBuf,
     kubeconfig: PathBuf,
+    /// `--as`/`--as-group` flags added to every invocation (empty: act as the kubeconfig's user).
+    impersonate: Vec<String>,
 }
 
 impl Kubectl {
@@ -34,6 +36,19 @@ impl Kubectl {
         Self {
             binary: binary.into(),
             kubeconfig: kubeconfig.into(),
+            impersonate: Vec::new(),
+        }
+    }
+
+    /// The same kubectl acting as `user` in `groups` (`--as`, `--as-group`), so tenant tests
+    /// see what RBAC lets that user do. The kubeconfig's user must be allowed to impersonate
+    /// (the admin one is).
+    pub fn as_user(&self, user: &str, groups: &[&str]) -> Self {
+        let mut impersonate = vec![format!("--as={user}")];
+        impersonate.extend(groups.iter().map(|g| format!("--as-group={g}")));
+        Self {
+            impersonate,
+            ..self.clone()
         }
     }
 
@@ -44,6 +59,7 @@ impl Kubectl {
     /// `kubectl ARGS` with `stdin` piped in (for `apply -f -`).
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> std::io::Result<KubectlOutput> {
         let mut child = Command::new(&self.binary)
+            .args(&self.impersonate)
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(if stdin.is_some() {

@@ -61,6 +61,7 @@ pub fn operator_output(args: &[&str]) -> std::process::Output {
         .expect("run cyberdesk-operator")
 }
 
-pub fn repo_path(rel: &str) -> PathBuf {
+/// `rel` in this repository (an absolute path stays as it is).
+pub fn repo_path(rel: impl AsRef<Path>) -> PathBuf {
     workspace_root().join(rel)
 }

@@ -12,7 +12,11 @@ use crate::kubectl::Kubectl;
 /// What tests need to reach the shared control plane; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Cluster {
+    /// The cluster admin: kubectl, clients in assertions, installing manifests.
     pub kubeconfig: PathBuf,
+    /// The operator's ServiceAccount identity; [`crate::harness::OperatorProcess`] always
+    /// runs the operator with it.
+    pub operator_kubeconfig: PathBuf,
     pub kubectl: PathBuf,
     pub apiserver_url: String,
     pub dir: PathBuf,
@@ -67,14 +71,21 @@ impl Cluster {
     pub fn of(cp: &ControlPlane) -> Self {
         Cluster {
             kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            operator_kubeconfig: cp.operator_kubeconfig_path().to_path_buf(),
             kubectl: cp.kubectl_path().to_path_buf(),
             apiserver_url: cp.apiserver_url(),
             dir: cp.dir().to_path_buf(),
         }
     }
 
+    /// kubectl as the cluster admin.
     pub fn kubectl(&self) -> Kubectl {
         Kubectl::new(&self.kubectl, &self.kubeconfig)
+    }
+
+    /// kubectl as the operator's ServiceAccount: to check what the shipped RBAC grants it.
+    pub fn operator_kubectl(&self) -> Kubectl {
+        Kubectl::new(&self.kubectl, &self.operator_kubeconfig)
     }
 
     /// A fresh client (one per test: clients are bound to the runtime that made them).

@@ -21,7 +21,7 @@ async fn the_operator_recovers_from_an_apiserver_restart() {
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
     let args = reconciler_only_flags(false);
-    let mut op = OperatorProcess::start(&c.kubeconfig, &c.dir, "api-restart", &args);
+    let mut op = OperatorProcess::start(&c, "api-restart", &args);
     assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
 
     let apply = |yaml: String| {

@@ -17,7 +17,7 @@ fn replica(c: &Cluster, identity: &str) -> OperatorProcess {
         "--lease-duration-secs=15".to_string(),
         "--lease-renew-secs=2".to_string(),
     ];
-    let op = OperatorProcess::start(&c.kubeconfig, &c.dir, identity, &args);
+    let op = OperatorProcess::start(c, identity, &args);
     assert!(
         op.wait_ready(Duration::from_secs(60)),
         "{identity} not ready: {}",

@@ -15,7 +15,7 @@ const DESKS: usize = 50;
 
 fn start(c: &Cluster, n: usize) -> OperatorProcess {
     let args = reconciler_only_flags(false);
-    OperatorProcess::start(&c.kubeconfig, &c.dir, &format!("restart-{n}"), &args)
+    OperatorProcess::start(c, &format!("restart-{n}"), &args)
 }
 
 /// A small deterministic generator, so a failure can be replayed (seed in the output).

@@ -56,7 +56,7 @@ async fn a_quiet_world_gets_no_writes() {
     let sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
     let args = reconciler_only_flags(false);
-    let op = OperatorProcess::start(&c.kubeconfig, &c.dir, "steady", &args);
+    let op = OperatorProcess::start(&c, "steady", &args);
     assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
 
     let all: Vec<String> = (0..DESKS)

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cyberdesk_integration::e2e::install_everything;
-use cyberdesk_integration::harness::{OperatorProcess, free_addr, poll_until};
+use cyberdesk_integration::harness::{OperatorProcess, poll_until};
 use cyberdesk_integration::shared::{cluster, namespace};
 
 #[tokio::test]
@@ -15,14 +15,11 @@ async fn creates_fail_closed_when_the_webhook_is_down() {
     let client = c.client().await;
     let ns = namespace(&client, "outage").await;
 
-    let webhook = free_addr();
     let args = vec![
-        format!("--webhook-url=https://{webhook}"),
-        "--extra-san=127.0.0.1".to_string(),
         "--leader-election=false".to_string(),
         "--policy-dir=/nonexistent".to_string(),
     ];
-    let mut op = OperatorProcess::start_on(&c.kubeconfig, &c.dir, "outage", webhook, &args);
+    let mut op = OperatorProcess::start_serving_webhooks(&c, "outage", &args);
     assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
     let manifest = |name: &str| {
         format!(

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use cyberdesk_integration::controlplane::{ControlPlane, Options};
 use cyberdesk_integration::e2e::{Apis, desk_yaml, install_everything};
-use cyberdesk_integration::harness::{OperatorProcess, free_addr};
+use cyberdesk_integration::harness::OperatorProcess;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::operator_binary;
 use cyberdesk_integration::shared::{Cluster, namespace};
@@ -232,12 +232,7 @@ async fn bench_operator(c: &Cluster) -> anyhow::Result<()> {
     let mut ready = Vec::new();
     for i in 0..5 {
         let t = Instant::now();
-        let op = OperatorProcess::start(
-            &c.kubeconfig,
-            &c.dir,
-            &format!("bench-start-{i}"),
-            &operator_flags(false),
-        );
+        let op = OperatorProcess::start(c, &format!("bench-start-{i}"), &operator_flags(false));
         anyhow::ensure!(
             op.wait_ready(Duration::from_secs(60)),
             "not ready: {}",
@@ -260,9 +255,9 @@ async fn bench_operator(c: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `webhooks`: for [`OperatorProcess::start_serving_webhooks`], which adds the URL flags.
 fn operator_flags(webhooks: bool) -> Vec<String> {
     let mut f = vec![
-        "--extra-san=127.0.0.1".to_string(),
         "--policy-dir=/nonexistent".to_string(),
         "--leader-election=false".to_string(),
     ];
@@ -300,21 +295,11 @@ async fn bench_apply(c: &Cluster) -> anyhow::Result<()> {
     let client = c.client().await;
     let ns = namespace(&client, "bench-apply").await;
     let k = c.kubectl();
-    let _ = k.run(
-        &[
-            "delete",
-            "mutatingwebhookconfiguration,validatingwebhookconfiguration",
-            "--all",
-        ],
-        None,
-    );
+    delete_webhook_configs(c);
     tokio::time::sleep(Duration::from_secs(2)).await;
     create_dry_runs(&client, &ns, 20).await?;
     let without = create_dry_runs(&client, &ns, 200).await?;
-    let webhook = free_addr();
-    let mut flags = operator_flags(true);
-    flags.push(format!("--webhook-url=https://{webhook}"));
-    let op = OperatorProcess::start_on(&c.kubeconfig, &c.dir, "bench-apply", webhook, &flags);
+    let op = OperatorProcess::start_serving_webhooks(c, "bench-apply", &operator_flags(true));
     anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
     // Wait until the apiserver really calls the webhooks (the finalizer appears).
     for _ in 0..100 {
@@ -352,7 +337,21 @@ async fn bench_apply(c: &Cluster) -> anyhow::Result<()> {
         "kubectl apply --dry-run=server with webhooks (20 runs, process start included): median {}",
         ms(kubectl[10])
     );
+    // The operator stops here; its registrations would fail every later create.
+    drop(op);
+    delete_webhook_configs(c);
     Ok(())
+}
+
+fn delete_webhook_configs(c: &Cluster) {
+    let _ = c.kubectl().run(
+        &[
+            "delete",
+            "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+            "--all",
+        ],
+        None,
+    );
 }
 
 async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
@@ -360,7 +359,7 @@ async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
     let ns = namespace(&client, "bench-desks").await;
     let sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
-    let op = OperatorProcess::start(&c.kubeconfig, &c.dir, "bench-desks", &operator_flags(false));
+    let op = OperatorProcess::start(c, "bench-desks", &operator_flags(false));
     anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
     let api: Api<Cyberdesk> = Api::namespaced(client.clone(), &ns);
     let mut to_running = Vec::new();
@@ -438,7 +437,7 @@ async fn bench_scale(c: &Cluster, n: usize) -> anyhow::Result<()> {
     let ns = namespace(&client, "bench-scale").await;
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
-    let op = OperatorProcess::start(&c.kubeconfig, &c.dir, "bench-scale", &operator_flags(false));
+    let op = OperatorProcess::start(c, "bench-scale", &operator_flags(false));
     anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
     let t = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(100) {

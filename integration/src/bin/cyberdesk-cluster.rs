@@ -43,6 +43,10 @@ fn main() -> anyhow::Result<()> {
     );
     println!("pids: kube-apiserver={api_pid} etcd={etcd_pid}");
     println!("export KUBECONFIG={}", kubeconfig.display());
+    println!(
+        "operator kubeconfig (its ServiceAccount, no RBAC until manifests/base/rbac.yaml is applied): {}",
+        cp.operator_kubeconfig_path().display()
+    );
     println!("kubectl: {}", cp.kubectl_path().display());
     println!("press Ctrl-C to stop");
     wait_for_signal();

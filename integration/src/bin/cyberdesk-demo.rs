@@ -1,6 +1,7 @@
 //! `make demo`: a local control plane, KubeVirt's CRDs with the simulator playing
-//! virt-controller, the operator (webhooks registered over TLS, leader election on) and
-//! examples/cyberdesk.yaml, watched with `kubectl get cyberdesks -w` until Ctrl-C.
+//! virt-controller, the operator (as its ServiceAccount under the shipped RBAC, webhooks
+//! registered over TLS, leader election on) and examples/cyberdesk.yaml, watched with
+//! `kubectl get cyberdesks -w` until Ctrl-C.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use cyberdesk_integration::controlplane::{ControlPlane, Options};
 use cyberdesk_integration::e2e::install_everything;
-use cyberdesk_integration::harness::{OperatorProcess, free_addr};
+use cyberdesk_integration::harness::OperatorProcess;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::repo_path;
 use cyberdesk_integration::shared::Cluster;
@@ -44,19 +45,8 @@ fn main() -> anyhow::Result<()> {
     });
 
     eprintln!("==> starting cyberdesk-operator (webhooks over TLS, leader election)");
-    let webhook = free_addr();
-    let operator_args = vec![
-        format!("--webhook-url=https://{webhook}"),
-        "--extra-san=127.0.0.1".to_string(),
-        format!("--policy-dir={}", repo_path("policies").display()),
-    ];
-    let operator = OperatorProcess::start_on(
-        &cluster.kubeconfig,
-        &cluster.dir,
-        "demo",
-        webhook,
-        &operator_args,
-    );
+    let operator_args = vec![format!("--policy-dir={}", repo_path("policies").display())];
+    let operator = OperatorProcess::start_serving_webhooks(&cluster, "demo", &operator_args);
     if !operator.wait_ready(Duration::from_secs(60)) {
         anyhow::bail!(
             "the operator did not become ready; its log:\n{}",

@@ -6,7 +6,7 @@ mod pki;
 mod process;
 
 pub use health::{http_get, https_get};
-pub use pki::{PemPair, TestCa};
+pub use pki::{ClientCertError, PemPair, TestCa};
 pub use process::{ManagedChild, pid_alive};
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("could not generate certificates: {0}")]
     Pki(#[from] rcgen::Error),
+    #[error("could not issue a client certificate: {0}")]
+    ClientCert(#[from] ClientCertError),
     #[error("could not start {name} ({path}): {source}")]
     Spawn {
         name: &'static str,
@@ -62,6 +64,19 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+/// The user the operator authenticates as: its ServiceAccount in the shipped manifests.
+/// Tests run the operator under this name so the shipped RBAC, not `system:masters`,
+/// decides what it may do.
+pub const OPERATOR_USER: &str = "system:serviceaccount:cyberdesk-system:cyberdesk-operator";
+
+/// The groups the apiserver gives a token of that ServiceAccount; a client certificate
+/// carries them itself, so bindings to any of them apply as in a real cluster.
+pub const OPERATOR_GROUPS: [&str; 3] = [
+    "system:serviceaccounts",
+    "system:serviceaccounts:cyberdesk-system",
+    "system:authenticated",
+];
 
 /// Where `build.sh` puts the binaries, unless CYBERDESK_CONTROLPLANE_BIN says otherwise.
 pub fn default_bin_dir() -> PathBuf {
@@ -112,6 +127,7 @@ pub struct ControlPlane {
     ca: TestCa,
     apiserver_addr: SocketAddr,
     kubeconfig: PathBuf,
+    operator_kubeconfig: PathBuf,
     kubectl: PathBuf,
     keep_dir: bool,
     apiserver_bin: PathBuf,
@@ -235,6 +251,7 @@ impl ControlPlane {
             &["127.0.0.1", "localhost", "kubernetes.default.svc"],
         )?;
         let admin = ca.issue_client("cyberdesk-admin", &["system:masters"])?;
+        let operator = ca.issue_client(OPERATOR_USER, &OPERATOR_GROUPS)?;
         let ca_file = write(dir.join("ca.crt"), ca.cert_pem())?;
         let serving_crt = write(dir.join("apiserver.crt"), &serving.cert_pem)?;
         let serving_key = write(dir.join("apiserver.key"), &serving.key_pem)?;
@@ -312,7 +329,11 @@ impl ControlPlane {
 
         let kubeconfig = write(
             dir.join("kubeconfig"),
-            &render_kubeconfig(api_port, ca.cert_pem(), &admin),
+            &render_kubeconfig(api_port, ca.cert_pem(), "cyberdesk-admin", &admin),
+        )?;
+        let operator_kubeconfig = write(
+            dir.join("operator.kubeconfig"),
+            &render_kubeconfig(api_port, ca.cert_pem(), "cyberdesk-operator", &operator),
         )?;
         cleanup_dir.disarm();
         Ok(Self {
@@ -322,6 +343,7 @@ impl ControlPlane {
             ca,
             apiserver_addr: loopback(api_port),
             kubeconfig,
+            operator_kubeconfig,
             kubectl,
             keep_dir: std::env::var_os("CYBERDESK_KEEP_CONTROLPLANE_DIR").is_some(),
             apiserver_bin,
@@ -330,8 +352,15 @@ impl ControlPlane {
         })
     }
 
+    /// The cluster admin (`system:masters`): for installing things and for assertions.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The operator's ServiceAccount ([`OPERATOR_USER`]): what RBAC must allow is exactly
+    /// what the shipped manifests grant it.
+    pub fn operator_kubeconfig_path(&self) -> &Path {
+        &self.operator_kubeconfig
     }
 
     pub fn kubectl_path(&self) -> &Path {
@@ -407,7 +436,8 @@ impl Drop for ControlPlane {
     }
 }
 
-fn render_kubeconfig(port: u16, ca_pem: &str, admin: &PemPair) -> String {
+/// A kubeconfig for one client-certificate identity; `user` only names the entry.
+fn render_kubeconfig(port: u16, ca_pem: &str, user: &str, identity: &PemPair) -> String {
     let doc = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -415,11 +445,11 @@ fn render_kubeconfig(port: u16, ca_pem: &str, admin: &PemPair) -> String {
             "server": format!("https://127.0.0.1:{port}"),
             "certificate-authority-data": B64.encode(ca_pem),
         }}],
-        "users": [{"name": "cyberdesk-admin", "user": {
-            "client-certificate-data": B64.encode(&admin.cert_pem),
-            "client-key-data": B64.encode(&admin.key_pem),
+        "users": [{"name": user, "user": {
+            "client-certificate-data": B64.encode(&identity.cert_pem),
+            "client-key-data": B64.encode(&identity.key_pem),
         }}],
-        "contexts": [{"name": "cyberdesk-test", "context": {"cluster": "cyberdesk-test", "user": "cyberdesk-admin"}}],
+        "contexts": [{"name": "cyberdesk-test", "context": {"cluster": "cyberdesk-test", "user": user}}],
         "current-context": "cyberdesk-test",
     });
     // JSON is valid YAML; both kubectl and kube-rs read it.

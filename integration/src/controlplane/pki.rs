@@ -1,5 +1,5 @@
-//! The control plane's own certificate authority: serving cert for the apiserver, an admin
-//! client identity and the service-account signing key. Also issues serving certs for test
+//! The control plane's own certificate authority: serving cert for the apiserver, the admin
+//! and operator client identities and the service-account signing key. Also issues serving certs for test
 //! webhook servers so the apiserver trusts them through `caBundle`.
 
 use rcgen::{
@@ -7,6 +7,24 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
+
+/// The group the apiserver gives every authenticated request.
+const AUTHENTICATED_GROUP: &str = "system:authenticated";
+
+/// organizationName (2.5.4.10): the attribute the apiserver reads groups from.
+const ORGANIZATION_OID: [u64; 4] = [2, 5, 4, 10];
+
+/// Why a client certificate could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientCertError {
+    #[error(transparent)]
+    Rcgen(#[from] rcgen::Error),
+    #[error(
+        "a test client certificate carries at most two groups besides system:authenticated \
+         (rcgen writes one value per attribute type); got {0}"
+    )]
+    TooManyGroups(String),
+}
 
 /// A PEM certificate with its PEM private key.
 #[derive(Clone, Debug)]
@@ -78,14 +96,28 @@ impl TestCa {
         })
     }
 
-    /// A client identity: CN is the user name, O entries are the groups (as the apiserver reads them).
-    pub fn issue_client(&self, user: &str, groups: &[&str]) -> Result<PemPair, rcgen::Error> {
+    /// A client identity: CN is the user name, O entries are the groups (as the apiserver
+    /// reads them). `system:authenticated` is left out of the certificate: the apiserver
+    /// adds it to every authenticated user itself. rcgen keeps one value per attribute
+    /// type, so the second group is written as the same O attribute under its raw OID, and
+    /// a third is refused rather than silently dropped.
+    pub fn issue_client(&self, user: &str, groups: &[&str]) -> Result<PemPair, ClientCertError> {
+        let groups: Vec<&str> = groups
+            .iter()
+            .copied()
+            .filter(|g| *g != AUTHENTICATED_GROUP)
+            .collect();
+        let slots = [
+            DnType::OrganizationName,
+            DnType::CustomDnType(ORGANIZATION_OID.to_vec()),
+        ];
+        if groups.len() > slots.len() {
+            return Err(ClientCertError::TooManyGroups(groups.join(", ")));
+        }
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, user);
-        for group in groups {
-            params
-                .distinguished_name
-                .push(DnType::OrganizationName, *group);
+        for (slot, group) in slots.into_iter().zip(groups) {
+            params.distinguished_name.push(slot, group);
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
