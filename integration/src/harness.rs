@@ -55,33 +55,26 @@ impl OperatorProcess {
     /// `c.dir/operator-<identity>.log`. For an operator that serves the webhooks by URL use
     /// [`OperatorProcess::start_serving_webhooks`], which registers them first.
     pub fn start(c: &Cluster, identity: &str, extra: &[String]) -> Self {
-        assert!(
-            !extra.iter().any(|a| a.starts_with("--webhook-url")),
-            "{identity}: start an operator that serves the webhooks with \
-             OperatorProcess::start_serving_webhooks, which registers them as the admin"
-        );
         Self::start_on(c, identity, free_addr(), extra)
     }
 
-    /// As `start`, serving both webhooks by URL on a free port (`--webhook-url`, with
-    /// 127.0.0.1 in the certificate). The admin registers both configurations for that URL
-    /// first ([`crate::e2e::register_webhooks`]), as a cluster install does: the shipped
-    /// RBAC is only meant to let the operator patch caBundle into them.
+    /// As `start`, serving both webhooks on a free port (127.0.0.1 in the certificate). The
+    /// admin registers both configurations for its URL first
+    /// ([`crate::e2e::register_webhooks`]), as a cluster install does: the shipped RBAC only
+    /// lets the operator put the CA bundle into them.
     pub fn start_serving_webhooks(c: &Cluster, identity: &str, extra: &[String]) -> Self {
         let webhook = free_addr();
         if let Err(e) = crate::e2e::register_webhooks(c, webhook) {
             panic!("registering the webhooks for {identity}: {e}");
         }
-        let mut args = vec![
-            format!("--webhook-url=https://{webhook}"),
-            "--extra-san=127.0.0.1".to_string(),
-        ];
+        let mut args = vec!["--extra-san=127.0.0.1".to_string()];
         args.extend_from_slice(extra);
         Self::start_on(c, identity, webhook, &args)
     }
 
-    /// Spawns the process with the webhook server on `webhook`.
-    fn start_on(c: &Cluster, identity: &str, webhook: SocketAddr, extra: &[String]) -> Self {
+    /// Spawns the process with the webhook server on `webhook` (a restart on the port the
+    /// webhook configurations already point at).
+    pub fn start_on(c: &Cluster, identity: &str, webhook: SocketAddr, extra: &[String]) -> Self {
         let admin = free_addr();
         let log = c.dir.join(format!("operator-{identity}.log"));
         let log_file =

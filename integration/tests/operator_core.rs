@@ -217,6 +217,7 @@ async fn kustomize_base_and_overlays_pass_a_server_side_dry_run() {
         "manifests/base",
         "manifests/overlays/dev",
         "manifests/overlays/cert-manager",
+        "manifests/overlays/inline-user-data",
         "manifests/monitoring",
     ] {
         let path = repo_path(dir);

@@ -1,0 +1,300 @@
+//! Tenant isolation end to end, with the webhooks registered and the operator running as its
+//! ServiceAccount under the shipped RBAC: users are impersonated (`kubectl --as`), the
+//! apiserver authorizes them with RBAC, and the operator asks it about them
+//! (SubjectAccessReview).
+
+use std::time::Duration;
+
+use cyberdesk_integration::e2e::{
+    Apis, desk_yaml, eventually, wait_webhooks_active, webhook_operator,
+};
+use cyberdesk_integration::harness::SharedOperator;
+use cyberdesk_integration::kubectl::Kubectl;
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
+use cyberdesk_integration::shared::{Cluster, namespace};
+
+const OPERATOR_SA: &str = "system:serviceaccount:cyberdesk-system:cyberdesk-operator";
+
+async fn setup() -> (Cluster, SharedOperator) {
+    webhook_operator(&[]).await
+}
+
+fn apply(k: &Kubectl, yaml: &str) {
+    let out = k.apply(yaml, &[]).expect("kubectl");
+    assert!(out.success, "kubectl apply failed: {}", out.stderr);
+}
+
+fn secret_yaml(ns: &str, name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\nstringData: {{userdata: {value:?}}}\n"
+    )
+}
+
+/// A Role in `ns` bound to `user`, with the given rules (YAML flow list).
+fn role_yaml(ns: &str, name: &str, user: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {name}, namespace: {ns}}}\nrules: {rules}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}\n\
+         subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]\n"
+    )
+}
+
+const DESK_RULES: &str = "[{apiGroups: [cyberdesk.io], resources: [cyberdesks], verbs: [get, list, watch, create, update, patch]}]";
+
+fn can_i(c: &Cluster, args: &[&str]) -> String {
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    let as_operator = format!("--as={OPERATOR_SA}");
+    all.push(&as_operator);
+    let out = c.kubectl().run(&all, None).expect("kubectl");
+    out.stdout.trim().to_string()
+}
+
+#[tokio::test]
+async fn user_data_only_from_secrets_the_requester_may_read() {
+    let (c, _op) = setup().await;
+    let client = c.client().await;
+    let ns = namespace(&client, "team-a").await;
+    wait_webhooks_active(&c, &ns).await;
+    let admin = c.kubectl();
+    apply(
+        &admin,
+        &secret_yaml(&ns, "creds", "#cloud-config\npassword: hunter2\n"),
+    );
+    apply(&admin, &secret_yaml(&ns, "alice-own", "#cloud-config\n"));
+    apply(&admin, &role_yaml(&ns, "alice-desks", "alice", DESK_RULES));
+    apply(&admin, &role_yaml(&ns, "bob-desks", "bob", DESK_RULES));
+    apply(
+        &admin,
+        &role_yaml(
+            &ns,
+            "bob-secrets",
+            "bob",
+            "[{apiGroups: [''], resources: [secrets], verbs: [get]}]",
+        ),
+    );
+    apply(
+        &admin,
+        &role_yaml(
+            &ns,
+            "alice-own-secret",
+            "alice",
+            "[{apiGroups: [''], resources: [secrets], resourceNames: [alice-own], verbs: [get]}]",
+        ),
+    );
+    let alice = c.kubectl().as_user("alice", &["team-a"]);
+    let bob = c.kubectl().as_user("bob", &["team-a"]);
+    let with_secret = |name: &str, secret: &str| {
+        desk_yaml(
+            &ns,
+            name,
+            &format!("{{userDataSecretRef: {{name: {secret}, key: userdata}}}}"),
+        )
+    };
+
+    // alice may create desks but not read creds: denied, same under a dry run, nothing stored.
+    for extra in [&[][..], &["--dry-run=server"][..]] {
+        let out = alice
+            .apply(&with_secret("stolen", "creds"), extra)
+            .expect("kubectl");
+        assert!(!out.success, "alice's desk was admitted ({extra:?})");
+        for part in [
+            "spec.userDataSecretRef.name",
+            "\"creds\"",
+            "\"get\"",
+            "secrets",
+            "alice",
+        ] {
+            assert!(
+                out.stderr.contains(part),
+                "{part:?} missing from: {}",
+                out.stderr
+            );
+        }
+    }
+    let stored = admin
+        .run(&["get", "cd", "stolen", "-n", &ns], None)
+        .expect("kubectl");
+    assert!(
+        !stored.success && stored.stderr.contains("NotFound"),
+        "{stored:?}"
+    );
+
+    // bob may read it: admitted.
+    apply(&bob, &with_secret("bobs", "creds"));
+    // alice with a Secret she may read is admitted; pointing it at creds later is checked again.
+    apply(&alice, &with_secret("mine", "alice-own"));
+    let out = alice
+        .apply(&with_secret("mine", "creds"), &[])
+        .expect("kubectl");
+    assert!(!out.success, "changing the reference was admitted");
+    assert!(
+        out.stderr.contains("may not read Secret \"creds\""),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn the_shipped_template_passes_the_secret_by_reference_and_the_operator_cannot_read_it() {
+    let (c, _op) = setup().await;
+    let client = c.client().await;
+    let ns = namespace(&client, "byref").await;
+    let _sim = Simulator::start(
+        client.clone(),
+        SimulatorOptions {
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+    );
+    wait_webhooks_active(&c, &ns).await;
+    let admin = c.kubectl();
+    apply(
+        &admin,
+        &secret_yaml(&ns, "cloud", "#cloud-config\npassword: hunter2\n"),
+    );
+    apply(
+        &admin,
+        &desk_yaml(
+            &ns,
+            "byref",
+            "{userDataSecretRef: {name: cloud, key: userdata}}",
+        ),
+    );
+    let apis = Apis::new(&client, &ns);
+    apis.wait_phase("byref", "Running", Duration::from_secs(30))
+        .await;
+
+    let vm_yaml = admin
+        .run(
+            &["get", "vm", "cyberdesk-byref", "-n", &ns, "-o", "yaml"],
+            None,
+        )
+        .expect("kubectl")
+        .ok()
+        .expect("get vm");
+    use base64::Engine;
+    let b64 =
+        base64::engine::general_purpose::STANDARD.encode("#cloud-config\npassword: hunter2\n");
+    assert!(
+        !vm_yaml.contains("hunter2") && !vm_yaml.contains(&b64),
+        "Secret value in the VM:\n{vm_yaml}"
+    );
+    assert!(!vm_yaml.contains("userDataBase64"), "{vm_yaml}");
+    let vm = apis.vms.get("cyberdesk-byref").await.expect("vm");
+    let vm = serde_json::to_value(&vm).expect("json");
+    let volumes = vm
+        .pointer("/spec/template/spec/volumes")
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let by_ref = volumes
+        .iter()
+        .filter_map(|v| v.pointer("/cloudInitNoCloud/secretRef/name"))
+        .any(|n| n == "cloud");
+    assert!(
+        by_ref,
+        "no cloudInitNoCloud.secretRef to the Secret: {volumes:?}"
+    );
+
+    // Least privilege: the operator's identity can read no Secret outside its namespace and
+    // cannot create webhook configurations.
+    assert_eq!(can_i(&c, &["get", "secrets", "-n", &ns]), "no");
+    assert_eq!(can_i(&c, &["get", "secrets", "-n", "kube-system"]), "no");
+    assert_eq!(
+        can_i(&c, &["create", "mutatingwebhookconfigurations"]),
+        "no"
+    );
+    assert_eq!(
+        can_i(&c, &["create", "validatingwebhookconfigurations"]),
+        "no"
+    );
+    assert_eq!(
+        can_i(&c, &["create", "subjectaccessreviews.authorization.k8s.io"]),
+        "yes"
+    );
+}
+
+#[tokio::test]
+async fn templates_are_limited_to_the_namespaces_they_allow() {
+    let (c, _op) = setup().await;
+    let client = c.client().await;
+    let team_a = namespace(&client, "tpl-team-a").await;
+    let team_b = namespace(&client, "tpl-team-b").await;
+    wait_webhooks_active(&c, &team_b).await;
+    let admin = c.kubectl();
+    let tpl = format!("gpu-{team_a}");
+    apply(
+        &admin,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {tpl}\n  namespace: cyberdesk-system\n  labels: {{cyberdesk.io/template: \"true\"}}\n  annotations: {{cyberdesk.io/allowed-namespaces: \"{team_a}\"}}\ndata:\n  template.yaml: |\n    apiVersion: kubevirt.io/v1\n    kind: VirtualMachine\n    spec: {{template: {{spec: {{domain: {{devices: {{}}}}}}}}}}\n"
+        ),
+    );
+    let spec = format!("{{template: {tpl}}}");
+    // The webhook's template catalog is a watch: give it a moment to see the new ConfigMap.
+    let denied = eventually(
+        Duration::from_secs(15),
+        "a denial naming the template",
+        || async {
+            let out = admin.apply(&desk_yaml(&team_b, "gpu", &spec), &[]).ok()?;
+            (!out.success && out.stderr.contains("may not be used in namespace"))
+                .then_some(out.stderr)
+        },
+    )
+    .await;
+    assert!(
+        denied.contains("spec.template") && denied.contains(&team_b),
+        "{denied}"
+    );
+    apply(&admin, &desk_yaml(&team_a, "gpu", &spec));
+
+    // A ConfigMap without the opt-in label is no template.
+    apply(
+        &admin,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: plain-{team_a}, namespace: cyberdesk-system}}\ndata: {{template.yaml: x}}\n"
+        ),
+    );
+    let out = admin
+        .apply(
+            &desk_yaml(&team_a, "plain", &format!("{{template: plain-{team_a}}}")),
+            &[],
+        )
+        .expect("kubectl");
+    assert!(
+        !out.success && out.stderr.contains("cyberdesk.io/template=true"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn desks_in_the_operator_namespace_are_defaulted_and_validated() {
+    let (c, _op) = setup().await;
+    wait_webhooks_active(&c, "cyberdesk-system").await;
+    let admin = c.kubectl();
+    // A server-side dry run shows what admission did, before any reconcile could.
+    let out = admin
+        .apply(
+            &desk_yaml("cyberdesk-system", "own-ns", "{}"),
+            &["--dry-run=server", "-o", "json"],
+        )
+        .expect("kubectl")
+        .ok()
+        .expect("dry run");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["spec"]["timeoutMs"], 3_600_000);
+    assert_eq!(v["metadata"]["finalizers"][0], "cyberdesk.io/vm-cleanup");
+    let out = admin
+        .apply(
+            &desk_yaml("cyberdesk-system", "too-long", "{timeoutMs: 2700000000}"),
+            &[],
+        )
+        .expect("kubectl");
+    assert!(
+        !out.success && out.stderr.contains("spec.timeoutMs"),
+        "{}",
+        out.stderr
+    );
+}

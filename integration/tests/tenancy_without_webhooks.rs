@@ -1,0 +1,90 @@
+//! Tenant rules hold without the webhooks: an admin who switches them off (or an outage
+//! with failurePolicy Ignore) must not open templates to every namespace. No webhook is
+//! registered in this binary; the reconciler alone judges each desk.
+
+use std::time::Duration;
+
+use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, install_everything};
+use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
+use cyberdesk_integration::shared::{cluster, namespace};
+use cyberdesk_operator::model::conditions::{self, ConditionStatus};
+
+#[tokio::test]
+async fn the_reconciler_refuses_a_template_not_allowed_in_the_namespace() {
+    let c = cluster();
+    install_everything(&c).await;
+    let operator = OperatorProcess::start(&c, "no-webhooks", &reconciler_only_flags(false));
+    assert!(
+        operator.wait_ready(Duration::from_secs(60)),
+        "{}",
+        operator.log()
+    );
+    let client = c.client().await;
+    let team_a = namespace(&client, "team-a").await;
+    let team_b = namespace(&client, "team-b").await;
+    let _sim = Simulator::start(client.clone(), SimulatorOptions::default());
+    let admin = c.kubectl();
+    let tpl = format!("only-{team_a}");
+    let configmap = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {tpl}\n  namespace: cyberdesk-system\n  labels: {{cyberdesk.io/template: \"true\"}}\n  annotations: {{cyberdesk.io/allowed-namespaces: \"{team_a}\"}}\ndata:\n  template.yaml: |\n    apiVersion: kubevirt.io/v1\n    kind: VirtualMachine\n    spec: {{template: {{spec: {{domain: {{devices: {{}}}}}}}}}}\n"
+    );
+    let out = admin.apply(&configmap, &[]).expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    for ns in [&team_a, &team_b] {
+        let out = admin
+            .apply(&desk_yaml(ns, "gpu", &format!("{{template: {tpl}}}")), &[])
+            .expect("kubectl");
+        assert!(out.success, "no webhook should judge this: {}", out.stderr);
+    }
+
+    let refused = Apis::new(&client, &team_b);
+    let desk = refused
+        .wait_phase("gpu", "Failed", Duration::from_secs(30))
+        .await;
+    let cond = desk
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::TEMPLATE_VALID).cloned())
+        .expect("TemplateValid condition");
+    assert_eq!(cond.status, ConditionStatus::False);
+    assert_eq!(cond.reason, "TemplateNotAllowed");
+    assert!(cond.message.contains(&team_b), "{}", cond.message);
+    assert!(
+        refused
+            .vms
+            .get_opt("cyberdesk-gpu")
+            .await
+            .expect("get")
+            .is_none(),
+        "VM made anyway"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "a TemplateNotAllowed Warning event",
+        || async {
+            let out = admin
+                .run(
+                    &[
+                        "get",
+                        "events",
+                        "-n",
+                        &team_b,
+                        "--field-selector",
+                        "reason=TemplateNotAllowed",
+                        "-o",
+                        "json",
+                    ],
+                    None,
+                )
+                .ok()?;
+            out.stdout.contains("\"Warning\"").then_some(())
+        },
+    )
+    .await;
+
+    // The namespace it allows gets its VM.
+    Apis::new(&client, &team_a)
+        .wait_phase("gpu", "Running", Duration::from_secs(30))
+        .await;
+}
