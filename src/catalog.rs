@@ -19,9 +19,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::watch_backoff;
-use crate::controller::template::BUILTIN_TEMPLATE;
+use crate::controller::template::{BUILTIN_TEMPLATE, SECRET_REF_KEYS, USER_DATA_SECRET_NAME};
 use crate::model::names;
 use crate::readiness::Readiness;
+use crate::webhook::truncate;
 
 /// Readiness gate: closed until the template ConfigMaps have been listed once.
 pub const GATE_TEMPLATES: &str = "templates";
@@ -40,6 +41,18 @@ impl ResolvedTemplate {
     /// happens in string values, so at worst a comment makes a check stricter.
     pub fn uses(&self, variable: &str) -> bool {
         self.text.contains(&format!("${{{variable}}}"))
+    }
+
+    /// Why `key` cannot hold the user data for this template: KubeVirt reads only
+    /// `userdata`/`userData` from a `cloudInitNoCloud.secretRef` Secret.
+    pub fn secret_key_problem(&self, key: &str) -> Option<String> {
+        (self.uses(USER_DATA_SECRET_NAME) && !SECRET_REF_KEYS.contains(&key)).then(|| {
+            format!(
+                "{} hands the Secret to KubeVirt by reference (cloudInitNoCloud.secretRef), which reads only the key \"userdata\" or \"userData\", not {:?}",
+                self.describe(),
+                truncate(key, 63)
+            )
+        })
     }
 
     /// How the template is named in messages.
@@ -105,10 +118,12 @@ pub fn resolve(
     lookup: impl Fn(&str) -> Option<ConfigMap>,
 ) -> Result<ResolvedTemplate, TemplateRefusal> {
     let name = requested.unwrap_or(default_name);
+    // Names and namespaces are echoed in messages; a forged review may carry anything.
+    let (shown, namespace) = (truncate(name, 253), truncate(namespace, 63));
     let Some(cm) = lookup(name).filter(is_template) else {
         if requested.is_some() {
             return Err(TemplateRefusal::NotFound {
-                name: name.into(),
+                name: shown,
                 namespace: operator_namespace.into(),
                 label: names::LABEL_TEMPLATE,
             });
@@ -123,12 +138,12 @@ pub fn resolve(
         .annotations
         .as_ref()
         .and_then(|a| a.get(names::ANNOTATION_ALLOWED_NAMESPACES))
-        && !namespace_allowed(allowed, namespace)
+        && !namespace_allowed(allowed, &namespace)
     {
         return Err(TemplateRefusal::NotAllowed {
-            name: name.into(),
-            namespace: namespace.into(),
-            allowed: crate::webhook::truncate(allowed, 200),
+            name: shown,
+            namespace,
+            allowed: truncate(allowed, 200),
         });
     }
     let text = cm
@@ -136,7 +151,7 @@ pub fn resolve(
         .as_ref()
         .and_then(|d| d.get(names::TEMPLATE_KEY))
         .ok_or_else(|| TemplateRefusal::NoText {
-            name: name.into(),
+            name: shown.clone(),
             key: names::TEMPLATE_KEY,
         })?;
     Ok(ResolvedTemplate {
@@ -178,7 +193,7 @@ impl Catalog {
 
     /// Has the first list completed? Before it, every template would look missing.
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Relaxed)
+        self.synced.load(Ordering::Acquire)
     }
 
     /// Returns once the first list is in (or never, if the watch task ends before it).
@@ -236,9 +251,7 @@ pub fn start(
     let synced = Arc::new(AtomicBool::new(false));
     let selector = format!("{}=true", names::LABEL_TEMPLATE);
     let config = watcher::Config::default().labels(&selector);
-    let events = reflector::reflector(writer, watcher(api, config))
-        .backoff(watch_backoff())
-        .touched_objects();
+    let events = reflector::reflector(writer, watcher(api, config)).backoff(watch_backoff());
     let (first_list, task_synced) = (store.clone(), synced.clone());
     let task = tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
@@ -246,17 +259,21 @@ pub fn start(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                listed = &mut first_list, if !task_synced.load(Ordering::Relaxed) => {
+                listed = &mut first_list, if !task_synced.load(Ordering::Acquire) => {
                     if listed.is_err() {
                         return;
                     }
-                    task_synced.store(true, Ordering::Relaxed);
+                    task_synced.store(true, Ordering::Release);
                     readiness.open(GATE_TEMPLATES);
                     tx.send_modify(|n| *n += 1);
                     tracing::info!("VM templates loaded");
                 }
                 event = events.next() => match event {
-                    Some(Ok(_)) => tx.send_modify(|n| *n += 1),
+                    // A (re-)list is in the store only at InitDone: tick then, not per object.
+                    Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)) => {
+                        tx.send_modify(|n| *n += 1)
+                    }
+                    Some(Ok(_)) => {}
                     Some(Err(e)) => tracing::warn!(error = %e, "VM template watch failed; retrying"),
                     None => return,
                 },

@@ -115,7 +115,7 @@ pub struct RunConfig {
     pub policy_configmap: String,
 
     /// ConfigMap in --namespace (key template.yaml, label cyberdesk.io/template=true) with
-    /// the default VM template; the built-in template when it does not exist.
+    /// the default VM template; the built-in template when it does not exist or lacks the label.
     #[arg(long, env = "CYBERDESK_TEMPLATE_CONFIGMAP", default_value = names::TEMPLATE_CONFIGMAP)]
     pub template_configmap: String,
 
@@ -128,8 +128,8 @@ pub struct RunConfig {
     )]
     pub access_review_timeout_ms: u64,
 
-    /// How long a SubjectAccessReview answer is reused for the same user, groups and Secret
-    /// (0 turns the cache off).
+    /// How long a SubjectAccessReview answer is reused for the same identity (user, uid,
+    /// groups, extra) and Secret (0 turns the cache off).
     #[arg(long, env = "CYBERDESK_ACCESS_REVIEW_CACHE_SECS", default_value_t = 5)]
     pub access_review_cache_secs: u64,
 

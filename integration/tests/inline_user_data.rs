@@ -58,15 +58,18 @@ async fn inline_user_data_needs_the_component_and_then_works_as_before() {
     );
 
     let apis = Apis::new(&client, &ns);
-    let desk = apis
-        .wait_phase("inline", "Failed", Duration::from_secs(30))
-        .await;
-    let created = desk
-        .status
-        .as_ref()
-        .and_then(|s| conditions::find(&s.conditions, conditions::VM_CREATED).cloned())
-        .expect("VirtualMachineCreated condition");
-    assert_eq!(created.reason, "UserDataUnavailable");
+    // The template may first be "not found" until the operator's watch has it.
+    let created = eventually(
+        Duration::from_secs(30),
+        "VirtualMachineCreated=False UserDataUnavailable",
+        || async {
+            let desk = apis.desks.get_opt("inline").await.ok()??;
+            conditions::find(&desk.status?.conditions, conditions::VM_CREATED)
+                .filter(|c| c.reason == "UserDataUnavailable")
+                .cloned()
+        },
+    )
+    .await;
     assert!(
         created.message.contains("may not get Secret cloud")
             && created.message.contains("inline-user-data"),

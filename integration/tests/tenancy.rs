@@ -249,13 +249,37 @@ async fn templates_are_limited_to_the_namespaces_they_allow() {
     );
     apply(&admin, &desk_yaml(&team_a, "gpu", &spec));
 
-    // A ConfigMap without the opt-in label is no template.
+    // A ConfigMap without the opt-in label is no template. A labelled one created after it
+    // and seen by the webhook proves the watch had time to see both.
     apply(
         &admin,
         &format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: plain-{team_a}, namespace: cyberdesk-system}}\ndata: {{template.yaml: x}}\n"
         ),
     );
+    apply(
+        &admin,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: sentinel-{team_a}, namespace: cyberdesk-system, labels: {{cyberdesk.io/template: \"true\"}}}}\ndata: {{template.yaml: x}}\n"
+        ),
+    );
+    let sentinel = desk_yaml(
+        &team_a,
+        "sentinel",
+        &format!("{{template: sentinel-{team_a}}}"),
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the sentinel template admitted",
+        || async {
+            admin
+                .apply(&sentinel, &["--dry-run=server"])
+                .ok()?
+                .success
+                .then_some(())
+        },
+    )
+    .await;
     let out = admin
         .apply(
             &desk_yaml(&team_a, "plain", &format!("{{template: plain-{team_a}}}")),

@@ -236,15 +236,8 @@ async fn user_data_vars(
     let Some(r) = &cd.spec.user_data_secret_ref else {
         return Ok(Ok((B64.encode(EMPTY_CLOUD_CONFIG), String::new())));
     };
-    if resolved.uses(template::USER_DATA_SECRET_NAME)
-        && !template::SECRET_REF_KEYS.contains(&r.key.as_str())
-    {
-        return Ok(Err(RenderProblem::UserData(format!(
-            "{} passes Secret {} to KubeVirt by reference, which reads only the key userdata or userData, not {}",
-            resolved.describe(),
-            r.name,
-            r.key
-        ))));
+    if let Some(problem) = resolved.secret_key_problem(&r.key) {
+        return Ok(Err(RenderProblem::UserData(problem)));
     }
     if !resolved.uses(template::USER_DATA_BASE64) {
         return Ok(Ok((String::new(), r.name.clone())));

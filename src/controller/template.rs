@@ -49,6 +49,14 @@ pub enum TemplateError {
     WrongKind { api_version: String, kind: String },
     #[error("the VM template has no spec.template object (the VMI template KubeVirt requires)")]
     NoVmiTemplate,
+    #[error(
+        "the VM template uses ${{user_data_secret_name}} inside a longer value at {path}; it must be the whole value (the Secret's name, for cloudInitNoCloud.secretRef.name)"
+    )]
+    SecretNameNotWhole { path: String },
+    #[error(
+        "the VM template writes ${{{name}}} with YAML escapes; write it literally, so the webhook sees what the template uses"
+    )]
+    NotLiteral { name: &'static str },
 }
 
 /// Values substituted into a template for one Cyberdesk.
@@ -100,7 +108,25 @@ pub fn parse(text: &str) -> Result<Value, TemplateError> {
     };
     let mut copy = value.clone();
     substitute(&mut copy, &probe, &mut String::new())?;
+    // The webhook decides by a text search which user-data variables a template uses (see
+    // catalog::ResolvedTemplate::uses); refuse a template where that search would miss one.
+    for name in [USER_DATA_BASE64, USER_DATA_SECRET_NAME] {
+        let literal = format!("${{{name}}}");
+        if !text.contains(&literal) && mentions(&value, &literal) {
+            return Err(TemplateError::NotLiteral { name });
+        }
+    }
     Ok(value)
+}
+
+/// Does any string in `value` contain `needle`?
+fn mentions(value: &Value, needle: &str) -> bool {
+    match value {
+        Value::String(s) => s.contains(needle),
+        Value::Array(items) => items.iter().any(|v| mentions(v, needle)),
+        Value::Object(map) => map.values().any(|v| mentions(v, needle)),
+        _ => false,
+    }
 }
 
 fn check_kind(value: &Value) -> Result<(), TemplateError> {
@@ -160,7 +186,12 @@ fn inline_empty_secret_refs(vm: &mut Value) {
             });
             if empty_ref {
                 cloud_init.remove("secretRef");
-                cloud_init.insert("userData".into(), json!(EMPTY_CLOUD_CONFIG));
+                // Never a second source: keep what the template already gives inline.
+                if !cloud_init.contains_key("userData")
+                    && !cloud_init.contains_key("userDataBase64")
+                {
+                    cloud_init.insert("userData".into(), json!(EMPTY_CLOUD_CONFIG));
+                }
             }
         }
     }
@@ -217,6 +248,13 @@ fn substitute_str(s: &str, vars: &TemplateVars, path: &str) -> Result<String, Te
         let name = &after[..end];
         if name.is_empty() {
             return Err(TemplateError::BadReference {
+                path: path.to_string(),
+            });
+        }
+        // The Secret's name is checked against the requester as a whole; a prefix or suffix
+        // would make KubeVirt read another Secret than the one checked.
+        if name == USER_DATA_SECRET_NAME && s != "${user_data_secret_name}" {
+            return Err(TemplateError::SecretNameNotWhole {
                 path: path.to_string(),
             });
         }
@@ -354,6 +392,36 @@ mod tests {
                 .get("userData")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_secret_name_is_a_whole_value_written_literally() {
+        let partial = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {template: {x: '${user_data_secret_name}-cloudinit'}}\n";
+        assert!(matches!(
+            parse(partial),
+            Err(TemplateError::SecretNameNotWhole { .. })
+        ));
+        let escaped = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {template: {x: \"\\u0024{user_data_base64}\"}}\n";
+        assert_eq!(
+            parse(escaped),
+            Err(TemplateError::NotLiteral {
+                name: USER_DATA_BASE64
+            })
+        );
+    }
+
+    #[test]
+    fn an_empty_secret_ref_never_adds_a_second_source() {
+        let t = parse("apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec: {template: {spec: {volumes: [{name: c, cloudInitNoCloud: {secretRef: {name: '${user_data_secret_name}'}, userDataBase64: '${user_data_base64}'}}]}}}\n").expect("parses");
+        let mut v = vars();
+        v.user_data_secret_name = String::new();
+        let vm = render(&t, &v, &ownership()).expect("renders");
+        let cloud_init = &vm["spec"]["template"]["spec"]["volumes"][0]["cloudInitNoCloud"];
+        assert!(
+            cloud_init.get("secretRef").is_none() && cloud_init.get("userData").is_none(),
+            "{cloud_init}"
+        );
+        assert_eq!(cloud_init["userDataBase64"], "I2Nsb3VkLWNvbmZpZw==");
     }
 
     #[test]

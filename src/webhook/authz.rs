@@ -37,6 +37,8 @@ pub enum AccessError {
     Api(#[from] kube::Error),
     #[error("no apiserver to ask")]
     Unavailable,
+    #[error("the authorizer could not evaluate the request: {0}")]
+    Evaluation(String),
 }
 
 /// Answers "may this user `get` Secret `name` in `namespace`?".
@@ -49,30 +51,23 @@ pub trait SecretAccess: Send + Sync {
     ) -> BoxFuture<'a, Result<Access, AccessError>>;
 }
 
-/// Everything an answer depends on: the whole identity (extra included, since an
-/// authorizer may look at it), and the Secret.
+/// Everything an answer depends on — the whole identity (extra included, since an
+/// authorizer may look at it) and the Secret — as a SHA-256 of its canonical JSON: a few
+/// bytes per entry however large a (possibly forged) review's groups are, and no two
+/// identities share a key.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct CacheKey {
-    user: String,
-    uid: String,
-    groups: Vec<String>,
-    extra: BTreeMap<String, Vec<String>>,
-    namespace: String,
-    name: String,
-}
+struct CacheKey([u8; 32]);
 
 impl CacheKey {
     fn new(who: &UserInfo, namespace: &str, name: &str) -> Self {
         let mut groups = who.groups.clone().unwrap_or_default();
         groups.sort();
-        Self {
-            user: who.username.clone().unwrap_or_default(),
-            uid: who.uid.clone().unwrap_or_default(),
-            groups,
-            extra: who.extra.clone().unwrap_or_default(),
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        let extra: BTreeMap<_, _> = who.extra.clone().unwrap_or_default();
+        let canonical = serde_json::json!([who.username, who.uid, groups, extra, namespace, name]);
+        let digest = ring::digest::digest(&ring::digest::SHA256, canonical.to_string().as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        Self(key)
     }
 }
 
@@ -158,11 +153,15 @@ impl SubjectAccessReviewer {
                 .await
                 .map_err(|_| AccessError::Timeout(self.timeout))??;
         let status = answer.status.unwrap_or_default();
-        Ok(if status.allowed && status.denied != Some(true) {
-            Access::Allowed
-        } else {
-            Access::Denied(status.reason.unwrap_or_default())
-        })
+        if status.allowed && status.denied != Some(true) {
+            return Ok(Access::Allowed);
+        }
+        // An authorizer that failed to evaluate said nothing about the user: not a denial to
+        // cache, a check that could not be made.
+        match status.evaluation_error.filter(|e| !e.is_empty()) {
+            Some(error) if status.denied != Some(true) => Err(AccessError::Evaluation(error)),
+            _ => Ok(Access::Denied(status.reason.unwrap_or_default())),
+        }
     }
 }
 

@@ -146,39 +146,48 @@ fn ca_bundle_patch(kind: &str, name: &str, webhook: &str, ca_pem: &str) -> Value
 /// Puts `ca_pem` into both existing configurations by server-side apply of the caBundle
 /// fields alone, under their own field manager. Forced, so the bundle is ours even if a
 /// person pasted one in; nothing else is touched, and a configuration that does not
-/// exist is an error (the operator may not create them).
+/// exist is an error (the operator may not create them). Both are tried even if one fails:
+/// a missing mutating configuration must not leave the validating one untrusted.
 pub async fn apply_ca_bundle(
     client: &kube::Client,
     ca_pem: &str,
 ) -> Result<(), ConfigurationError> {
     let pp = PatchParams::apply(names::CA_BUNDLE_FIELD_MANAGER).force();
     let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let patch = ca_bundle_patch(
-        "MutatingWebhookConfiguration",
-        names::MUTATING_WEBHOOK_CONFIG,
-        MUTATING_WEBHOOK,
-        ca_pem,
-    );
-    m.patch(names::MUTATING_WEBHOOK_CONFIG, &pp, &Patch::Apply(patch))
+    let mutating = m
+        .patch(
+            names::MUTATING_WEBHOOK_CONFIG,
+            &pp,
+            &Patch::Apply(ca_bundle_patch(
+                "MutatingWebhookConfiguration",
+                names::MUTATING_WEBHOOK_CONFIG,
+                MUTATING_WEBHOOK,
+                ca_pem,
+            )),
+        )
         .await
         .map_err(|source| ConfigurationError::Apply {
             name: names::MUTATING_WEBHOOK_CONFIG,
             source,
-        })?;
+        });
     let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let patch = ca_bundle_patch(
-        "ValidatingWebhookConfiguration",
-        names::VALIDATING_WEBHOOK_CONFIG,
-        VALIDATING_WEBHOOK,
-        ca_pem,
-    );
-    v.patch(names::VALIDATING_WEBHOOK_CONFIG, &pp, &Patch::Apply(patch))
+    let validating = v
+        .patch(
+            names::VALIDATING_WEBHOOK_CONFIG,
+            &pp,
+            &Patch::Apply(ca_bundle_patch(
+                "ValidatingWebhookConfiguration",
+                names::VALIDATING_WEBHOOK_CONFIG,
+                VALIDATING_WEBHOOK,
+                ca_pem,
+            )),
+        )
         .await
         .map_err(|source| ConfigurationError::Apply {
             name: names::VALIDATING_WEBHOOK_CONFIG,
             source,
-        })?;
-    Ok(())
+        });
+    mutating.and(validating.map(drop))
 }
 
 #[cfg(test)]

@@ -6,14 +6,13 @@
 use serde_json::Value;
 
 use crate::catalog::{ResolvedTemplate, TemplateRefusal};
-use crate::controller::template::{SECRET_REF_KEYS, USER_DATA_SECRET_NAME};
 use crate::webhook::truncate;
 use crate::webhook::validate::Verdict;
 
 pub const SECRET_NAME_FIELD: &str = "spec.userDataSecretRef.name";
 pub const SECRET_KEY_FIELD: &str = "spec.userDataSecretRef.key";
 pub const TEMPLATE_FIELD: &str = "spec.template";
-/// Longest Secret name worth asking about; longer ones are refused by validation anyway.
+/// Longest Secret name worth asking about (a DNS-1123 subdomain); validation refuses longer.
 const MAX_SECRET_NAME: usize = 253;
 
 /// What the apiserver said about the requester reading the Secret.
@@ -51,13 +50,16 @@ pub fn changed(old: Option<&Value>, new: &Value, pointer: &str) -> bool {
     present(old) != present(new)
 }
 
-/// The Secret name to ask about: a plausible name whose reference is new or changed.
+/// The Secret name to ask about: a plausible name whose reference is new or changed, or
+/// whose template changed (another template may put the value inline where the old one
+/// passed it by reference, so whoever changes it must be able to read the Secret too).
 pub fn secret_to_check<'a>(old: Option<&Value>, new: &'a Value) -> Option<&'a str> {
     let name = new
         .pointer("/spec/userDataSecretRef/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty() && n.len() <= MAX_SECRET_NAME)?;
-    changed(old, new, "/spec/userDataSecretRef").then_some(name)
+    (changed(old, new, "/spec/userDataSecretRef") || changed(old, new, "/spec/template"))
+        .then_some(name)
 }
 
 /// The template to resolve: `Some(requested)` (inner `None` = the default) when the template
@@ -87,6 +89,7 @@ pub fn judge(
         .unwrap_or("");
     let secret = truncate(secret, 63);
     let user = truncate(user, 120);
+    let namespace = truncate(namespace, 63);
     match &facts.secret_access {
         None | Some(SecretAccessFact::Allowed) => {}
         Some(SecretAccessFact::Denied(reason)) => {
@@ -121,18 +124,8 @@ pub fn judge(
             let key = object
                 .pointer("/spec/userDataSecretRef/key")
                 .and_then(Value::as_str);
-            if let Some(key) = key
-                && template.uses(USER_DATA_SECRET_NAME)
-                && !SECRET_REF_KEYS.contains(&key)
-            {
-                verdict.deny(
-                    SECRET_KEY_FIELD,
-                    format!(
-                        "{} hands the Secret to KubeVirt by reference (cloudInitNoCloud.secretRef), which reads only the key \"userdata\" or \"userData\", not {:?}",
-                        template.describe(),
-                        truncate(key, 63)
-                    ),
-                );
+            if let Some(problem) = key.and_then(|k| template.secret_key_problem(k)) {
+                verdict.deny(SECRET_KEY_FIELD, problem);
             }
         }
     }
@@ -172,6 +165,10 @@ mod tests {
         assert_eq!(secret_to_check(None, &a), Some("a"));
         assert_eq!(secret_to_check(Some(&a), &b), Some("b"));
         assert_eq!(secret_to_check(Some(&a), &a_longer), None);
+        // Another template may inline what the old one passed by reference: ask again.
+        let mut a_inline = a.clone();
+        a_inline["spec"]["template"] = json!("inline");
+        assert_eq!(secret_to_check(Some(&a), &a_inline), Some("a"));
         assert_eq!(secret_to_check(None, &desk(json!({}))), None);
         assert_eq!(
             secret_to_check(None, &desk(json!({"userDataSecretRef": {"name": 5}}))),
@@ -275,7 +272,7 @@ mod tests {
         assert_eq!(v.violations.len(), 1);
         assert_eq!(v.violations[0].field, SECRET_KEY_FIELD);
         assert!(v.violations[0].message.contains("cloud-init"));
-        for key in SECRET_REF_KEYS {
+        for key in crate::controller::template::SECRET_REF_KEYS {
             assert!(
                 judged(
                     facts.clone(),

@@ -272,6 +272,16 @@ async fn create_dry_runs(
     ns: &str,
     n: usize,
 ) -> anyhow::Result<Vec<Duration>> {
+    create_dry_runs_of(client, ns, n, json!({"timeoutMs": 60000})).await
+}
+
+/// `n` dry-run creates of one desk with `spec`, one after another; sorted latencies.
+async fn create_dry_runs_of(
+    client: &kube::Client,
+    ns: &str,
+    n: usize,
+    spec: serde_json::Value,
+) -> anyhow::Result<Vec<Duration>> {
     let api: Api<Cyberdesk> = Api::namespaced(client.clone(), ns);
     let pp = PostParams {
         dry_run: true,
@@ -279,7 +289,7 @@ async fn create_dry_runs(
     };
     let desk: Cyberdesk = serde_json::from_value(
         json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
-        "metadata": {"name": "probe"}, "spec": {"timeoutMs": 60000}}),
+        "metadata": {"name": "probe"}, "spec": spec}),
     )?;
     let mut lat = Vec::new();
     for _ in 0..n {
@@ -337,9 +347,52 @@ async fn bench_apply(c: &Cluster) -> anyhow::Result<()> {
         "kubectl apply --dry-run=server with webhooks (20 runs, process start included): median {}",
         ms(kubectl[10])
     );
+    let webhook = op.webhook;
+    bench_access_reviews(c, &ns, "cached (5 s)").await?;
+    // Same port, so the registrations still point at it; every review asks the apiserver.
+    drop(op);
+    let mut flags = operator_flags(true);
+    flags.push("--access-review-cache-secs=0".into());
+    let op = OperatorProcess::start_on(c, "bench-apply-uncached", webhook, &flags);
+    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
+    bench_access_reviews(c, &ns, "uncached").await?;
     // The operator stops here; its registrations would fail every later create.
     drop(op);
     delete_webhook_configs(c);
+    Ok(())
+}
+
+/// Dry-run creates by a tenant (RBAC, not system:masters) with and without a user-data
+/// Secret: the difference is the SubjectAccessReview the validating webhook makes.
+async fn bench_access_reviews(c: &Cluster, ns: &str, label: &str) -> anyhow::Result<()> {
+    let tenant_rbac = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench-ud, namespace: {ns}}}\nstringData: {{userdata: x}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: bench-tenant, namespace: {ns}}}\n\
+         rules: [{{apiGroups: [cyberdesk.io], resources: [cyberdesks], verbs: [create]}}, {{apiGroups: [''], resources: [secrets], verbs: [get]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: bench-tenant, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: bench-tenant}}\n\
+         subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bench-tenant}}]\n"
+    );
+    let out = c.kubectl().apply(&tenant_rbac, &[])?;
+    anyhow::ensure!(out.success, "{}", out.stderr);
+    let kubeconfig = kube::config::Kubeconfig::read_from(&c.kubeconfig)?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    config.auth_info.impersonate = Some("bench-tenant".into());
+    config.auth_info.impersonate_groups = Some(vec!["bench".into()]);
+    let tenant = kube::Client::try_from(config)?;
+    let with_secret =
+        json!({"timeoutMs": 60000, "userDataSecretRef": {"name": "bench-ud", "key": "userdata"}});
+    create_dry_runs_of(&tenant, ns, 20, with_secret.clone()).await?;
+    let plain = create_dry_runs_of(&tenant, ns, 200, json!({"timeoutMs": 60000})).await?;
+    let secret = create_dry_runs_of(&tenant, ns, 200, with_secret).await?;
+    println!(
+        "create (dry-run) by a tenant with both webhooks, 200 requests: no Secret p50 {} p99 {}; with a user-data Secret, access review {label}: p50 {} p99 {}; added p50 {}",
+        ms(pct(&plain, 0.5)),
+        ms(pct(&plain, 0.99)),
+        ms(pct(&secret, 0.5)),
+        ms(pct(&secret, 0.99)),
+        ms(pct(&secret, 0.5).saturating_sub(pct(&plain, 0.5)))
+    );
     Ok(())
 }
 
