@@ -119,6 +119,44 @@ pub struct RunConfig {
     #[arg(long, env = "CYBERDESK_TEMPLATE_CONFIGMAP", default_value = names::TEMPLATE_CONFIGMAP)]
     pub template_configmap: String,
 
+    /// Webhook server: longest time from the first byte of a request (from accept, for a
+    /// connection's first request) to its last header; slower clients are disconnected.
+    #[arg(
+        long,
+        env = "CYBERDESK_WEBHOOK_HEADER_TIMEOUT_SECS",
+        default_value_t = 5
+    )]
+    pub webhook_header_timeout_secs: u64,
+
+    /// Webhook server: how long a keep-alive connection may wait for its next request.
+    #[arg(
+        long,
+        env = "CYBERDESK_WEBHOOK_IDLE_TIMEOUT_SECS",
+        default_value_t = 60
+    )]
+    pub webhook_idle_timeout_secs: u64,
+
+    /// Webhook server: longest time to read a request's body and answer it (408 after).
+    #[arg(
+        long,
+        env = "CYBERDESK_WEBHOOK_REQUEST_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub webhook_request_timeout_secs: u64,
+
+    /// Webhook server: most connections open at once; more are closed as they arrive.
+    #[arg(
+        long,
+        env = "CYBERDESK_WEBHOOK_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub webhook_max_connections: usize,
+
+    /// The operator's ServiceAccount (in --namespace): its own updates of a Cyberdesk
+    /// (finalizer, status) are never judged by policies.
+    #[arg(long, env = "CYBERDESK_SERVICE_ACCOUNT", default_value = names::SERVICE_ACCOUNT)]
+    pub service_account: String,
+
     /// Longest wait for the SubjectAccessReview that checks a requester may read the
     /// user-data Secret their desk names; no answer in time denies the desk.
     #[arg(
@@ -164,6 +202,25 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The webhook server's limits from the flags.
+    pub fn server_limits(&self) -> crate::webhook::server::ServerLimits {
+        crate::webhook::server::ServerLimits {
+            header_read_timeout: Duration::from_secs(self.webhook_header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.webhook_idle_timeout_secs.max(1)),
+            request_timeout: Duration::from_secs(self.webhook_request_timeout_secs.max(1)),
+            max_connections: self.webhook_max_connections.max(1),
+            ..Default::default()
+        }
+    }
+
+    /// The user name the apiserver gives the operator's ServiceAccount.
+    pub fn operator_username(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }

@@ -44,6 +44,8 @@ pub const FAMILIES: &[&str] = &[
     "cyberdesk_policy_reload_total",
     "cyberdesk_timeout_lag_seconds",
     "cyberdesk_secret_access_reviews_total",
+    "cyberdesk_webhook_connections_rejected_total",
+    "cyberdesk_webhook_connections_open",
 ];
 
 #[derive(Clone, Debug)]
@@ -63,6 +65,8 @@ pub struct Metrics {
     pub policy_reload: IntCounterVec,
     pub timeout_lag: Histogram,
     pub secret_access_reviews: IntCounterVec,
+    pub webhook_connections_rejected: IntCounterVec,
+    pub webhook_connections_open: IntGauge,
 }
 
 impl Metrics {
@@ -152,6 +156,17 @@ impl Metrics {
                 ),
                 &["result", "source"],
             )?,
+            webhook_connections_rejected: IntCounterVec::new(
+                Opts::new(
+                    "cyberdesk_webhook_connections_rejected_total",
+                    "Webhook connections or requests the server gave up on, by the limit they hit",
+                ),
+                &["reason"],
+            )?,
+            webhook_connections_open: IntGauge::new(
+                "cyberdesk_webhook_connections_open",
+                "Webhook connections open right now",
+            )?,
             registry,
         };
         m.register_all()?;
@@ -177,6 +192,9 @@ impl Metrics {
         for result in ["success", "error"] {
             m.policy_reload.with_label_values(&[result]);
         }
+        for reason in crate::webhook::server::REJECT_REASONS {
+            m.webhook_connections_rejected.with_label_values(&[reason]);
+        }
         for result in ACCESS_RESULTS {
             for source in ACCESS_SOURCES {
                 m.secret_access_reviews.with_label_values(&[result, source]);
@@ -201,6 +219,8 @@ impl Metrics {
         r.register(Box::new(self.policy_reload.clone()))?;
         r.register(Box::new(self.timeout_lag.clone()))?;
         r.register(Box::new(self.secret_access_reviews.clone()))?;
+        r.register(Box::new(self.webhook_connections_rejected.clone()))?;
+        r.register(Box::new(self.webhook_connections_open.clone()))?;
         Ok(())
     }
 

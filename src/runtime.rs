@@ -61,6 +61,8 @@ pub enum RunError {
     Webhook(#[from] crate::webhook::server::ServerError),
     #[error(transparent)]
     Leader(#[from] crate::leader::LeaderError),
+    #[error("cannot start the webhook server's runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
 }
@@ -268,18 +270,35 @@ async fn start_webhooks(
             Duration::from_secs(cfg.access_review_cache_secs),
             metrics.clone(),
         )),
+        operator_username: cfg.operator_username(),
     });
     let tls_config = tls::server_config(resolver).map_err(|e| RunError::Tls(e.to_string()))?;
-    let listener = server::bind(cfg.webhook_addr).await?;
+    let listener = server::bind_std(cfg.webhook_addr)?;
+    let webhook_runtime = server::own_runtime().map_err(RunError::Runtime)?;
     tracing::info!(addr = %cfg.webhook_addr, mode = ?cfg.tls_mode, "webhook server listening");
     readiness.open(GATE_WEBHOOK);
-    tasks.push(tokio::spawn(server::serve(
-        listener,
-        Arc::new(tls_config),
-        server::router(admission),
-        stop.clone(),
-        cfg.shutdown_timeout(),
-    )));
+    let limits = cfg.server_limits();
+    let app = server::router(admission, limits.request_timeout);
+    let (metrics, stop, drain) = (metrics.clone(), stop.clone(), cfg.shutdown_timeout());
+    tasks.push(tokio::task::spawn_blocking(move || {
+        webhook_runtime.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    server::serve(
+                        listener,
+                        Arc::new(tls_config),
+                        app,
+                        limits,
+                        metrics,
+                        stop,
+                        drain,
+                    )
+                    .await
+                }
+                Err(e) => tracing::error!(error = %e, "cannot use the webhook listener"),
+            }
+        });
+    }));
     Ok(tasks)
 }
 

@@ -21,6 +21,7 @@ pub const ANNOTATION_ALLOWED_NAMESPACES: &str = "cyberdesk.io/allowed-namespaces
 pub const CA_BUNDLE_FIELD_MANAGER: &str = "cyberdesk-operator-ca-bundle";
 pub const POLICIES_CONFIGMAP: &str = "cyberdesk-policies";
 pub const SERVICE_NAME: &str = "cyberdesk-operator";
+pub const SERVICE_ACCOUNT: &str = "cyberdesk-operator";
 pub const WEBHOOK_PORT: u16 = 8443;
 pub const ADMIN_PORT: u16 = 8081;
 

@@ -50,19 +50,23 @@ fn app_full(
     secret_access: Arc<dyn SecretAccess>,
     templates: Vec<ConfigMap>,
 ) -> Router {
-    router(Arc::new(Admission {
-        mutate: MutateConfig {
-            default_timeout_ms: 3_600_000,
-        },
-        validate: ValidateConfig {
-            min_timeout_ms: 1_000,
-            max_timeout_ms: 30 * 86_400_000,
-        },
-        policies,
-        metrics: Metrics::new("test", &[]).expect("metrics"),
-        templates: Catalog::fixed("cyberdesk-system", "cyberdesk-vm-template", templates),
-        secret_access,
-    }))
+    router(
+        Arc::new(Admission {
+            mutate: MutateConfig {
+                default_timeout_ms: 3_600_000,
+            },
+            validate: ValidateConfig {
+                min_timeout_ms: 1_000,
+                max_timeout_ms: 30 * 86_400_000,
+            },
+            policies,
+            metrics: Metrics::new("test", &[]).expect("metrics"),
+            templates: Catalog::fixed("cyberdesk-system", "cyberdesk-vm-template", templates),
+            secret_access,
+            operator_username: "system:serviceaccount:cyberdesk-system:cyberdesk-operator".into(),
+        }),
+        std::time::Duration::from_secs(10),
+    )
 }
 
 fn app() -> Router {
@@ -146,11 +150,7 @@ fn patch_bytes(v: &Value) -> Vec<u8> {
         Value::String(s) => base64::engine::general_purpose::STANDARD
             .decode(s)
             .expect("base64"),
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|b| b.as_u64().map(|b| b as u8))
-            .collect(),
-        other => panic!("no patch: {other}"),
+        other => panic!("patch must be a base64 string (bytes in JSON), got: {other}"),
     }
 }
 
@@ -535,4 +535,100 @@ async fn templates_must_exist_and_be_allowed_here() {
     let (_, body) = post(app(), "/validate", verdict("team-a-only", "cloud-init")).await;
     let found = causes(response(&body));
     assert_eq!(found[0].0, "spec.userDataSecretRef.key", "{found:?}");
+}
+
+/// The raw bytes of a response, read as the AdmissionReview API defines it, not through our
+/// own types.
+async fn raw(app: Router, path: &str, body: String) -> Value {
+    let resp = app
+        .oneshot(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    serde_json::from_slice(&bytes).expect("a JSON document")
+}
+
+#[tokio::test]
+async fn mutate_responses_are_exact_to_the_api() {
+    let v = raw(
+        app(),
+        "/mutate",
+        review("CREATE", desk("alice", json!({})), Value::Null).to_string(),
+    )
+    .await;
+    assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(v["kind"], "AdmissionReview");
+    let r = &v["response"];
+    assert_eq!(r["uid"], "11111111-2222-3333-4444-555555555555");
+    assert_eq!(r["allowed"], true);
+    assert_eq!(r["patchType"], "JSONPatch");
+    let Value::String(encoded) = &r["patch"] else {
+        panic!("patch is not a base64 string: {}", r["patch"]);
+    };
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("valid base64");
+    let ops: Value = serde_json::from_slice(&decoded).expect("a JSON Patch");
+    assert_eq!(
+        ops,
+        json!([
+            {"op": "add", "path": "/spec/timeoutMs", "value": 3_600_000},
+            {"op": "add", "path": "/spec/timeoutAction", "value": "Delete"},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["cyberdesk.io/vm-cleanup"]},
+        ])
+    );
+
+    // Nothing to default: no patch and no patchType, uid still echoed.
+    let complete = desk("bob", json!({"timeoutMs": 60_000, "timeoutAction": "Stop"}));
+    let mut complete = complete;
+    complete["metadata"]["finalizers"] = json!(["cyberdesk.io/vm-cleanup"]);
+    let v = raw(
+        app(),
+        "/mutate",
+        review("CREATE", complete, Value::Null).to_string(),
+    )
+    .await;
+    let r = &v["response"];
+    assert_eq!(r["uid"], "11111111-2222-3333-4444-555555555555");
+    assert_eq!(r["allowed"], true);
+    assert!(
+        r.get("patch").is_none() && r.get("patchType").is_none(),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn denials_carry_the_api_status_shape() {
+    let v = raw(
+        app(),
+        "/validate",
+        review(
+            "CREATE",
+            desk("alice", json!({"timeoutMs": "1h"})),
+            Value::Null,
+        )
+        .to_string(),
+    )
+    .await;
+    let r = &v["response"];
+    assert_eq!(r["uid"], "11111111-2222-3333-4444-555555555555");
+    assert_eq!(r["allowed"], false);
+    assert!(r.get("patchType").is_none());
+    let status = &r["status"];
+    assert_eq!(status["code"], 422);
+    assert_eq!(status["reason"], "Invalid");
+    assert_eq!(status["status"], "Failure");
+    let causes = status["details"]["causes"].as_array().expect("causes");
+    assert!(causes.iter().all(|c| c["reason"] == "FieldValueInvalid"
+        && c["field"].as_str().is_some_and(|f| !f.is_empty())
+        && c["message"].as_str().is_some_and(|m| !m.is_empty())));
 }

@@ -1,37 +1,110 @@
 //! The HTTPS webhook server: axum routes over a tokio-rustls accept loop, so the serving
 //! certificate comes from a resolver that can swap it without a restart.
+//!
+//! With `failurePolicy: Fail` a starved webhook blocks every Cyberdesk write in the cluster,
+//! the operator's own finalizer removals included, so every connection is bounded: a cap on
+//! open connections, a TLS handshake timeout, a header read timeout from the first byte of
+//! a request (from accept for the first one), an idle keep-alive timeout between requests,
+//! and a timeout for reading the body and answering.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
 
+use crate::metrics::Metrics;
+use crate::webhook::admission::review_json;
 use crate::webhook::admission::{Admission, Webhook};
 
 /// Largest AdmissionReview accepted. An object is at most ~1.5 MiB in etcd and a review
 /// carries the object and the old object.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn router(admission: Arc<Admission>) -> Router {
+/// How long each stage of a connection may take, and how many may be open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub handshake_timeout: Duration,
+    /// From the first byte of a request (from accept for the first) to its last header.
+    pub header_read_timeout: Duration,
+    /// Between the end of a response and the first byte of the next request.
+    pub idle_timeout: Duration,
+    /// Reading the body and answering the review.
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Why the server gave up on a connection or request
+/// (`cyberdesk_webhook_connections_rejected_total{reason}`).
+pub const REJECT_REASONS: &[&str] = &[
+    "capacity",
+    "handshake_timeout",
+    "header_timeout",
+    "request_timeout",
+];
+
+pub fn router(admission: Arc<Admission>, request_timeout: Duration) -> Router {
+    let metrics = admission.metrics.clone();
     Router::new()
         .route("/mutate", post(mutate))
         .route("/validate", post(validate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(admission)
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(move |e: BoxError| {
+                    let metrics = metrics.clone();
+                    async move { timed_out(&metrics, e) }
+                }))
+                .timeout(request_timeout),
+        )
+}
+
+fn timed_out(metrics: &Metrics, e: BoxError) -> Response {
+    if e.is::<tower::timeout::error::Elapsed>() {
+        reject(metrics, "request_timeout");
+        return (
+            StatusCode::REQUEST_TIMEOUT,
+            "the AdmissionReview was not received and answered in time",
+        )
+            .into_response();
+    }
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("unexpected error: {e}"),
+    )
+        .into_response()
 }
 
 async fn mutate(State(a): State<Arc<Admission>>, body: Bytes) -> Response {
@@ -44,7 +117,7 @@ async fn validate(State(a): State<Arc<Admission>>, body: Bytes) -> Response {
 
 async fn answer(admission: &Admission, webhook: Webhook, body: &[u8]) -> Response {
     match admission.review(webhook, body).await {
-        Ok(review) => match serde_json::to_vec(&review) {
+        Ok(review) => match review_json(&review) {
             Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
             Err(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,16 +152,178 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
+/// A listening socket not yet tied to any runtime, for [`own_runtime`].
+pub fn bind_std(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok(listener)
+}
+
+/// Worker threads of the webhook server's own runtime.
+const WEBHOOK_WORKERS: usize = 2;
+
+/// A runtime for the webhook server alone: review work (JSON parsing, policy evaluation)
+/// under a flood then competes with the controller only for CPU, fairly, through the OS
+/// scheduler, and never holds up its Lease renewals and watches on the main runtime.
+pub fn own_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WEBHOOK_WORKERS)
+        .thread_name("webhook")
+        .enable_all()
+        .build()
+}
+
+/// Counts a refusal, and logs it at most every [`LOG_EVERY`] per process so a flood does not
+/// become a flood of log lines.
+fn reject(metrics: &Metrics, reason: &'static str) {
+    metrics
+        .webhook_connections_rejected
+        .with_label_values(&[reason])
+        .inc();
+    static LAST_LOG: AtomicU64 = AtomicU64::new(0);
+    let now = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
+    let last = LAST_LOG.load(Ordering::Relaxed);
+    if now >= last + LOG_EVERY.as_secs()
+        && LAST_LOG
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            reason,
+            "webhook server refused a connection or request (counted in cyberdesk_webhook_connections_rejected_total; further refusals are not logged for a while)"
+        );
+    }
+}
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a connection is, for its watchdog.
+const READING_HEAD: u8 = 0;
+const BUSY: u8 = 1;
+const IDLE: u8 = 2;
+
+struct Activity {
+    state: AtomicU8,
+    /// Milliseconds since `origin` when `state` was entered.
+    since: AtomicU64,
+    origin: Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            state: AtomicU8::new(READING_HEAD),
+            since: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    fn enter(&self, state: u8) {
+        self.since.store(self.now_ms(), Ordering::Relaxed);
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// Bytes arrived: an idle connection starts reading the next request's head.
+    fn on_read(&self) {
+        if self
+            .state
+            .compare_exchange(IDLE, READING_HEAD, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.since.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The limit this connection has run past, if any: `Some(Some(reason))` counts as a
+    /// refusal, `Some(None)` is an ordinary idle close.
+    fn expired(&self, limits: &ServerLimits) -> Option<Option<&'static str>> {
+        let waited = Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.since.load(Ordering::Relaxed)),
+        );
+        match self.state.load(Ordering::Acquire) {
+            READING_HEAD if waited > limits.header_read_timeout => Some(Some("header_timeout")),
+            IDLE if waited > limits.idle_timeout => Some(None),
+            _ => None,
+        }
+    }
+}
+
+/// The TLS stream, noting when bytes arrive.
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// How often each connection's watchdog looks at it.
+const WATCHDOG_TICK: Duration = Duration::from_millis(250);
+
 /// Serves until `shutdown`, then lets in-flight requests finish for up to `drain`.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    limits: ServerLimits,
+    metrics: Metrics,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -102,26 +337,22 @@ pub async fn serve(
                 }
             },
         };
+        // Full: close at once rather than queue, so a flood cannot park legitimate
+        // connections behind it; the apiserver retries.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            reject(&metrics, "capacity");
+            drop(tcp);
+            continue;
+        };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let watcher = graceful.watcher();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            let _slot = slot;
+            metrics.webhook_connections_open.inc();
+            serve_connection(tcp, peer, acceptor, app, limits, &metrics, watcher).await;
+            metrics.webhook_connections_open.dec();
         });
     }
     drop(listener);
@@ -133,5 +364,66 @@ pub async fn serve(
             ?drain,
             "webhook connections still open after the drain period"
         );
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: Router,
+    limits: ServerLimits,
+    metrics: &Metrics,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            reject(metrics, "handshake_timeout");
+            return;
+        }
+    };
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        inner: tls,
+        activity: activity.clone(),
+    });
+    let service_activity = activity.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let activity = service_activity.clone();
+        activity.enter(BUSY);
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(req.map(Body::new)).await;
+            activity.enter(IDLE);
+            response
+        }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    let conn = watcher.watch(builder.serve_connection(io, service).into_owned());
+    let mut conn = std::pin::pin!(conn);
+    let mut tick = tokio::time::interval(WATCHDOG_TICK);
+    loop {
+        tokio::select! {
+            ended = &mut conn => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tick.tick() => {
+                if let Some(reason) = activity.expired(&limits) {
+                    if let Some(reason) = reason {
+                        reject(metrics, reason);
+                    }
+                    // Dropping the connection closes the socket.
+                    return;
+                }
+            }
+        }
     }
 }

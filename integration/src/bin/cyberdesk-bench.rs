@@ -105,15 +105,20 @@ async fn start_webhook() -> anyhow::Result<(SocketAddr, String, CancellationToke
         // The reviews name no Secret (no access review) and get the built-in template.
         templates: Catalog::fixed("cyberdesk-system", "cyberdesk-vm-template", vec![]),
         secret_access: Arc::new(NoAccessReviews),
+        operator_username: String::new(),
     });
     let listener = server::bind("127.0.0.1:0".parse()?).await?;
     let addr = listener.local_addr()?;
     let token = CancellationToken::new();
     let config = Arc::new(tls::server_config(resolver)?);
+    let limits = server::ServerLimits::default();
+    let metrics = admission.metrics.clone();
     tokio::spawn(server::serve(
         listener,
         config,
-        server::router(admission),
+        server::router(admission, limits.request_timeout),
+        limits,
+        metrics,
         token.clone(),
         Duration::from_secs(1),
     ));
