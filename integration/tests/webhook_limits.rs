@@ -1,0 +1,259 @@
+//! The webhook server under hostile clients, as an attacker on the pod network would try it:
+//! thousands of connections that send half a request header, and more idle connections
+//! than the server admits. The leader keeps its Lease meanwhile, a well-formed review is
+//! answered at once, and the process stays up within its memory limit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cyberdesk_integration::e2e::{eventually, install_everything};
+use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::shared::{Cluster, cluster};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+const FLOOD: usize = 2000;
+const HALF_HEADER: &[u8] = b"POST /validate HTTP/1.1\r\nHost: x\r\n";
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The two floods share two cores; run them one after the other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The operator's container limit in manifests/base/deployment.yaml.
+const MEMORY_LIMIT_KIB: u64 = 256 * 1024;
+
+async fn connector(c: &Cluster) -> TlsConnector {
+    let secrets: Api<Secret> = Api::namespaced(c.client().await, "cyberdesk-system");
+    let ca = eventually(Duration::from_secs(20), "the webhook CA", || async {
+        let s = secrets.get_opt("cyberdesk-webhook-tls").await.ok()??;
+        let bytes = s.data?.get("ca.crt")?.0.clone();
+        String::from_utf8(bytes).ok()
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&ca) {
+        roots.add(cert).expect("CA certificate");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    cyberdesk_operator::webhook::tls::certs_from_pem(pem).expect("PEM certificates")
+}
+
+async fn tls(connector: &TlsConnector, addr: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+    connector.connect(name.to_owned(), tcp).await
+}
+
+/// Reads until the server closes the stream (or `within` passes); when it closed.
+async fn closed_at<S: tokio::io::AsyncRead + Unpin>(mut s: S, within: Duration) -> Option<Instant> {
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.ok()
+}
+
+/// One well-formed review on a fresh connection; the HTTP status it got.
+async fn review(connector: &TlsConnector, addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = tls(connector, addr).await?;
+    let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"cyberdesk.io","version":"v1alpha1","kind":"Cyberdesk"},"resource":{"group":"cyberdesk.io","version":"v1alpha1","resource":"cyberdesks"},"name":"d","namespace":"n","operation":"CREATE","userInfo":{"username":"u"},"object":{"apiVersion":"cyberdesk.io/v1alpha1","kind":"Cyberdesk","metadata":{"name":"d","namespace":"n"},"spec":{}}}}"#;
+    let request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).await?;
+    Ok(response.lines().next().unwrap_or("").to_string())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn lease(c: &Cluster) -> (String, String) {
+    let api: Api<Lease> = Api::namespaced(c.client().await, "cyberdesk-system");
+    let lease = api.get("cyberdesk-operator").await.expect("Lease");
+    let spec = lease.spec.unwrap_or_default();
+    (
+        spec.holder_identity.unwrap_or_default(),
+        spec.renew_time.map(|t| t.0.to_string()).unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn half_headers_are_cut_off_and_the_leader_keeps_its_lease() {
+    let _one_flood_at_a_time = SERIAL.lock().await;
+    let c = cluster();
+    install_everything(&c).await;
+    let mut flags = reconciler_only_flags(true);
+    // Room for the whole flood, so the well-formed review below is not refused for capacity.
+    flags.push("--webhook-max-connections=2500".into());
+    let op = OperatorProcess::start(&c, "flooded", &flags);
+    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+    let connector = connector(&c).await;
+    let (holder, renewed_before) =
+        eventually(Duration::from_secs(30), "a Lease holder", || async {
+            let (holder, renewed) = lease(&c).await;
+            (holder == "flooded").then_some((holder, renewed))
+        })
+        .await;
+
+    // 2,000 connections, each sending half a header and then nothing.
+    let sent_count = Arc::new(AtomicUsize::new(0));
+    let opened = Instant::now();
+    let mut pending = Vec::new();
+    for _ in 0..FLOOD {
+        let (connector, addr, sent_count) = (connector.clone(), op.webhook, sent_count.clone());
+        pending.push(tokio::spawn(async move {
+            let mut s = tls(&connector, addr).await.expect("TLS connection");
+            s.write_all(HALF_HEADER).await.expect("half a header");
+            let sent = Instant::now();
+            sent_count.fetch_add(1, Ordering::Relaxed);
+            let closed = closed_at(s, HEADER_TIMEOUT + Duration::from_secs(20)).await;
+            (sent, closed)
+        }));
+    }
+    eventually(
+        Duration::from_secs(30),
+        "every half header sent",
+        || async { (sent_count.load(Ordering::Relaxed) == FLOOD).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "{FLOOD} half-header connections open after {:?}",
+        opened.elapsed()
+    );
+
+    // Meanwhile: a fresh, well-formed review is answered at once.
+    let asked = Instant::now();
+    let status = review(&connector, op.webhook).await.expect("review");
+    let answered = asked.elapsed();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(
+        answered < Duration::from_secs(1),
+        "the review took {answered:?} during the flood"
+    );
+    let rss = rss_kib(op.pid());
+    assert!(rss < MEMORY_LIMIT_KIB, "RSS {rss} KiB during the flood");
+
+    let mut latest = Duration::ZERO;
+    for task in pending {
+        let (sent, closed) = task.await.expect("client task");
+        let closed = closed.expect("a half-header connection was never closed");
+        latest = latest.max(closed.saturating_duration_since(sent));
+    }
+    eprintln!("slowest close after its half header: {latest:?}");
+    assert!(
+        latest <= HEADER_TIMEOUT + Duration::from_secs(6),
+        "a connection stayed open {latest:?} after its half header"
+    );
+    let metrics = op.metrics();
+    let header_timeouts = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                r#"cyberdesk_webhook_connections_rejected_total{reason="header_timeout"}"#,
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        header_timeouts >= FLOOD as f64,
+        "header timeouts counted: {header_timeouts}"
+    );
+
+    // The leader renewed its Lease all along and still holds it.
+    let (holder_after, renewed_after) = lease(&c).await;
+    assert_eq!(holder_after, holder);
+    assert_ne!(
+        renewed_after, renewed_before,
+        "the Lease was not renewed during the flood"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_past_the_cap_are_refused_and_nothing_breaks() {
+    let _one_flood_at_a_time = SERIAL.lock().await;
+    let c = cluster();
+    install_everything(&c).await;
+    let op = OperatorProcess::start(&c, "capped", &reconciler_only_flags(false));
+    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+    let connector = connector(&c).await;
+
+    // 1,500 plain TCP connections that never speak; the cap is 1,024.
+    let mut sockets = Vec::new();
+    for _ in 0..1500 {
+        sockets.push(TcpStream::connect(op.webhook).await.expect("connect"));
+    }
+    let refused = eventually(
+        Duration::from_secs(5),
+        "connections past the cap refused",
+        || async {
+            let text = op.metrics();
+            let n = text
+                .lines()
+                .find(|l| {
+                    l.starts_with(
+                        r#"cyberdesk_webhook_connections_rejected_total{reason="capacity"}"#,
+                    )
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())?;
+            (n >= 476.0).then_some(n)
+        },
+    )
+    .await;
+    eprintln!("refused for capacity: {refused}");
+    let open = op
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with("cyberdesk_webhook_connections_open "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(-1.0);
+    assert!(open <= 1024.0, "{open} connections open past the cap");
+    // The process is alive and healthy throughout.
+    assert!(
+        op.wait_ready(Duration::from_secs(1)),
+        "not ready while full"
+    );
+
+    // Once the silent ones hit the handshake timeout, the server takes new work again.
+    drop(sockets);
+    let status = eventually(
+        Duration::from_secs(20),
+        "a review answered after the flood",
+        || async { review(&connector, op.webhook).await.ok() },
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(op.wait_ready(Duration::from_secs(1)));
+}
