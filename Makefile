@@ -6,7 +6,7 @@ CARGO ?= cargo
 CACHE_DIR ?= $(or $(CYBERDESK_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cyberdesk-operator)
 export CYBERDESK_CONTROLPLANE_BIN ?= $(CACHE_DIR)/controlplane/bin
 
-.PHONY: help build release controlplane cluster test test-unit demo fmt lint crd certs bench clean
+.PHONY: help build release controlplane cluster test test-unit demo fmt lint crd certs bench fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -53,3 +53,19 @@ lint: ## rustfmt check and clippy with warnings denied
 
 clean: ## remove build output (keeps the control plane cache)
 	$(CARGO) clean
+
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS := admission template policy
+# New inputs the fuzzer finds go here; fuzz/corpus holds the committed seeds it starts from.
+FUZZ_WORK ?= $(CACHE_DIR)/fuzz-corpus
+
+fuzz: ## fuzz each target for FUZZ_SECONDS (nightly + cargo-fuzz, installed if missing)
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	set -o pipefail; cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_WORK)/$$t; \
+	  cargo +nightly fuzz run $$t $(FUZZ_WORK)/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 \
+	    | grep -E '^stat::number_of_executed_units|^Done|ERROR|panicked|SUMMARY' | sed "s/^/$$t: /" \
+	    || exit 1; \
+	done

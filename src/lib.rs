@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod fuzzing;
 pub mod leader;
 pub mod metrics;
 pub mod model;
