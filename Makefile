@@ -47,9 +47,11 @@ bench: controlplane ## benchmarks (figures, not pass/fail); see docs/benchmarks.
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-lint: ## rustfmt check and clippy with warnings denied
+lint: ## rustfmt check, clippy with warnings denied, cargo-deny (licenses, bans, sources)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny@0.20.2 --locked
+	$(CARGO) deny check licenses bans sources
 
 clean: ## remove build output (keeps the control plane cache)
 	$(CARGO) clean
