@@ -210,6 +210,13 @@ async fn start_webhooks(
             let sm_cfg = SelfManagedConfig::from_run_config(cfg);
             tasks.push(tokio::spawn(rotation::run_self_managed(
                 client.clone(),
+                Recorder::new(
+                    client.clone(),
+                    Reporter {
+                        controller: names::FIELD_MANAGER.into(),
+                        instance: Some(cfg.pod_name.clone()),
+                    },
+                ),
                 sm_cfg,
                 resolver.clone(),
                 metrics.clone(),

@@ -9,6 +9,7 @@
 
 pub mod files;
 pub mod rotation;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -225,6 +226,7 @@ pub enum Reason {
     LeafExpiring,
     SansChanged,
     LeafNotIssuedByCa,
+    UntrustedCa,
 }
 
 impl Reason {
@@ -239,6 +241,7 @@ impl Reason {
             Reason::LeafExpiring => "serving certificate expires soon",
             Reason::SansChanged => "serving certificate lacks a wanted DNS name or IP",
             Reason::LeafNotIssuedByCa => "serving certificate was not issued by the CA",
+            Reason::UntrustedCa => "ca.crt held certificates the operator did not issue",
         }
     }
 }
@@ -735,6 +738,10 @@ fn new_secret(namespace: &str, name: &str, bundle: &CertBundle) -> Secret {
                 names::LABEL_K8S_MANAGED_BY.to_string(),
                 names::MANAGED_BY_VALUE.to_string(),
             )])),
+            annotations: Some(BTreeMap::from([(
+                trust::ANNOTATION_ISSUED_CAS.to_string(),
+                trust::bundle_fingerprints(&bundle.ca_cert_pem),
+            )])),
             ..ObjectMeta::default()
         },
         type_: Some(SECRET_TYPE_TLS.to_string()),
@@ -746,6 +753,15 @@ fn new_secret(namespace: &str, name: &str, bundle: &CertBundle) -> Secret {
 /// `existing` with our four keys replaced; other keys, labels and the resourceVersion stay.
 fn updated_secret(mut existing: Secret, bundle: &CertBundle) -> Secret {
     existing.metadata.managed_fields = None;
+    // Every CA in the bundle we write is one we issued (or kept from one we issued).
+    existing
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            trust::ANNOTATION_ISSUED_CAS.to_string(),
+            trust::bundle_fingerprints(&bundle.ca_cert_pem),
+        );
     let data = existing.data.get_or_insert_with(BTreeMap::new);
     data.extend(secret_data(bundle));
     existing
@@ -771,19 +787,65 @@ pub async fn ensure_secret_in<S: SecretStore>(
     opts: &CertOptions,
     now: SystemTime,
 ) -> Result<CertBundle, CertError> {
+    ensure_trusted(store, sans, opts, now, None)
+        .await
+        .map(|e| e.bundle)
+}
+
+/// What a check of the Secret settled on, and the foreign CAs it took out of `ca.crt`.
+#[derive(Clone, Debug)]
+pub struct Ensured {
+    pub bundle: CertBundle,
+    /// SHA-256 fingerprints of certificates dropped because the operator did not issue them.
+    pub dropped_cas: Vec<String>,
+}
+
+/// [`ensure_secret_in`], trusting only CAs the operator issued (see [`trust`]) and repairing
+/// the Secret when it held others. `last_published`: the bundle this replica last put into
+/// the webhook configurations; when `ca.crt` has become unreadable it stays in the new
+/// bundle, so no replica's serving certificate is untrusted while they move to the new CA.
+pub async fn ensure_trusted<S: SecretStore>(
+    store: &S,
+    sans: &[String],
+    opts: &CertOptions,
+    now: SystemTime,
+    last_published: Option<&str>,
+) -> Result<Ensured, CertError> {
     validate_sans(sans)?;
     let (namespace, name) = (store.namespace(), store.name());
     for attempt in 1..=WRITE_ATTEMPTS {
         let existing = store.get().await?;
-        let data = existing.as_ref().map(SecretData::from_secret);
-        let action = decide(data.as_ref(), sans, now, opts);
-        let (reason, ca_renewed) = match &action {
-            Action::UseAsIs => {
-                if let Some(bundle) = data.as_ref().and_then(SecretData::bundle) {
-                    return Ok(bundle);
-                }
-                (Reason::Missing, true)
+        let mut data = existing.as_ref().map(SecretData::from_secret);
+        let mut dropped = Vec::new();
+        if let (Some(secret), Some(d)) = (existing.as_ref(), data.as_mut())
+            && let Some(ca_pem) = d.ca_cert_pem.clone()
+        {
+            let screened =
+                trust::screen(&ca_pem, d.ca_key_pem.as_deref(), &trust::recorded(secret));
+            if !screened.dropped.is_empty() {
+                d.ca_cert_pem = (!screened.bundle_pem.is_empty()).then_some(screened.bundle_pem);
+                dropped = screened.dropped;
             }
+        }
+        let mut action = decide(data.as_ref(), sans, now, opts);
+        if let Action::Regenerate {
+            reason: Reason::CaUnreadable,
+            previous_ca: previous @ None,
+        } = &mut action
+        {
+            *previous = last_published.map(str::to_string);
+        }
+        let (reason, ca_renewed) = match &action {
+            Action::UseAsIs => match data.as_ref().and_then(SecretData::bundle) {
+                Some(bundle) if dropped.is_empty() => {
+                    return Ok(Ensured {
+                        bundle,
+                        dropped_cas: dropped,
+                    });
+                }
+                Some(_) => (Reason::UntrustedCa, false),
+                None => (Reason::Missing, true),
+            },
             Action::RotateLeaf { reason } => (*reason, false),
             Action::Regenerate { reason, .. } => (*reason, true),
         };
@@ -803,7 +865,10 @@ pub async fn ensure_secret_in<S: SecretStore>(
                     not_after,
                     "webhook certificate written to the Secret"
                 );
-                return Ok(bundle);
+                return Ok(Ensured {
+                    bundle,
+                    dropped_cas: dropped,
+                });
             }
             Err(WriteError::AlreadyExists | WriteError::Conflict) => {
                 debug!(

@@ -6,12 +6,14 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    CertBundle, CertError, CertOptions, KubeSecretStore, SecretStore, ensure_secret_in, unix,
+    CertBundle, CertError, CertOptions, KubeSecretStore, SecretStore, ensure_trusted, unix,
 };
 use crate::config::RunConfig;
 use crate::metrics::Metrics;
@@ -87,6 +89,7 @@ pub struct SelfManaged<S, F> {
     on_new_ca: F,
     loaded: Option<Loaded>,
     published_ca: Option<String>,
+    recorder: Option<Recorder>,
 }
 
 impl<S, F, Fut, E> SelfManaged<S, F>
@@ -111,6 +114,48 @@ where
             on_new_ca,
             loaded: None,
             published_ca: None,
+            recorder: None,
+        }
+    }
+
+    /// Publish a Warning event on the Secret when foreign CAs are taken out of it.
+    pub fn with_recorder(mut self, recorder: Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// Says what was taken out of `ca.crt`: a log line and, with a recorder, an event.
+    async fn report_untrusted(&self, dropped: &[String]) {
+        warn!(
+            secret = %self.cfg.secret_name,
+            namespace = %self.cfg.namespace,
+            fingerprints = %dropped.join(","),
+            "removed certificates the operator did not issue from ca.crt; they are not published in caBundle"
+        );
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let secret = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            namespace: Some(self.cfg.namespace.clone()),
+            name: Some(self.cfg.secret_name.clone()),
+            ..Default::default()
+        };
+        let note = format!(
+            "removed {} certificate(s) the operator did not issue from ca.crt (SHA-256 {}); only CAs it issued are published in the webhooks' caBundle",
+            dropped.len(),
+            crate::webhook::truncate(&dropped.join(", "), 600)
+        );
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "UntrustedCaRemoved".into(),
+            note: Some(note),
+            action: "Repair".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &secret).await {
+            warn!(error = %e, "could not publish the UntrustedCaRemoved event");
         }
     }
 
@@ -126,7 +171,18 @@ where
     /// The bundle is published before the new leaf is served, so the apiserver already
     /// trusts the CA that signed it (the bundle keeps the previous CA too, for peers).
     pub async fn tick_at(&mut self, now: SystemTime) -> Result<Tick, CertError> {
-        let bundle = ensure_secret_in(&self.store, &self.cfg.sans, &self.cfg.options, now).await?;
+        let ensured = ensure_trusted(
+            &self.store,
+            &self.cfg.sans,
+            &self.cfg.options,
+            now,
+            self.published_ca.as_deref(),
+        )
+        .await?;
+        if !ensured.dropped_cas.is_empty() {
+            self.report_untrusted(&ensured.dropped_cas).await;
+        }
+        let bundle = ensured.bundle;
         let mut tick = Tick::default();
 
         let mut publish_error = None;
@@ -210,6 +266,7 @@ where
 /// an error is retried at the next check.
 pub async fn run_self_managed<F, Fut, E>(
     client: Client,
+    recorder: Recorder,
     cfg: SelfManagedConfig,
     resolver: Arc<CertResolver>,
     metrics: Metrics,
@@ -222,6 +279,7 @@ pub async fn run_self_managed<F, Fut, E>(
 {
     let store = KubeSecretStore::new(client, &cfg.namespace, &cfg.secret_name);
     SelfManaged::new(store, cfg, resolver, metrics, on_new_ca)
+        .with_recorder(recorder)
         .run(shutdown)
         .await;
 }
