@@ -1,0 +1,151 @@
+//! Only CAs the operator issued are trusted: a certificate someone appends to `ca.crt` in
+//! the webhook Secret never reaches the webhooks' caBundle, and a corrupt `ca.crt` leads to a
+//! new CA with the old one still trusted beside it. Its own binary: it edits the Secret the
+//! shared operator serves from.
+
+use std::time::{Duration, Instant};
+
+use cyberdesk_integration::controlplane::TestCa;
+use cyberdesk_integration::e2e::{desk_yaml, eventually, wait_webhooks_active, webhook_operator};
+use cyberdesk_integration::shared::{Cluster, namespace};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+
+/// Both caBundles, as text.
+async fn bundles(c: &Cluster) -> [String; 2] {
+    let client = c.client().await;
+    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let v: Api<ValidatingWebhookConfiguration> = Api::all(client);
+    let text = |b: Option<ByteString>| {
+        b.map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let m = m.get("cyberdesk-mutating").await.expect("mutating");
+    let v = v.get("cyberdesk-validating").await.expect("validating");
+    [
+        text(
+            m.webhooks
+                .unwrap_or_default()
+                .remove(0)
+                .client_config
+                .ca_bundle,
+        ),
+        text(
+            v.webhooks
+                .unwrap_or_default()
+                .remove(0)
+                .client_config
+                .ca_bundle,
+        ),
+    ]
+}
+
+async fn secret_ca(api: &Api<Secret>) -> String {
+    let s = api.get("cyberdesk-webhook-tls").await.expect("Secret");
+    let bytes = s
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .map(|b| b.0)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+async fn set_ca(api: &Api<Secret>, pem: &str) {
+    let patch = serde_json::json!({"data": {"ca.crt": base64_encode(pem)}});
+    api.patch(
+        "cyberdesk-webhook-tls",
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .expect("patch Secret");
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn foreign_cas_never_reach_the_ca_bundle_and_a_corrupt_one_is_replaced_with_overlap() {
+    let (c, _op) = webhook_operator(&["--cert-check-interval-secs=1"]).await;
+    let client = c.client().await;
+    let ns = namespace(&client, "ca-trust").await;
+    wait_webhooks_active(&c, &ns).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "cyberdesk-system");
+    let ours = eventually(Duration::from_secs(20), "the published CA", || async {
+        let ca = secret_ca(&secrets).await;
+        (bundles(&c).await.iter().all(|b| *b == ca) && !ca.is_empty()).then_some(ca)
+    })
+    .await;
+
+    // Someone who may write the Secret appends their own CA.
+    let foreign = TestCa::new("not the operator")
+        .expect("CA")
+        .cert_pem()
+        .to_string();
+    set_ca(&secrets, &format!("{ours}{foreign}")).await;
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(6) {
+        for bundle in bundles(&c).await {
+            assert!(
+                !bundle.contains(foreign.trim()),
+                "the foreign CA reached a caBundle"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(Duration::from_secs(10), "the Secret repaired", || async {
+        (secret_ca(&secrets).await == ours).then_some(())
+    })
+    .await;
+    let events = c
+        .kubectl()
+        .run(
+            &[
+                "get",
+                "events",
+                "-n",
+                "cyberdesk-system",
+                "--field-selector",
+                "reason=UntrustedCaRemoved",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .expect("kubectl");
+    assert!(
+        events.stdout.contains("did not issue"),
+        "no event: {}",
+        events.stdout
+    );
+    assert!(bundles(&c).await.iter().all(|b| *b == ours));
+
+    // A corrupt ca.crt: a new CA, with the old one still trusted beside it.
+    set_ca(
+        &secrets,
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    )
+    .await;
+    let renewed = eventually(Duration::from_secs(20), "a new CA published", || async {
+        let [m, v] = bundles(&c).await;
+        (m == v && m != ours && m.contains(ours.trim())).then_some(m)
+    })
+    .await;
+    assert!(
+        renewed.matches("BEGIN CERTIFICATE").count() == 2,
+        "{renewed}"
+    );
+    // Admission keeps working through the change.
+    let out = c
+        .kubectl()
+        .apply(&desk_yaml(&ns, "after", "{}"), &["--dry-run=server"])
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+}
