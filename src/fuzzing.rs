@@ -80,7 +80,7 @@ pub fn admission_body(data: &[u8]) {
         let Ok(review) = runtime().block_on(a.review(webhook, data)) else {
             continue;
         };
-        let wire = review_json(&review).unwrap_or_else(|e| panic!("response not encodable: {e}"));
+        let wire = review_json(review).unwrap_or_else(|e| panic!("response not encodable: {e}"));
         let wire: Value =
             serde_json::from_slice(&wire).unwrap_or_else(|e| panic!("response not JSON: {e}"));
         let response = &wire["response"];

@@ -342,18 +342,13 @@ pub fn bookkeeping_only(old: &Value, new: &Value) -> bool {
 /// The review as the AdmissionReview API defines it on the wire: `patch` is bytes, which
 /// JSON carries as a base64 string. kube's serializer writes an array of numbers, which
 /// the apiserver happens to accept and other consumers of the API do not.
-pub fn review_json(review: &AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
-    let mut value = serde_json::to_value(review)?;
-    if let Some(patch) = value.pointer_mut("/response/patch")
-        && let Some(items) = patch.as_array()
-    {
-        let bytes: Vec<u8> = items
-            .iter()
-            .filter_map(Value::as_u64)
-            .filter_map(|b| u8::try_from(b).ok())
-            .collect();
-        *patch = Value::String(B64.encode(bytes));
-    }
+pub fn review_json(mut review: AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
+    let Some(patch) = review.response.as_mut().and_then(|r| r.patch.take()) else {
+        return serde_json::to_vec(&review);
+    };
+    // The rest of the review is small; the patch is encoded once, never as numbers.
+    let mut value = serde_json::to_value(&review)?;
+    value["response"]["patch"] = Value::String(B64.encode(patch));
     serde_json::to_vec(&value)
 }
 

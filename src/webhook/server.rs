@@ -117,7 +117,7 @@ async fn validate(State(a): State<Arc<Admission>>, body: Bytes) -> Response {
 
 async fn answer(admission: &Admission, webhook: Webhook, body: &[u8]) -> Response {
     match admission.review(webhook, body).await {
-        Ok(review) => match review_json(&review) {
+        Ok(review) => match review_json(review) {
             Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
             Err(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
