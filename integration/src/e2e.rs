@@ -165,6 +165,24 @@ impl Apis {
         desk.status?.phase.map(|p| p.as_str().to_string())
     }
 
+    /// Waits for the desk's condition `type_` to carry `reason`, returning the condition.
+    pub async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        reason: &str,
+        within: Duration,
+    ) -> cyberdesk_operator::model::conditions::Condition {
+        let what = format!("{name}: condition {type_} with reason {reason}");
+        eventually(within, &what, || async {
+            let desk = self.desks.get_opt(name).await.ok()??;
+            cyberdesk_operator::model::conditions::find(&desk.status?.conditions, type_)
+                .filter(|c| c.reason == reason)
+                .cloned()
+        })
+        .await
+    }
+
     /// Waits for the desk to report `phase`, returning it.
     pub async fn wait_phase(&self, name: &str, phase: &str, within: Duration) -> Cyberdesk {
         let start = Instant::now();

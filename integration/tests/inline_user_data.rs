@@ -59,17 +59,14 @@ async fn inline_user_data_needs_the_component_and_then_works_as_before() {
 
     let apis = Apis::new(&client, &ns);
     // The template may first be "not found" until the operator's watch has it.
-    let created = eventually(
-        Duration::from_secs(30),
-        "VirtualMachineCreated=False UserDataUnavailable",
-        || async {
-            let desk = apis.desks.get_opt("inline").await.ok()??;
-            conditions::find(&desk.status?.conditions, conditions::VM_CREATED)
-                .filter(|c| c.reason == "UserDataUnavailable")
-                .cloned()
-        },
-    )
-    .await;
+    let created = apis
+        .wait_condition(
+            "inline",
+            conditions::VM_CREATED,
+            "UserDataUnavailable",
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(
         created.message.contains("may not get Secret cloud")
             && created.message.contains("inline-user-data"),

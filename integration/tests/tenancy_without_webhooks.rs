@@ -42,17 +42,14 @@ async fn the_reconciler_refuses_a_template_not_allowed_in_the_namespace() {
     let refused = Apis::new(&client, &team_b);
     // Until the operator's watch has the new ConfigMap the desk may first be told "not
     // found"; wait for the verdict on the template itself.
-    let cond = eventually(
-        Duration::from_secs(30),
-        "TemplateValid=False TemplateNotAllowed",
-        || async {
-            let desk = refused.desks.get_opt("gpu").await.ok()??;
-            conditions::find(&desk.status?.conditions, conditions::TEMPLATE_VALID)
-                .filter(|c| c.reason == "TemplateNotAllowed")
-                .cloned()
-        },
-    )
-    .await;
+    let cond = refused
+        .wait_condition(
+            "gpu",
+            conditions::TEMPLATE_VALID,
+            "TemplateNotAllowed",
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(refused.phase("gpu").await.as_deref(), Some("Failed"));
     assert_eq!(cond.status, ConditionStatus::False);
     assert_eq!(cond.reason, "TemplateNotAllowed");

@@ -174,16 +174,8 @@ async fn half_headers_are_cut_off_and_the_leader_keeps_its_lease() {
         latest <= HEADER_TIMEOUT + Duration::from_secs(6),
         "a connection stayed open {latest:?} after its half header"
     );
-    let metrics = op.metrics();
-    let header_timeouts = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with(
-                r#"cyberdesk_webhook_connections_rejected_total{reason="header_timeout"}"#,
-            )
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
+    let header_timeouts = op
+        .metric(r#"cyberdesk_webhook_connections_rejected_total{reason="header_timeout"}"#)
         .unwrap_or(0.0);
     assert!(
         header_timeouts >= FLOOD as f64,
@@ -217,27 +209,15 @@ async fn idle_connections_past_the_cap_are_refused_and_nothing_breaks() {
         Duration::from_secs(5),
         "connections past the cap refused",
         || async {
-            let text = op.metrics();
-            let n = text
-                .lines()
-                .find(|l| {
-                    l.starts_with(
-                        r#"cyberdesk_webhook_connections_rejected_total{reason="capacity"}"#,
-                    )
-                })
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())?;
+            let n =
+                op.metric(r#"cyberdesk_webhook_connections_rejected_total{reason="capacity"}"#)?;
             (n >= 476.0).then_some(n)
         },
     )
     .await;
     eprintln!("refused for capacity: {refused}");
     let open = op
-        .metrics()
-        .lines()
-        .find(|l| l.starts_with("cyberdesk_webhook_connections_open "))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
+        .metric("cyberdesk_webhook_connections_open")
         .unwrap_or(-1.0);
     assert!(open <= 1024.0, "{open} connections open past the cap");
     // The process is alive and healthy throughout.
