@@ -28,7 +28,7 @@ pub const ACCESS_RESULTS: &[&str] = &["allowed", "denied", "error"];
 /// `...{source}`: asked the apiserver, or answered from the short-lived cache.
 pub const ACCESS_SOURCES: &[&str] = &["api", "cache"];
 
-/// The names the previous operator documented, plus the ones DESIGN.md adds.
+/// The names the previous operator documented, plus the ones this operator adds.
 pub const FAMILIES: &[&str] = &[
     "cyberdesk_vm_created_total",
     "cyberdesk_vm_deleted_total",

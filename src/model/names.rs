@@ -1,4 +1,4 @@
-//! Names every part of the system agrees on (DESIGN.md, "Names the whole system agrees on").
+//! Names every part of the system agrees on: labels, finalizer, field managers, ports, resource names.
 
 /// Finalizer that keeps a Cyberdesk until its VM and VMI are gone.
 pub const FINALIZER: &str = "cyberdesk.io/vm-cleanup";
