@@ -9,9 +9,9 @@
 
 pub mod files;
 pub mod rotation;
+pub mod store;
 pub mod trust;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -21,25 +21,27 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, PostParams};
-use kube::{Api, Client};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tracing::{debug, info, warn};
+use tracing::warn;
 
-use crate::model::names;
 use crate::webhook::tls::{self, CertInfo, TlsError};
 
 pub use files::{CertFiles, DEFAULT_POLL_INTERVAL, PollOutcome, load_files, run_files};
 pub use rotation::{
     DEFAULT_CHECK_INTERVAL, SelfManaged, SelfManagedConfig, Tick, run_self_managed,
 };
+pub use store::{
+    Ensured, KubeSecretStore, SecretStore, WriteError, ensure_secret, ensure_secret_in,
+    ensure_trusted,
+};
+#[cfg(test)]
+use store::{WRITE_ATTEMPTS, new_secret, updated_secret};
 
 pub const KEY_CA_CERT: &str = "ca.crt";
 pub const KEY_CA_KEY: &str = "ca.key";
@@ -55,8 +57,6 @@ pub const DEFAULT_RENEW_FRACTION: f64 = 1.0 / 3.0;
 /// ours does not see a certificate from the future.
 pub const DEFAULT_BACKDATE: Duration = Duration::from_secs(5 * 60);
 
-/// How often a Secret write is retried when another replica wrote it in between.
-const WRITE_ATTEMPTS: u32 = 5;
 const CA_COMMON_NAME: &str = "cyberdesk-operator webhook CA";
 const ORGANIZATION: &str = "cyberdesk.io";
 
@@ -631,259 +631,6 @@ pub fn apply_action(
         (Action::Regenerate { previous_ca, .. }, _) => regenerate(previous_ca.as_deref()),
         (_, None) => regenerate(None),
     }
-}
-
-/// Where the TLS Secret lives; a trait so the rotation logic runs in tests without an
-/// apiserver (the real one is exercised end to end).
-pub trait SecretStore: Send + Sync {
-    fn namespace(&self) -> &str;
-    fn name(&self) -> &str;
-    fn get(&self) -> impl Future<Output = Result<Option<Secret>, CertError>> + Send;
-    fn create(&self, secret: &Secret) -> impl Future<Output = Result<(), WriteError>> + Send;
-    /// Replaces the Secret, guarded by the resourceVersion in `secret`.
-    fn replace(&self, secret: &Secret) -> impl Future<Output = Result<(), WriteError>> + Send;
-}
-
-/// A Secret write that lost a race is retried; anything else is an error.
-#[derive(Debug)]
-pub enum WriteError {
-    AlreadyExists,
-    Conflict,
-    Failed(CertError),
-}
-
-#[derive(Clone)]
-pub struct KubeSecretStore {
-    api: Api<Secret>,
-    namespace: String,
-    name: String,
-}
-
-impl KubeSecretStore {
-    pub fn new(client: Client, namespace: &str, name: &str) -> Self {
-        Self {
-            api: Api::namespaced(client, namespace),
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }
-    }
-
-    fn error(&self, verb: &'static str, source: kube::Error) -> CertError {
-        CertError::Kube {
-            verb,
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            source: Box::new(source),
-        }
-    }
-}
-
-impl SecretStore for KubeSecretStore {
-    fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn get(&self) -> Result<Option<Secret>, CertError> {
-        self.api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| self.error("read", e))
-    }
-
-    async fn create(&self, secret: &Secret) -> Result<(), WriteError> {
-        match self.api.create(&PostParams::default(), secret).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                Err(WriteError::AlreadyExists)
-            }
-            Err(e) => Err(WriteError::Failed(self.error("create", e))),
-        }
-    }
-
-    async fn replace(&self, secret: &Secret) -> Result<(), WriteError> {
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), secret)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.is_conflict() => Err(WriteError::Conflict),
-            Err(e) => Err(WriteError::Failed(self.error("update", e))),
-        }
-    }
-}
-
-fn secret_data(bundle: &CertBundle) -> BTreeMap<String, ByteString> {
-    [
-        (KEY_CA_CERT, &bundle.ca_cert_pem),
-        (KEY_CA_KEY, &bundle.ca_key_pem),
-        (KEY_TLS_CERT, &bundle.cert_pem),
-        (KEY_TLS_KEY, &bundle.key_pem),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-    .collect()
-}
-
-fn new_secret(namespace: &str, name: &str, bundle: &CertBundle) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(namespace.to_string()),
-            labels: Some(BTreeMap::from([(
-                names::LABEL_K8S_MANAGED_BY.to_string(),
-                names::MANAGED_BY_VALUE.to_string(),
-            )])),
-            annotations: Some(BTreeMap::from([(
-                trust::ANNOTATION_ISSUED_CAS.to_string(),
-                trust::bundle_fingerprints(&bundle.ca_cert_pem),
-            )])),
-            ..ObjectMeta::default()
-        },
-        type_: Some(SECRET_TYPE_TLS.to_string()),
-        data: Some(secret_data(bundle)),
-        ..Secret::default()
-    }
-}
-
-/// `existing` with our four keys replaced; other keys, labels and the resourceVersion stay.
-fn updated_secret(mut existing: Secret, bundle: &CertBundle) -> Secret {
-    existing.metadata.managed_fields = None;
-    // Every CA in the bundle we write is one we issued (or kept from one we issued).
-    existing
-        .metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(
-            trust::ANNOTATION_ISSUED_CAS.to_string(),
-            trust::bundle_fingerprints(&bundle.ca_cert_pem),
-        );
-    let data = existing.data.get_or_insert_with(BTreeMap::new);
-    data.extend(secret_data(bundle));
-    existing
-}
-
-/// Self-managed mode's start and every check: reads the TLS Secret and makes it hold a
-/// usable CA and leaf for `sans`, creating or rotating as needed. Races with other
-/// replicas end with everyone using the winner's certificates.
-pub async fn ensure_secret(
-    client: Client,
-    namespace: &str,
-    secret_name: &str,
-    sans: &[String],
-    opts: &CertOptions,
-) -> Result<CertBundle, CertError> {
-    let store = KubeSecretStore::new(client, namespace, secret_name);
-    ensure_secret_in(&store, sans, opts, SystemTime::now()).await
-}
-
-pub async fn ensure_secret_in<S: SecretStore>(
-    store: &S,
-    sans: &[String],
-    opts: &CertOptions,
-    now: SystemTime,
-) -> Result<CertBundle, CertError> {
-    ensure_trusted(store, sans, opts, now, None)
-        .await
-        .map(|e| e.bundle)
-}
-
-/// What a check of the Secret settled on, and the foreign CAs it took out of `ca.crt`.
-#[derive(Clone, Debug)]
-pub struct Ensured {
-    pub bundle: CertBundle,
-    /// SHA-256 fingerprints of certificates dropped because the operator did not issue them.
-    pub dropped_cas: Vec<String>,
-}
-
-/// [`ensure_secret_in`], trusting only CAs the operator issued (see [`trust`]) and repairing
-/// the Secret when it held others. `last_published`: the bundle this replica last put into
-/// the webhook configurations; when `ca.crt` has become unreadable it stays in the new
-/// bundle, so no replica's serving certificate is untrusted while they move to the new CA.
-pub async fn ensure_trusted<S: SecretStore>(
-    store: &S,
-    sans: &[String],
-    opts: &CertOptions,
-    now: SystemTime,
-    last_published: Option<&str>,
-) -> Result<Ensured, CertError> {
-    validate_sans(sans)?;
-    let (namespace, name) = (store.namespace(), store.name());
-    for attempt in 1..=WRITE_ATTEMPTS {
-        let existing = store.get().await?;
-        let mut data = existing.as_ref().map(SecretData::from_secret);
-        let mut dropped = Vec::new();
-        if let (Some(secret), Some(d)) = (existing.as_ref(), data.as_mut())
-            && let Some(ca_pem) = d.ca_cert_pem.clone()
-        {
-            let screened =
-                trust::screen(&ca_pem, d.ca_key_pem.as_deref(), &trust::recorded(secret));
-            if !screened.dropped.is_empty() {
-                d.ca_cert_pem = (!screened.bundle_pem.is_empty()).then_some(screened.bundle_pem);
-                dropped = screened.dropped;
-            }
-        }
-        let mut action = decide(data.as_ref(), sans, now, opts);
-        if let Action::Regenerate {
-            reason: Reason::CaUnreadable,
-            previous_ca: previous @ None,
-        } = &mut action
-        {
-            *previous = last_published.map(str::to_string);
-        }
-        let (reason, ca_renewed) = match &action {
-            Action::UseAsIs => match data.as_ref().and_then(SecretData::bundle) {
-                Some(bundle) if dropped.is_empty() => {
-                    return Ok(Ensured {
-                        bundle,
-                        dropped_cas: dropped,
-                    });
-                }
-                Some(_) => (Reason::UntrustedCa, false),
-                None => (Reason::Missing, true),
-            },
-            Action::RotateLeaf { reason } => (*reason, false),
-            Action::Regenerate { reason, .. } => (*reason, true),
-        };
-        let bundle = apply_action(data.as_ref(), &action, sans, now, opts)?;
-        let not_after = tls::cert_not_after(&bundle.cert_pem)?;
-        let written = match existing {
-            None => store.create(&new_secret(namespace, name, &bundle)).await,
-            Some(secret) => store.replace(&updated_secret(secret, &bundle)).await,
-        };
-        match written {
-            Ok(()) => {
-                info!(
-                    secret = name,
-                    namespace,
-                    reason = %reason,
-                    new_ca = ca_renewed,
-                    not_after,
-                    "webhook certificate written to the Secret"
-                );
-                return Ok(Ensured {
-                    bundle,
-                    dropped_cas: dropped,
-                });
-            }
-            Err(WriteError::AlreadyExists | WriteError::Conflict) => {
-                debug!(
-                    secret = name,
-                    namespace, attempt, "another replica wrote the Secret first; reading theirs"
-                );
-            }
-            Err(WriteError::Failed(e)) => return Err(e),
-        }
-    }
-    Err(CertError::Contention {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        attempts: WRITE_ATTEMPTS,
-    })
 }
 
 /// `cyberdesk-operator certs --out DIR`: a CA and serving leaf for local runs and the

@@ -10,8 +10,11 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use std::collections::BTreeMap;
+
 use crate::metrics::Metrics;
 use crate::webhook::tls::CertResolver;
+use k8s_openapi::ByteString;
 
 const DAY_SECS: u64 = 86_400;
 
