@@ -109,6 +109,19 @@ pub async fn install_everything(c: &Cluster) {
         .expect("kubevirt crds");
 }
 
+/// Everything installed and an operator started with `flags` as its ServiceAccount, ready;
+/// panics with the operator's log otherwise.
+pub async fn ready_operator(c: &Cluster, identity: &str, flags: &[String]) -> OperatorProcess {
+    install_everything(c).await;
+    let operator = OperatorProcess::start(c, identity, flags);
+    assert!(
+        operator.wait_ready(Duration::from_secs(60)),
+        "{}",
+        operator.log()
+    );
+    operator
+}
+
 pub fn desk_yaml(ns: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec: {spec}\n"

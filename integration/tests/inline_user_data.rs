@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use base64::Engine;
-use cyberdesk_integration::e2e::{Apis, apply_file, desk_yaml, eventually, install_everything};
-use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::e2e::{Apis, apply_file, desk_yaml, eventually, ready_operator};
+use cyberdesk_integration::harness::reconciler_only_flags;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::shared::{cluster, namespace};
 use cyberdesk_operator::model::conditions;
@@ -16,13 +16,7 @@ const COMPONENT: &str = "manifests/components/inline-user-data";
 #[tokio::test]
 async fn inline_user_data_needs_the_component_and_then_works_as_before() {
     let c = cluster();
-    install_everything(&c).await;
-    let operator = OperatorProcess::start(&c, "inline", &reconciler_only_flags(false));
-    assert!(
-        operator.wait_ready(Duration::from_secs(60)),
-        "{}",
-        operator.log()
-    );
+    let _operator = ready_operator(&c, "inline", &reconciler_only_flags(false)).await;
     let client = c.client().await;
     let ns = namespace(&client, "inline").await;
     let _sim = Simulator::start(

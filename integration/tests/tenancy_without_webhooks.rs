@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, install_everything};
-use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, ready_operator};
+use cyberdesk_integration::harness::reconciler_only_flags;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::shared::{cluster, namespace};
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
@@ -14,13 +14,7 @@ use cyberdesk_operator::model::conditions::{self, ConditionStatus};
 #[tokio::test]
 async fn the_reconciler_refuses_a_template_not_allowed_in_the_namespace() {
     let c = cluster();
-    install_everything(&c).await;
-    let operator = OperatorProcess::start(&c, "no-webhooks", &reconciler_only_flags(false));
-    assert!(
-        operator.wait_ready(Duration::from_secs(60)),
-        "{}",
-        operator.log()
-    );
+    let _operator = ready_operator(&c, "no-webhooks", &reconciler_only_flags(false)).await;
     let client = c.client().await;
     let team_a = namespace(&client, "team-a").await;
     let team_b = namespace(&client, "team-b").await;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cyberdesk_integration::e2e::{eventually, install_everything};
-use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::e2e::{eventually, ready_operator};
+use cyberdesk_integration::harness::reconciler_only_flags;
 use cyberdesk_integration::shared::{Cluster, cluster};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -111,12 +111,10 @@ async fn lease(c: &Cluster) -> (String, String) {
 async fn half_headers_are_cut_off_and_the_leader_keeps_its_lease() {
     let _one_flood_at_a_time = SERIAL.lock().await;
     let c = cluster();
-    install_everything(&c).await;
     let mut flags = reconciler_only_flags(true);
     // Room for the whole flood, so the well-formed review below is not refused for capacity.
     flags.push("--webhook-max-connections=2500".into());
-    let op = OperatorProcess::start(&c, "flooded", &flags);
-    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+    let op = ready_operator(&c, "flooded", &flags).await;
     let connector = connector(&c).await;
     let (holder, renewed_before) =
         eventually(Duration::from_secs(30), "a Lease holder", || async {
@@ -195,9 +193,7 @@ async fn half_headers_are_cut_off_and_the_leader_keeps_its_lease() {
 async fn idle_connections_past_the_cap_are_refused_and_nothing_breaks() {
     let _one_flood_at_a_time = SERIAL.lock().await;
     let c = cluster();
-    install_everything(&c).await;
-    let op = OperatorProcess::start(&c, "capped", &reconciler_only_flags(false));
-    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+    let op = ready_operator(&c, "capped", &reconciler_only_flags(false)).await;
     let connector = connector(&c).await;
 
     // 1,500 plain TCP connections that never speak; the cap is 1,024.

@@ -152,42 +152,43 @@ pub async fn apply_ca_bundle(
     client: &kube::Client,
     ca_pem: &str,
 ) -> Result<(), ConfigurationError> {
+    let mutating = apply_one::<MutatingWebhookConfiguration>(
+        client,
+        names::MUTATING_WEBHOOK_CONFIG,
+        MUTATING_WEBHOOK,
+        ca_pem,
+    )
+    .await;
+    let validating = apply_one::<ValidatingWebhookConfiguration>(
+        client,
+        names::VALIDATING_WEBHOOK_CONFIG,
+        VALIDATING_WEBHOOK,
+        ca_pem,
+    )
+    .await;
+    mutating.and(validating)
+}
+
+/// The caBundle apply for one configuration of kind `K`.
+async fn apply_one<K>(
+    client: &kube::Client,
+    name: &'static str,
+    webhook: &str,
+    ca_pem: &str,
+) -> Result<(), ConfigurationError>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     let pp = PatchParams::apply(names::CA_BUNDLE_FIELD_MANAGER).force();
-    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let mutating = m
-        .patch(
-            names::MUTATING_WEBHOOK_CONFIG,
-            &pp,
-            &Patch::Apply(ca_bundle_patch(
-                "MutatingWebhookConfiguration",
-                names::MUTATING_WEBHOOK_CONFIG,
-                MUTATING_WEBHOOK,
-                ca_pem,
-            )),
-        )
+    let patch = ca_bundle_patch(&K::kind(&()), name, webhook, ca_pem);
+    Api::<K>::all(client.clone())
+        .patch(name, &pp, &Patch::Apply(patch))
         .await
-        .map_err(|source| ConfigurationError::Apply {
-            name: names::MUTATING_WEBHOOK_CONFIG,
-            source,
-        });
-    let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let validating = v
-        .patch(
-            names::VALIDATING_WEBHOOK_CONFIG,
-            &pp,
-            &Patch::Apply(ca_bundle_patch(
-                "ValidatingWebhookConfiguration",
-                names::VALIDATING_WEBHOOK_CONFIG,
-                VALIDATING_WEBHOOK,
-                ca_pem,
-            )),
-        )
-        .await
-        .map_err(|source| ConfigurationError::Apply {
-            name: names::VALIDATING_WEBHOOK_CONFIG,
-            source,
-        });
-    mutating.and(validating.map(drop))
+        .map(drop)
+        .map_err(|source| ConfigurationError::Apply { name, source })
 }
 
 #[cfg(test)]
