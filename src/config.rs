@@ -136,7 +136,8 @@ pub struct RunConfig {
     )]
     pub webhook_idle_timeout_secs: u64,
 
-    /// Webhook server: longest time to read a request's body and answer it (408 after).
+    /// Webhook server: longest time from a request's last header to its answer (body read and
+    /// review); the connection is closed after it.
     #[arg(
         long,
         env = "CYBERDESK_WEBHOOK_REQUEST_TIMEOUT_SECS",

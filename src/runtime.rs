@@ -285,7 +285,7 @@ async fn start_webhooks(
     tracing::info!(addr = %cfg.webhook_addr, mode = ?cfg.tls_mode, "webhook server listening");
     readiness.open(GATE_WEBHOOK);
     let limits = cfg.server_limits();
-    let app = server::router(admission, limits.request_timeout);
+    let app = server::router(admission);
     let (metrics, stop, drain) = (metrics.clone(), stop.clone(), cfg.shutdown_timeout());
     tasks.push(tokio::task::spawn_blocking(move || {
         webhook_runtime.block_on(async move {

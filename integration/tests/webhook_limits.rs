@@ -233,3 +233,83 @@ async fn idle_connections_past_the_cap_are_refused_and_nothing_breaks() {
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert!(op.wait_ready(Duration::from_secs(1)));
 }
+
+/// Sends `bytes` and reports how long after that the server closed the stream.
+async fn closed_after_sending(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    bytes: &[u8],
+    within: Duration,
+) -> Option<Duration> {
+    let mut s = tls(connector, addr).await.expect("TLS connection");
+    s.write_all(bytes).await.expect("write");
+    let sent = Instant::now();
+    closed_at(s, within).await.map(|t| t.duration_since(sent))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_cut_off_at_the_request_timeout_and_idle_ones_at_the_idle_timeout() {
+    let _one_flood_at_a_time = SERIAL.lock().await;
+    let c = cluster();
+    let mut flags = reconciler_only_flags(false);
+    flags.push("--webhook-request-timeout-secs=2".into());
+    flags.push("--webhook-idle-timeout-secs=3".into());
+    let op = ready_operator(&c, "timeouts", &flags).await;
+    let connector = connector(&c).await;
+    // Each connection is looked at every 250 ms: a close lands within that after the limit,
+    // plus slack for a loaded machine; never before the limit.
+    let slack = Duration::from_secs(3);
+
+    // Complete headers, then 10 of the 1,000 body bytes promised, then nothing.
+    let stalled = b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersi";
+    let closed = closed_after_sending(&connector, op.webhook, stalled, Duration::from_secs(20))
+        .await
+        .expect("a stalled body was never cut off");
+    eprintln!("stalled body closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_secs(2) && closed <= Duration::from_secs(2) + slack,
+        "closed {closed:?} after the body stalled (request timeout 2 s)"
+    );
+    let timed_out = op
+        .metric(r#"cyberdesk_webhook_connections_rejected_total{reason="request_timeout"}"#)
+        .unwrap_or(0.0);
+    assert_eq!(timed_out, 1.0, "request timeouts counted");
+
+    // A keep-alive connection that was answered and then stays silent.
+    let mut s = tls(&connector, op.webhook).await.expect("TLS connection");
+    let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-2","kind":{"group":"cyberdesk.io","version":"v1alpha1","kind":"Cyberdesk"},"resource":{"group":"cyberdesk.io","version":"v1alpha1","resource":"cyberdesks"},"name":"d","namespace":"n","operation":"CREATE","userInfo":{"username":"u"},"object":{"apiVersion":"cyberdesk.io/v1alpha1","kind":"Cyberdesk","metadata":{"name":"d","namespace":"n"},"spec":{}}}}"#;
+    let request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).await.expect("a response");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let answered = Instant::now();
+    let closed = closed_at(s, Duration::from_secs(20))
+        .await
+        .expect("an idle connection was never closed")
+        .duration_since(answered);
+    eprintln!("idle connection closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_secs(3) && closed <= Duration::from_secs(3) + slack,
+        "closed {closed:?} after its answer (idle timeout 3 s)"
+    );
+    // An idle close is ordinary, not a refusal.
+    let refusals: f64 = [
+        "capacity",
+        "handshake_timeout",
+        "header_timeout",
+        "request_timeout",
+    ]
+    .iter()
+    .map(|r| {
+        op.metric(&format!(
+            r#"cyberdesk_webhook_connections_rejected_total{{reason="{r}"}}"#
+        ))
+        .unwrap_or(0.0)
+    })
+    .sum();
+    assert_eq!(refusals, 1.0, "only the stalled body was a refusal");
+}

@@ -50,23 +50,20 @@ fn app_full(
     secret_access: Arc<dyn SecretAccess>,
     templates: Vec<ConfigMap>,
 ) -> Router {
-    router(
-        Arc::new(Admission {
-            mutate: MutateConfig {
-                default_timeout_ms: 3_600_000,
-            },
-            validate: ValidateConfig {
-                min_timeout_ms: 1_000,
-                max_timeout_ms: 30 * 86_400_000,
-            },
-            policies,
-            metrics: Metrics::new("test", &[]).expect("metrics"),
-            templates: Catalog::fixed("cyberdesk-system", "cyberdesk-vm-template", templates),
-            secret_access,
-            operator_username: "system:serviceaccount:cyberdesk-system:cyberdesk-operator".into(),
-        }),
-        std::time::Duration::from_secs(10),
-    )
+    router(Arc::new(Admission {
+        mutate: MutateConfig {
+            default_timeout_ms: 3_600_000,
+        },
+        validate: ValidateConfig {
+            min_timeout_ms: 1_000,
+            max_timeout_ms: 30 * 86_400_000,
+        },
+        policies,
+        metrics: Metrics::new("test", &[]).expect("metrics"),
+        templates: Catalog::fixed("cyberdesk-system", "cyberdesk-vm-template", templates),
+        secret_access,
+        operator_username: "system:serviceaccount:cyberdesk-system:cyberdesk-operator".into(),
+    }))
 }
 
 fn app() -> Router {

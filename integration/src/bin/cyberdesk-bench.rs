@@ -116,7 +116,7 @@ async fn start_webhook() -> anyhow::Result<(SocketAddr, String, CancellationToke
     tokio::spawn(server::serve(
         listener,
         config,
-        server::router(admission, limits.request_timeout),
+        server::router(admission),
         limits,
         metrics,
         token.clone(),
