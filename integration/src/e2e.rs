@@ -122,6 +122,88 @@ pub async fn ready_operator(c: &Cluster, identity: &str, flags: &[String]) -> Op
     operator
 }
 
+/// One event as `kubectl get events` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenEvent {
+    pub type_: String,
+    pub reason: String,
+    pub note: String,
+    /// How many times it happened: a repeated event is one object whose series counts up.
+    pub count: u64,
+}
+
+/// The events recorded about object `name` in `ns`, oldest first, read the way a user
+/// would: `kubectl get events --field-selector involvedObject.name=NAME`. Both event APIs
+/// land there (`note` reads as `message`).
+pub fn events_about(c: &Cluster, ns: &str, name: &str) -> Vec<SeenEvent> {
+    let selector = format!("involvedObject.name={name}");
+    let Ok(out) = c.kubectl().run(
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &selector,
+            "--sort-by=.metadata.creationTimestamp",
+            "-o",
+            "json",
+        ],
+        None,
+    ) else {
+        return Vec::new();
+    };
+    let Ok(list) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
+        return Vec::new();
+    };
+    let text = |e: &serde_json::Value, key: &str| e[key].as_str().unwrap_or("").to_string();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| SeenEvent {
+            type_: text(e, "type"),
+            reason: text(e, "reason"),
+            note: text(e, "message"),
+            count: e["series"]["count"]
+                .as_u64()
+                .or_else(|| e["count"].as_u64())
+                .unwrap_or(1),
+        })
+        .collect()
+}
+
+/// Waits for an event with `reason` about `name`, returning it.
+pub async fn wait_event(
+    c: &Cluster,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    within: Duration,
+) -> SeenEvent {
+    let what = format!("a {reason} event about {ns}/{name}");
+    eventually(within, &what, || async {
+        events_about(c, ns, name)
+            .into_iter()
+            .find(|e| e.reason == reason)
+    })
+    .await
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time the operator wrote.
+pub fn epoch_ms(rfc3339: &str) -> i64 {
+    cyberdesk_operator::controller::expiry::parse(rfc3339)
+        .unwrap_or_else(|| panic!("not an RFC 3339 time: {rfc3339:?}"))
+        .as_millisecond()
+}
+
+/// Milliseconds since the Unix epoch now, on the clock the operator also reads.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub fn desk_yaml(ns: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec: {spec}\n"
@@ -196,6 +278,47 @@ impl Apis {
         .await
     }
 
+    /// A Running desk started with a long timeout gets one that makes it expire about
+    /// `from_now` from now (so a slow start never eats into the window a test watches);
+    /// `spec` holds the other spec fields as YAML flow entries. Returns the new expiry in
+    /// epoch milliseconds, once the status shows it.
+    pub async fn expire_in(&self, c: &Cluster, name: &str, spec: &str, from_now: Duration) -> i64 {
+        let ns = self
+            .desks
+            .get(name)
+            .await
+            .expect("desk")
+            .metadata
+            .namespace
+            .expect("namespace");
+        let started = self
+            .desks
+            .get(name)
+            .await
+            .ok()
+            .and_then(|d| d.status?.start_time)
+            .expect("startTime");
+        let timeout_ms = now_ms() - epoch_ms(&started) + from_now.as_millis() as i64;
+        let extra = if spec.is_empty() {
+            String::new()
+        } else {
+            format!(", {spec}")
+        };
+        let yaml = desk_yaml(&ns, name, &format!("{{timeoutMs: {timeout_ms}{extra}}}"));
+        let out = c.kubectl().apply(&yaml, &[]).expect("kubectl");
+        assert!(out.success, "{}", out.stderr);
+        let expected = epoch_ms(&started) + timeout_ms;
+        eventually(
+            Duration::from_secs(10),
+            "the new expiry in the status",
+            || async {
+                let expiry = self.desks.get(name).await.ok()?.status?.expiry_time?;
+                (epoch_ms(&expiry) == expected).then_some(expected)
+            },
+        )
+        .await
+    }
+
     /// Waits for the desk to report `phase`, returning it.
     pub async fn wait_phase(&self, name: &str, phase: &str, within: Duration) -> Cyberdesk {
         let start = Instant::now();
@@ -258,4 +381,45 @@ pub async fn wait_webhooks_active(c: &Cluster, ns: &str) {
         (out.success && out.stdout.contains("vm-cleanup")).then_some(())
     })
     .await;
+}
+
+/// A TLS client that trusts exactly the CAs in `ca_pem` (the webhook Secret's `ca.crt`),
+/// as the apiserver does with a caBundle.
+pub fn webhook_tls_client(ca_pem: &str) -> Result<tokio_rustls::TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        cyberdesk_operator::webhook::tls::certs_from_pem(ca_pem).map_err(|e| e.to_string())?
+    {
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
+/// The leaf certificate (DER) the webhook server at `addr` presents, from a handshake that
+/// only succeeds when the leaf chains to a CA in `ca_pem` and is valid for 127.0.0.1.
+pub async fn served_leaf(ca_pem: &str, addr: SocketAddr) -> Result<Vec<u8>, String> {
+    let connector = webhook_tls_client(ca_pem)?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    let tls = connector
+        .connect(name.to_owned(), tcp)
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| leaf.to_vec())
+        .ok_or_else(|| "no certificate presented".to_string())
 }

@@ -140,11 +140,7 @@ impl OperatorProcess {
 
     /// Value of an unlabelled (or exactly-labelled) sample, e.g. `cyberdesk_vm_created_total`.
     pub fn metric(&self, sample: &str) -> Option<f64> {
-        let text = self.metrics();
-        text.lines()
-            .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        metric_sample(&self.metrics(), sample)
     }
 
     pub fn signal(&self, sig: libc::c_int) {
@@ -191,6 +187,20 @@ impl SharedOperator {
             .map(|(_, body)| body)
             .unwrap_or_default()
     }
+
+    /// See [`OperatorProcess::metric`].
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        metric_sample(&self.metrics(), sample)
+    }
+}
+
+/// The value of `sample` (a name with its exact labels, if any) in a Prometheus text
+/// exposition; `None` when absent, so a failed scrape never reads as zero.
+pub fn metric_sample(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Starts one operator per test binary with `start` on a thread that lives as long as the

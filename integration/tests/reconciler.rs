@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use cyberdesk_integration::e2e::{
-    Apis, desk_yaml, eventually, wait_webhooks_active, webhook_operator,
+    Apis, desk_yaml, epoch_ms, events_about, eventually, now_ms, wait_event, wait_webhooks_active,
+    webhook_operator,
 };
 use cyberdesk_integration::harness::SharedOperator;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorHandle, SimulatorOptions};
@@ -35,12 +36,28 @@ async fn desk_ns(
     (ns, apis, sim)
 }
 
+/// How late a timeout may land. The operator requeues a desk for the instant of its expiry,
+/// so it acts within milliseconds; the rest is room for a loaded machine. A reconciler that
+/// only noticed expiries on a periodic resync (or a 25 s poll) misses this.
+const TIMEOUT_BOUND_MS: i64 = 2_000;
+
+/// A field of an object as kubectl prints it with `-o jsonpath`.
+fn jsonpath(c: &Cluster, ns: &str, what: &str, path: &str) -> String {
+    c.kubectl()
+        .run(
+            &["get", what, "-n", ns, "-o", &format!("jsonpath={path}")],
+            None,
+        )
+        .expect("kubectl")
+        .stdout
+}
+
 fn apply(c: &Cluster, yaml: &str) {
     let out = c.kubectl().apply(yaml, &[]).expect("kubectl");
     assert!(out.success, "kubectl apply failed: {}", out.stderr);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_creates_the_vm_and_reports_running_with_the_vmi_ip() {
     let (c, _op) = setup().await;
     let (ns, apis, _sim) = desk_ns(&c, "running", SimulatorOptions::default()).await;
@@ -67,8 +84,16 @@ async fn apply_creates_the_vm_and_reports_running_with_the_vmi_ip() {
         status.virtual_machine_ref.as_deref(),
         Some("cyberdesk-alice")
     );
-    assert_eq!(status.ip_address.as_deref(), vmi.ip_address());
-    assert!(status.ip_address.is_some());
+    // The address the guest agent reported on the VMI, read as raw JSON.
+    let reported = jsonpath(
+        &c,
+        &ns,
+        "vmi/cyberdesk-alice",
+        "{.status.interfaces[0].ipAddress}",
+    );
+    assert!(!reported.is_empty(), "the simulator reported no address");
+    assert_eq!(status.ip_address.as_deref(), Some(reported.as_str()));
+    let _ = vmi;
     assert_eq!(status.vmi_phase.as_deref(), Some("Running"));
     assert!(status.expiry_time.is_some() && status.start_time.is_some());
     let labels = vm.metadata.labels.clone().unwrap_or_default();
@@ -101,16 +126,30 @@ async fn apply_creates_the_vm_and_reports_running_with_the_vmi_ip() {
     let ready = conditions::find(&status.conditions, conditions::READY).expect("Ready condition");
     assert_eq!(ready.status, ConditionStatus::True);
 
-    let described = eventually(Duration::from_secs(10), "events in describe", || async {
-        let out = c
-            .kubectl()
-            .run(&["describe", "cd", "alice", "-n", &ns], None)
-            .ok()?;
-        (out.stdout.contains("VirtualMachineCreated") && out.stdout.contains("Ready"))
-            .then_some(out.stdout)
-    })
+    let created = wait_event(
+        &c,
+        &ns,
+        "alice",
+        "VirtualMachineCreated",
+        Duration::from_secs(10),
+    )
     .await;
-    assert!(described.contains("cyberdesk-alice"));
+    assert_eq!(created.type_, "Normal");
+    assert_eq!(created.note, "created VirtualMachine cyberdesk-alice");
+    let ready = wait_event(&c, &ns, "alice", "Ready", Duration::from_secs(10)).await;
+    assert_eq!(ready.note, format!("desktop running at {reported}"));
+    // And where a user looks: the Events section of `kubectl describe`.
+    let described = c
+        .kubectl()
+        .run(&["describe", "cd", "alice", "-n", &ns], None)
+        .expect("kubectl")
+        .stdout;
+    let events_section = described.split("\nEvents:").nth(1).unwrap_or("");
+    assert!(
+        events_section.contains("VirtualMachineCreated")
+            && events_section.contains("created VirtualMachine cyberdesk-alice"),
+        "{described}"
+    );
     let table = c
         .kubectl()
         .run(&["get", "cyberdesks", "-n", &ns], None)
@@ -122,17 +161,24 @@ async fn apply_creates_the_vm_and_reports_running_with_the_vmi_ip() {
     );
 }
 
-#[tokio::test]
-async fn timeout_delete_halts_then_deletes_and_the_vm_goes_first() {
+fn timeouts_counted(op: &SharedOperator) -> f64 {
+    op.metric("cyberdesk_vm_timeout_total")
+        .expect("cyberdesk_vm_timeout_total in a successful scrape")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_delete_fires_at_expiry_and_the_vm_goes_first() {
     let (c, op) = setup().await;
     let (ns, apis, _sim) = desk_ns(&c, "timeout-delete", SimulatorOptions::default()).await;
-    apply(&c, &desk_yaml(&ns, "short", "{timeoutMs: 3000}"));
-    let desk = apis
-        .wait_phase("short", "Running", Duration::from_secs(30))
+    apply(&c, &desk_yaml(&ns, "short", "{timeoutMs: 600000}"));
+    apis.wait_phase("short", "Running", Duration::from_secs(30))
         .await;
-    let expiry = desk.status.and_then(|s| s.expiry_time).expect("expiry");
-    // Gone entirely: the VM and VMI must never outlive the Cyberdesk.
-    let start = Instant::now();
+    let counted_before = timeouts_counted(&op);
+    let expiry = apis
+        .expire_in(&c, "short", "", Duration::from_secs(3))
+        .await;
+    // Gone entirely, not before the expiry and soon after it; the VM and VMI never outlive
+    // the Cyberdesk.
     loop {
         let desk_exists = apis.desks.get_opt("short").await.expect("get").is_some();
         let vm_exists = apis
@@ -147,41 +193,84 @@ async fn timeout_delete_halts_then_deletes_and_the_vm_goes_first() {
             .await
             .expect("get")
             .is_some();
+        let now = now_ms();
         if !desk_exists {
             assert!(
                 !vm_exists && !vmi_exists,
                 "the Cyberdesk disappeared before its VM"
             );
+            assert!(
+                now >= expiry,
+                "deleted {} ms before its expiry",
+                expiry - now
+            );
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not deleted after its timeout (expiry {expiry})"
+            now <= expiry + TIMEOUT_BOUND_MS + 3_000,
+            "still there {} ms after its expiry",
+            now - expiry
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let events = c
-        .kubectl()
-        .run(&["get", "events", "-n", &ns, "-o", "json"], None)
-        .expect("kubectl")
-        .stdout;
-    assert!(events.contains("TimedOut"), "no TimedOut event");
-    assert!(op.metrics().contains("cyberdesk_vm_timeout_total"));
+    let events = events_about(&c, &ns, "short");
+    let timed_out = events
+        .iter()
+        .find(|e| e.reason == "TimedOut")
+        .expect("a TimedOut event");
+    assert!(
+        timed_out.note.starts_with("timed out after ")
+            && timed_out
+                .note
+                .ends_with("halted VirtualMachine cyberdesk-short"),
+        "{timed_out:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.reason == "Deleting"),
+        "no Deleting event: {events:?}"
+    );
+    assert!(timeouts_counted(&op) > counted_before);
 }
 
-#[tokio::test]
-async fn timeout_stop_keeps_both_with_the_vm_halted() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_stop_fires_at_expiry_and_stays_timed_out() {
     let (c, _op) = setup().await;
     let (ns, apis, _sim) = desk_ns(&c, "timeout-stop", SimulatorOptions::default()).await;
+    let stop = "timeoutAction: Stop";
     apply(
         &c,
-        &desk_yaml(&ns, "keep", "{timeoutMs: 3000, timeoutAction: Stop}"),
+        &desk_yaml(&ns, "keep", &format!("{{timeoutMs: 600000, {stop}}}")),
     );
     apis.wait_phase("keep", "Running", Duration::from_secs(30))
         .await;
-    let desk = apis
-        .wait_phase("keep", "TimedOut", Duration::from_secs(30))
+    let expiry = apis
+        .expire_in(&c, "keep", stop, Duration::from_secs(3))
         .await;
+    // Running up to the expiry, TimedOut right after it.
+    let timed_out_at = loop {
+        let phase = apis.phase("keep").await;
+        let now = now_ms();
+        if phase.as_deref() == Some("TimedOut") {
+            assert!(
+                now >= expiry,
+                "TimedOut {} ms before its expiry",
+                expiry - now
+            );
+            break now;
+        }
+        assert_eq!(phase.as_deref(), Some("Running"), "before its expiry");
+        assert!(
+            now <= expiry + TIMEOUT_BOUND_MS,
+            "not TimedOut {} ms after its expiry",
+            now - expiry
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "TimedOut seen {} ms after the expiry",
+        timed_out_at - expiry
+    );
+    let desk = apis.desks.get("keep").await.expect("desk");
     let timed_out = desk
         .status
         .as_ref()
@@ -198,37 +287,114 @@ async fn timeout_stop_keeps_both_with_the_vm_halted() {
             .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let halts = |c: &Cluster| {
+        events_about(c, &ns, "keep")
+            .iter()
+            .filter(|e| e.reason == "TimedOut")
+            .map(|e| e.count)
+            .sum::<u64>()
+    };
+    eventually(Duration::from_secs(10), "the TimedOut event", || async {
+        (halts(&c) == 1).then_some(())
+    })
+    .await;
+
+    // Sticky: a longer timeout does not bring the desk back.
+    apply(
+        &c,
+        &desk_yaml(&ns, "keep", &format!("{{timeoutMs: 86400000, {stop}}}")),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(apis.phase("keep").await.as_deref(), Some("TimedOut"));
+    let vm = apis.vms.get("cyberdesk-keep").await.expect("VM kept");
+    assert_eq!(
+        vm.run_strategy(),
+        Some("Halted"),
+        "revived by a longer timeout"
+    );
+
+    // Sticky: a run strategy set back by hand is halted again.
+    let out = c
+        .kubectl()
+        .run(
+            &[
+                "patch",
+                "vm",
+                "cyberdesk-keep",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"runStrategy":"Always"}}"#,
+            ],
+            None,
+        )
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    eventually(Duration::from_secs(10), "the VM halted again", || async {
+        let vm = apis.vms.get("cyberdesk-keep").await.ok()?;
+        (vm.run_strategy() == Some("Halted")).then_some(())
+    })
+    .await;
+    assert_eq!(apis.phase("keep").await.as_deref(), Some("TimedOut"));
+    eventually(
+        Duration::from_secs(10),
+        "a second TimedOut event",
+        || async { (halts(&c) == 2).then_some(()) },
+    )
+    .await;
     assert!(
         apis.desks.get_opt("keep").await.expect("get").is_some(),
         "Stop must keep the Cyberdesk"
     );
-    assert_eq!(apis.phase("keep").await.as_deref(), Some("TimedOut"));
+
+    // timeoutAction: Delete on a desk that already timed out deletes it, VM first.
+    apply(
+        &c,
+        &desk_yaml(&ns, "keep", "{timeoutMs: 86400000, timeoutAction: Delete}"),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the timed-out desk deleted",
+        || async {
+            let desk = apis.desks.get_opt("keep").await.ok()?;
+            let vm = apis.vms.get_opt("cyberdesk-keep").await.ok()?;
+            if desk.is_none() {
+                assert!(vm.is_none(), "the Cyberdesk disappeared before its VM");
+                return Some(());
+            }
+            None
+        },
+    )
+    .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extending_the_timeout_before_expiry_postpones_it() {
     let (c, _op) = setup().await;
     let (ns, apis, _sim) = desk_ns(&c, "extend", SimulatorOptions::default()).await;
+    let stop = "timeoutAction: Stop";
     apply(
         &c,
-        &desk_yaml(&ns, "longer", "{timeoutMs: 5000, timeoutAction: Stop}"),
+        &desk_yaml(&ns, "longer", &format!("{{timeoutMs: 600000, {stop}}}")),
     );
-    let desk = apis
-        .wait_phase("longer", "Running", Duration::from_secs(30))
+    apis.wait_phase("longer", "Running", Duration::from_secs(30))
         .await;
-    let first = desk.status.and_then(|s| s.expiry_time).expect("expiry");
+    let first = apis
+        .expire_in(&c, "longer", stop, Duration::from_secs(4))
+        .await;
     apply(
         &c,
-        &desk_yaml(&ns, "longer", "{timeoutMs: 600000, timeoutAction: Stop}"),
+        &desk_yaml(&ns, "longer", &format!("{{timeoutMs: 86400000, {stop}}}")),
     );
-    let moved = eventually(Duration::from_secs(10), "expiry to move", || async {
+    let moved = eventually(Duration::from_secs(3), "expiry to move", || async {
         let exp = apis.desks.get("longer").await.ok()?.status?.expiry_time?;
-        (exp != first).then_some(exp)
+        (epoch_ms(&exp) != first).then(|| epoch_ms(&exp))
     })
     .await;
     assert!(moved > first, "expiry moved backwards: {first} -> {moved}");
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let wait = (first + TIMEOUT_BOUND_MS - now_ms()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
     assert_eq!(
         apis.phase("longer").await.as_deref(),
         Some("Running"),
@@ -238,7 +404,88 @@ async fn extending_the_timeout_before_expiry_postpones_it() {
     assert_eq!(vm.run_strategy(), Some("Always"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_deleted_by_hand_comes_back_with_the_same_start_and_expiry() {
+    let (c, _op) = setup().await;
+    let (ns, apis, _sim) = desk_ns(&c, "recreate", SimulatorOptions::default()).await;
+    apply(&c, &desk_yaml(&ns, "again", "{timeoutMs: 600000}"));
+    let desk = apis
+        .wait_phase("again", "Running", Duration::from_secs(30))
+        .await;
+    let status = desk.status.expect("status");
+    let first_uid = apis
+        .vms
+        .get("cyberdesk-again")
+        .await
+        .expect("vm")
+        .metadata
+        .uid;
+    let out = c
+        .kubectl()
+        .run(
+            &["delete", "vm", "cyberdesk-again", "-n", &ns, "--wait=false"],
+            None,
+        )
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    let second_uid = eventually(Duration::from_secs(30), "a new VM", || async {
+        let vm = apis.vms.get_opt("cyberdesk-again").await.ok()??;
+        (vm.metadata.uid != first_uid && vm.metadata.deletion_timestamp.is_none())
+            .then_some(vm.metadata.uid)
+    })
+    .await;
+    assert!(second_uid.is_some());
+    let desk = apis
+        .wait_phase("again", "Running", Duration::from_secs(30))
+        .await;
+    let again = desk.status.expect("status");
+    assert_eq!(again.start_time, status.start_time, "startTime moved");
+    assert_eq!(again.expiry_time, status.expiry_time, "expiryTime moved");
+    let created = events_about(&c, &ns, "again")
+        .iter()
+        .filter(|e| e.reason == "VirtualMachineCreated")
+        .map(|e| e.count)
+        .sum::<u64>();
+    assert_eq!(created, 2, "one VirtualMachineCreated per VM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_the_desk_does_not_own_is_left_alone() {
+    let (c, _op) = setup().await;
+    let (ns, apis, _sim) = desk_ns(&c, "conflict", SimulatorOptions::default()).await;
+    // Someone else's VM, already holding the name the desk's VM would get.
+    let foreign = format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {{name: cyberdesk-taken, namespace: {ns}, labels: {{owner: someone-else}}}}\nspec:\n  runStrategy: Halted\n  template:\n    spec: {{domain: {{devices: {{}}}}}}\n"
+    );
+    apply(&c, &foreign);
+    let before = apis.vms.get("cyberdesk-taken").await.expect("vm");
+    apply(&c, &desk_yaml(&ns, "taken", "{timeoutMs: 600000}"));
+    let conflict = wait_event(
+        &c,
+        &ns,
+        "taken",
+        "VirtualMachineConflict",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(conflict.type_, "Warning");
+    assert!(
+        conflict.note.contains("cyberdesk-taken") && conflict.note.contains("not controlled"),
+        "{conflict:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = apis.vms.get("cyberdesk-taken").await.expect("vm");
+    assert_eq!(after.metadata.uid, before.metadata.uid);
+    assert_eq!(
+        after.metadata.labels, before.metadata.labels,
+        "labels changed"
+    );
+    assert!(after.metadata.owner_references.is_none(), "adopted");
+    assert_eq!(after.run_strategy(), Some("Halted"), "started");
+    assert_ne!(apis.phase("taken").await.as_deref(), Some("Running"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_desk_removes_vm_and_vmi_before_the_desk() {
     let (c, _op) = setup().await;
     // A slow VMI shutdown makes the window in which the order could go wrong visible.
@@ -294,7 +541,7 @@ async fn deleting_a_desk_removes_vm_and_vmi_before_the_desk() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_template_is_reported_and_retried_once_fixed() {
     let (c, _op) = setup().await;
     let (ns, apis, _sim) = desk_ns(&c, "template", SimulatorOptions::default()).await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{desk_yaml, wait_webhooks_active, webhook_operator};
+use cyberdesk_integration::e2e::{desk_yaml, served_leaf, wait_webhooks_active, webhook_operator};
 use cyberdesk_integration::harness::{SharedOperator, poll_until};
 use cyberdesk_integration::shared::{Cluster, namespace};
 use k8s_openapi::api::core::v1::Secret;
@@ -23,18 +23,17 @@ async fn apply_without_timeout_stores_the_default_and_the_finalizer() {
     let client = c.client().await;
     let ns = namespace(&client, "defaults").await;
     wait_webhooks_active(&c, &ns).await;
+    // The create's own response is the object as admission left it, before the reconciler
+    // (which also adds the finalizer) can have seen it.
     let out = c
         .kubectl()
-        .apply(&desk_yaml(&ns, "alice", "{}"), &[])
+        .run(
+            &["create", "-o", "json", "-f", "-"],
+            Some(&desk_yaml(&ns, "alice", "{}")),
+        )
         .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
-    let stored = c
-        .kubectl()
-        .run(&["get", "cd", "alice", "-n", &ns, "-o", "json"], None)
-        .expect("kubectl")
-        .ok()
-        .expect("get");
-    let v: serde_json::Value = serde_json::from_str(&stored).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(v["spec"]["timeoutMs"], 3_600_000);
     assert_eq!(v["spec"]["timeoutAction"], "Delete");
     assert_eq!(
@@ -203,35 +202,46 @@ fn reload_errors(metrics: String) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The webhook Secret's `tls.crt` leaf (DER) and `ca.crt` (PEM).
+async fn stored_pair(secrets: &Api<Secret>) -> (Option<Vec<u8>>, String) {
+    let s = secrets
+        .get("cyberdesk-webhook-tls")
+        .await
+        .expect("tls secret");
+    let data = s.data.unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let leaf = cyberdesk_operator::webhook::tls::certs_from_pem(&text("tls.crt"))
+        .ok()
+        .and_then(|certs| certs.first().map(|c| c.to_vec()));
+    (leaf, text("ca.crt"))
+}
+
 #[tokio::test]
 async fn serving_certificate_rotation_loses_no_admission() {
-    let (c, _op) = setup().await;
+    let (c, op) = setup().await;
     let client = c.client().await;
     let ns = namespace(&client, "rotate").await;
     wait_webhooks_active(&c, &ns).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "cyberdesk-system");
-    let leaf = |s: &Secret| {
-        s.data
-            .as_ref()
-            .and_then(|d| d.get("tls.crt"))
-            .map(|b| b.0.clone())
-    };
-    let before = leaf(
-        &secrets
-            .get("cyberdesk-webhook-tls")
-            .await
-            .expect("tls secret"),
-    )
-    .expect("tls.crt");
+    let (stored_before, ca) = stored_pair(&secrets).await;
+    let stored_before = stored_before.expect("a leaf in tls.crt");
+    let served_before = served_leaf(&ca, op.webhook).await.expect("served leaf");
+    assert_eq!(served_before, stored_before, "serves what the Secret holds");
 
+    // Spoil the leaf in the Secret: the operator must issue a new one from the same CA at
+    // its next check and serve it, while admissions keep succeeding.
+    use base64::Engine;
+    let garbage = "not a certificate";
+    let patch = json!([{"op": "replace", "path": "/data/tls.crt",
+        "value": base64::engine::general_purpose::STANDARD.encode(garbage)}]);
     let mut failures = Vec::new();
-    let mut rotated = false;
+    let mut served_new = None;
     for i in 0..60 {
         if i == 5 {
-            // Spoil the leaf: the operator issues a new one from the same CA at its next check.
-            use base64::Engine;
-            let garbage = base64::engine::general_purpose::STANDARD.encode("not a certificate");
-            let patch = json!([{"op": "replace", "path": "/data/tls.crt", "value": garbage}]);
             let out = c
                 .kubectl()
                 .run(
@@ -260,18 +270,27 @@ async fn serving_certificate_rotation_loses_no_admission() {
         if !out.success {
             failures.push(out.stderr);
         }
-        if i > 5
-            && let Ok(s) = secrets.get("cyberdesk-webhook-tls").await
-            && leaf(&s).is_some_and(|l| l != before)
-        {
-            rotated = true;
-            if i > 25 {
-                break;
+        if i > 5 && served_new.is_none() {
+            let served = served_leaf(&ca, op.webhook).await.expect("handshake");
+            if served != served_before {
+                served_new = Some(served);
             }
+        }
+        if served_new.is_some() && i > 25 {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(rotated, "the serving certificate was never rotated");
+    let served_new = served_new.expect("the server never presented a new certificate");
+    // New, chained to the unchanged ca.crt (the handshake checked it), and the one stored.
+    assert_ne!(served_new, garbage.as_bytes());
+    let (stored_after, ca_after) = stored_pair(&secrets).await;
+    assert_eq!(ca_after, ca, "the CA changed; only the leaf should");
+    assert_eq!(
+        stored_after.as_ref(),
+        Some(&served_new),
+        "serves a leaf the Secret does not hold"
+    );
     assert!(
         failures.is_empty(),
         "{} admissions failed during rotation: {:?}",
