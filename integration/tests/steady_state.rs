@@ -1,6 +1,8 @@
-//! Steady state: with 100 Running desks and nothing changing for 60 s, the operator makes
-//! zero write requests. Counted on the apiserver (apiserver_request_total), so nothing the
-//! operator forgets to count can hide.
+//! Steady state: with 100 Running desks, some TimedOut ones and one that cannot start
+//! (its template is broken, so it is retried), and nothing changing for 60 s, the operator
+//! makes zero write requests. Counted on the apiserver (apiserver_request_total), so
+//! nothing the operator forgets to count can hide; and the operator is shown to be alive
+//! and reacting after the quiet minute, so silence cannot come from a dead process.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,13 +15,19 @@ use cyberdesk_integration::shared::{Cluster, cluster, namespace};
 const DESKS: usize = 100;
 const WRITE_VERBS: &[&str] = &["POST", "PUT", "PATCH", "DELETE", "APPLY"];
 
-/// Write requests per resource since the apiserver started.
+/// Write requests per resource since the apiserver started. Panics when the scrape fails,
+/// so a failed scrape can never read as "no writes".
 fn writes(c: &Cluster) -> BTreeMap<String, f64> {
-    let text = c
+    let out = c
         .kubectl()
         .run(&["get", "--raw", "/metrics"], None)
-        .expect("kubectl")
-        .stdout;
+        .expect("kubectl");
+    assert!(out.success, "apiserver /metrics: {}", out.stderr);
+    let text = out.stdout;
+    assert!(
+        text.contains("apiserver_request_total{"),
+        "no apiserver_request_total in the scrape"
+    );
     let mut counts = BTreeMap::new();
     for line in text
         .lines()
@@ -47,7 +55,9 @@ fn writes(c: &Cluster) -> BTreeMap<String, f64> {
     counts
 }
 
-#[tokio::test]
+const TIMED_OUT: usize = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_world_gets_no_writes() {
     let c = cluster();
     install_everything(&c).await;
@@ -64,14 +74,49 @@ async fn a_quiet_world_gets_no_writes() {
         .collect();
     let out = c.kubectl().apply(&all.join("---\n"), &[]).expect("kubectl");
     assert!(out.success, "{}", out.stderr);
-    eventually(Duration::from_secs(180), "100 desks Running", || async {
-        (apis.count_in_phase("Running").await == DESKS).then_some(())
+    // Desks that time out and stay (Stop), and one whose template does not render: it is
+    // retried every few seconds, and a retry that changes nothing must write nothing.
+    let timed_out: Vec<String> = (0..TIMED_OUT)
+        .map(|i| {
+            desk_yaml(
+                &ns,
+                &format!("t{i}"),
+                "{timeoutMs: 5000, timeoutAction: Stop}",
+            )
+        })
+        .collect();
+    let template = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: broken-{ns}, namespace: cyberdesk-system, labels: {{cyberdesk.io/template: \"true\"}}}}\ndata:\n  template.yaml: |\n    apiVersion: kubevirt.io/v1\n    kind: VirtualMachine\n    spec: {{template: {{spec: {{hostname: '${{owner}}'}}}}}}\n"
+    );
+    let failed = desk_yaml(
+        &ns,
+        "broken",
+        &format!("{{timeoutMs: 3600000, template: broken-{ns}}}"),
+    );
+    let out = c
+        .kubectl()
+        .apply(
+            &[timed_out.join("---\n"), template, failed].join("---\n"),
+            &[],
+        )
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    eventually(Duration::from_secs(180), "the quiet world", || async {
+        let running = apis.count_in_phase("Running").await;
+        let timed_out = apis.count_in_phase("TimedOut").await;
+        let failed = apis.phase("broken").await;
+        (running == DESKS && timed_out == TIMED_OUT && failed.as_deref() == Some("Failed"))
+            .then_some(())
     })
     .await;
     // Let trailing events and the watch echoes of the last status writes settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let before = writes(&c);
+    assert!(
+        before.get("cyberdesks").copied().unwrap_or(0.0) > 0.0,
+        "the baseline shows no Cyberdesk writes, so the count cannot be trusted: {before:?}"
+    );
     let sim_before = sim
         .counters()
         .vm_status_writes
@@ -92,4 +137,28 @@ async fn a_quiet_world_gets_no_writes() {
         sim_after - sim_before
     );
     assert!(delta.is_empty(), "writes in steady state: {delta:?}");
+
+    // Alive and reacting: a new desk runs, a deleted one goes.
+    assert!(op.wait_ready(Duration::from_secs(1)), "{}", op.log());
+    let out = c
+        .kubectl()
+        .apply(&desk_yaml(&ns, "after", "{timeoutMs: 3600000}"), &[])
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    apis.wait_phase("after", "Running", Duration::from_secs(30))
+        .await;
+    let out = c
+        .kubectl()
+        .run(&["delete", "cd", "s000", "-n", &ns, "--wait=false"], None)
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    eventually(Duration::from_secs(30), "a deleted desk gone", || async {
+        apis.desks
+            .get_opt("s000")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }
