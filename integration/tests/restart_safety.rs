@@ -32,15 +32,12 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
+/// Object name → every value seen.
+type Seen = Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>;
+
 /// Every value `of` each object of `api` ever had, by object name, seen through a watch
 /// for as long as the returned task runs.
-fn record<K, F>(
-    api: Api<K>,
-    of: F,
-) -> (
-    Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
-    tokio::task::JoinHandle<()>,
-)
+fn record<K, F>(api: Api<K>, of: F) -> (Seen, tokio::task::JoinHandle<()>)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     F: Fn(&K) -> Option<String> + Send + 'static,
