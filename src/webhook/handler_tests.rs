@@ -629,3 +629,92 @@ async fn denials_carry_the_api_status_shape() {
         && c["field"].as_str().is_some_and(|f| !f.is_empty())
         && c["message"].as_str().is_some_and(|m| !m.is_empty())));
 }
+
+#[tokio::test]
+async fn an_update_that_changes_the_secret_fails_closed_too() {
+    let app = || app_full(PolicyStore::default(), Arc::new(NoAccessReviews), vec![]);
+    let old = desk(
+        "alice",
+        json!({"timeoutMs": 60000, "userDataSecretRef": {"name": "first", "key": "userdata"}}),
+    );
+    let new = desk(
+        "alice",
+        json!({"timeoutMs": 60000, "userDataSecretRef": {"name": "second", "key": "userdata"}}),
+    );
+    let (_, body) = post(
+        app(),
+        "/validate",
+        review("UPDATE", new, old.clone()).to_string(),
+    )
+    .await;
+    let r = response(&body);
+    assert_eq!(r["allowed"], false, "{r}");
+    let causes = causes(r);
+    assert_eq!(causes[0].0, "spec.userDataSecretRef.name", "{r}");
+    assert!(causes[0].1.contains("could not check"), "{r}");
+
+    // The same Secret as before needs no new review: a longer timeout passes.
+    let longer = desk(
+        "alice",
+        json!({"timeoutMs": 120000, "userDataSecretRef": {"name": "first", "key": "userdata"}}),
+    );
+    let (_, body) = post(
+        app(),
+        "/validate",
+        review("UPDATE", longer, old).to_string(),
+    )
+    .await;
+    assert_eq!(response(&body)["allowed"], true, "{body}");
+}
+
+#[tokio::test]
+async fn dry_run_gets_the_same_answer_as_a_real_request() {
+    let secret = |name: &str| json!({"userDataSecretRef": {"name": name, "key": "userdata"}});
+    let cases = [
+        (
+            "/mutate",
+            review("CREATE", desk("alice", json!({})), Value::Null),
+        ),
+        (
+            "/validate",
+            review(
+                "CREATE",
+                desk("alice", json!({"timeoutMs": 60000})),
+                Value::Null,
+            ),
+        ),
+        (
+            "/validate",
+            review(
+                "CREATE",
+                desk(&"d".repeat(60), json!({"timeoutMs": 5})),
+                Value::Null,
+            ),
+        ),
+        (
+            "/validate",
+            review("CREATE", desk("alice", secret("readable")), Value::Null),
+        ),
+        (
+            "/validate",
+            review("CREATE", desk("alice", secret("hidden")), Value::Null),
+        ),
+        (
+            "/validate",
+            review(
+                "UPDATE",
+                desk("alice", secret("hidden")),
+                desk("alice", secret("readable")),
+            ),
+        ),
+    ];
+    for (path, real) in cases {
+        let mut dry = real.clone();
+        dry["request"]["dryRun"] = json!(true);
+        let (real_status, real_body) = post(app(), path, real.to_string()).await;
+        let (dry_status, dry_body) = post(app(), path, dry.to_string()).await;
+        assert_eq!(real_status, dry_status, "{path} {real}");
+        assert_eq!(real_body, dry_body, "{path} {real}");
+        assert!(real_body["response"].is_object(), "{real_body}");
+    }
+}
