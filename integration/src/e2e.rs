@@ -107,6 +107,10 @@ pub async fn install_everything(c: &Cluster) {
     crate::kubevirt::install_kubevirt_crds(&c.client().await)
         .await
         .expect("kubevirt crds");
+    // KubeVirt's API refuses invalid VMs (virt-api); so does the stand-in.
+    crate::kubevirt::install_vm_admission(&c.client().await)
+        .await
+        .expect("kubevirt VM admission");
 }
 
 /// Everything installed and an operator started with `flags` as its ServiceAccount, ready;

@@ -594,3 +594,58 @@ async fn a_broken_template_is_reported_and_retried_once_fixed() {
     apis.wait_phase("tpl", "Running", Duration::from_secs(30))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_kubevirt_refuses_is_reported_as_create_rejected() {
+    let (c, _op) = setup().await;
+    let (ns, apis, _sim) = desk_ns(&c, "rejected", SimulatorOptions::default()).await;
+    // Renders fine, but names a disk without a volume: virt-api refuses such a VM.
+    let template = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: nodisk-{ns}, namespace: cyberdesk-system, labels: {{cyberdesk.io/template: \"true\"}}}}\ndata:\n  template.yaml: |\n    apiVersion: kubevirt.io/v1\n    kind: VirtualMachine\n    spec:\n      template:\n        spec:\n          domain: {{devices: {{disks: [{{name: rootdisk, disk: {{bus: virtio}}}}]}}}}\n          volumes: []\n"
+    );
+    apply(&c, &template);
+    let desk = desk_yaml(
+        &ns,
+        "refused",
+        &format!("{{timeoutMs: 600000, template: nodisk-{ns}}}"),
+    );
+    // The webhook learns of a new template through its watch; until then it says not found.
+    eventually(Duration::from_secs(15), "the desk admitted", || async {
+        c.kubectl().apply(&desk, &[]).ok()?.success.then_some(())
+    })
+    .await;
+    let event = wait_event(
+        &c,
+        &ns,
+        "refused",
+        "CreateRejected",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(event.type_, "Warning");
+    assert!(
+        event
+            .note
+            .contains("the apiserver rejected VirtualMachine cyberdesk-refused")
+            && event.note.contains("disk"),
+        "{event:?}"
+    );
+    let created = apis
+        .wait_condition(
+            "refused",
+            conditions::VM_CREATED,
+            "CreateRejected",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(created.status, ConditionStatus::False);
+    assert_eq!(apis.phase("refused").await.as_deref(), Some("Failed"));
+    assert!(
+        apis.vms
+            .get_opt("cyberdesk-refused")
+            .await
+            .expect("get")
+            .is_none(),
+        "a refused VM exists"
+    );
+}

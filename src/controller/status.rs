@@ -203,6 +203,13 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
             m.clone(),
             obs,
         ),
+        (None, Some(RenderProblem::Rejected(m))) => condition(
+            conditions::VM_CREATED,
+            ConditionStatus::False,
+            "CreateRejected",
+            m.clone(),
+            obs,
+        ),
         (None, _) if template_refused.is_some() => condition(
             conditions::VM_CREATED,
             ConditionStatus::False,
@@ -376,6 +383,24 @@ mod tests {
         let mut later = obs(&cd1, Some(&v), Some(&r));
         later.now = "2026-01-01T00:00:50Z".parse().expect("now");
         assert_eq!(desired_status(&later), first);
+    }
+
+    #[test]
+    fn a_refused_vm_is_failed_with_reason_create_rejected() {
+        let cd = desk(json!(null));
+        let problem = RenderProblem::Rejected("the apiserver rejected VirtualMachine x".into());
+        let mut o = obs(&cd, None, None);
+        o.render_error = Some(&problem);
+        let s = desired_status(&o);
+        assert_eq!(s.phase, Some(CyberdeskPhase::Failed));
+        let created = conditions::find(&s.conditions, conditions::VM_CREATED).expect("condition");
+        assert_eq!(created.status, ConditionStatus::False);
+        assert_eq!(created.reason, "CreateRejected");
+        assert_eq!(created.message, "the apiserver rejected VirtualMachine x");
+        // The template itself rendered.
+        let template =
+            conditions::find(&s.conditions, conditions::TEMPLATE_VALID).expect("condition");
+        assert_eq!(template.status, ConditionStatus::True);
     }
 
     #[test]

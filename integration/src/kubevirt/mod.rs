@@ -5,6 +5,7 @@
 //! Everything here works on `DynamicObject` and raw JSON on purpose: it must behave like
 //! KubeVirt does, not like the operator's typed model expects it to.
 
+mod admission;
 mod api;
 mod crds;
 mod simulator;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use kube::core::{ApiResource, GroupVersionKind};
 
+pub use admission::install_vm_admission;
 pub use crds::install_kubevirt_crds;
 pub use simulator::{Counters, Simulator, SimulatorHandle, SimulatorOptions};
 
