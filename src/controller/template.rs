@@ -498,10 +498,18 @@ mod tests {
 
     #[test]
     fn values_cannot_inject_structure() {
-        let t = parse(BUILTIN_TEMPLATE).expect("parses");
+        let t = parse(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec:\n  template:\n    spec:\n      domain: {devices: {}}\n      volumes:\n      - name: cloudinit\n        cloudInitNoCloud: {userDataBase64: '${user_data_base64}'}\n",
+        )
+        .expect("parses");
         let mut v = vars();
-        v.user_data_base64 = "x\nspec: {running: true}".into();
+        // YAML that would add keys and a list item if it were spliced into the text.
+        let hostile = "x\nspec: {evil: true}\n- name: injected\n  cloudInitNoCloud: {}";
+        v.user_data_base64 = hostile.into();
         let vm = render(&t, &v, &ownership()).expect("renders");
-        assert!(vm["spec"].get("running").is_none());
+        let volumes = &vm["spec"]["template"]["spec"]["volumes"];
+        assert_eq!(volumes[0]["cloudInitNoCloud"]["userDataBase64"], hostile);
+        assert_eq!(volumes.as_array().map(Vec::len), Some(1), "{vm}");
+        assert!(vm["spec"].get("evil").is_none(), "{vm}");
     }
 }
