@@ -32,13 +32,16 @@ async fn the_operator_recovers_from_an_apiserver_restart() {
     apply(desk_yaml(
         &ns,
         "expires",
-        "{timeoutMs: 6000, timeoutAction: Stop}",
+        "{timeoutMs: 600000, timeoutAction: Stop}",
     ));
     apis.wait_phase("before", "Running", Duration::from_secs(30))
         .await;
     apis.wait_phase("expires", "Running", Duration::from_secs(30))
         .await;
 
+    // Expires 3 s from now, whatever the start took.
+    apis.expire_in(&c, "expires", "timeoutAction: Stop", Duration::from_secs(3))
+        .await;
     cp.stop_apiserver();
     // Long enough for "expires" to pass its expiry while nobody can write.
     tokio::time::sleep(Duration::from_secs(8)).await;

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use cyberdesk_integration::controlplane::TestCa;
 use cyberdesk_integration::shared::{cluster, namespace};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_reports_1_35() {
     let client = cluster().client().await;
     let info = client.apiserver_version().await.expect("/version");
@@ -50,7 +50,7 @@ fn widget_crd() -> CustomResourceDefinition {
     .expect("crd literal")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crd_established_and_objects_watched() {
     let client = cluster().client().await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -119,7 +119,7 @@ async fn crd_established_and_objects_watched() {
     assert!(deleted);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_reaches_the_apiserver() {
     let c = cluster();
     let kubectl = c.kubectl();
@@ -216,7 +216,7 @@ async fn serve_denying_webhook(
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apiserver_calls_a_webhook_by_url_over_tls() {
     use base64::Engine;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};

@@ -13,7 +13,7 @@ use cyberdesk_operator::model::conditions;
 
 const COMPONENT: &str = "manifests/components/inline-user-data";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_user_data_needs_the_component_and_then_works_as_before() {
     let c = cluster();
     let _operator = ready_operator(&c, "inline", &reconciler_only_flags(false)).await;

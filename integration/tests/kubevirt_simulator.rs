@@ -165,7 +165,7 @@ fn condition<'a>(obj: &'a DynamicObject, kind: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crds_match_what_kubevirt_ships() {
     let client = cluster().client().await;
     install_kubevirt_crds(&client).await.expect("first install");
@@ -244,7 +244,7 @@ async fn crds_match_what_kubevirt_ships() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_vm_runs_stops_restarts_and_is_deleted() {
     let env = env("kv-life", SimulatorOptions::default()).await;
     env.apply_vm("desk", "runStrategy: Always", &[]);
@@ -379,7 +379,7 @@ async fn always_vm_runs_stops_restarts_and_is_deleted() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_deletion_keeps_foreign_finalizers() {
     let env = env("kv-fin", SimulatorOptions::default()).await;
     env.apply_vm("kept", "runStrategy: Always", &["example.com/keep"]);
@@ -409,7 +409,7 @@ async fn vm_deletion_keeps_foreign_finalizers() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phases_take_their_time_and_shutdown_shows_stopping() {
     let delay = Duration::from_millis(300);
     let opts = SimulatorOptions {
@@ -459,7 +459,7 @@ async fn phases_take_their_time_and_shutdown_shows_stopping() {
     env.vmi_gone("slow").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_boots_follow_the_run_strategy() {
     let env = env("kv-fail", SimulatorOptions::default()).await;
 
@@ -501,7 +501,7 @@ async fn failed_boots_follow_the_run_strategy() {
     assert_eq!(env.sim.vmis_created(), 5);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn halted_and_invalid_vms() {
     let env = env("kv-halt", SimulatorOptions::default()).await;
     env.apply_vm("stopped", "runStrategy: Halted", &[]);

@@ -38,7 +38,7 @@ async fn install_crd(c: &Cluster) {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_explain_shows_field_descriptions() {
     let c = cluster();
     install_crd(&c).await;
@@ -58,7 +58,7 @@ async fn kubectl_explain_shows_field_descriptions() {
     panic!("kubectl explain never showed the description: {last}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_validation_rejects_unknown_fields_and_bad_values() {
     let c = cluster();
     install_crd(&c).await;
@@ -95,7 +95,7 @@ async fn strict_validation_rejects_unknown_fields_and_bad_values() {
     assert_eq!(nothing.stdout.trim(), "", "rejected objects were stored");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_shows_printer_columns() {
     let c = cluster();
     install_crd(&c).await;
@@ -173,7 +173,7 @@ fn third_party_crd(group: &str, kind: &str, plural: &str, version: &str) -> Stri
     .to_string()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kustomize_base_and_overlays_pass_a_server_side_dry_run() {
     let c = cluster();
     install_crd(&c).await;

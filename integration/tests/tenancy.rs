@@ -51,7 +51,7 @@ fn can_i(c: &Cluster, args: &[&str]) -> String {
     out.stdout.trim().to_string()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_data_only_from_secrets_the_requester_may_read() {
     let (c, _op) = setup().await;
     let client = c.client().await;
@@ -136,7 +136,7 @@ async fn user_data_only_from_secrets_the_requester_may_read() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_template_passes_the_secret_by_reference_and_the_operator_cannot_read_it() {
     let (c, _op) = setup().await;
     let client = c.client().await;
@@ -216,7 +216,7 @@ async fn the_shipped_template_passes_the_secret_by_reference_and_the_operator_ca
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_are_limited_to_the_namespaces_they_allow() {
     let (c, _op) = setup().await;
     let client = c.client().await;
@@ -293,7 +293,7 @@ async fn templates_are_limited_to_the_namespaces_they_allow() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn desks_in_the_operator_namespace_are_defaulted_and_validated() {
     let (c, _op) = setup().await;
     wait_webhooks_active(&c, "cyberdesk-system").await;

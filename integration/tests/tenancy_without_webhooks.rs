@@ -11,7 +11,7 @@ use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::shared::{cluster, namespace};
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_refuses_a_template_not_allowed_in_the_namespace() {
     let c = cluster();
     let _operator = ready_operator(&c, "no-webhooks", &reconciler_only_flags(false)).await;

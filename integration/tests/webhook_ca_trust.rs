@@ -71,7 +71,7 @@ fn base64_encode(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_cas_never_reach_the_ca_bundle_and_a_corrupt_one_is_replaced_with_overlap() {
     let (c, _op) = webhook_operator(&["--cert-check-interval-secs=1"]).await;
     let client = c.client().await;

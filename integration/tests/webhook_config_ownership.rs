@@ -49,7 +49,7 @@ async fn secret_ca(secrets: &Api<Secret>) -> Option<String> {
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_edit_survives_restart_and_ca_rotation() {
     let c = cluster();
     install_everything(&c).await;

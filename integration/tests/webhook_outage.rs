@@ -7,7 +7,7 @@ use cyberdesk_integration::e2e::install_everything;
 use cyberdesk_integration::harness::{OperatorProcess, poll_until};
 use cyberdesk_integration::shared::{cluster, namespace};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_fail_closed_when_the_webhook_is_down() {
     let c = cluster();
     let k = c.kubectl();

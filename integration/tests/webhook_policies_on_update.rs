@@ -8,7 +8,7 @@ use cyberdesk_integration::e2e::{desk_yaml, eventually, wait_webhooks_active, we
 use cyberdesk_integration::shared::namespace;
 use serde_json::json;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_required_label_is_denied_and_deletion_still_completes() {
     let (c, _op) = webhook_operator(&[]).await;
     let client = c.client().await;

@@ -17,7 +17,7 @@ async fn setup() -> (Cluster, SharedOperator) {
     webhook_operator(&["--cert-check-interval-secs=1"]).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_without_timeout_stores_the_default_and_the_finalizer() {
     let (c, _op) = setup().await;
     let client = c.client().await;
@@ -42,7 +42,7 @@ async fn apply_without_timeout_stores_the_default_and_the_finalizer() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_specs_name_every_field_and_dry_run_agrees() {
     let (c, _op) = setup().await;
     let client = c.client().await;
@@ -105,7 +105,7 @@ fn policy_configmap(ns: &str, policy: serde_json::Value) -> String {
     .to_string()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_configmap_changes_verdicts_without_a_restart() {
     let (c, op) = setup().await;
     let client = c.client().await;
@@ -220,7 +220,7 @@ async fn stored_pair(secrets: &Api<Secret>) -> (Option<Vec<u8>>, String) {
     (leaf, text("ca.crt"))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_certificate_rotation_loses_no_admission() {
     let (c, op) = setup().await;
     let client = c.client().await;

@@ -19,7 +19,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 
 pub use admission::install_vm_admission;
 pub use crds::install_kubevirt_crds;
-pub use simulator::{Counters, Simulator, SimulatorHandle, SimulatorOptions};
+pub use simulator::{Counters, Simulator, SimulatorHandle, SimulatorOptions, StartFault};
 
 /// API group of both kinds.
 pub const GROUP: &str = "kubevirt.io";
@@ -66,6 +66,8 @@ pub enum Error {
     NotEstablished { name: String, timeout: Duration },
     #[error("could not build object: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("the VMI is not in a state this change applies to: {0}")]
+    NotReported(String),
 }
 
 impl Error {

@@ -17,6 +17,11 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::task::JoinHandle;
 
+use serde_json::{Value, json};
+
+use super::api::replace_guarded;
+use super::status::{RUNNING, condition, conditions, now, status_mut, upsert_condition};
+use super::vmi_controller::enter_phase;
 use super::{Error, vm_controller, vm_resource, vmi_controller, vmi_resource};
 
 /// How the simulated KubeVirt behaves. `Default` is instant boots in all namespaces.
@@ -37,6 +42,27 @@ pub struct SimulatorOptions {
     pub first_ip: Ipv4Addr,
     /// Node every VMI is scheduled to.
     pub node_name: String,
+    /// Time from `Running` to `Ready=True`, as with a readiness probe that waits for
+    /// cloud-init; until then `Ready` is `False` with the pod's reason `ContainersNotReady`.
+    pub ready_after_running: Duration,
+    /// Time from `Running` to the guest agent reporting an address; until then the
+    /// interface shows only what the domain knows (no `ipAddress`).
+    pub ip_after_running: Duration,
+    /// How long a VM with `runStrategy: Always` waits before restarting a VMI that ended:
+    /// KubeVirt's crash-loop backoff (`printableStatus: CrashLoopBackOff` after a
+    /// failure). Zero restarts at once.
+    pub restart_backoff: Duration,
+}
+
+/// A way a VMI's start gets stuck, held until [`SimulatorHandle::release_start`]. The VMI
+/// stays `Scheduling` (its launcher pod never runs) with the condition KubeVirt shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFault {
+    /// No node fits: `PodScheduled=False`, reason `Unschedulable` (VM: `ErrorUnschedulable`).
+    Unschedulable,
+    /// The container disk image cannot be pulled: `Synchronized=False`, reason
+    /// `ErrImagePull` (VM: `ErrImagePull`).
+    ErrImagePull,
 }
 
 impl Default for SimulatorOptions {
@@ -49,6 +75,9 @@ impl Default for SimulatorOptions {
             shutdown: Duration::ZERO,
             first_ip: Ipv4Addr::new(10, 244, 0, 10),
             node_name: "sim-node-1".into(),
+            ready_after_running: Duration::ZERO,
+            ip_after_running: Duration::ZERO,
+            restart_backoff: Duration::ZERO,
         }
     }
 }
@@ -134,6 +163,91 @@ impl SimulatorHandle {
         lock(&self.ctx.boot_failures).insert((namespace.to_owned(), name.to_owned()));
     }
 
+    /// From now on, VMI `namespace/name` cannot start: it is held at `Scheduling` with
+    /// the condition of `fault`, and its VM shows the matching error state.
+    pub fn hold_start(&self, namespace: &str, name: &str, fault: StartFault) {
+        lock(&self.ctx.start_faults).insert((namespace.to_owned(), name.to_owned()), fault);
+    }
+
+    /// Lets a held VMI start (within a fraction of a second).
+    pub fn release_start(&self, namespace: &str, name: &str) {
+        lock(&self.ctx.start_faults).remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// The guest agent reports a new address for the running VMI `namespace/name` (say a
+    /// DHCP renewal); returns it.
+    pub async fn change_ip(&self, namespace: &str, name: &str) -> Result<String, Error> {
+        let vmis = self.ctx.vmis(namespace);
+        loop {
+            let mut vmi = vmis.get(name).await?;
+            let (ip, _) = self.ctx.next_address();
+            let Some(iface) = vmi
+                .data
+                .pointer_mut("/status/interfaces/0")
+                .and_then(Value::as_object_mut)
+            else {
+                return Err(Error::NotReported(format!(
+                    "{namespace}/{name} reports no interface"
+                )));
+            };
+            iface.insert("ipAddress".into(), json!(ip));
+            iface.insert("ipAddresses".into(), json!([ip]));
+            match replace_guarded(&vmis, &vmi).await {
+                Ok(_) => return Ok(ip),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Puts the VMI `namespace/name` in `phase` as virt-controller or virt-handler would:
+    /// `Succeeded` when the guest shuts itself down, `Failed` when it crashes, `Unknown`
+    /// when its node stops answering, `Running` when it answers again.
+    pub async fn set_vmi_phase(
+        &self,
+        namespace: &str,
+        name: &str,
+        phase: &str,
+    ) -> Result<(), Error> {
+        let vmis = self.ctx.vmis(namespace);
+        loop {
+            let vmi = vmis.get(name).await?;
+            let mut updated = vmi.clone();
+            let mut conds = conditions(&vmi);
+            let now = now();
+            if phase != RUNNING {
+                upsert_condition(
+                    &mut conds,
+                    condition(
+                        "Ready",
+                        "False",
+                        "GuestNotRunning",
+                        "Guest VM is not reported as running",
+                        None,
+                        Some(&now),
+                    ),
+                );
+            } else {
+                upsert_condition(
+                    &mut conds,
+                    condition("Ready", "True", "", "", None, Some(&now)),
+                );
+            }
+            let Some(status) = status_mut(&mut updated) else {
+                return Err(Error::NotReported(format!(
+                    "{namespace}/{name} has no status object"
+                )));
+            };
+            status.insert("conditions".into(), Value::Array(conds));
+            enter_phase(status, &vmi, phase, &now);
+            match replace_guarded(&vmis, &updated).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Aborts the controllers and waits until they have stopped.
     pub async fn stop(mut self) {
         for task in std::mem::take(&mut self.tasks) {
@@ -159,6 +273,7 @@ pub(super) struct Context {
     pub vm_ar: ApiResource,
     pub vmi_ar: ApiResource,
     boot_failures: Mutex<HashSet<(String, String)>>,
+    start_faults: Mutex<HashMap<(String, String), StartFault>>,
     /// VMI uid → (step, when the simulator first saw the VMI at that step).
     step_started: Mutex<HashMap<String, (String, Instant)>>,
     next_address: AtomicU32,
@@ -173,6 +288,7 @@ impl Context {
             vm_ar: vm_resource(),
             vmi_ar: vmi_resource(),
             boot_failures: Mutex::default(),
+            start_faults: Mutex::default(),
             step_started: Mutex::default(),
             next_address: AtomicU32::new(0),
         }
@@ -196,6 +312,13 @@ impl Context {
     /// Whether the next boot of this VMI was asked to fail.
     pub fn boot_should_fail(&self, namespace: &str, name: &str) -> bool {
         lock(&self.boot_failures).contains(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// The fault holding this VMI's start, if any.
+    pub fn start_fault(&self, namespace: &str, name: &str) -> Option<StartFault> {
+        lock(&self.start_faults)
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
     }
 
     /// Forgets a failure request once the failed boot is written.

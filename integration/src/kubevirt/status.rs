@@ -181,7 +181,7 @@ pub(super) fn upsert_condition(conds: &mut Vec<Value>, cond: Value) {
     }
 }
 
-fn remove_condition(conds: &mut Vec<Value>, kind: &str) {
+pub(super) fn remove_condition(conds: &mut Vec<Value>, kind: &str) {
     conds.retain(|c| c["type"].as_str() != Some(kind));
 }
 
@@ -203,6 +203,8 @@ pub(super) struct StatusInput<'a> {
     pub sync_error: Option<&'a SyncError>,
     /// The pass deleted a failed VMI that RerunOnFailure must restart.
     pub add_start_request: bool,
+    /// A failed VMI waits out the restart backoff.
+    pub crash_loop: bool,
     pub now: &'a str,
 }
 
@@ -239,10 +241,12 @@ pub(super) fn desired_vm_status(input: &StatusInput<'_>) -> Value {
         .unwrap_or_default();
     let conds = vm_conditions(old, vmi, input.sync_error, input.now);
     status.insert("conditions".into(), Value::Array(conds));
-    status.insert(
-        "printableStatus".into(),
-        json!(printable_status(input.vm, vmi)),
-    );
+    let printable = if input.crash_loop {
+        "CrashLoopBackOff"
+    } else {
+        printable_status(input.vm, vmi)
+    };
+    status.insert("printableStatus".into(), json!(printable));
     Value::Object(status)
 }
 
@@ -515,6 +519,7 @@ mod tests {
             strategy: RunStrategy::Always,
             sync_error: None,
             add_start_request: false,
+            crash_loop: false,
             now: "now",
         };
         let status = desired_vm_status(&input);

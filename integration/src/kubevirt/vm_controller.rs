@@ -3,6 +3,7 @@
 //! and its VMI from the apiserver and is safe to repeat.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Preconditions};
@@ -46,10 +47,12 @@ pub(super) async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Res
     let vmi = owned_vmi(pass.vmis.get_opt(&name).await?, &vm);
     if is_deleting(&vm.metadata) {
         pass.finish_deletion(vm, vmi, strategy).await?;
-    } else {
-        pass.sync(vm, vmi, strategy).await?;
+        return Ok(Action::await_change());
     }
-    Ok(Action::await_change())
+    Ok(pass
+        .sync(vm, vmi, strategy)
+        .await?
+        .map_or_else(Action::await_change, Action::requeue))
 }
 
 /// The VMI of the VM's name, unless it belongs to another VM (say a stale one of an
@@ -75,6 +78,8 @@ struct Outcome {
     error: Option<SyncError>,
     /// A failed VMI was deleted and must be started again (RerunOnFailure).
     restart: bool,
+    /// An ended VMI waits out the restart backoff for this long yet.
+    backoff: Option<Duration>,
 }
 
 impl Outcome {
@@ -83,6 +88,7 @@ impl Outcome {
             vmi,
             error: None,
             restart: false,
+            backoff: None,
         }
     }
 
@@ -91,6 +97,7 @@ impl Outcome {
             vmi,
             error: Some(SyncError { reason, message }),
             restart: false,
+            backoff: None,
         }
     }
 }
@@ -103,19 +110,25 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// `Some(wait)`: look again after `wait` (a restart backoff is running).
     async fn sync(
         &self,
         vm: DynamicObject,
         vmi: Option<DynamicObject>,
         strategy: RunStrategy,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<Duration>, Error> {
         let vm = self.ensure_finalizer(vm).await?;
         let mut outcome = self.sync_run_strategy(&vm, vmi, strategy).await?;
         if let Some(vmi) = outcome.vmi.take() {
             outcome.vmi = self.bump_generation(&vm, vmi).await?;
         }
         self.write_status(vm, &outcome, strategy).await?;
-        self.release_final_vmi(outcome.vmi.as_ref()).await
+        if outcome.backoff.is_some() {
+            // The ended VMI is still needed: it is deleted once the backoff is over.
+            return Ok(outcome.backoff);
+        }
+        self.release_final_vmi(outcome.vmi.as_ref()).await?;
+        Ok(None)
     }
 
     /// Deletes the VMI (unless orphaning) and lets the VM go once no VMI is left.
@@ -183,7 +196,13 @@ impl Pass<'_> {
         let settled = |v: &DynamicObject| is_final(v) && !is_deleting(&v.metadata);
         match (strategy, vmi) {
             (Always | Once, None) => self.start(vm).await,
-            (Always, Some(v)) if settled(&v) => self.stop(v).await,
+            (Always, Some(v)) if settled(&v) => match self.backoff_left(&v) {
+                Some(left) => Ok(Outcome {
+                    backoff: Some(left),
+                    ..Outcome::unchanged(Some(v))
+                }),
+                None => self.stop(v).await,
+            },
             (RerunOnFailure, Some(v)) if settled(&v) => {
                 let failed = phase(&v) == FAILED;
                 let mut outcome = self.stop(v).await?;
@@ -199,6 +218,26 @@ impl Pass<'_> {
             (Halted, Some(v)) if !is_deleting(&v.metadata) => self.stop(v).await,
             (_, vmi) => Ok(Outcome::unchanged(vmi)),
         }
+    }
+
+    /// How long an ended VMI still waits before `Always` restarts it: the configured
+    /// backoff counted from the VMI's last phase transition.
+    fn backoff_left(&self, vmi: &DynamicObject) -> Option<Duration> {
+        let backoff = self.ctx.opts.restart_backoff;
+        if backoff.is_zero() {
+            return None;
+        }
+        let ended = vmi.data["status"]["phaseTransitionTimestamps"]
+            .as_array()
+            .and_then(|stamps| stamps.last())
+            .and_then(|s| s["phaseTransitionTimestamp"].as_str())
+            .and_then(|t| cyberdesk_operator::controller::expiry::parse(t))?;
+        let ended_ms = ended.as_millisecond();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let left = ended_ms + backoff.as_millis() as i64 - now_ms;
+        (left > 0).then(|| Duration::from_millis(left as u64))
     }
 
     async fn start(&self, vm: &DynamicObject) -> Result<Outcome, Error> {
@@ -278,12 +317,15 @@ impl Pass<'_> {
         strategy: RunStrategy,
     ) -> Result<Option<DynamicObject>, Error> {
         let now = now();
+        let crash_loop =
+            outcome.backoff.is_some() && outcome.vmi.as_ref().is_some_and(|v| phase(v) == FAILED);
         let desired = desired_vm_status(&StatusInput {
             vm: &vm,
             vmi: outcome.vmi.as_ref(),
             strategy,
             sync_error: outcome.error.as_ref(),
             add_start_request: outcome.restart,
+            crash_loop,
             now: &now,
         });
         if vm.data.get("status") == Some(&desired) {

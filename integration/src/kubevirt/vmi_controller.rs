@@ -12,11 +12,11 @@ use kube::runtime::controller::Action;
 use serde_json::{Map, Value, json};
 
 use super::api::{patch_guarded, replace_guarded};
-use super::simulator::{Context, Counters};
+use super::simulator::{Context, Counters, StartFault};
 use super::status::{
     FAILED, PENDING, RUNNING, SCHEDULED, SCHEDULING, SUCCEEDED, condition, conditions,
     finalizers_without, has_condition, has_finalizer, is_deleting, is_final, now, phase,
-    status_mut, upsert_condition,
+    remove_condition, status_mut, upsert_condition,
 };
 use super::{Error, NODE_NAME_LABEL, VM_CONTROLLER_FINALIZER, VMI_FOREGROUND_FINALIZER};
 
@@ -67,9 +67,15 @@ impl Lifecycle<'_> {
             PENDING => (opts.pending_to_scheduling, SCHEDULING),
             SCHEDULING => (opts.scheduling_to_scheduled, SCHEDULED),
             SCHEDULED => (opts.scheduled_to_running, RUNNING),
-            // Running, Unknown, WaitingForSync: nothing to move on to.
+            RUNNING => return self.settle_running(vmi).await,
+            // Unknown, WaitingForSync: nothing to move on to.
             _ => return Ok(Action::await_change()),
         };
+        if current == SCHEDULING
+            && let Some(fault) = self.ctx.start_fault(&self.ns, &vmi.name_any())
+        {
+            return self.hold(vmi, fault).await;
+        }
         let uid = vmi.uid().unwrap_or_default();
         if let Some(left) = self.ctx.time_left(&uid, current, delay) {
             return Ok(Action::requeue(left));
@@ -87,10 +93,84 @@ impl Lifecycle<'_> {
         Ok(Action::await_change())
     }
 
+    /// A start held by a fault: the condition KubeVirt shows for it, then a look every
+    /// 200 ms whether the fault was released.
+    async fn hold(&self, vmi: &DynamicObject, fault: StartFault) -> Result<Action, Error> {
+        let (kind, reason, message) = fault_condition(fault);
+        let mut conds = conditions(vmi);
+        if !has_condition(&conds, kind, "False", Some(reason)) {
+            upsert_condition(
+                &mut conds,
+                condition(kind, "False", reason, message, None, Some(&now())),
+            );
+            let mut updated = vmi.clone();
+            if let Some(status) = status_mut(&mut updated) {
+                status.insert("conditions".into(), Value::Array(conds));
+                self.write(Some(updated)).await?;
+            }
+        }
+        Ok(Action::requeue(Duration::from_millis(200)))
+    }
+
+    /// A running VMI whose readiness probe or guest agent is configured to come later:
+    /// `Ready=True` after `ready_after_running`, the address after `ip_after_running`.
+    async fn settle_running(&self, vmi: &DynamicObject) -> Result<Action, Error> {
+        let opts = &self.ctx.opts;
+        let uid = vmi.uid().unwrap_or_default();
+        let mut conds = conditions(vmi);
+        let needs_ready = !has_condition(&conds, "Ready", "True", None);
+        let needs_ip = vmi.data["status"]["interfaces"][0]["ipAddress"]
+            .as_str()
+            .is_none();
+        let ready_left = needs_ready
+            .then(|| self.ctx.time_left(&uid, RUNNING, opts.ready_after_running))
+            .flatten();
+        let ip_left = needs_ip
+            .then(|| self.ctx.time_left(&uid, RUNNING, opts.ip_after_running))
+            .flatten();
+        let ready_now = needs_ready && ready_left.is_none();
+        let ip_now = needs_ip && ip_left.is_none();
+        if ready_now || ip_now {
+            let now = now();
+            let mut updated = vmi.clone();
+            if ready_now {
+                upsert_condition(
+                    &mut conds,
+                    condition("Ready", "True", "", "", None, Some(&now)),
+                );
+            }
+            if ip_now {
+                upsert_condition(
+                    &mut conds,
+                    condition("AgentConnected", "True", "", "", None, None),
+                );
+            }
+            let interfaces = ip_now.then(|| self.interfaces(vmi, true));
+            if let Some(status) = status_mut(&mut updated) {
+                status.insert("conditions".into(), Value::Array(conds));
+                if let Some(interfaces) = interfaces {
+                    status.insert("interfaces".into(), interfaces);
+                }
+                self.write(Some(updated)).await?;
+            }
+        }
+        Ok([ready_left, ip_left]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or_else(Action::await_change, Action::requeue))
+    }
+
     /// The VMI as it is once it has entered phase `next`.
     fn entering(&self, vmi: &DynamicObject, next: &str) -> Option<DynamicObject> {
         let now = now();
         let mut conds = conditions(vmi);
+        // A start fault that was released is over once the VMI moves on.
+        for kind in ["PodScheduled", "Synchronized"] {
+            if has_condition(&conds, kind, "False", None) {
+                remove_condition(&mut conds, kind);
+            }
+        }
         let mut updated = vmi.clone();
         let node = &self.ctx.opts.node_name;
         let mut extra = Map::new();
@@ -104,20 +184,34 @@ impl Lifecycle<'_> {
                     .insert(NODE_NAME_LABEL.into(), node.clone());
             }
             RUNNING => {
-                upsert_condition(
-                    &mut conds,
-                    condition("Ready", "True", "", "", None, Some(&now)),
-                );
+                let opts = &self.ctx.opts;
+                let ready = if opts.ready_after_running.is_zero() {
+                    condition("Ready", "True", "", "", None, Some(&now))
+                } else {
+                    // The launcher pod's readiness probe has not passed yet.
+                    condition(
+                        "Ready",
+                        "False",
+                        "ContainersNotReady",
+                        "containers with unready status: [compute]",
+                        None,
+                        Some(&now),
+                    )
+                };
+                upsert_condition(&mut conds, ready);
                 // virt-handler writes these without any timestamps.
                 upsert_condition(
                     &mut conds,
                     condition("LiveMigratable", "True", "", "", None, None),
                 );
-                upsert_condition(
-                    &mut conds,
-                    condition("AgentConnected", "True", "", "", None, None),
-                );
-                extra.insert("interfaces".into(), self.interfaces(vmi));
+                let agent = opts.ip_after_running.is_zero();
+                if agent {
+                    upsert_condition(
+                        &mut conds,
+                        condition("AgentConnected", "True", "", "", None, None),
+                    );
+                }
+                extra.insert("interfaces".into(), self.interfaces(vmi, agent));
             }
             _ => {}
         }
@@ -130,15 +224,21 @@ impl Lifecycle<'_> {
         Some(updated)
     }
 
-    /// The guest's one interface, named after the first network, as the guest agent
-    /// reports it.
-    fn interfaces(&self, vmi: &DynamicObject) -> Value {
-        let (ip, generated_mac) = self.ctx.next_address();
+    /// The guest's one interface, named after the first network: as the guest agent
+    /// reports it, or (`with_agent` false) only what the domain knows, without an address.
+    fn interfaces(&self, vmi: &DynamicObject, with_agent: bool) -> Value {
         let spec = &vmi.data["spec"];
         let network = spec["networks"][0]["name"].as_str().unwrap_or("default");
-        let mac = spec["domain"]["devices"]["interfaces"][0]["macAddress"]
-            .as_str()
-            .unwrap_or(&generated_mac);
+        let spec_mac = spec["domain"]["devices"]["interfaces"][0]["macAddress"].as_str();
+        if !with_agent {
+            let mut iface = json!({"name": network, "infoSource": "domain", "queueCount": 1});
+            if let Some(mac) = spec_mac {
+                iface["mac"] = json!(mac);
+            }
+            return json!([iface]);
+        }
+        let (ip, generated_mac) = self.ctx.next_address();
+        let mac = spec_mac.unwrap_or(&generated_mac);
         json!([{
             "name": network,
             "interfaceName": "eth0",
@@ -248,8 +348,29 @@ fn not_running(now: &str) -> Value {
     )
 }
 
+/// The condition a held start shows: (type, reason, message).
+fn fault_condition(fault: StartFault) -> (&'static str, &'static str, &'static str) {
+    match fault {
+        StartFault::Unschedulable => (
+            "PodScheduled",
+            "Unschedulable",
+            "0/1 nodes are available: 1 Insufficient devices.kubevirt.io/kvm.",
+        ),
+        StartFault::ErrImagePull => (
+            "Synchronized",
+            "ErrImagePull",
+            "failed to pull image: not found",
+        ),
+    }
+}
+
 /// Sets `phase` and appends its transition timestamp.
-fn enter_phase(status: &mut Map<String, Value>, vmi: &DynamicObject, phase: &str, now: &str) {
+pub(super) fn enter_phase(
+    status: &mut Map<String, Value>,
+    vmi: &DynamicObject,
+    phase: &str,
+    now: &str,
+) {
     let mut stamps = vmi.data["status"]["phaseTransitionTimestamps"]
         .as_array()
         .cloned()

@@ -1,0 +1,206 @@
+//! What a desk shows for each state KubeVirt can put its VM and VMI in, with the simulator
+//! as unkind as KubeVirt: readiness and the address later than `Running`, an address that
+//! changes, a start stuck on scheduling or on the image, a guest that shuts itself down, a
+//! crash with restart backoff, a node that stops answering.
+
+use std::time::Duration;
+
+use cyberdesk_integration::e2e::{
+    Apis, desk_yaml, eventually, wait_webhooks_active, webhook_operator,
+};
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorHandle, SimulatorOptions, StartFault};
+use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_operator::model::conditions::{self, ConditionStatus};
+
+async fn desk_ns(prefix: &str, opts: SimulatorOptions) -> (Cluster, String, Apis, SimulatorHandle) {
+    let (c, _op) = webhook_operator(&[]).await;
+    let client = c.client().await;
+    let ns = namespace(&client, prefix).await;
+    let sim = Simulator::start(
+        client.clone(),
+        SimulatorOptions {
+            namespace: Some(ns.clone()),
+            ..opts
+        },
+    );
+    wait_webhooks_active(&c, &ns).await;
+    (c, ns.clone(), Apis::new(&client, &ns), sim)
+}
+
+fn apply(c: &Cluster, yaml: &str) {
+    let out = c.kubectl().apply(yaml, &[]).expect("kubectl");
+    assert!(out.success, "kubectl apply failed: {}", out.stderr);
+}
+
+/// The address the VMI reports, read as raw JSON with kubectl.
+fn reported_ip(c: &Cluster, ns: &str, vmi: &str) -> String {
+    c.kubectl()
+        .run(
+            &[
+                "get",
+                "vmi",
+                vmi,
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.status.interfaces[0].ipAddress}",
+            ],
+            None,
+        )
+        .expect("kubectl")
+        .stdout
+}
+
+/// Waits until the desk shows `phase` with `message`.
+async fn wait_phase_message(apis: &Apis, name: &str, phase: &str, message: &str) {
+    let what = format!("{name}: phase {phase} with message {message:?}");
+    eventually(Duration::from_secs(30), &what, || async {
+        let status = apis.desks.get(name).await.ok()?.status?;
+        (status.phase.map(|p| p.as_str()) == Some(phase)
+            && status.message.as_deref() == Some(message))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_address_after_running_keep_the_desk_starting() {
+    let opts = SimulatorOptions {
+        ip_after_running: Duration::from_millis(1500),
+        ready_after_running: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let (c, ns, apis, _sim) = desk_ns("late-ready", opts).await;
+    apply(&c, &desk_yaml(&ns, "slow", "{timeoutMs: 600000}"));
+    // The VMI runs, but its readiness probe has not passed: Starting, with no Ready event.
+    wait_phase_message(
+        &apis,
+        "slow",
+        "Starting",
+        "the VirtualMachineInstance runs; waiting for it to be ready",
+    )
+    .await;
+    let desk = apis
+        .wait_phase("slow", "Running", Duration::from_secs(30))
+        .await;
+    let status = desk.status.expect("status");
+    let reported = reported_ip(&c, &ns, "cyberdesk-slow");
+    assert!(!reported.is_empty(), "the simulator reported no address");
+    assert_eq!(status.ip_address.as_deref(), Some(reported.as_str()));
+    let ready = conditions::find(&status.conditions, conditions::READY).expect("Ready");
+    assert_eq!(ready.status, ConditionStatus::True);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_address_reaches_the_status() {
+    let (c, ns, apis, sim) = desk_ns("new-ip", SimulatorOptions::default()).await;
+    apply(&c, &desk_yaml(&ns, "moving", "{timeoutMs: 600000}"));
+    let first = apis
+        .wait_phase("moving", "Running", Duration::from_secs(30))
+        .await
+        .status
+        .and_then(|s| s.ip_address)
+        .expect("an address");
+    let second = sim
+        .change_ip(&ns, "cyberdesk-moving")
+        .await
+        .expect("change ip");
+    assert_ne!(first, second);
+    eventually(
+        Duration::from_secs(10),
+        "the new address in the status",
+        || async {
+            let ip = apis.desks.get("moving").await.ok()?.status?.ip_address?;
+            (ip == second).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(reported_ip(&c, &ns, "cyberdesk-moving"), second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_start_fails_the_desk_until_kubevirt_recovers() {
+    let (c, ns, apis, sim) = desk_ns("stuck", SimulatorOptions::default()).await;
+    for (desk, fault, state) in [
+        ("nonode", StartFault::Unschedulable, "ErrorUnschedulable"),
+        ("noimage", StartFault::ErrImagePull, "ErrImagePull"),
+    ] {
+        let vm = format!("cyberdesk-{desk}");
+        sim.hold_start(&ns, &vm, fault);
+        apply(&c, &desk_yaml(&ns, desk, "{timeoutMs: 600000}"));
+        wait_phase_message(
+            &apis,
+            desk,
+            "Failed",
+            &format!("the VirtualMachine is in state {state}"),
+        )
+        .await;
+        let ready = apis
+            .wait_condition(desk, conditions::READY, "Failed", Duration::from_secs(10))
+            .await;
+        assert_eq!(ready.status, ConditionStatus::False);
+        // Failed is not final: once KubeVirt can start it, the desk runs.
+        sim.release_start(&ns, &vm);
+        apis.wait_phase(desk, "Running", Duration::from_secs(30))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_crash_and_a_lost_node_show_and_the_desk_comes_back() {
+    let opts = SimulatorOptions {
+        restart_backoff: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let (c, ns, apis, sim) = desk_ns("ended", opts).await;
+    apply(&c, &desk_yaml(&ns, "bumpy", "{timeoutMs: 600000}"));
+    let started = apis
+        .wait_phase("bumpy", "Running", Duration::from_secs(30))
+        .await
+        .status
+        .and_then(|s| s.start_time);
+    let vmi = "cyberdesk-bumpy";
+
+    // The guest shuts itself down: Stopping until runStrategy Always starts it again.
+    sim.set_vmi_phase(&ns, vmi, "Succeeded")
+        .await
+        .expect("phase");
+    wait_phase_message(
+        &apis,
+        "bumpy",
+        "Stopping",
+        "the VirtualMachineInstance stopped",
+    )
+    .await;
+    apis.wait_phase("bumpy", "Running", Duration::from_secs(30))
+        .await;
+
+    // The guest crashes: KubeVirt backs off (CrashLoopBackOff), the desk is Failed, and
+    // runs again after the backoff.
+    sim.set_vmi_phase(&ns, vmi, "Failed").await.expect("phase");
+    wait_phase_message(
+        &apis,
+        "bumpy",
+        "Failed",
+        "the VirtualMachine is in state CrashLoopBackOff",
+    )
+    .await;
+    apis.wait_phase("bumpy", "Running", Duration::from_secs(30))
+        .await;
+
+    // The node stops answering (Unknown), then answers again.
+    sim.set_vmi_phase(&ns, vmi, "Unknown").await.expect("phase");
+    wait_phase_message(
+        &apis,
+        "bumpy",
+        "Starting",
+        "the VirtualMachineInstance is Unknown",
+    )
+    .await;
+    sim.set_vmi_phase(&ns, vmi, "Running").await.expect("phase");
+    let desk = apis
+        .wait_phase("bumpy", "Running", Duration::from_secs(30))
+        .await;
+    // A restarted VMI is the same desk: its clock did not restart.
+    assert_eq!(desk.status.and_then(|s| s.start_time), started);
+}
