@@ -9,6 +9,7 @@ use cyberdesk_operator::model::{Cyberdesk, VirtualMachine, VirtualMachineInstanc
 use kube::Api;
 
 use crate::harness::{OperatorProcess, SharedOperator, start_shared_operator};
+use crate::kubevirt::{Simulator, SimulatorHandle, SimulatorOptions};
 use crate::operator::{operator_output, repo_path};
 use crate::shared::Cluster;
 
@@ -371,6 +372,20 @@ pub async fn webhook_operator(extra: &[&str]) -> (Cluster, SharedOperator) {
         Ok(op) => (c, op.clone()),
         Err(e) => panic!("operator: {e}"),
     }
+}
+
+/// A fresh namespace for one test, the KubeVirt simulator (with `opts`) scoped to it, and
+/// the webhooks answering there.
+pub async fn desk_namespace(
+    c: &Cluster,
+    prefix: &str,
+    opts: SimulatorOptions,
+) -> (String, Apis, SimulatorHandle) {
+    let client = c.client().await;
+    let ns = crate::shared::namespace(&client, prefix).await;
+    let sim = Simulator::start(client.clone(), opts.within(&ns));
+    wait_webhooks_active(c, &ns).await;
+    (ns.clone(), Apis::new(&client, &ns), sim)
 }
 
 /// The apiserver picks up a new webhook configuration a moment after it is written; waits

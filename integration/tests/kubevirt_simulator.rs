@@ -47,13 +47,7 @@ async fn env(prefix: &str, opts: SimulatorOptions) -> Env {
         .await
         .expect("install KubeVirt CRDs");
     let ns = namespace(&client, prefix).await;
-    let sim = Simulator::start(
-        client.clone(),
-        SimulatorOptions {
-            namespace: Some(ns.clone()),
-            ..opts
-        },
-    );
+    let sim = Simulator::start(client.clone(), opts.within(&ns));
     Env {
         vms: Api::namespaced_with(client.clone(), &ns, &vm_resource()),
         vmis: Api::namespaced_with(client, &ns, &vmi_resource()),

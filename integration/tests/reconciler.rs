@@ -5,12 +5,12 @@
 use std::time::{Duration, Instant};
 
 use cyberdesk_integration::e2e::{
-    Apis, desk_yaml, epoch_ms, events_about, eventually, now_ms, wait_event, wait_webhooks_active,
+    Apis, desk_namespace, desk_yaml, epoch_ms, events_about, eventually, now_ms, wait_event,
     webhook_operator,
 };
 use cyberdesk_integration::harness::SharedOperator;
-use cyberdesk_integration::kubevirt::{Simulator, SimulatorHandle, SimulatorOptions};
-use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_integration::kubevirt::{SimulatorHandle, SimulatorOptions};
+use cyberdesk_integration::shared::Cluster;
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
 
 async fn setup() -> (Cluster, SharedOperator) {
@@ -22,18 +22,7 @@ async fn desk_ns(
     prefix: &str,
     opts: SimulatorOptions,
 ) -> (String, Apis, SimulatorHandle) {
-    let client = c.client().await;
-    let ns = namespace(&client, prefix).await;
-    let sim = Simulator::start(
-        client.clone(),
-        SimulatorOptions {
-            namespace: Some(ns.clone()),
-            ..opts
-        },
-    );
-    let apis = Apis::new(&client, &ns);
-    wait_webhooks_active(c, &ns).await;
-    (ns, apis, sim)
+    desk_namespace(c, prefix, opts).await
 }
 
 /// How late a timeout may land. The operator requeues a desk for the instant of its expiry,

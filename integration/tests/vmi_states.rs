@@ -5,26 +5,15 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{
-    Apis, desk_yaml, eventually, wait_webhooks_active, webhook_operator,
-};
-use cyberdesk_integration::kubevirt::{Simulator, SimulatorHandle, SimulatorOptions, StartFault};
-use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_integration::e2e::{Apis, desk_namespace, desk_yaml, eventually, webhook_operator};
+use cyberdesk_integration::kubevirt::{SimulatorHandle, SimulatorOptions, StartFault};
+use cyberdesk_integration::shared::Cluster;
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
 
 async fn desk_ns(prefix: &str, opts: SimulatorOptions) -> (Cluster, String, Apis, SimulatorHandle) {
     let (c, _op) = webhook_operator(&[]).await;
-    let client = c.client().await;
-    let ns = namespace(&client, prefix).await;
-    let sim = Simulator::start(
-        client.clone(),
-        SimulatorOptions {
-            namespace: Some(ns.clone()),
-            ..opts
-        },
-    );
-    wait_webhooks_active(&c, &ns).await;
-    (c, ns.clone(), Apis::new(&client, &ns), sim)
+    let (ns, apis, sim) = desk_namespace(&c, prefix, opts).await;
+    (c, ns, apis, sim)
 }
 
 fn apply(c: &Cluster, yaml: &str) {

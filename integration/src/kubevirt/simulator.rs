@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::api::replace_guarded;
 use super::status::{RUNNING, condition, conditions, now, status_mut, upsert_condition};
-use super::vmi_controller::enter_phase;
+use super::vmi_controller::{enter_phase, not_running};
 use super::{Error, vm_controller, vm_resource, vmi_controller, vmi_resource};
 
 /// How the simulated KubeVirt behaves. `Default` is instant boots in all namespaces.
@@ -89,6 +89,12 @@ impl SimulatorOptions {
             namespace: Some(namespace.into()),
             ..Self::default()
         }
+    }
+
+    /// These options, limited to `namespace`.
+    pub fn within(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
     }
 
     /// The same `delay` for each of the three phase steps before `Running`.
@@ -216,17 +222,7 @@ impl SimulatorHandle {
             let mut conds = conditions(&vmi);
             let now = now();
             if phase != RUNNING {
-                upsert_condition(
-                    &mut conds,
-                    condition(
-                        "Ready",
-                        "False",
-                        "GuestNotRunning",
-                        "Guest VM is not reported as running",
-                        None,
-                        Some(&now),
-                    ),
-                );
+                upsert_condition(&mut conds, not_running(&now));
             } else {
                 upsert_condition(
                     &mut conds,

@@ -337,7 +337,7 @@ impl Lifecycle<'_> {
 }
 
 /// Ready=False while the guest is not up.
-fn not_running(now: &str) -> Value {
+pub(super) fn not_running(now: &str) -> Value {
     condition(
         "Ready",
         "False",
