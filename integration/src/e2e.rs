@@ -209,6 +209,18 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A field of an object as kubectl prints it with `-o jsonpath`, e.g. what KubeVirt wrote
+/// into a VMI, read without the operator's model.
+pub fn jsonpath(c: &Cluster, ns: &str, what: &str, path: &str) -> String {
+    c.kubectl()
+        .run(
+            &["get", what, "-n", ns, "-o", &format!("jsonpath={path}")],
+            None,
+        )
+        .expect("kubectl")
+        .stdout
+}
+
 pub fn desk_yaml(ns: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec: {spec}\n"
@@ -288,21 +300,9 @@ impl Apis {
     /// `spec` holds the other spec fields as YAML flow entries. Returns the new expiry in
     /// epoch milliseconds, once the status shows it.
     pub async fn expire_in(&self, c: &Cluster, name: &str, spec: &str, from_now: Duration) -> i64 {
-        let ns = self
-            .desks
-            .get(name)
-            .await
-            .expect("desk")
-            .metadata
-            .namespace
-            .expect("namespace");
-        let started = self
-            .desks
-            .get(name)
-            .await
-            .ok()
-            .and_then(|d| d.status?.start_time)
-            .expect("startTime");
+        let desk = self.desks.get(name).await.expect("desk");
+        let ns = desk.metadata.namespace.expect("namespace");
+        let started = desk.status.and_then(|s| s.start_time).expect("startTime");
         let timeout_ms = now_ms() - epoch_ms(&started) + from_now.as_millis() as i64;
         let extra = if spec.is_empty() {
             String::new()

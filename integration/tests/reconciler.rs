@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use cyberdesk_integration::e2e::{
-    Apis, desk_namespace, desk_yaml, epoch_ms, events_about, eventually, now_ms, wait_event,
-    webhook_operator,
+    Apis, desk_namespace, desk_yaml, epoch_ms, events_about, eventually, jsonpath, now_ms,
+    wait_event, webhook_operator,
 };
 use cyberdesk_integration::harness::SharedOperator;
 use cyberdesk_integration::kubevirt::{SimulatorHandle, SimulatorOptions};
@@ -29,17 +29,6 @@ async fn desk_ns(
 /// so it acts within milliseconds; the rest is room for a loaded machine. A reconciler that
 /// only noticed expiries on a periodic resync (or a 25 s poll) misses this.
 const TIMEOUT_BOUND_MS: i64 = 2_000;
-
-/// A field of an object as kubectl prints it with `-o jsonpath`.
-fn jsonpath(c: &Cluster, ns: &str, what: &str, path: &str) -> String {
-    c.kubectl()
-        .run(
-            &["get", what, "-n", ns, "-o", &format!("jsonpath={path}")],
-            None,
-        )
-        .expect("kubectl")
-        .stdout
-}
 
 fn apply(c: &Cluster, yaml: &str) {
     let out = c.kubectl().apply(yaml, &[]).expect("kubectl");

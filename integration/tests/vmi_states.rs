@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{Apis, desk_namespace, desk_yaml, eventually, webhook_operator};
+use cyberdesk_integration::e2e::{
+    Apis, desk_namespace, desk_yaml, eventually, jsonpath, webhook_operator,
+};
 use cyberdesk_integration::kubevirt::{SimulatorHandle, SimulatorOptions, StartFault};
 use cyberdesk_integration::shared::Cluster;
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
@@ -23,21 +25,12 @@ fn apply(c: &Cluster, yaml: &str) {
 
 /// The address the VMI reports, read as raw JSON with kubectl.
 fn reported_ip(c: &Cluster, ns: &str, vmi: &str) -> String {
-    c.kubectl()
-        .run(
-            &[
-                "get",
-                "vmi",
-                vmi,
-                "-n",
-                ns,
-                "-o",
-                "jsonpath={.status.interfaces[0].ipAddress}",
-            ],
-            None,
-        )
-        .expect("kubectl")
-        .stdout
+    jsonpath(
+        c,
+        ns,
+        &format!("vmi/{vmi}"),
+        "{.status.interfaces[0].ipAddress}",
+    )
 }
 
 /// Waits until the desk shows `phase` with `message`.

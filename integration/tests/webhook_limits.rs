@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cyberdesk_integration::e2e::{eventually, ready_operator};
+use cyberdesk_integration::e2e::{eventually, ready_operator, webhook_tls_client};
 use cyberdesk_integration::harness::reconciler_only_flags;
 use cyberdesk_integration::shared::{Cluster, cluster};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -35,22 +35,7 @@ async fn connector(c: &Cluster) -> TlsConnector {
         String::from_utf8(bytes).ok()
     })
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(&ca) {
-        roots.add(cert).expect("CA certificate");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
-
-fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    cyberdesk_operator::webhook::tls::certs_from_pem(pem).expect("PEM certificates")
+    webhook_tls_client(&ca).expect("TLS client for the webhook CA")
 }
 
 async fn tls(connector: &TlsConnector, addr: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
