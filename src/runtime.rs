@@ -2,12 +2,14 @@
 //!
 //! Shutdown order: the first signal turns `/readyz` false, waits `--shutdown-delay-secs`
 //! so load balancers stop sending new admissions, then stops the servers, which finish the
-//! requests already in flight, and exits 0.
+//! requests already in flight, and exits 0; 1 if anything is still open after
+//! `--shutdown-timeout-secs`.
 
 use std::time::Duration;
 
 use kube::Api;
 use kube::api::ListParams;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
@@ -94,7 +96,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         readiness.clone(),
         stop.clone(),
     );
-    let mut webhook_tasks =
+    let (mut webhook_tasks, webhook_server) =
         start_webhooks(&cfg, &client, &metrics, &readiness, &templates, &stop).await?;
     webhook_tasks.push(templates_task);
     // The controller stops at the first signal (not after the endpoint delay), so the Lease
@@ -142,14 +144,17 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         if let Ok(Err(e)) = controller_task.await {
             tracing::warn!(error = %e, "controller ended with an error");
         }
+        // The server gives up on open connections at the same deadline; giving up is not
+        // a clean drain, however the race between the two timers ends.
+        webhook_server.await.unwrap_or(server::Drain::Abandoned)
     })
     .await;
     match drained {
-        Ok(()) => {
+        Ok(server::Drain::Complete) => {
             tracing::info!("shutdown complete");
             Ok(())
         }
-        Err(_) => Err(RunError::ShutdownTimeout(timeout)),
+        Ok(server::Drain::Abandoned) | Err(_) => Err(RunError::ShutdownTimeout(timeout)),
     }
 }
 
@@ -161,7 +166,7 @@ async fn start_webhooks(
     readiness: &Readiness,
     templates: &Catalog,
     stop: &CancellationToken,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
+) -> Result<(Vec<JoinHandle<()>>, JoinHandle<server::Drain>), RunError> {
     readiness.register(GATE_TLS);
     readiness.register(GATE_WEBHOOK);
     readiness.register(policy_watch::GATE_POLICIES);
@@ -287,7 +292,7 @@ async fn start_webhooks(
     let limits = cfg.server_limits();
     let app = server::router(admission);
     let (metrics, stop, drain) = (metrics.clone(), stop.clone(), cfg.shutdown_timeout());
-    tasks.push(tokio::task::spawn_blocking(move || {
+    let server_task = tokio::task::spawn_blocking(move || {
         webhook_runtime.block_on(async move {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
@@ -302,11 +307,14 @@ async fn start_webhooks(
                     )
                     .await
                 }
-                Err(e) => tracing::error!(error = %e, "cannot use the webhook listener"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot use the webhook listener");
+                    server::Drain::Complete
+                }
             }
-        });
-    }));
-    Ok(tasks)
+        })
+    });
+    Ok((tasks, server_task))
 }
 
 /// The controller, on the leader only (or always, with leader election off). Returns

@@ -298,3 +298,39 @@ async fn a_stalled_body_is_cut_off_at_the_request_timeout_and_idle_ones_at_the_i
     .sum();
     assert_eq!(refusals, 1.0, "only the stalled body was a refusal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_open_when_the_drain_runs_out_exits_1() {
+    let c = cluster();
+    let mut flags = reconciler_only_flags(false);
+    flags.push("--shutdown-delay-secs=0".into());
+    flags.push("--shutdown-timeout-secs=2".into());
+    // Longer than the drain, so only the drain deadline can end the stalled request.
+    flags.push("--webhook-request-timeout-secs=60".into());
+    let mut op = ready_operator(&c, "undrained", &flags).await;
+    let connector = connector(&c).await;
+    let mut stalled = tls(&connector, op.webhook).await.expect("TLS connection");
+    stalled
+        .write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersi")
+        .await
+        .expect("write");
+    // The server has the request (its headers) before the signal arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let signalled = Instant::now();
+    op.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| op.wait_exit(Duration::from_secs(15)))
+        .unwrap_or_else(|| panic!("still running 15 s after SIGTERM: {}", op.log()));
+    eprintln!("exited {status} {:?} after SIGTERM", signalled.elapsed());
+    assert_eq!(status.code(), Some(1), "{}", op.log());
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "exited before the 2 s drain ran out"
+    );
+    assert!(
+        op.log().contains("shutdown did not finish within 2s"),
+        "{}",
+        op.log()
+    );
+    drop(stalled);
+}

@@ -287,6 +287,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 /// How often each connection's watchdog looks at it.
 const WATCHDOG_TICK: Duration = Duration::from_millis(250);
 
+/// How the server's connections ended after shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Every connection finished within the drain period.
+    Complete,
+    /// Some were still open when the period ran out; the process must not report a clean exit.
+    Abandoned,
+}
+
 /// Serves until `shutdown`, then lets in-flight requests finish for up to `drain`.
 pub async fn serve(
     listener: TcpListener,
@@ -296,7 +305,7 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
     drain: Duration,
-) {
+) -> Drain {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -340,7 +349,9 @@ pub async fn serve(
             ?drain,
             "webhook connections still open after the drain period"
         );
+        return Drain::Abandoned;
     }
+    Drain::Complete
 }
 
 async fn serve_connection(
