@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use cyberdesk_integration::controlplane::TestCa;
-use cyberdesk_integration::e2e::{desk_yaml, eventually, wait_webhooks_active, webhook_operator};
+use cyberdesk_integration::e2e::{
+    desk_yaml, eventually, served_leaf, wait_webhooks_active, webhook_operator,
+};
 use cyberdesk_integration::shared::{Cluster, namespace};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -73,7 +75,7 @@ fn base64_encode(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_cas_never_reach_the_ca_bundle_and_a_corrupt_one_is_replaced_with_overlap() {
-    let (c, _op) = webhook_operator(&["--cert-check-interval-secs=1"]).await;
+    let (c, op) = webhook_operator(&["--cert-check-interval-secs=1"]).await;
     let client = c.client().await;
     let ns = namespace(&client, "ca-trust").await;
     wait_webhooks_active(&c, &ns).await;
@@ -127,17 +129,64 @@ async fn foreign_cas_never_reach_the_ca_bundle_and_a_corrupt_one_is_replaced_wit
     );
     assert!(bundles(&c).await.iter().all(|b| *b == ours));
 
-    // A corrupt ca.crt: a new CA, with the old one still trusted beside it.
+    // A corrupt ca.crt: a new CA, with the old one still trusted beside it. The apiserver
+    // trusts exactly the caBundle, so at every look the leaf served must chain to what both
+    // bundles hold at that moment (bundle first, then the new leaf), and admissions on
+    // the way must all succeed.
+    let leaf_before = served_leaf(&ours, op.webhook).await.expect("served leaf");
     set_ca(
         &secrets,
         "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
     )
     .await;
-    let renewed = eventually(Duration::from_secs(20), "a new CA published", || async {
+    let started = Instant::now();
+    let (mut looks, mut untrusted, mut failed) = (0, Vec::new(), Vec::new());
+    let renewed = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no leaf of a new CA served within 30 s"
+        );
         let [m, v] = bundles(&c).await;
-        (m == v && m != ours && m.contains(ours.trim())).then_some(m)
-    })
-    .await;
+        let mut served = None;
+        for bundle in [&m, &v] {
+            match served_leaf(bundle, op.webhook).await {
+                Ok(leaf) => served = Some(leaf),
+                Err(e) => untrusted.push(e),
+            }
+        }
+        looks += 1;
+        let out = c
+            .kubectl()
+            .apply(
+                &desk_yaml(&ns, &format!("r{looks}"), "{}"),
+                &["--dry-run=server"],
+            )
+            .expect("kubectl");
+        if !out.success {
+            failed.push(out.stderr);
+        }
+        let new_ca = m.replace(ours.trim(), "");
+        let of_new_ca = served.as_ref().is_some_and(|l| *l != leaf_before)
+            && served_leaf(&new_ca, op.webhook).await.is_ok();
+        if m == v && m != ours && m.contains(ours.trim()) && of_new_ca {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "new CA served after {:?} and {looks} looks",
+        started.elapsed()
+    );
+    assert!(
+        untrusted.is_empty(),
+        "served a leaf the caBundle does not trust: {untrusted:?}"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} admissions failed during the CA change: {:?}",
+        failed.len(),
+        failed.first()
+    );
     assert!(
         renewed.matches("BEGIN CERTIFICATE").count() == 2,
         "{renewed}"
