@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use cyberdesk_integration::kubevirt::{
     NODE_NAME_LABEL, Simulator, SimulatorHandle, SimulatorOptions, VM_CONTROLLER_FINALIZER,
-    install_kubevirt_crds, vm_resource, vmi_resource,
+    Virtctl, install_kubevirt_crds, vm_resource, vmi_resource,
 };
 use cyberdesk_integration::shared::{cluster, namespace};
 
@@ -530,4 +530,51 @@ async fn halted_and_invalid_vms() {
         env.vm("stopped").await.is_none().then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_vms_move_only_on_virtctl_start_and_stop() {
+    let env = env("kv-manual", SimulatorOptions::default()).await;
+    env.apply_vm("hand", "runStrategy: Manual", &[]);
+    env.vm_status("hand", "Stopped").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.vmi("hand").await.is_none(), "Manual started by itself");
+
+    let consumed = |vm: &DynamicObject| vm.data["status"].get("stateChangeRequests").is_none();
+    env.sim
+        .virtctl(&env.ns, "hand", Virtctl::Start)
+        .await
+        .expect("start");
+    let first = env.vmi_phase("hand", "Running").await;
+    eventually("Running with the start request consumed", || async {
+        env.vm("hand")
+            .await
+            .filter(|vm| consumed(vm) && vm.data["status"]["printableStatus"] == "Running")
+    })
+    .await;
+
+    env.sim
+        .virtctl(&env.ns, "hand", Virtctl::Stop)
+        .await
+        .expect("stop");
+    env.vmi_gone("hand").await;
+    eventually("Stopped with the stop request consumed", || async {
+        env.vm("hand")
+            .await
+            .filter(|vm| consumed(vm) && vm.data["status"]["printableStatus"] == "Stopped")
+    })
+    .await;
+    // Stopped stays stopped: Manual does not restart.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        env.vmi("hand").await.is_none(),
+        "Manual restarted by itself"
+    );
+
+    env.sim
+        .virtctl(&env.ns, "hand", Virtctl::Start)
+        .await
+        .expect("start again");
+    let second = env.vmi_phase("hand", "Running").await;
+    assert_ne!(first.uid(), second.uid(), "a new VMI");
 }

@@ -1,14 +1,15 @@
 //! What a desk shows for each state KubeVirt can put its VM and VMI in, with the simulator
 //! as unkind as KubeVirt: readiness and the address later than `Running`, an address that
 //! changes, a start stuck on scheduling or on the image, a guest that shuts itself down, a
-//! crash with restart backoff, a node that stops answering.
+//! crash with restart backoff, a node that stops answering, an admin who runs the VM by hand
+//! (`runStrategy: Manual`, `virtctl stop`/`start`), a VM on several networks.
 
 use std::time::Duration;
 
 use cyberdesk_integration::e2e::{
     Apis, desk_namespace, desk_yaml, eventually, jsonpath, webhook_operator,
 };
-use cyberdesk_integration::kubevirt::{SimulatorHandle, SimulatorOptions, StartFault};
+use cyberdesk_integration::kubevirt::{SimulatorHandle, SimulatorOptions, StartFault, Virtctl};
 use cyberdesk_integration::shared::Cluster;
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
 
@@ -185,4 +186,126 @@ async fn shutdown_crash_and_a_lost_node_show_and_the_desk_comes_back() {
         .await;
     // A restarted VMI is the same desk: its clock did not restart.
     assert_eq!(desk.status.and_then(|s| s.start_time), started);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_run_by_hand_shows_its_stops_and_starts_and_still_times_out() {
+    let (c, ns, apis, sim) = desk_ns("manual", SimulatorOptions::default()).await;
+    apply(
+        &c,
+        &desk_yaml(&ns, "byhand", "{timeoutMs: 600000, timeoutAction: Stop}"),
+    );
+    let started = apis
+        .wait_phase("byhand", "Running", Duration::from_secs(30))
+        .await
+        .status
+        .and_then(|s| s.start_time);
+    let vm = "cyberdesk-byhand";
+    // An admin takes the VM over: Manual runs only on virtctl start/stop.
+    let out = c
+        .kubectl()
+        .run(
+            &[
+                "patch",
+                "vm",
+                vm,
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"runStrategy":"Manual"}}"#,
+            ],
+            None,
+        )
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+
+    sim.virtctl(&ns, vm, Virtctl::Stop)
+        .await
+        .expect("virtctl stop");
+    wait_phase_message(
+        &apis,
+        "byhand",
+        "Provisioning",
+        "the VirtualMachine exists; waiting for its instance",
+    )
+    .await;
+    let ready = apis
+        .wait_condition(
+            "byhand",
+            conditions::READY,
+            "Provisioning",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(ready.status, ConditionStatus::False);
+    // The operator leaves a stopped Manual VM alone: it is not restarted behind the admin.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(apis.vmis.get_opt(vm).await.expect("get VMI").is_none());
+
+    sim.virtctl(&ns, vm, Virtctl::Start)
+        .await
+        .expect("virtctl start");
+    let desk = apis
+        .wait_phase("byhand", "Running", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        desk.status.and_then(|s| s.start_time),
+        started,
+        "the clock restarted"
+    );
+
+    // The timeout still halts it, whatever the admin set.
+    apis.expire_in(&c, "byhand", "", Duration::from_secs(2))
+        .await;
+    apis.wait_phase("byhand", "TimedOut", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        jsonpath(&c, &ns, &format!("vm/{vm}"), "{.spec.runStrategy}"),
+        "Halted"
+    );
+    eventually(Duration::from_secs(20), "the VMI stopped", || async {
+        apis.vmis.get_opt(vm).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_several_networks_the_desk_shows_the_first_networks_address() {
+    let opts = SimulatorOptions {
+        guest_only_interface: true,
+        ..Default::default()
+    };
+    let (c, ns, apis, _sim) = desk_ns("multinet", opts).await;
+    // The pod network first, then a secondary (Multus) network.
+    let template = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: multinet-{ns}, namespace: cyberdesk-system, labels: {{cyberdesk.io/template: \"true\"}}}}\ndata:\n  template.yaml: |\n    apiVersion: kubevirt.io/v1\n    kind: VirtualMachine\n    spec:\n      template:\n        spec:\n          domain: {{devices: {{interfaces: [{{name: default, masquerade: {{}}}}, {{name: storage, bridge: {{}}}}]}}}}\n          networks: [{{name: default, pod: {{}}}}, {{name: storage, multus: {{networkName: storage-net}}}}]\n"
+    );
+    apply(&c, &template);
+    let desk = desk_yaml(
+        &ns,
+        "wide",
+        &format!("{{timeoutMs: 600000, template: multinet-{ns}}}"),
+    );
+    // The webhook learns of a new template through its watch; until then it says not found.
+    eventually(Duration::from_secs(15), "the desk admitted", || async {
+        c.kubectl().apply(&desk, &[]).ok()?.success.then_some(())
+    })
+    .await;
+    let status = apis
+        .wait_phase("wide", "Running", Duration::from_secs(30))
+        .await
+        .status
+        .expect("status");
+    let vmi = "vmi/cyberdesk-wide";
+    let listed = jsonpath(&c, &ns, vmi, "{.status.interfaces[*].ipAddress}");
+    assert_eq!(listed.split_whitespace().count(), 3, "interfaces: {listed}");
+    let pod_network = jsonpath(
+        &c,
+        &ns,
+        vmi,
+        "{.status.interfaces[?(@.name==\"default\")].ipAddress}",
+    );
+    assert!(!pod_network.is_empty(), "interfaces: {listed}");
+    assert_eq!(status.ip_address.as_deref(), Some(pod_network.as_str()));
 }

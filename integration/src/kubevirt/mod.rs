@@ -19,7 +19,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 
 pub use admission::install_vm_admission;
 pub use crds::install_kubevirt_crds;
-pub use simulator::{Counters, Simulator, SimulatorHandle, SimulatorOptions, StartFault};
+pub use simulator::{Counters, Simulator, SimulatorHandle, SimulatorOptions, StartFault, Virtctl};
 
 /// API group of both kinds.
 pub const GROUP: &str = "kubevirt.io";

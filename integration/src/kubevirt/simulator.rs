@@ -52,6 +52,9 @@ pub struct SimulatorOptions {
     /// KubeVirt's crash-loop backoff (`printableStatus: CrashLoopBackOff` after a
     /// failure). Zero restarts at once.
     pub restart_backoff: Duration,
+    /// The guest agent also reports an interface no network of the spec has (a bridge
+    /// inside the guest), after the spec's ones.
+    pub guest_only_interface: bool,
 }
 
 /// A way a VMI's start gets stuck, held until [`SimulatorHandle::release_start`]. The VMI
@@ -63,6 +66,14 @@ pub enum StartFault {
     /// The container disk image cannot be pulled: `Synchronized=False`, reason
     /// `ErrImagePull` (VM: `ErrImagePull`).
     ErrImagePull,
+}
+
+/// A `virtctl` request, as virt-api's `start`/`stop` subresources record it for a VM
+/// with `runStrategy: Manual`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Virtctl {
+    Start,
+    Stop,
 }
 
 impl Default for SimulatorOptions {
@@ -78,6 +89,7 @@ impl Default for SimulatorOptions {
             ready_after_running: Duration::ZERO,
             ip_after_running: Duration::ZERO,
             restart_backoff: Duration::ZERO,
+            guest_only_interface: false,
         }
     }
 }
@@ -178,6 +190,41 @@ impl SimulatorHandle {
     /// Lets a held VMI start (within a fraction of a second).
     pub fn release_start(&self, namespace: &str, name: &str) {
         lock(&self.ctx.start_faults).remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// `virtctl start|stop` on VM `namespace/name`: appends the request to the VM's
+    /// `status.stateChangeRequests` (a stop names the running VMI by uid), as virt-api does.
+    pub async fn virtctl(&self, namespace: &str, name: &str, action: Virtctl) -> Result<(), Error> {
+        let request = match action {
+            Virtctl::Start => json!({"action": "Start"}),
+            Virtctl::Stop => {
+                let vmi = self.ctx.vmis(namespace).get(name).await?;
+                json!({"action": "Stop", "uid": vmi.metadata.uid})
+            }
+        };
+        let vms = self.ctx.vms(namespace);
+        loop {
+            let mut vm = vms.get_status(name).await?;
+            let Some(status) = vm.data.get_mut("status").and_then(Value::as_object_mut) else {
+                return Err(Error::NotReported(format!(
+                    "{namespace}/{name} has no status"
+                )));
+            };
+            let requests = status
+                .entry("stateChangeRequests")
+                .or_insert_with(|| json!([]));
+            if let Some(list) = requests.as_array_mut() {
+                list.push(request.clone());
+            }
+            match vms
+                .replace_status(name, &kube::api::PostParams::default(), &vm)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The guest agent reports a new address for the running VMI `namespace/name` (say a

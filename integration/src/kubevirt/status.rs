@@ -313,6 +313,19 @@ pub(super) fn has_start_request(vm: &DynamicObject) -> bool {
         .is_some_and(|r| r["action"].as_str() == Some("Start"))
 }
 
+/// Whether the VM status asks to stop `vmi` (virtctl stop names the VMI by uid).
+pub(super) fn has_stop_request(vm: &DynamicObject, vmi: &DynamicObject) -> bool {
+    vm.data["status"]["stateChangeRequests"]
+        .as_array()
+        .and_then(|r| r.first())
+        .is_some_and(|r| {
+            r["action"].as_str() == Some("Stop")
+                && r["uid"]
+                    .as_str()
+                    .is_none_or(|uid| Some(uid) == vmi.metadata.uid.as_deref())
+        })
+}
+
 /// The run strategy recorded in the VM status by an earlier pass.
 pub(super) fn recorded_strategy(vm: &DynamicObject) -> &str {
     vm.data["status"]["runStrategy"]

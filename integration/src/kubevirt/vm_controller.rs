@@ -14,7 +14,7 @@ use super::api::{patch_guarded, post_params, refusal, remove_finalizer};
 use super::simulator::{Context, Counters};
 use super::status::{
     FAILED, PENDING, RunStrategy, StatusInput, SyncError, desired_vm_status, has_finalizer,
-    has_start_request, is_deleting, is_final, now, phase, recorded_strategy,
+    has_start_request, has_stop_request, is_deleting, is_final, now, phase, recorded_strategy,
 };
 use super::{
     Error, GROUP, LATEST_OBSERVED_API_VERSION, STORAGE_OBSERVED_API_VERSION,
@@ -185,7 +185,8 @@ impl Pass<'_> {
         }
     }
 
-    /// virt-controller's `syncRunStrategy`, minus crash-loop backoff and virtctl requests.
+    /// virt-controller's `syncRunStrategy`: `Manual` acts only on `virtctl start`/`stop`
+    /// (the first of `status.stateChangeRequests`).
     async fn sync_run_strategy(
         &self,
         vm: &DynamicObject,
@@ -214,6 +215,12 @@ impl Pass<'_> {
                 if has_start_request(vm) || recorded_strategy(vm) != RerunOnFailure.as_str() =>
             {
                 self.start(vm).await
+            }
+            (Manual, None) if has_start_request(vm) => self.start(vm).await,
+            // A start asked of a VMI that has ended: the old one makes way first.
+            (Manual, Some(v)) if settled(&v) && has_start_request(vm) => self.stop(v).await,
+            (Manual, Some(v)) if has_stop_request(vm, &v) && !is_deleting(&v.metadata) => {
+                self.stop(v).await
             }
             (Halted, Some(v)) if !is_deleting(&v.metadata) => self.stop(v).await,
             (_, vmi) => Ok(Outcome::unchanged(vmi)),

@@ -224,30 +224,64 @@ impl Lifecycle<'_> {
         Some(updated)
     }
 
-    /// The guest's one interface, named after the first network: as the guest agent
-    /// reports it, or (`with_agent` false) only what the domain knows, without an address.
+    /// One entry per network, in spec order, as virt-handler lists them: as the guest agent
+    /// reports them, or (`with_agent` false) only what the domain knows, without addresses.
+    /// The first network gets the next pod-network address, each further one an address on
+    /// its own subnet; with `guest_only_interface` the agent also lists an interface the
+    /// spec does not know (a bridge inside the guest), last and without a name.
     fn interfaces(&self, vmi: &DynamicObject, with_agent: bool) -> Value {
         let spec = &vmi.data["spec"];
-        let network = spec["networks"][0]["name"].as_str().unwrap_or("default");
-        let spec_mac = spec["domain"]["devices"]["interfaces"][0]["macAddress"].as_str();
-        if !with_agent {
-            let mut iface = json!({"name": network, "infoSource": "domain", "queueCount": 1});
-            if let Some(mac) = spec_mac {
-                iface["mac"] = json!(mac);
-            }
-            return json!([iface]);
+        let mut networks: Vec<&str> = spec["networks"]
+            .as_array()
+            .map(|n| n.iter().filter_map(|n| n["name"].as_str()).collect())
+            .unwrap_or_default();
+        if networks.is_empty() {
+            networks.push("default");
         }
-        let (ip, generated_mac) = self.ctx.next_address();
-        let mac = spec_mac.unwrap_or(&generated_mac);
-        json!([{
-            "name": network,
-            "interfaceName": "eth0",
-            "ipAddress": ip,
-            "ipAddresses": [ip],
-            "mac": mac,
-            "infoSource": "domain, guest-agent",
-            "queueCount": 1,
-        }])
+        let devices = &spec["domain"]["devices"]["interfaces"];
+        let spec_mac = |i: usize, name: &str| {
+            devices
+                .as_array()
+                .and_then(|list| list.iter().find(|d| d["name"] == name))
+                .unwrap_or(&devices[i])["macAddress"]
+                .as_str()
+        };
+        let address = with_agent.then(|| self.ctx.next_address());
+        let mut listed: Vec<Value> = networks
+            .iter()
+            .enumerate()
+            .map(|(i, network)| {
+                let mut iface = json!({"name": network, "infoSource": "domain", "queueCount": 1});
+                let Some((ip, mac)) = &address else {
+                    if let Some(mac) = spec_mac(i, network) {
+                        iface["mac"] = json!(mac);
+                    }
+                    return iface;
+                };
+                let (ip, mac) = if i == 0 {
+                    (ip.clone(), mac.clone())
+                } else {
+                    let host = ip.rsplit('.').next().unwrap_or("1");
+                    (format!("192.168.{i}.{host}"), format!("06{}", &mac[2..]))
+                };
+                iface["interfaceName"] = json!(format!("eth{i}"));
+                iface["ipAddress"] = json!(ip);
+                iface["ipAddresses"] = json!([ip]);
+                iface["mac"] = json!(spec_mac(i, network).unwrap_or(&mac));
+                iface["infoSource"] = json!("domain, guest-agent");
+                iface
+            })
+            .collect();
+        if with_agent && self.ctx.opts.guest_only_interface {
+            listed.push(json!({
+                "interfaceName": "docker0",
+                "ipAddress": "172.17.0.1",
+                "ipAddresses": ["172.17.0.1"],
+                "mac": "02:42:ac:11:00:01",
+                "infoSource": "guest-agent",
+            }));
+        }
+        Value::Array(listed)
     }
 
     /// A deleted VMI: a running guest shuts down (Succeeded) after the configured time,
