@@ -119,7 +119,7 @@ async fn half_headers_are_cut_off_and_the_leader_keeps_its_lease() {
             s.write_all(HALF_HEADER).await.expect("half a header");
             let sent = Instant::now();
             sent_count.fetch_add(1, Ordering::Relaxed);
-            let closed = closed_at(s, HEADER_TIMEOUT + Duration::from_secs(20)).await;
+            let closed = closed_at(s, HEADER_TIMEOUT + Duration::from_secs(40)).await;
             (sent, closed)
         }));
     }
@@ -129,10 +129,8 @@ async fn half_headers_are_cut_off_and_the_leader_keeps_its_lease() {
         || async { (sent_count.load(Ordering::Relaxed) == FLOOD).then_some(()) },
     )
     .await;
-    eprintln!(
-        "{FLOOD} half-header connections open after {:?}",
-        opened.elapsed()
-    );
+    let opening = opened.elapsed();
+    eprintln!("{FLOOD} half-header connections open after {opening:?}");
 
     // Meanwhile: a fresh, well-formed review is answered at once.
     let asked = Instant::now();
@@ -153,9 +151,13 @@ async fn half_headers_are_cut_off_and_the_leader_keeps_its_lease() {
         latest = latest.max(closed.saturating_duration_since(sent));
     }
     eprintln!("slowest close after its half header: {latest:?}");
+    // The client sees a close as late as its own tasks get to run: on a loaded machine
+    // that lags by about as long as opening the flood took. Still far below the 60 s idle
+    // timeout, and the count below says which timer closed them.
+    let bound = HEADER_TIMEOUT + opening + Duration::from_secs(3);
     assert!(
-        latest <= HEADER_TIMEOUT + Duration::from_secs(6),
-        "a connection stayed open {latest:?} after its half header"
+        latest <= bound,
+        "a connection stayed open {latest:?} after its half header (bound {bound:?})"
     );
     let header_timeouts = op
         .metric(r#"cyberdesk_webhook_connections_rejected_total{reason="header_timeout"}"#)
