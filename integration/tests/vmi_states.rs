@@ -256,7 +256,9 @@ async fn a_vm_run_by_hand_shows_its_stops_and_starts_and_still_times_out() {
     );
 
     // The timeout still halts it, whatever the admin set.
-    apis.expire_in(&c, "byhand", "", Duration::from_secs(2))
+    // (Stop again: kubectl apply drops a field the new manifest leaves out, and the
+    // default, Delete, would delete the desk and its VM.)
+    apis.expire_in(&c, "byhand", "timeoutAction: Stop", Duration::from_secs(2))
         .await;
     apis.wait_phase("byhand", "TimedOut", Duration::from_secs(30))
         .await;
