@@ -110,7 +110,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     ));
 
     let mut controller_task = controller_task;
+    // Biased: the controller also ends on the signal, and when both are ready at once (a
+    // loaded machine polls late) the signal must win, or the shutdown delay is skipped.
     let leader_failed = tokio::select! {
+        biased;
         _ = signal.cancelled() => None,
         ended = &mut controller_task => Some(ended),
     };

@@ -25,10 +25,12 @@ async fn a_second_signal_exits_at_once_with_130() {
     let mut op = ready_operator(&c, "twice", &flags).await;
     op.signal(libc::SIGTERM);
     // The first signal starts the drain: not ready, still running.
-    assert!(
-        op.wait_exit(Duration::from_secs(2)).is_none(),
-        "exited on the first signal during a 20 s shutdown delay"
-    );
+    if let Some(status) = op.wait_exit(Duration::from_secs(2)) {
+        panic!(
+            "exited ({status}) on the first signal during a 20 s shutdown delay: {}",
+            op.log()
+        );
+    }
     let second = Instant::now();
     op.signal(libc::SIGTERM);
     let status = op
