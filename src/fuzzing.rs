@@ -176,7 +176,6 @@ pub fn template_render(data: &[u8]) {
                        "uid": "u-1", "controller": true, "blockOwnerDeletion": true});
     let ownership = Ownership {
         owner_reference: owner.clone(),
-        run_strategy: "Always",
     };
     let Ok(vm) = template::render(&parsed, &vars, &ownership) else {
         return;

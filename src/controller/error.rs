@@ -11,6 +11,8 @@ pub enum Error {
     },
     #[error("Cyberdesk has no namespace")]
     NoNamespace,
+    #[error("the pass did not settle within its step limit")]
+    Unsettled,
 }
 
 impl Error {
@@ -19,9 +21,10 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Serialization { .. } | Error::NoNamespace => "serialization",
+            Error::Unsettled => "unsettled",
         }
     }
 }
 
 /// Every label `metric_label` can return, so the metric family is initialised at start-up.
-pub const ERROR_LABELS: &[&str] = &["kube", "serialization"];
+pub const ERROR_LABELS: &[&str] = &["kube", "serialization", "unsettled"];

@@ -1,8 +1,10 @@
 //! The reconciler: Cyberdesk → VirtualMachine, status tracking, exact timeouts and
-//! finalizer cleanup. Pure decisions live in template/status/expiry; reconcile.rs is I/O.
+//! finalizer cleanup. Pure decisions live in plan/template/status/expiry; reconcile.rs
+//! carries out the plan.
 
 pub mod error;
 pub mod expiry;
+pub mod plan;
 pub mod reconcile;
 pub mod status;
 pub mod template;

@@ -19,20 +19,16 @@ use tracing::Instrument;
 
 use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
 use crate::controller::error::Error;
-use crate::controller::expiry::{self, Deadline};
-use crate::controller::status::{self, Observation, RenderProblem};
+use crate::controller::plan::{
+    self, Announcement, CleanupStep, Observation, Outcome, Reason, Settlement, Step, Wake,
+};
+use crate::controller::status::RenderProblem;
 use crate::controller::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateVars};
 use crate::metrics::Metrics;
-use crate::model::conditions::{self, ConditionStatus};
-use crate::model::{
-    Cyberdesk, CyberdeskPhase, TimeoutAction, VirtualMachine, VirtualMachineInstance, names,
-};
+use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
 
-/// How often a desk that cannot be built (missing Secret, broken template) is retried, in
-/// addition to the retry that a ConfigMap change triggers.
-const RENDER_RETRY: Duration = Duration::from_secs(15);
-/// How often cleanup re-checks while KubeVirt deletes the VM and VMI (watches usually win).
-const CLEANUP_RECHECK: Duration = Duration::from_secs(5);
+/// Most steps one pass takes (render, create, halt, settle, with room to spare).
+const MAX_STEPS: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -62,23 +58,21 @@ fn plain_pp() -> PatchParams {
 }
 
 impl Context {
-    async fn publish(
-        &self,
-        cd: &Cyberdesk,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
+    async fn announce(&self, cd: &Cyberdesk, announcement: Announcement) {
+        let reason = announcement.reason;
         let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
+            type_: if reason.is_warning() {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.as_str().into(),
+            note: Some(announcement.note),
+            action: reason.action().into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &cd.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "could not publish event");
+            tracing::warn!(error = %e, reason = reason.as_str(), "could not publish event");
         }
     }
 
@@ -89,23 +83,6 @@ impl Context {
             .observe(start.elapsed().as_secs_f64());
         value
     }
-}
-
-/// Is this VM ours to manage: controlled by this very Cyberdesk (same uid)?
-fn owned_by(vm: &VirtualMachine, cd: &Cyberdesk) -> bool {
-    let uid = cd.metadata.uid.as_deref();
-    vm.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| Some(o.uid.as_str()) == uid && o.kind == "Cyberdesk")
-}
-
-fn timed_out_before(cd: &Cyberdesk) -> bool {
-    cd.status
-        .as_ref()
-        .and_then(|s| conditions::find(&s.conditions, conditions::TIMED_OUT))
-        .is_some_and(|c| c.status == ConditionStatus::True)
 }
 
 pub async fn reconcile(cd: Arc<Cyberdesk>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -122,12 +99,20 @@ pub async fn reconcile(cd: Arc<Cyberdesk>, ctx: Arc<Context>) -> Result<Action, 
     .instrument(span)
     .await;
     let result = ctx.time("reconcile", start, result);
-    if result.is_ok()
-        && let Ok(mut failures) = ctx.failures.lock()
-    {
+    // The one place passes are counted.
+    let label = match &result {
+        Ok((_, outcome)) => outcome.as_str(),
+        Err(_) => "error",
+    };
+    ctx.metrics
+        .reconcile_total
+        .with_label_values(&[label])
+        .inc();
+    let (action, _) = result?;
+    if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from(cd.as_ref()));
     }
-    result
+    Ok(action)
 }
 
 /// Requeue with exponential backoff (0.5 s doubling to 5 min) per desk.
@@ -135,10 +120,6 @@ pub fn error_policy(cd: Arc<Cyberdesk>, error: &Error, ctx: Arc<Context>) -> Act
     ctx.metrics
         .reconcile_errors
         .with_label_values(&[error.metric_label()])
-        .inc();
-    ctx.metrics
-        .reconcile_total
-        .with_label_values(&["error"])
         .inc();
     let attempts = match ctx.failures.lock() {
         Ok(mut failures) => {
@@ -155,11 +136,7 @@ pub fn error_policy(cd: Arc<Cyberdesk>, error: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(delay)
 }
 
-async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<bool, Error> {
-    let finalizers = cd.finalizers();
-    if finalizers.iter().any(|f| f == names::FINALIZER) {
-        return Ok(false);
-    }
+async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Error> {
     let rv = cd.resource_version().unwrap_or_default();
     let ops = if cd.metadata.finalizers.is_none() {
         json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
@@ -175,7 +152,7 @@ async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<bool, 
         })?;
     api.patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
         .await?;
-    Ok(true)
+    Ok(())
 }
 
 async fn remove_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Error> {
@@ -268,7 +245,6 @@ async fn render_vm(
     cd: &Cyberdesk,
     ctx: &Context,
     ns: &str,
-    run_strategy: &'static str,
 ) -> Result<Result<Value, RenderProblem>, Error> {
     let (resolved, template) = match load_template(cd, ctx, ns) {
         Ok(t) => t,
@@ -292,15 +268,10 @@ async fn render_vm(
         user_data_base64,
         user_data_secret_name,
     };
-    Ok(template::render(
-        &template,
-        &vars,
-        &Ownership {
-            owner_reference,
-            run_strategy,
-        },
+    Ok(
+        template::render(&template, &vars, &Ownership { owner_reference })
+            .map_err(|e| RenderProblem::Template(e.to_string())),
     )
-    .map_err(|e| RenderProblem::Template(e.to_string())))
 }
 
 /// Halts the VM with a guarded JSON patch (the same change `virtctl stop` makes).
@@ -333,77 +304,47 @@ async fn write_status(
     Ok(())
 }
 
-async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error> {
+/// Reads the desk's VM and VMI, then carries out the plan step by step.
+async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outcome), Error> {
     let name = cd.name_any();
     let api: Api<Cyberdesk> = Api::namespaced(ctx.client.clone(), ns);
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), ns);
     let vm_name = names::vm_name(&name);
-
-    if ensure_finalizer(&api, cd).await? {
-        // The patch bumped the resourceVersion; the watch event brings the next pass.
-        ctx.metrics
-            .reconcile_total
-            .with_label_values(&["success"])
-            .inc();
-        return Ok(Action::await_change());
-    }
-
-    let mut vm = vms.get_opt(&vm_name).await?;
-    if let Some(existing) = &vm
-        && !owned_by(existing, cd)
-    {
-        let note = format!(
-            "VirtualMachine {vm_name} exists but is not controlled by this Cyberdesk; leaving it alone"
-        );
-        ctx.publish(
-            cd,
-            EventType::Warning,
-            "VirtualMachineConflict",
-            "Create",
-            note,
-        )
-        .await;
-        ctx.metrics
-            .reconcile_total
-            .with_label_values(&["requeue"])
-            .inc();
-        return Ok(Action::requeue(RENDER_RETRY));
-    }
-    let vmi = vmis.get_opt(&vm_name).await?;
-    let now = Timestamp::now();
-
-    // Timeout: sticky once reached. The halt is the transition that is counted and
-    // announced; it is judged on the live VM, so a stale cached Cyberdesk (whose TimedOut
-    // condition we wrote a moment ago) can never count one timeout twice.
-    let expiry = status::expiry_time(cd, vm.as_ref(), ctx.cfg.default_timeout_ms);
-    let expired = match expiry.map(|exp| expiry::deadline(now, exp)) {
-        Some(Deadline::Passed(lag)) => Some(lag),
-        _ => None,
+    let mut obs = Observation {
+        desk: cd,
+        vm: vms.get_opt(&vm_name).await?,
+        vmi: vmis.get_opt(&vm_name).await?,
+        rendered: None,
+        refused: None,
+        default_timeout_ms: ctx.cfg.default_timeout_ms,
+        now: Timestamp::now(),
     };
-    let timed_out = timed_out_before(cd) || expired.is_some();
-    if timed_out
-        && let Some(current) = &vm
-        && current.run_strategy() != Some("Halted")
-    {
-        let lag = expired.unwrap_or_default();
-        tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halting the VM");
-        let t = Instant::now();
-        vm = Some(ctx.time("stop_vm", t, halt(&vms, current).await)?);
-        ctx.metrics.vm_timeout.inc();
-        ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
-        let note = format!(
-            "timed out after {} ms; halted VirtualMachine {vm_name}",
-            cd.spec.timeout_ms.unwrap_or(ctx.cfg.default_timeout_ms)
-        );
-        ctx.publish(cd, EventType::Normal, "TimedOut", "Stop", note)
-            .await;
-    }
-
-    let mut render_error = None;
-    if vm.is_none() && !timed_out {
-        match render_vm(cd, ctx, ns, "Always").await? {
-            Ok(rendered) => {
+    // Each step changes the observation so it is not planned again; the bound only
+    // guards against a planning mistake turning into a busy loop.
+    for _ in 0..MAX_STEPS {
+        obs.now = Timestamp::now();
+        match plan::plan(&obs) {
+            Step::AddFinalizer => {
+                ensure_finalizer(&api, cd).await?;
+                // The patch bumped the resourceVersion; the watch event brings the next pass.
+                return Ok((Action::await_change(), Outcome::Success));
+            }
+            Step::Conflict(announcement) => {
+                ctx.announce(cd, announcement).await;
+                return Ok((Action::requeue(plan::RENDER_RETRY), Outcome::Requeue));
+            }
+            Step::Halt { lag, announce } => {
+                let Some(current) = &obs.vm else { break };
+                tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halting the VM");
+                let t = Instant::now();
+                obs.vm = Some(ctx.time("stop_vm", t, halt(&vms, current).await)?);
+                ctx.metrics.vm_timeout.inc();
+                ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
+                ctx.announce(cd, announce).await;
+            }
+            Step::Render => obs.rendered = Some(render_vm(cd, ctx, ns).await?),
+            Step::Create(rendered) => {
                 let t = Instant::now();
                 let created = vms.patch(&vm_name, &pp(), &Patch::Apply(rendered)).await;
                 match ctx.time("create_vm", t, created) {
@@ -411,20 +352,14 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
                         ctx.metrics.vm_created.inc();
                         tracing::info!(vm = %vm_name, "created VirtualMachine");
                         let note = format!("created VirtualMachine {vm_name}");
-                        ctx.publish(
-                            cd,
-                            EventType::Normal,
-                            "VirtualMachineCreated",
-                            "Create",
-                            note,
-                        )
-                        .await;
-                        vm = Some(created);
+                        ctx.announce(cd, Announcement::new(Reason::VirtualMachineCreated, note))
+                            .await;
+                        obs.vm = Some(created);
                     }
                     // A VM the apiserver refuses (invalid, forbidden) will not pass on
                     // retry either: report it on the desk like any other render problem.
                     Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
-                        render_error = Some(RenderProblem::Rejected(format!(
+                        obs.refused = Some(RenderProblem::Rejected(format!(
                             "the apiserver rejected VirtualMachine {vm_name}: {}",
                             e.message
                         )));
@@ -432,177 +367,106 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error>
                     Err(e) => return Err(e.into()),
                 }
             }
-            Err(problem) => render_error = Some(problem),
+            Step::Settle(settlement) => return settle(&api, cd, ctx, settlement).await,
         }
     }
-    if let Some(problem) = &render_error {
-        // One Warning per distinct problem, not one per retry.
-        let before = cd.status.as_ref().and_then(|s| s.message.as_deref());
-        if before != Some(problem.message()) {
-            let reason = match problem {
-                RenderProblem::Template(_) => "TemplateInvalid",
-                RenderProblem::TemplateNotAllowed(_) => "TemplateNotAllowed",
-                RenderProblem::UserData(_) => "UserDataUnavailable",
-                RenderProblem::Rejected(_) => "CreateRejected",
-            };
-            ctx.publish(
-                cd,
-                EventType::Warning,
-                reason,
-                "Create",
-                problem.message().to_string(),
-            )
-            .await;
-        }
-    }
-
-    let observation = Observation {
-        cyberdesk: cd,
-        vm: vm.as_ref(),
-        vmi: vmi.as_ref(),
-        render_error: render_error.as_ref(),
-        timed_out,
-        default_timeout_ms: ctx.cfg.default_timeout_ms,
-        now,
-    };
-    let desired = status::desired_status(&observation);
-    if cd.status.as_ref() != Some(&desired) {
-        let was = cd.status.as_ref().and_then(|s| s.phase);
-        let t = Instant::now();
-        let written = write_status(&api, cd, &desired).await;
-        ctx.time("update_status", t, written)?;
-        if desired.phase == Some(CyberdeskPhase::Running) && was != Some(CyberdeskPhase::Running) {
-            let ip = desired.ip_address.clone().unwrap_or_default();
-            ctx.publish(
-                cd,
-                EventType::Normal,
-                "Ready",
-                "Start",
-                format!("desktop running at {ip}"),
-            )
-            .await;
-        }
-    }
-
-    if timed_out && cd.timeout_action() == TimeoutAction::Delete {
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {
-                ctx.publish(
-                    cd,
-                    EventType::Normal,
-                    "Deleting",
-                    "Delete",
-                    "timeoutAction Delete: deleting the Cyberdesk".into(),
-                )
-                .await;
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-        ctx.metrics
-            .reconcile_total
-            .with_label_values(&["success"])
-            .inc();
-        return Ok(Action::await_change());
-    }
-
-    let action = match (
-        &render_error,
-        desired.expiry_time.as_deref().and_then(expiry::parse),
-        timed_out,
-    ) {
-        (Some(_), _, _) => Action::requeue(RENDER_RETRY),
-        (None, Some(exp), false) => match expiry::deadline(Timestamp::now(), exp) {
-            // Wake up exactly at expiry; no polling in between.
-            Deadline::In(wait) => Action::requeue(wait),
-            Deadline::Passed(_) => Action::requeue(Duration::ZERO),
-        },
-        _ => Action::await_change(),
-    };
-    let result = if render_error.is_some() {
-        "requeue"
-    } else {
-        "success"
-    };
-    ctx.metrics
-        .reconcile_total
-        .with_label_values(&[result])
-        .inc();
-    Ok(action)
+    Err(Error::Unsettled)
 }
 
-async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<Action, Error> {
-    if !cd.finalizers().iter().any(|f| f == names::FINALIZER) {
-        return Ok(Action::await_change());
+/// Writes the status, publishes, deletes a timed-out desk if asked to, and says when to
+/// look again.
+async fn settle(
+    api: &Api<Cyberdesk>,
+    cd: &Cyberdesk,
+    ctx: &Context,
+    settlement: Settlement,
+) -> Result<(Action, Outcome), Error> {
+    if let Some(desired) = &settlement.status {
+        let t = Instant::now();
+        let written = write_status(api, cd, desired).await;
+        ctx.time("update_status", t, written)?;
     }
+    if settlement.delete_desk {
+        match api.delete(&cd.name_any(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                return Ok((Action::await_change(), settlement.outcome));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for announcement in settlement.announce {
+        ctx.announce(cd, announcement).await;
+    }
+    let action = match settlement.wake {
+        Wake::OnChange => Action::await_change(),
+        Wake::After(wait) => Action::requeue(wait),
+    };
+    Ok((action, settlement.outcome))
+}
+
+async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outcome), Error> {
     let name = cd.name_any();
     let api: Api<Cyberdesk> = Api::namespaced(ctx.client.clone(), ns);
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), ns);
     let vm_name = names::vm_name(&name);
-
-    let vm = vms.get_opt(&vm_name).await?.filter(|vm| owned_by(vm, cd));
-    if let Some(vm) = &vm
-        && vm.metadata.deletion_timestamp.is_none()
-    {
-        let t = Instant::now();
-        let deleted = vms.delete(&vm_name, &DeleteParams::default()).await;
-        match ctx.time("delete_vm", t, deleted) {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-        ctx.metrics.vm_deleted.inc();
-        tracing::info!(vm = %vm_name, "deleting VirtualMachine");
-        ctx.publish(
-            cd,
-            EventType::Normal,
-            "DeletingVirtualMachine",
-            "Delete",
-            format!("deleting VirtualMachine {vm_name}"),
-        )
-        .await;
-    }
-    // A VMI left by a VM we just deleted belongs to it; KubeVirt removes it before the VM.
-    let vmi = if vm.is_some() {
-        vmis.get_opt(&vm_name).await?
-    } else {
-        None
-    };
-
-    let observation = Observation {
-        cyberdesk: cd,
-        vm: vm.as_ref(),
-        vmi: vmi.as_ref(),
-        render_error: None,
-        timed_out: timed_out_before(cd),
+    let mut obs = Observation {
+        desk: cd,
+        // Only the desk's own VM: another owner's VM by the same name is never deleted.
+        vm: vms
+            .get_opt(&vm_name)
+            .await?
+            .filter(|vm| plan::owned_by(vm, cd)),
+        vmi: None,
+        rendered: None,
+        refused: None,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         now: Timestamp::now(),
     };
-    let desired = status::desired_status(&observation);
-    if vm.is_some() || vmi.is_some() {
-        if cd.status.as_ref() != Some(&desired) {
-            write_status(&api, cd, &desired).await?;
-        }
-        ctx.metrics
-            .reconcile_total
-            .with_label_values(&["requeue"])
-            .inc();
-        return Ok(Action::requeue(CLEANUP_RECHECK));
+    // A VMI left by our VM belongs to it; KubeVirt removes it before the VM.
+    if obs.vm.is_some() {
+        obs.vmi = vmis.get_opt(&vm_name).await?;
     }
-    remove_finalizer(&api, cd).await?;
-    tracing::info!(vm = %vm_name, "VirtualMachine gone; finalizer released");
-    ctx.publish(
-        cd,
-        EventType::Normal,
-        "CleanedUp",
-        "Delete",
-        format!("VirtualMachine {vm_name} is gone"),
-    )
-    .await;
-    ctx.metrics
-        .reconcile_total
-        .with_label_values(&["success"])
-        .inc();
-    Ok(Action::await_change())
+    for _ in 0..MAX_STEPS {
+        obs.now = Timestamp::now();
+        match plan::plan_cleanup(&obs) {
+            CleanupStep::Nothing => return Ok((Action::await_change(), Outcome::Success)),
+            CleanupStep::DeleteVm(announcement) => {
+                let t = Instant::now();
+                let deleted = vms.delete(&vm_name, &DeleteParams::default()).await;
+                // What is left: the VM marked for deletion (KubeVirt's finalizer holds it
+                // while the VMI goes), or nothing.
+                obs.vm = match ctx.time("delete_vm", t, deleted) {
+                    Ok(left) => left.left(),
+                    Err(kube::Error::Api(e)) if e.code == 404 => None,
+                    Err(e) => return Err(e.into()),
+                };
+                ctx.metrics.vm_deleted.inc();
+                tracing::info!(vm = %vm_name, "deleting VirtualMachine");
+                ctx.announce(cd, announcement).await;
+                if obs
+                    .vm
+                    .as_ref()
+                    .is_some_and(|vm| vm.metadata.deletion_timestamp.is_none())
+                {
+                    // Not marked yet (a stale answer): look again later rather than loop.
+                    return Ok((Action::requeue(plan::CLEANUP_RECHECK), Outcome::Requeue));
+                }
+            }
+            CleanupStep::Wait { status } => {
+                if let Some(desired) = &status {
+                    write_status(&api, cd, desired).await?;
+                }
+                return Ok((Action::requeue(plan::CLEANUP_RECHECK), Outcome::Requeue));
+            }
+            CleanupStep::Release(announcement) => {
+                remove_finalizer(&api, cd).await?;
+                tracing::info!(vm = %vm_name, "VirtualMachine gone; finalizer released");
+                ctx.announce(cd, announcement).await;
+                return Ok((Action::await_change(), Outcome::Success));
+            }
+        }
+    }
+    Err(Error::Unsettled)
 }

@@ -89,9 +89,10 @@ impl TemplateVars {
 pub struct Ownership {
     /// ownerReference to the Cyberdesk (`apiVersion`, `kind`, `name`, `uid`, controller).
     pub owner_reference: Value,
-    /// `Always` while the desk should run, `Halted` once it has timed out.
-    pub run_strategy: &'static str,
 }
+
+/// A VM is only ever created to run; a timed-out desk's VM is halted by a patch instead.
+const CREATED_RUN_STRATEGY: &str = "Always";
 
 /// Parses a template and checks it renders, so a broken ConfigMap is reported when it is
 /// loaded rather than when the next desk needs it.
@@ -320,7 +321,7 @@ fn stamp(vm: &mut Value, vars: &TemplateVars, ownership: &Ownership) {
 
     let spec = object_at(vm, "spec");
     spec.remove("running");
-    spec.insert("runStrategy".into(), json!(ownership.run_strategy));
+    spec.insert("runStrategy".into(), json!(CREATED_RUN_STRATEGY));
     if let Some(template) = spec.get_mut("template") {
         merge_labels(object_at(template, "metadata"), &labels);
     }
@@ -346,7 +347,6 @@ mod tests {
         Ownership {
             owner_reference: json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "name": "alice",
                                     "uid": "u-1", "controller": true, "blockOwnerDeletion": true}),
-            run_strategy: "Always",
         }
     }
 
@@ -441,15 +441,13 @@ mod tests {
              spec: {running: true, runStrategy: Manual, template: {spec: {domain: {devices: {}}}}}\nstatus: {ready: true}\n",
         )
         .expect("parses");
-        let mut own = ownership();
-        own.run_strategy = "Halted";
-        let vm = render(&t, &vars(), &own).expect("renders");
+        let vm = render(&t, &vars(), &ownership()).expect("renders");
         assert_eq!(vm["metadata"]["name"], "cyberdesk-alice");
         assert_eq!(vm["metadata"]["labels"]["app"], "cyberdesk");
         assert_eq!(vm["metadata"]["labels"]["team"], "x");
         assert!(vm["metadata"].get("uid").is_none());
         assert!(vm["spec"].get("running").is_none());
-        assert_eq!(vm["spec"]["runStrategy"], "Halted");
+        assert_eq!(vm["spec"]["runStrategy"], "Always");
         assert!(vm.get("status").is_none());
         assert_eq!(
             vm["spec"]["template"]["metadata"]["labels"]["cyberdesk-instance"],

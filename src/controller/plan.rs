@@ -1,0 +1,377 @@
+//! What one reconcile pass should do, decided from what it observed (pure).
+//!
+//! The executor in `reconcile.rs` asks [`plan`] for the next step, carries it out, records
+//! what came back in the [`Observation`] and asks again, until the plan is to settle. Every
+//! step changes the observation so that it is not planned twice: a halted VM is `Halted`, a
+//! created VM is present, a rendered or refused VM is recorded. Decisions (what to create,
+//! halt, announce, write and when to look again) are therefore unit-tested here without an
+//! apiserver; the executor only performs them.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::controller::expiry::{self, Deadline};
+use crate::controller::status::{self, RenderProblem};
+use crate::model::conditions::{self, ConditionStatus};
+use crate::model::{
+    Cyberdesk, CyberdeskPhase, CyberdeskStatus, TimeoutAction, VirtualMachine,
+    VirtualMachineInstance, names,
+};
+
+/// How often a desk that cannot be built (missing Secret, broken template, refused VM, a
+/// name taken by another VM) is looked at again, besides the retry a template change brings.
+pub const RENDER_RETRY: Duration = Duration::from_secs(15);
+/// How often cleanup re-checks while KubeVirt deletes the VM and VMI (watches usually win).
+pub const CLEANUP_RECHECK: Duration = Duration::from_secs(5);
+
+/// Everything a pass has seen so far.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    pub desk: &'a Cyberdesk,
+    /// The VM by the desk's VM name, whoever owns it.
+    pub vm: Option<VirtualMachine>,
+    pub vmi: Option<VirtualMachineInstance>,
+    /// The VM as the template renders it, once rendered (only when there is no VM).
+    pub rendered: Option<Result<Value, RenderProblem>>,
+    /// The apiserver refused to create the rendered VM.
+    pub refused: Option<RenderProblem>,
+    pub default_timeout_ms: i64,
+    pub now: Timestamp,
+}
+
+/// Event reasons the reconciler publishes, each with its meaning in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    VirtualMachineCreated,
+    VirtualMachineConflict,
+    TimedOut,
+    Ready,
+    Deleting,
+    DeletingVirtualMachine,
+    CleanedUp,
+    TemplateInvalid,
+    TemplateNotAllowed,
+    UserDataUnavailable,
+    CreateRejected,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::VirtualMachineCreated => "VirtualMachineCreated",
+            Reason::VirtualMachineConflict => "VirtualMachineConflict",
+            Reason::TimedOut => "TimedOut",
+            Reason::Ready => "Ready",
+            Reason::Deleting => "Deleting",
+            Reason::DeletingVirtualMachine => "DeletingVirtualMachine",
+            Reason::CleanedUp => "CleanedUp",
+            Reason::TemplateInvalid => "TemplateInvalid",
+            Reason::TemplateNotAllowed => "TemplateNotAllowed",
+            Reason::UserDataUnavailable => "UserDataUnavailable",
+            Reason::CreateRejected => "CreateRejected",
+        }
+    }
+
+    /// The action verb of the Kubernetes Event.
+    pub fn action(self) -> &'static str {
+        match self {
+            Reason::TimedOut => "Stop",
+            Reason::Ready => "Start",
+            Reason::Deleting | Reason::DeletingVirtualMachine | Reason::CleanedUp => "Delete",
+            _ => "Create",
+        }
+    }
+
+    pub fn is_warning(self) -> bool {
+        matches!(
+            self,
+            Reason::VirtualMachineConflict
+                | Reason::TemplateInvalid
+                | Reason::TemplateNotAllowed
+                | Reason::UserDataUnavailable
+                | Reason::CreateRejected
+        )
+    }
+
+    fn for_problem(problem: &RenderProblem) -> Self {
+        match problem {
+            RenderProblem::Template(_) => Reason::TemplateInvalid,
+            RenderProblem::TemplateNotAllowed(_) => Reason::TemplateNotAllowed,
+            RenderProblem::UserData(_) => Reason::UserDataUnavailable,
+            RenderProblem::Rejected(_) => Reason::CreateRejected,
+        }
+    }
+}
+
+/// One Event to publish about the desk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub reason: Reason,
+    pub note: String,
+}
+
+impl Announcement {
+    pub fn new(reason: Reason, note: impl Into<String>) -> Self {
+        Self {
+            reason,
+            note: note.into(),
+        }
+    }
+}
+
+/// How a pass ended, for `cyberdesk_reconcile_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Something outside the operator must change first; looked at again later.
+    Requeue,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Requeue => "requeue",
+        }
+    }
+}
+
+/// When to look at the desk again without a watch event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Only on a change (of the desk, its VM or VMI, or a template).
+    OnChange,
+    After(Duration),
+}
+
+/// The next thing a pass does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Add the cleanup finalizer (the mutating webhook normally has, but it may be off or
+    /// the desk older than it); the write itself brings the next pass.
+    AddFinalizer,
+    /// A VM by this name that the desk does not control: warn and leave it alone.
+    Conflict(Announcement),
+    /// The desk's time is up: halt the VM (counted and announced once, judged on the live
+    /// VM so that a stale cached desk can never count one timeout twice).
+    Halt {
+        lag: Duration,
+        announce: Announcement,
+    },
+    /// Render the VM from the template (reads the user-data Secret for inline templates).
+    Render,
+    /// Create the rendered VM.
+    Create(Value),
+    /// Nothing left to change in the world: finish the pass.
+    Settle(Settlement),
+}
+
+/// The end of a pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settlement {
+    /// The status to write, when it differs from the stored one.
+    pub status: Option<CyberdeskStatus>,
+    pub announce: Vec<Announcement>,
+    /// `timeoutAction: Delete` on a timed-out desk: delete the Cyberdesk.
+    pub delete_desk: bool,
+    pub wake: Wake,
+    pub outcome: Outcome,
+}
+
+/// Is this VM ours to manage: controlled by this very Cyberdesk (same uid)?
+pub fn owned_by(vm: &VirtualMachine, desk: &Cyberdesk) -> bool {
+    let uid = desk.metadata.uid.as_deref();
+    vm.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(o.uid.as_str()) == uid && o.kind == "Cyberdesk")
+}
+
+/// The desk recorded a timeout in an earlier pass: timeouts are sticky.
+pub fn timed_out_before(desk: &Cyberdesk) -> bool {
+    desk.status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::TIMED_OUT))
+        .is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+fn has_finalizer(desk: &Cyberdesk) -> bool {
+    desk.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == names::FINALIZER)
+}
+
+/// How far past its expiry the desk is, if it is.
+fn expired_by(obs: &Observation<'_>) -> Option<Duration> {
+    let expiry = status::expiry_time(obs.desk, obs.vm.as_ref(), obs.default_timeout_ms)?;
+    match expiry::deadline(obs.now, expiry) {
+        Deadline::Passed(lag) => Some(lag),
+        Deadline::In(_) => None,
+    }
+}
+
+/// The next step of a pass over a desk that is not being deleted.
+pub fn plan(obs: &Observation<'_>) -> Step {
+    let desk = obs.desk;
+    if !has_finalizer(desk) {
+        return Step::AddFinalizer;
+    }
+    let vm_name = names::vm_name(desk.metadata.name.as_deref().unwrap_or_default());
+    if let Some(vm) = &obs.vm
+        && !owned_by(vm, desk)
+    {
+        return Step::Conflict(Announcement::new(
+            Reason::VirtualMachineConflict,
+            format!(
+                "VirtualMachine {vm_name} exists but is not controlled by this Cyberdesk; leaving it alone"
+            ),
+        ));
+    }
+    let expired = expired_by(obs);
+    let timed_out = timed_out_before(desk) || expired.is_some();
+    if timed_out
+        && let Some(vm) = &obs.vm
+        && vm.run_strategy() != Some("Halted")
+    {
+        let timeout_ms = desk.spec.timeout_ms.unwrap_or(obs.default_timeout_ms);
+        return Step::Halt {
+            lag: expired.unwrap_or_default(),
+            announce: Announcement::new(
+                Reason::TimedOut,
+                format!("timed out after {timeout_ms} ms; halted VirtualMachine {vm_name}"),
+            ),
+        };
+    }
+    if obs.vm.is_none() && !timed_out && obs.refused.is_none() {
+        match &obs.rendered {
+            None => return Step::Render,
+            Some(Ok(vm)) => return Step::Create(vm.clone()),
+            Some(Err(_)) => {}
+        }
+    }
+    Step::Settle(settle(obs, timed_out))
+}
+
+fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
+    let desk = obs.desk;
+    // A render problem only matters while a VM is still to be made.
+    let problem = match (&obs.vm, &obs.refused, &obs.rendered) {
+        (Some(_), _, _) => None,
+        (None, Some(refused), _) => Some(refused),
+        (None, None, Some(Err(problem))) => Some(problem),
+        _ => None,
+    }
+    .filter(|_| !timed_out);
+    let desired = status::desired_status(&status::Observation {
+        cyberdesk: desk,
+        vm: obs.vm.as_ref(),
+        vmi: obs.vmi.as_ref(),
+        render_error: problem,
+        timed_out,
+        default_timeout_ms: obs.default_timeout_ms,
+        now: obs.now,
+    });
+    let before = desk.status.as_ref();
+    let mut announce = Vec::new();
+    if let Some(problem) = problem {
+        // One Warning per distinct problem, not one per retry.
+        if before.and_then(|s| s.message.as_deref()) != Some(problem.message()) {
+            announce.push(Announcement::new(
+                Reason::for_problem(problem),
+                problem.message(),
+            ));
+        }
+    }
+    let was_running = before.and_then(|s| s.phase) == Some(CyberdeskPhase::Running);
+    if desired.phase == Some(CyberdeskPhase::Running) && !was_running {
+        let ip = desired.ip_address.as_deref().unwrap_or_default();
+        announce.push(Announcement::new(
+            Reason::Ready,
+            format!("desktop running at {ip}"),
+        ));
+    }
+    let delete_desk = timed_out && desk.timeout_action() == TimeoutAction::Delete;
+    if delete_desk {
+        announce.push(Announcement::new(
+            Reason::Deleting,
+            "timeoutAction Delete: deleting the Cyberdesk",
+        ));
+    }
+    let expiry = desired.expiry_time.as_deref().and_then(expiry::parse);
+    let (wake, outcome) = if problem.is_some() {
+        (Wake::After(RENDER_RETRY), Outcome::Requeue)
+    } else if delete_desk || timed_out {
+        (Wake::OnChange, Outcome::Success)
+    } else {
+        match expiry.map(|exp| expiry::deadline(obs.now, exp)) {
+            // Wake up exactly at expiry; no polling in between.
+            Some(Deadline::In(wait)) => (Wake::After(wait), Outcome::Success),
+            Some(Deadline::Passed(_)) => (Wake::After(Duration::ZERO), Outcome::Success),
+            None => (Wake::OnChange, Outcome::Success),
+        }
+    };
+    Settlement {
+        status: (before != Some(&desired)).then_some(desired),
+        announce,
+        delete_desk,
+        wake,
+        outcome,
+    }
+}
+
+/// What cleanup of a deleted desk does next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CleanupStep {
+    /// Not ours to hold (no finalizer of ours): nothing to do.
+    Nothing,
+    /// Delete the desk's VM (KubeVirt removes the VMI first).
+    DeleteVm(Announcement),
+    /// KubeVirt is still deleting: show it and look again.
+    Wait { status: Option<CyberdeskStatus> },
+    /// Everything is gone: release the finalizer.
+    Release(Announcement),
+}
+
+/// Cleanup of a desk with a deletion timestamp. `vm` is the desk's own VM only (another
+/// owner's VM by the same name is never deleted); `vmi` is looked at only when it exists.
+pub fn plan_cleanup(obs: &Observation<'_>) -> CleanupStep {
+    let desk = obs.desk;
+    if !has_finalizer(desk) {
+        return CleanupStep::Nothing;
+    }
+    let vm_name = names::vm_name(desk.metadata.name.as_deref().unwrap_or_default());
+    if let Some(vm) = &obs.vm
+        && vm.metadata.deletion_timestamp.is_none()
+    {
+        return CleanupStep::DeleteVm(Announcement::new(
+            Reason::DeletingVirtualMachine,
+            format!("deleting VirtualMachine {vm_name}"),
+        ));
+    }
+    if obs.vm.is_some() || obs.vmi.is_some() {
+        let desired = status::desired_status(&status::Observation {
+            cyberdesk: desk,
+            vm: obs.vm.as_ref(),
+            vmi: obs.vmi.as_ref(),
+            render_error: None,
+            timed_out: timed_out_before(desk),
+            default_timeout_ms: obs.default_timeout_ms,
+            now: obs.now,
+        });
+        return CleanupStep::Wait {
+            status: (desk.status.as_ref() != Some(&desired)).then_some(desired),
+        };
+    }
+    CleanupStep::Release(Announcement::new(
+        Reason::CleanedUp,
+        format!("VirtualMachine {vm_name} is gone"),
+    ))
+}
+
+#[cfg(test)]
+mod tests;

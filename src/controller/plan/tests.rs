@@ -1,0 +1,354 @@
+//! Table of situations a pass meets, and what the plan does in each: every `Step`,
+//! `CleanupStep`, `Wake` and `Outcome`, and the edges the end-to-end tests cannot time.
+
+use serde_json::json;
+
+use super::*;
+use crate::model::CyberdeskPhase;
+
+const NOW: &str = "2026-01-01T00:10:00Z";
+/// The desk started 10 minutes before NOW.
+const STARTED: &str = "2026-01-01T00:00:00Z";
+
+fn desk(spec: Value, status: Value) -> Cyberdesk {
+    serde_json::from_value(json!({
+        "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+        "metadata": {"name": "alice", "namespace": "ns", "uid": "desk-uid", "generation": 1,
+                     "finalizers": [names::FINALIZER]},
+        "spec": spec, "status": status,
+    }))
+    .expect("desk")
+}
+
+/// A running desk whose status was written by an earlier pass, with `timeout_ms`.
+fn started_desk(timeout_ms: i64, extra_status: Value) -> Cyberdesk {
+    let mut status = json!({"startTime": STARTED, "phase": "Provisioning"});
+    if let (Some(s), Some(extra)) = (status.as_object_mut(), extra_status.as_object()) {
+        s.extend(extra.clone());
+    }
+    desk(
+        json!({"timeoutMs": timeout_ms, "timeoutAction": "Stop"}),
+        status,
+    )
+}
+
+fn vm(owner_uid: &str, run_strategy: &str) -> VirtualMachine {
+    serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "cyberdesk-alice", "namespace": "ns", "creationTimestamp": STARTED,
+                     "ownerReferences": [{"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+                                          "name": "alice", "uid": owner_uid, "controller": true}]},
+        "spec": {"runStrategy": run_strategy},
+    }))
+    .expect("vm")
+}
+
+fn running_vmi() -> VirtualMachineInstance {
+    serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "cyberdesk-alice", "namespace": "ns"}, "spec": {},
+        "status": {"phase": "Running", "interfaces": [{"ipAddress": "10.0.0.7"}],
+                   "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": null}]},
+    }))
+    .expect("vmi")
+}
+
+fn observe(desk: &Cyberdesk) -> Observation<'_> {
+    Observation {
+        desk,
+        vm: None,
+        vmi: None,
+        rendered: None,
+        refused: None,
+        default_timeout_ms: 3_600_000,
+        now: NOW.parse().expect("now"),
+    }
+}
+
+fn settled(step: Step) -> Settlement {
+    match step {
+        Step::Settle(s) => s,
+        other => panic!("expected Settle, got {other:?}"),
+    }
+}
+
+fn reasons(s: &Settlement) -> Vec<Reason> {
+    s.announce.iter().map(|a| a.reason).collect()
+}
+
+fn phase(s: &Settlement) -> Option<CyberdeskPhase> {
+    s.status.as_ref().and_then(|st| st.phase)
+}
+
+#[test]
+fn a_desk_without_the_finalizer_gets_it_first() {
+    let mut d = desk(json!({}), json!(null));
+    d.metadata.finalizers = None;
+    assert_eq!(plan(&observe(&d)), Step::AddFinalizer);
+}
+
+#[test]
+fn a_vm_of_another_owner_is_left_alone_with_a_warning() {
+    let d = desk(json!({}), json!(null));
+    let mut o = observe(&d);
+    o.vm = Some(vm("someone-else", "Always"));
+    match plan(&o) {
+        Step::Conflict(a) => {
+            assert_eq!(a.reason, Reason::VirtualMachineConflict);
+            assert!(a.reason.is_warning());
+            assert!(a.note.contains("cyberdesk-alice"), "{}", a.note);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_new_desk_is_rendered_then_created() {
+    let d = desk(json!({}), json!(null));
+    let mut o = observe(&d);
+    assert_eq!(plan(&o), Step::Render);
+    o.rendered = Some(Ok(json!({"kind": "VirtualMachine"})));
+    assert_eq!(plan(&o), Step::Create(json!({"kind": "VirtualMachine"})));
+    // Created: nothing more to change; Pending → Provisioning, wake at expiry.
+    o.vm = Some(vm("desk-uid", "Always"));
+    let s = settled(plan(&o));
+    assert_eq!(phase(&s), Some(CyberdeskPhase::Provisioning));
+    assert_eq!(s.outcome, Outcome::Success);
+    assert!(s.announce.is_empty());
+}
+
+#[test]
+fn a_template_problem_is_announced_once_and_retried() {
+    let d = desk(json!({}), json!(null));
+    let mut o = observe(&d);
+    o.rendered = Some(Err(RenderProblem::Template("unknown variable ${x}".into())));
+    let s = settled(plan(&o));
+    assert_eq!(phase(&s), Some(CyberdeskPhase::Failed));
+    assert_eq!(reasons(&s), vec![Reason::TemplateInvalid]);
+    assert_eq!(s.wake, Wake::After(RENDER_RETRY));
+    assert_eq!(s.outcome, Outcome::Requeue);
+
+    // The next pass sees its own status: same problem, no second Warning, no write.
+    let mut again = d.clone();
+    again.status = s.status.clone();
+    let mut o2 = observe(&again);
+    o2.rendered = Some(Err(RenderProblem::Template("unknown variable ${x}".into())));
+    let s2 = settled(plan(&o2));
+    assert!(s2.announce.is_empty(), "{:?}", s2.announce);
+    assert_eq!(s2.status, None);
+    assert_eq!(s2.wake, Wake::After(RENDER_RETRY));
+}
+
+#[test]
+fn each_render_problem_has_its_reason() {
+    for (problem, reason) in [
+        (
+            RenderProblem::TemplateNotAllowed("no".into()),
+            Reason::TemplateNotAllowed,
+        ),
+        (
+            RenderProblem::UserData("no Secret".into()),
+            Reason::UserDataUnavailable,
+        ),
+    ] {
+        let d = desk(json!({}), json!(null));
+        let mut o = observe(&d);
+        o.rendered = Some(Err(problem));
+        assert_eq!(reasons(&settled(plan(&o))), vec![reason]);
+    }
+}
+
+#[test]
+fn a_refused_create_is_not_retried_in_the_same_pass() {
+    let d = desk(json!({}), json!(null));
+    let mut o = observe(&d);
+    o.rendered = Some(Ok(json!({})));
+    o.refused = Some(RenderProblem::Rejected("the apiserver rejected it".into()));
+    let s = settled(plan(&o));
+    assert_eq!(reasons(&s), vec![Reason::CreateRejected]);
+    assert_eq!(phase(&s), Some(CyberdeskPhase::Failed));
+    assert_eq!(s.outcome, Outcome::Requeue);
+}
+
+#[test]
+fn a_running_desk_wakes_exactly_at_expiry_and_is_announced_ready_once() {
+    // 15 minutes from STARTED: 5 minutes after NOW.
+    let d = started_desk(900_000, json!({}));
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    o.vmi = Some(running_vmi());
+    let s = settled(plan(&o));
+    assert_eq!(phase(&s), Some(CyberdeskPhase::Running));
+    assert_eq!(s.wake, Wake::After(Duration::from_secs(300)));
+    assert_eq!(reasons(&s), vec![Reason::Ready]);
+    assert_eq!(s.announce[0].note, "desktop running at 10.0.0.7");
+
+    // Already Running: no second Ready, no write when nothing changed.
+    let mut again = d.clone();
+    again.status = s.status.clone();
+    let mut o2 = observe(&again);
+    o2.vm = o.vm.clone();
+    o2.vmi = o.vmi.clone();
+    let s2 = settled(plan(&o2));
+    assert!(s2.announce.is_empty());
+    assert_eq!(s2.status, None);
+}
+
+#[test]
+fn expiry_halts_the_vm_with_the_lag_and_then_settles_timed_out() {
+    // Expired 1.5 s before NOW.
+    let d = started_desk(598_500, json!({}));
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    match plan(&o) {
+        Step::Halt { lag, announce } => {
+            assert_eq!(lag, Duration::from_millis(1500));
+            assert_eq!(announce.reason, Reason::TimedOut);
+            assert_eq!(
+                announce.note,
+                "timed out after 598500 ms; halted VirtualMachine cyberdesk-alice"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    o.vm = Some(vm("desk-uid", "Halted"));
+    let s = settled(plan(&o));
+    assert_eq!(phase(&s), Some(CyberdeskPhase::TimedOut));
+    assert_eq!(s.wake, Wake::OnChange);
+    assert!(!s.delete_desk);
+}
+
+#[test]
+fn expiry_exactly_now_is_expired() {
+    let d = started_desk(600_000, json!({}));
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    assert!(matches!(plan(&o), Step::Halt { lag, .. } if lag.is_zero()));
+    // One millisecond before: not yet, wake in 1 ms.
+    let d = started_desk(600_001, json!({}));
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    assert_eq!(
+        settled(plan(&o)).wake,
+        Wake::After(Duration::from_millis(1))
+    );
+}
+
+#[test]
+fn a_timeout_is_sticky() {
+    let timed_out = json!({"phase": "TimedOut", "conditions": [{"type": "TimedOut", "status": "True",
+        "reason": "Expired", "message": "", "lastTransitionTime": STARTED}]});
+    // timeoutMs raised far beyond NOW, and someone set the VM running again by hand.
+    let d = started_desk(86_400_000, timed_out);
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    assert!(
+        matches!(plan(&o), Step::Halt { lag, .. } if lag.is_zero()),
+        "not halted again"
+    );
+    // VM deleted by hand after the timeout: not created again.
+    o.vm = None;
+    let s = settled(plan(&o));
+    assert_eq!(phase(&s), Some(CyberdeskPhase::TimedOut));
+}
+
+#[test]
+fn expired_before_its_vm_was_created_no_vm_is_made() {
+    let d = started_desk(60_000, json!({}));
+    let s = settled(plan(&observe(&d)));
+    assert_eq!(phase(&s), Some(CyberdeskPhase::TimedOut));
+    assert!(s.announce.is_empty());
+}
+
+#[test]
+fn timeout_action_delete_deletes_the_desk_once_halted() {
+    let mut d = started_desk(60_000, json!({}));
+    d.spec.timeout_action = Some(TimeoutAction::Delete);
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Halted"));
+    let s = settled(plan(&o));
+    assert!(s.delete_desk);
+    assert_eq!(reasons(&s), vec![Reason::Deleting]);
+    assert_eq!(s.wake, Wake::OnChange);
+    assert_eq!(s.outcome, Outcome::Success);
+}
+
+fn deleting(d: &mut Cyberdesk) {
+    d.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        NOW.parse().expect("t"),
+    ));
+}
+
+#[test]
+fn cleanup_deletes_the_vm_waits_for_kubevirt_then_releases() {
+    let mut d = desk(json!({}), json!(null));
+    deleting(&mut d);
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    o.vmi = Some(running_vmi());
+    match plan_cleanup(&o) {
+        CleanupStep::DeleteVm(a) => assert_eq!(a.reason, Reason::DeletingVirtualMachine),
+        other => panic!("{other:?}"),
+    }
+    // Deleted while KubeVirt stops the VMI: Terminating, looked at again.
+    let mut marked = vm("desk-uid", "Always");
+    deleting_vm(&mut marked);
+    o.vm = Some(marked);
+    match plan_cleanup(&o) {
+        CleanupStep::Wait { status } => {
+            assert_eq!(
+                status.and_then(|s| s.phase),
+                Some(CyberdeskPhase::Terminating)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    o.vm = None;
+    o.vmi = None;
+    match plan_cleanup(&o) {
+        CleanupStep::Release(a) => assert_eq!(a.reason, Reason::CleanedUp),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn deleting_vm(vm: &mut VirtualMachine) {
+    vm.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        NOW.parse().expect("t"),
+    ));
+}
+
+#[test]
+fn a_desk_deleted_while_creating_releases_at_once_and_one_without_our_finalizer_is_skipped() {
+    // Deleted before its VM was made: nothing to wait for.
+    let mut d = desk(json!({}), json!(null));
+    deleting(&mut d);
+    assert!(matches!(
+        plan_cleanup(&observe(&d)),
+        CleanupStep::Release(_)
+    ));
+    d.metadata.finalizers = Some(vec!["someone.else/finalizer".into()]);
+    assert_eq!(plan_cleanup(&observe(&d)), CleanupStep::Nothing);
+}
+
+#[test]
+fn reasons_are_distinct_and_warnings_are_the_problems() {
+    let all = [
+        Reason::VirtualMachineCreated,
+        Reason::VirtualMachineConflict,
+        Reason::TimedOut,
+        Reason::Ready,
+        Reason::Deleting,
+        Reason::DeletingVirtualMachine,
+        Reason::CleanedUp,
+        Reason::TemplateInvalid,
+        Reason::TemplateNotAllowed,
+        Reason::UserDataUnavailable,
+        Reason::CreateRejected,
+    ];
+    let names: std::collections::BTreeSet<_> = all.iter().map(|r| r.as_str()).collect();
+    assert_eq!(names.len(), all.len());
+    let warnings = all.iter().filter(|r| r.is_warning()).count();
+    assert_eq!(warnings, 5);
+    assert_eq!(Reason::TimedOut.action(), "Stop");
+    assert_eq!(Reason::CleanedUp.action(), "Delete");
+}
