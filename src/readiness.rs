@@ -29,12 +29,6 @@ impl Readiness {
         }
     }
 
-    pub fn close(&self, gate: &'static str) {
-        if let Ok(mut s) = self.inner.lock() {
-            s.gates.insert(gate, false);
-        }
-    }
-
     /// From now on the replica reports not ready, so it leaves Service endpoints first.
     pub fn begin_shutdown(&self) {
         if let Ok(mut s) = self.inner.lock() {

@@ -1,5 +1,5 @@
 //! Test infrastructure for cyberdesk-operator: a real kube-apiserver + etcd launcher, a
-//! kubectl runner and (later) the KubeVirt simulator.
+//! kubectl runner and the KubeVirt simulator.
 
 pub mod controlplane;
 pub mod e2e;

@@ -11,6 +11,8 @@ pub enum Error {
     },
     #[error("Cyberdesk has no namespace")]
     NoNamespace,
+    #[error("Cyberdesk has no uid, so no VM can name it as its owner")]
+    NoUid,
     #[error("the pass did not settle within its step limit")]
     Unsettled,
 }
@@ -20,11 +22,12 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::Serialization { .. } | Error::NoNamespace => "serialization",
+            Error::Serialization { .. } => "serialization",
+            Error::NoNamespace | Error::NoUid => "invalid_object",
             Error::Unsettled => "unsettled",
         }
     }
 }
 
 /// Every label `metric_label` can return, so the metric family is initialised at start-up.
-pub const ERROR_LABELS: &[&str] = &["kube", "serialization", "unsettled"];
+pub const ERROR_LABELS: &[&str] = &["kube", "serialization", "invalid_object", "unsettled"];

@@ -238,7 +238,7 @@ pub fn plan(obs: &Observation<'_>) -> Step {
         && let Some(vm) = &obs.vm
         && vm.run_strategy() != Some("Halted")
     {
-        let timeout_ms = desk.spec.timeout_ms.unwrap_or(obs.default_timeout_ms);
+        let timeout_ms = desk.effective_timeout_ms(obs.default_timeout_ms);
         return Step::Halt {
             lag: expired.unwrap_or_default(),
             announce: Announcement::new(

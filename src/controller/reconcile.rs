@@ -255,7 +255,7 @@ async fn render_vm(
             Ok(u) => u,
             Err(problem) => return Ok(Err(problem)),
         };
-    let owner = cd.controller_owner_ref(&()).ok_or(Error::NoNamespace)?;
+    let owner = cd.controller_owner_ref(&()).ok_or(Error::NoUid)?;
     let owner_reference = serde_json::to_value(owner).map_err(|source| Error::Serialization {
         what: "ownerReference",
         source,

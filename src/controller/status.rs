@@ -74,7 +74,7 @@ pub fn expiry_time(
     let start = start_time(cd, vm)?;
     Some(expiry::expiry(
         start,
-        cd.spec.timeout_ms.unwrap_or(default_timeout_ms),
+        cd.effective_timeout_ms(default_timeout_ms),
     ))
 }
 

@@ -166,6 +166,12 @@ impl Cyberdesk {
     pub fn timeout_action(&self) -> TimeoutAction {
         self.spec.timeout_action.unwrap_or_default()
     }
+
+    /// The timeout that applies: `spec.timeoutMs`, or the operator's default for a desk
+    /// stored before the mutating webhook set it (or with the webhook off).
+    pub fn effective_timeout_ms(&self, default_timeout_ms: i64) -> i64 {
+        self.spec.timeout_ms.unwrap_or(default_timeout_ms)
+    }
 }
 
 #[cfg(test)]

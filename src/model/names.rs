@@ -22,8 +22,6 @@ pub const CA_BUNDLE_FIELD_MANAGER: &str = "cyberdesk-operator-ca-bundle";
 pub const POLICIES_CONFIGMAP: &str = "cyberdesk-policies";
 pub const SERVICE_NAME: &str = "cyberdesk-operator";
 pub const SERVICE_ACCOUNT: &str = "cyberdesk-operator";
-pub const WEBHOOK_PORT: u16 = 8443;
-pub const ADMIN_PORT: u16 = 8081;
 
 /// Prefix of every VM (and VMI) name: `cyberdesk-<cyberdesk name>`.
 pub const VM_PREFIX: &str = "cyberdesk-";

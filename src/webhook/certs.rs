@@ -37,8 +37,7 @@ pub use rotation::{
     DEFAULT_CHECK_INTERVAL, SelfManaged, SelfManagedConfig, Tick, run_self_managed,
 };
 pub use store::{
-    Ensured, KubeSecretStore, SecretStore, WriteError, ensure_secret, ensure_secret_in,
-    ensure_trusted,
+    Ensured, KubeSecretStore, SecretStore, WriteError, ensure_secret_in, ensure_trusted,
 };
 #[cfg(test)]
 use store::{WRITE_ATTEMPTS, new_secret, updated_secret};
@@ -337,22 +336,6 @@ fn verify_leaf(
         UnixTime::since_unix_epoch(since_epoch),
     )?;
     Ok(())
-}
-
-/// True when `cert_pem` should be replaced: unreadable, less than `opts.renew_fraction` of
-/// its lifetime left, or missing one of `sans`.
-pub fn needs_rotation(
-    cert_pem: &str,
-    sans: &[String],
-    now: SystemTime,
-    opts: &CertOptions,
-) -> bool {
-    match CertInfo::from_pem(cert_pem) {
-        Ok(info) => {
-            expiring(&info, now, opts.renew_fraction) || !sans.iter().all(|s| info.covers(s))
-        }
-        Err(_) => true,
-    }
 }
 
 /// The pure heart of self-managed mode: what the Secret's contents call for.

@@ -1,6 +1,6 @@
 //! The webhook server's TLS: a rustls config whose certificate comes from a resolver that
 //! can be swapped at any time, so a rotated or re-mounted certificate is served without a
-//! restart (stackable-webhook's approach), plus the few X.509 facts we need to read.
+//! restart, plus the few X.509 facts rotation needs (read with `x509-parser`).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -32,7 +32,7 @@ pub enum TlsError {
     #[error("the certificate cannot be used: {0}")]
     BadCertificate(rustls::Error),
     #[error("the certificate is not valid X.509 DER: {0}")]
-    Der(&'static str),
+    Der(String),
     #[error("cannot build the TLS server configuration: {0}")]
     Config(rustls::Error),
 }
@@ -150,7 +150,7 @@ pub fn cert_not_after(cert_pem: &str) -> Result<i64, TlsError> {
     Ok(CertInfo::from_der(leaf)?.not_after)
 }
 
-/// What rotation decisions need from a certificate; rustls/webpki do not expose these.
+/// What rotation decisions need from a certificate; rustls and webpki do not expose these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertInfo {
     /// Unix seconds.
@@ -165,7 +165,38 @@ pub struct CertInfo {
 
 impl CertInfo {
     pub fn from_der(der: &[u8]) -> Result<Self, TlsError> {
-        der::parse_certificate(der).map_err(TlsError::Der)
+        use x509_parser::extensions::GeneralName;
+
+        let bad = |e: &dyn fmt::Display| TlsError::Der(e.to_string());
+        let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(&e))?;
+        if !rest.is_empty() {
+            return Err(TlsError::Der("bytes after the certificate".into()));
+        }
+        let validity = cert.validity();
+        let mut info = CertInfo {
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+        };
+        let sans = cert.subject_alternative_name().map_err(|e| bad(&e))?;
+        for name in sans.iter().flat_map(|ext| &ext.value.general_names) {
+            match name {
+                GeneralName::DNSName(dns) => info.dns_names.push((*dns).to_string()),
+                GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).map(IpAddr::from).ok(),
+                        16 => <[u8; 16]>::try_from(*bytes).map(IpAddr::from).ok(),
+                        _ => None,
+                    };
+                    info.ip_addresses.push(ip.ok_or_else(|| {
+                        TlsError::Der("an iPAddress SAN is neither 4 nor 16 bytes".into())
+                    })?);
+                }
+                _ => {}
+            }
+        }
+        Ok(info)
     }
 
     /// The first certificate of a PEM text.
@@ -191,249 +222,6 @@ impl CertInfo {
     }
 }
 
-/// A small, strict DER walker for the parts of an X.509 certificate we read: the validity
-/// and the subjectAltName extension. Everything else is skipped by length.
-mod der {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-    use super::CertInfo;
-
-    const SEQUENCE: u8 = 0x30;
-    const INTEGER: u8 = 0x02;
-    const BOOLEAN: u8 = 0x01;
-    const OCTET_STRING: u8 = 0x04;
-    const OID: u8 = 0x06;
-    const UTC_TIME: u8 = 0x17;
-    const GENERALIZED_TIME: u8 = 0x18;
-    const VERSION: u8 = 0xA0; // [0] EXPLICIT
-    const ISSUER_UID: u8 = 0x81; // [1] IMPLICIT
-    const SUBJECT_UID: u8 = 0x82; // [2] IMPLICIT
-    const EXTENSIONS: u8 = 0xA3; // [3] EXPLICIT
-    const GN_DNS_NAME: u8 = 0x82; // GeneralName dNSName [2] IMPLICIT IA5String
-    const GN_IP_ADDRESS: u8 = 0x87; // GeneralName iPAddress [7] IMPLICIT OCTET STRING
-    /// 2.5.29.17 id-ce-subjectAltName, content octets.
-    const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1D, 0x11];
-
-    pub(super) type Result<T> = std::result::Result<T, &'static str>;
-
-    /// A cursor over a run of DER TLVs.
-    pub(super) struct Reader<'a> {
-        rest: &'a [u8],
-    }
-
-    impl<'a> Reader<'a> {
-        pub(super) fn new(data: &'a [u8]) -> Self {
-            Self { rest: data }
-        }
-
-        pub(super) fn is_empty(&self) -> bool {
-            self.rest.is_empty()
-        }
-
-        pub(super) fn peek_tag(&self) -> Option<u8> {
-            self.rest.first().copied()
-        }
-
-        /// The next TLV as (tag, contents).
-        pub(super) fn read_any(&mut self) -> Result<(u8, &'a [u8])> {
-            let (&tag, after_tag) = self.rest.split_first().ok_or("unexpected end of data")?;
-            if tag & 0x1F == 0x1F {
-                return Err("multi-byte tags are not used in certificates");
-            }
-            let (&first, after_len) = after_tag.split_first().ok_or("truncated length")?;
-            let (len, after_len) = if first < 0x80 {
-                (usize::from(first), after_len)
-            } else {
-                let n = usize::from(first & 0x7F);
-                if n == 0 {
-                    return Err("indefinite length is not DER");
-                }
-                if n > 4 {
-                    return Err("length too large");
-                }
-                if after_len.len() < n {
-                    return Err("truncated length");
-                }
-                let (len_bytes, after) = after_len.split_at(n);
-                let len = len_bytes
-                    .iter()
-                    .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-                (len, after)
-            };
-            if after_len.len() < len {
-                return Err("value runs past the end of its container");
-            }
-            let (contents, rest) = after_len.split_at(len);
-            self.rest = rest;
-            Ok((tag, contents))
-        }
-
-        pub(super) fn read(&mut self, expected: u8) -> Result<&'a [u8]> {
-            match self.read_any()? {
-                (tag, contents) if tag == expected => Ok(contents),
-                _ => Err("unexpected element in certificate"),
-            }
-        }
-
-        pub(super) fn skip_if(&mut self, tag: u8) -> Result<()> {
-            if self.peek_tag() == Some(tag) {
-                self.read_any()?;
-            }
-            Ok(())
-        }
-    }
-
-    pub(super) fn parse_certificate(der: &[u8]) -> Result<CertInfo> {
-        let mut outer = Reader::new(der);
-        let certificate = outer.read(SEQUENCE)?;
-        if !outer.is_empty() {
-            return Err("trailing data after the certificate");
-        }
-        let tbs = Reader::new(certificate).read(SEQUENCE)?;
-        let mut r = Reader::new(tbs);
-        r.skip_if(VERSION)?;
-        r.read(INTEGER)?; // serialNumber
-        r.read(SEQUENCE)?; // signature AlgorithmIdentifier
-        r.read(SEQUENCE)?; // issuer
-        let mut validity = Reader::new(r.read(SEQUENCE)?);
-        let not_before = read_time(&mut validity)?;
-        let not_after = read_time(&mut validity)?;
-        if !validity.is_empty() {
-            return Err("validity has more than two times");
-        }
-        r.read(SEQUENCE)?; // subject
-        r.read(SEQUENCE)?; // subjectPublicKeyInfo
-        r.skip_if(ISSUER_UID)?;
-        r.skip_if(SUBJECT_UID)?;
-        let mut info = CertInfo {
-            not_before,
-            not_after,
-            dns_names: Vec::new(),
-            ip_addresses: Vec::new(),
-        };
-        if r.peek_tag() == Some(EXTENSIONS) {
-            let mut exts = Reader::new(Reader::new(r.read(EXTENSIONS)?).read(SEQUENCE)?);
-            while !exts.is_empty() {
-                let mut ext = Reader::new(exts.read(SEQUENCE)?);
-                let oid = ext.read(OID)?;
-                ext.skip_if(BOOLEAN)?; // critical
-                let value = ext.read(OCTET_STRING)?;
-                if oid == OID_SUBJECT_ALT_NAME {
-                    read_general_names(value, &mut info)?;
-                }
-            }
-        }
-        if !r.is_empty() {
-            return Err("unexpected data after the extensions");
-        }
-        Ok(info)
-    }
-
-    fn read_general_names(value: &[u8], info: &mut CertInfo) -> Result<()> {
-        let mut names = Reader::new(Reader::new(value).read(SEQUENCE)?);
-        while !names.is_empty() {
-            match names.read_any()? {
-                (GN_DNS_NAME, name) => {
-                    let name = std::str::from_utf8(name).map_err(|_| "dNSName is not ASCII")?;
-                    if !name.is_ascii() {
-                        return Err("dNSName is not ASCII");
-                    }
-                    info.dns_names.push(name.to_string());
-                }
-                (GN_IP_ADDRESS, ip) => {
-                    let ip = match ip.len() {
-                        4 => {
-                            let mut b = [0u8; 4];
-                            b.copy_from_slice(ip);
-                            IpAddr::V4(Ipv4Addr::from(b))
-                        }
-                        16 => {
-                            let mut b = [0u8; 16];
-                            b.copy_from_slice(ip);
-                            IpAddr::V6(Ipv6Addr::from(b))
-                        }
-                        _ => return Err("iPAddress is neither 4 nor 16 bytes"),
-                    };
-                    info.ip_addresses.push(ip);
-                }
-                _ => {} // email, URI, directory name...: not ours to check
-            }
-        }
-        Ok(())
-    }
-
-    /// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ` (RFC 5280 4.1.2.5: always
-    /// UTC, always with seconds, never fractional) as Unix seconds.
-    pub(super) fn read_time(r: &mut Reader<'_>) -> Result<i64> {
-        let (tag, text) = r.read_any()?;
-        let (year, rest): (i64, &[u8]) = match (tag, text) {
-            (UTC_TIME, [y1, y2, rest @ ..]) if rest.len() == 11 => {
-                let yy = digits(&[*y1, *y2])?;
-                // RFC 5280: 50..99 are 19xx, 00..49 are 20xx.
-                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, rest)
-            }
-            (GENERALIZED_TIME, [y1, y2, y3, y4, rest @ ..]) if rest.len() == 11 => {
-                (digits(&[*y1, *y2, *y3, *y4])?, rest)
-            }
-            (UTC_TIME, _) => return Err("UTCTime is not YYMMDDHHMMSSZ"),
-            (GENERALIZED_TIME, _) => return Err("GeneralizedTime is not YYYYMMDDHHMMSSZ"),
-            _ => return Err("validity time is neither UTCTime nor GeneralizedTime"),
-        };
-        let [m1, m2, d1, d2, h1, h2, i1, i2, s1, s2, b'Z'] = rest else {
-            return Err("validity time is not in UTC");
-        };
-        let month = digits(&[*m1, *m2])?;
-        let day = digits(&[*d1, *d2])?;
-        let hour = digits(&[*h1, *h2])?;
-        let minute = digits(&[*i1, *i2])?;
-        let second = digits(&[*s1, *s2])?;
-        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-            return Err("validity date does not exist");
-        }
-        if hour > 23 || minute > 59 || second > 59 {
-            return Err("validity time of day is out of range");
-        }
-        Ok(days_since_epoch(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second)
-    }
-
-    fn digits(text: &[u8]) -> Result<i64> {
-        text.iter().try_fold(0i64, |acc, &c| {
-            if c.is_ascii_digit() {
-                Ok(acc * 10 + i64::from(c - b'0'))
-            } else {
-                Err("validity time has a non-digit")
-            }
-        })
-    }
-
-    fn is_leap(year: i64) -> bool {
-        (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-    }
-
-    fn days_in_month(year: i64, month: i64) -> i64 {
-        match month {
-            2 if is_leap(year) => 29,
-            2 => 28,
-            4 | 6 | 9 | 11 => 30,
-            _ => 31,
-        }
-    }
-
-    /// Days from 1970-01-01 to a proleptic Gregorian date. Counts in 400-year cycles of
-    /// 146097 days, with years starting in March so the leap day falls at a year's end.
-    pub(super) fn days_since_epoch(year: i64, month: i64, day: i64) -> i64 {
-        let y = if month <= 2 { year - 1 } else { year };
-        let cycle = y.div_euclid(400);
-        let year_of_cycle = y.rem_euclid(400);
-        let month_from_march = (month + 9) % 12;
-        let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-        let day_of_cycle =
-            year_of_cycle * 365 + year_of_cycle / 4 - year_of_cycle / 100 + day_of_year;
-        // 719468: days from 0000-03-01 to 1970-01-01.
-        cycle * 146_097 + day_of_cycle - 719_468
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,19 +237,6 @@ mod tests {
         let key = KeyPair::generate().expect("key");
         let cert = params.self_signed(&key).expect("cert");
         (cert.pem(), key.serialize_pem())
-    }
-
-    #[test]
-    fn calendar_math_matches_known_dates() {
-        assert_eq!(der::days_since_epoch(1970, 1, 1), 0);
-        assert_eq!(der::days_since_epoch(2000, 3, 1), 11_017);
-        assert_eq!(der::days_since_epoch(2000, 2, 29), 11_016);
-        assert_eq!(der::days_since_epoch(1969, 12, 31), -1);
-        // 2038-01-19T03:14:08Z is 2^31 seconds.
-        assert_eq!(
-            der::days_since_epoch(2038, 1, 19) * 86_400 + 3 * 3600 + 14 * 60 + 8,
-            1 << 31
-        );
     }
 
     #[test]
@@ -519,28 +294,6 @@ mod tests {
         assert!(CertInfo::from_der(&[0x30, 0x80, 0, 0]).is_err());
         assert!(CertInfo::from_der(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_err());
         assert!(CertInfo::from_der(&[0xFF; 64]).is_err());
-    }
-
-    #[test]
-    fn rejects_impossible_times() {
-        for text in [
-            &b"991332000000Z"[..],
-            b"990230000000Z",
-            b"991231240000Z",
-            b"99123123000a",
-            b"9912312300000",
-        ] {
-            let mut tlv = vec![0x17, text.len() as u8];
-            tlv.extend_from_slice(text);
-            assert!(
-                der::read_time(&mut der::Reader::new(&tlv)).is_err(),
-                "{:?}",
-                std::str::from_utf8(text)
-            );
-        }
-        let mut ok = vec![0x17, 13];
-        ok.extend_from_slice(b"000229000000Z");
-        assert_eq!(der::read_time(&mut der::Reader::new(&ok)), Ok(951_782_400));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Validation of CREATE and UPDATE (pure).
 //!
-//! Works on the raw JSON rather than the typed spec, so that a wrong type (`"timeoutMs":
-//! "1h"`) becomes a field error a user can act on instead of one opaque parse failure, and
-//! so that every problem is reported in one answer.
+//! Works on the raw JSON rather than the typed spec, so that every problem is reported in
+//! one answer. Through the apiserver, wrong types and unknown fields never get here: the
+//! CRD's structural schema rejects them first. The checks for them stay as a second line
+//! for reviews that did not pass that schema (an older CRD, a direct call).
 
 use jiff::Timestamp;
 use serde_json::{Map, Value};

@@ -154,20 +154,9 @@ pub(crate) fn updated_secret(mut existing: Secret, bundle: &CertBundle) -> Secre
     existing
 }
 
-/// Self-managed mode's start and every check: reads the TLS Secret and makes it hold a
-/// usable CA and leaf for `sans`, creating or rotating as needed. Races with other
-/// replicas end with everyone using the winner's certificates.
-pub async fn ensure_secret(
-    client: Client,
-    namespace: &str,
-    secret_name: &str,
-    sans: &[String],
-    opts: &CertOptions,
-) -> Result<CertBundle, CertError> {
-    let store = KubeSecretStore::new(client, namespace, secret_name);
-    ensure_secret_in(&store, sans, opts, SystemTime::now()).await
-}
-
+/// Reads the TLS Secret and makes it hold a usable CA and leaf for `sans`, creating or
+/// rotating as needed. Races with other replicas end with everyone using the winner's
+/// certificates.
 pub async fn ensure_secret_in<S: SecretStore>(
     store: &S,
     sans: &[String],

@@ -197,22 +197,29 @@ fn bad_sans_are_refused_up_front() {
 }
 
 #[test]
-fn needs_rotation_cases() {
+fn a_leaf_is_replaced_when_expiring_unreadable_or_missing_a_san() {
     let now = SystemTime::now();
     let opts = CertOptions::default();
     let bundle = fresh(now, &opts);
-    let cert = &bundle.cert_pem;
-    assert!(!needs_rotation(cert, &sans(), now, &opts));
+    let data = SecretData::from(&bundle);
+    let check = |sans: &[String], t| check_leaf(&data, sans, t, &opts);
+    assert_eq!(check(&sans(), now), Ok(()));
     // 90-day leaf, rotated once fewer than 30 days are left.
-    assert!(!needs_rotation(cert, &sans(), at(now, 59), &opts));
-    assert!(needs_rotation(cert, &sans(), at(now, 61), &opts));
-    assert!(needs_rotation(cert, &sans(), at(now, 91), &opts));
+    assert_eq!(check(&sans(), at(now, 59)), Ok(()));
+    assert_eq!(check(&sans(), at(now, 61)), Err(Reason::LeafExpiring));
+    assert_eq!(check(&sans(), at(now, 91)), Err(Reason::LeafExpiring));
     let mut more = sans();
     more.push("new.example.com".to_string());
-    assert!(needs_rotation(cert, &more, now, &opts));
-    assert!(!needs_rotation(cert, &sans()[..1], now, &opts));
-    assert!(needs_rotation("not a certificate", &sans(), now, &opts));
-    assert!(needs_rotation(&bundle.key_pem, &sans(), now, &opts));
+    assert_eq!(check(&more, now), Err(Reason::SansChanged));
+    assert_eq!(check(&sans()[..1], now), Ok(()));
+    for unreadable in ["not a certificate", bundle.key_pem.as_str()] {
+        let mut broken = SecretData::from(&bundle);
+        broken.cert_pem = Some(unreadable.to_string());
+        assert_eq!(
+            check_leaf(&broken, &sans(), now, &opts),
+            Err(Reason::LeafUnreadable)
+        );
+    }
 }
 
 #[test]
