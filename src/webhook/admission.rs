@@ -62,7 +62,7 @@ pub struct Admission {
 }
 
 fn truncate(s: &str) -> String {
-    crate::webhook::truncate(s, MAX_ECHO)
+    crate::webhook::text::truncate(s, MAX_ECHO)
 }
 
 fn operation_label(op: &Operation) -> &'static str {

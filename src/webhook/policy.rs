@@ -22,7 +22,8 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::webhook::validate::{FieldViolation, Operation};
+use crate::webhook::text::{bounded_display, is_plain_key, truncate_chars};
+use crate::webhook::verdict::{FieldViolation, Operation};
 
 /// Findings reported per policy and object; a hostile object must not produce a huge answer.
 pub const MAX_FINDINGS_PER_POLICY: usize = 20;
@@ -596,14 +597,6 @@ pub fn field_path(pointer: &str, instance: &Value) -> String {
     out
 }
 
-/// Keys kubectl-style paths write as `.key`; anything else is written `[key]`.
-pub(crate) fn is_plain_key(key: &str) -> bool {
-    !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
 fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -613,47 +606,6 @@ fn type_name(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
-}
-
-/// At most `max` characters of `s`, with `…` when cut.
-pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((end, _)) => format!("{}…", &s[..end]),
-        None => s.to_string(),
-    }
-}
-
-/// Formats `value` but stops after `max` characters: schema errors quote the offending
-/// value, which for a hostile object can be megabytes we must not even build.
-fn bounded_display(value: &dyn fmt::Display, max: usize) -> String {
-    struct Bounded {
-        out: String,
-        left: usize,
-        cut: bool,
-    }
-    impl fmt::Write for Bounded {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            for c in s.chars() {
-                if self.left == 0 {
-                    self.cut = true;
-                    return Err(fmt::Error);
-                }
-                self.out.push(c);
-                self.left -= 1;
-            }
-            Ok(())
-        }
-    }
-    let mut w = Bounded {
-        out: String::new(),
-        left: max,
-        cut: false,
-    };
-    let _ = write!(w, "{value}");
-    if w.cut {
-        w.out.push('…');
-    }
-    w.out
 }
 
 #[cfg(test)]
@@ -1226,13 +1178,5 @@ mod tests {
             check_files(&[manifest_dir().join("policies")]).expect("shipped policies check");
         assert!(shipped.iter().any(|l| l.contains("max-timeout-7d")));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn bounded_display_cuts_on_characters() {
-        assert_eq!(bounded_display(&"héllo", 3), "hél…");
-        assert_eq!(bounded_display(&"abc", 3), "abc");
-        assert_eq!(truncate_chars("héllo", 2), "hé…");
-        assert_eq!(truncate_chars("hé", 2), "hé");
     }
 }

@@ -148,7 +148,7 @@ pub async fn run(
             let event = Event {
                 type_: EventType::Warning,
                 reason: "PolicyRejected".into(),
-                note: Some(crate::webhook::truncate(&report, 1000)),
+                note: Some(crate::webhook::text::truncate(&report, 1000)),
                 action: "Reload".into(),
                 secondary: None,
             };

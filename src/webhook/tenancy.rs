@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use crate::catalog::{ResolvedTemplate, TemplateRefusal};
-use crate::webhook::truncate;
+use crate::webhook::text::truncate;
 use crate::webhook::validate::Verdict;
 
 pub const SECRET_NAME_FIELD: &str = "spec.userDataSecretRef.name";

@@ -10,40 +10,9 @@ use serde_json::{Map, Value};
 
 use crate::model::conditions::VM_CREATED;
 use crate::model::names::{MAX_NAME_LEN, VM_PREFIX};
-use crate::webhook::policy::{PolicySet, is_plain_key, truncate_chars};
-
-/// One violation, with the field path kubectl shows (`spec.timeoutMs`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldViolation {
-    pub field: String,
-    pub message: String,
-}
-
-/// Every violation at once, plus soft findings.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Verdict {
-    pub violations: Vec<FieldViolation>,
-    pub warnings: Vec<String>,
-}
-
-impl Verdict {
-    pub fn allowed(&self) -> bool {
-        self.violations.is_empty()
-    }
-
-    pub(crate) fn deny(&mut self, field: &str, message: impl Into<String>) {
-        self.violations.push(FieldViolation {
-            field: field.to_string(),
-            message: message.into(),
-        });
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    Create,
-    Update,
-}
+use crate::webhook::policy::PolicySet;
+use crate::webhook::text::{is_plain_key, truncate_chars};
+pub use crate::webhook::verdict::{FieldViolation, Operation, Verdict};
 
 #[derive(Clone, Debug)]
 pub struct ValidateConfig {

@@ -145,7 +145,7 @@ where
         let note = format!(
             "removed {} certificate(s) the operator did not issue from ca.crt (SHA-256 {}); only CAs it issued are published in the webhooks' caBundle",
             dropped.len(),
-            crate::webhook::truncate(&dropped.join(", "), 600)
+            crate::webhook::text::truncate(&dropped.join(", "), 600)
         );
         let event = Event {
             type_: EventType::Warning,
