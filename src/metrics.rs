@@ -48,6 +48,15 @@ pub const FAMILIES: &[&str] = &[
     "cyberdesk_webhook_connections_open",
 ];
 
+/// Why the webhook server gave up on a connection or request
+/// (`cyberdesk_webhook_connections_rejected_total{reason}`).
+pub const REJECT_REASONS: &[&str] = &[
+    "capacity",
+    "handshake_timeout",
+    "header_timeout",
+    "request_timeout",
+];
+
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -192,7 +201,7 @@ impl Metrics {
         for result in ["success", "error"] {
             m.policy_reload.with_label_values(&[result]);
         }
-        for reason in crate::webhook::server::REJECT_REASONS {
+        for reason in REJECT_REASONS {
             m.webhook_connections_rejected.with_label_values(&[reason]);
         }
         for result in ACCESS_RESULTS {

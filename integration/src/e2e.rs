@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use cyberdesk_operator::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance};
 use kube::Api;
 
+pub use crate::harness::register_webhooks;
 use crate::harness::{OperatorProcess, SharedOperator, start_shared_operator};
 use crate::kubevirt::{Simulator, SimulatorHandle, SimulatorOptions};
 use crate::operator::{operator_output, repo_path};
@@ -58,29 +59,6 @@ pub fn install_operator_rbac(c: &Cluster) {
             panic!("installing {file}: {e}");
         }
     }
-}
-
-/// Registers both webhook configurations for an operator serving at `webhook`, as the
-/// admin: `cyberdesk-operator webhook-config --url=https://ADDR | kubectl apply`. The
-/// operator only fills in caBundle (its RBAC is meant to allow no more), so the
-/// configurations must exist before it starts, as after a real install.
-pub fn register_webhooks(c: &Cluster, webhook: SocketAddr) -> Result<(), String> {
-    let out = operator_output(&["webhook-config", &format!("--url=https://{webhook}")]);
-    if !out.status.success() {
-        return Err(format!(
-            "cyberdesk-operator webhook-config failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    c.kubectl()
-        .apply(
-            &String::from_utf8_lossy(&out.stdout),
-            &["--server-side", "--force-conflicts"],
-        )
-        .map_err(|e| format!("kubectl apply of the webhook configurations: {e}"))?
-        .ok()
-        .map(drop)
 }
 
 /// Installs the Cyberdesk CRD (from `cyberdesk-operator crd`), KubeVirt's CRDs, the

@@ -8,13 +8,36 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::controlplane::http_get;
-use crate::operator::operator_binary;
+use crate::operator::{operator_binary, operator_output};
 use crate::shared::Cluster;
 
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Registers both webhook configurations for an operator serving at `webhook`, as the
+/// admin: `cyberdesk-operator webhook-config --url=https://ADDR | kubectl apply`. The
+/// operator only fills in caBundle (its RBAC is meant to allow no more), so the
+/// configurations must exist before it starts, as after a real install.
+pub fn register_webhooks(c: &Cluster, webhook: SocketAddr) -> Result<(), String> {
+    let out = operator_output(&["webhook-config", &format!("--url=https://{webhook}")]);
+    if !out.status.success() {
+        return Err(format!(
+            "cyberdesk-operator webhook-config failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    c.kubectl()
+        .apply(
+            &String::from_utf8_lossy(&out.stdout),
+            &["--server-side", "--force-conflicts"],
+        )
+        .map_err(|e| format!("kubectl apply of the webhook configurations: {e}"))?
+        .ok()
+        .map(drop)
 }
 
 /// Polls `f` every 50 ms until it holds or `within` passes.
@@ -60,11 +83,11 @@ impl OperatorProcess {
 
     /// As `start`, serving both webhooks on a free port (127.0.0.1 in the certificate). The
     /// admin registers both configurations for its URL first
-    /// ([`crate::e2e::register_webhooks`]), as a cluster install does: the shipped RBAC only
+    /// ([`register_webhooks`]), as a cluster install does: the shipped RBAC only
     /// lets the operator put the CA bundle into them.
     pub fn start_serving_webhooks(c: &Cluster, identity: &str, extra: &[String]) -> Self {
         let webhook = free_addr();
-        if let Err(e) = crate::e2e::register_webhooks(c, webhook) {
+        if let Err(e) = register_webhooks(c, webhook) {
             panic!("registering the webhooks for {identity}: {e}");
         }
         let mut args = vec!["--extra-san=127.0.0.1".to_string()];

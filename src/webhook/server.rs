@@ -65,15 +65,6 @@ impl Default for ServerLimits {
     }
 }
 
-/// Why the server gave up on a connection or request
-/// (`cyberdesk_webhook_connections_rejected_total{reason}`).
-pub const REJECT_REASONS: &[&str] = &[
-    "capacity",
-    "handshake_timeout",
-    "header_timeout",
-    "request_timeout",
-];
-
 pub fn router(admission: Arc<Admission>) -> Router {
     Router::new()
         .route("/mutate", post(mutate))

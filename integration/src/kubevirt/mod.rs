@@ -7,6 +7,7 @@
 
 mod admission;
 mod api;
+mod context;
 mod crds;
 mod simulator;
 mod status;
@@ -18,8 +19,9 @@ use std::time::Duration;
 use kube::core::{ApiResource, GroupVersionKind};
 
 pub use admission::install_vm_admission;
+pub use context::{Counters, SimulatorOptions, StartFault};
 pub use crds::install_kubevirt_crds;
-pub use simulator::{Counters, Simulator, SimulatorHandle, SimulatorOptions, StartFault, Virtctl};
+pub use simulator::{Simulator, SimulatorHandle, Virtctl};
 
 /// API group of both kinds.
 pub const GROUP: &str = "kubevirt.io";

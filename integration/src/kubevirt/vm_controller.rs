@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use serde_json::{Map, Value, json};
 
 use super::api::{patch_guarded, post_params, refusal, remove_finalizer};
-use super::simulator::{Context, Counters};
+use super::context::{Context, Counters};
 use super::status::{
     FAILED, PENDING, RunStrategy, StatusInput, SyncError, desired_vm_status, has_finalizer,
     has_start_request, has_stop_request, is_deleting, is_final, now, phase, recorded_strategy,

@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use serde_json::{Map, Value, json};
 
 use super::api::{patch_guarded, replace_guarded};
-use super::simulator::{Context, Counters, StartFault};
+use super::context::{Context, Counters, StartFault};
 use super::status::{
     FAILED, PENDING, RUNNING, SCHEDULED, SCHEDULING, SUCCEEDED, condition, conditions,
     finalizers_without, has_condition, has_finalizer, is_deleting, is_final, now, phase,
