@@ -22,7 +22,7 @@ use crate::backoff::watch_backoff;
 use crate::controller::template::{BUILTIN_TEMPLATE, SECRET_REF_KEYS, USER_DATA_SECRET_NAME};
 use crate::model::names;
 use crate::readiness::Readiness;
-use crate::webhook::text::truncate;
+use crate::text::truncate;
 
 /// Readiness gate: closed until the template ConfigMaps have been listed once.
 pub const GATE_TEMPLATES: &str = "templates";

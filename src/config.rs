@@ -204,8 +204,8 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// The webhook server's limits from the flags.
-    pub fn server_limits(&self) -> crate::webhook::server::ServerLimits {
-        crate::webhook::server::ServerLimits {
+    pub fn server_limits(&self) -> crate::server::ServerLimits {
+        crate::server::ServerLimits {
             header_read_timeout: Duration::from_secs(self.webhook_header_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(self.webhook_idle_timeout_secs.max(1)),
             request_timeout: Duration::from_secs(self.webhook_request_timeout_secs.max(1)),

@@ -7,15 +7,15 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::{Value, json};
 
+use crate::admission::authz::NoAccessReviews;
+use crate::admission::mutate::{MutateConfig, defaults_patch};
+use crate::admission::validate::{self, ValidateConfig, ValidationInput};
+use crate::admission::{Admission, Webhook, review_json};
 use crate::catalog::Catalog;
 use crate::controller::template::{self, Ownership, TemplateVars};
 use crate::metrics::Metrics;
 use crate::model::names;
-use crate::webhook::admission::{Admission, Webhook, review_json};
-use crate::webhook::authz::NoAccessReviews;
-use crate::webhook::mutate::{MutateConfig, defaults_patch};
-use crate::webhook::policy::{Policy, PolicySet, PolicyStore};
-use crate::webhook::validate::{self, ValidateConfig, ValidationInput};
+use crate::policy::{Policy, PolicySet, PolicyStore};
 
 /// The policies shipped in `policies/`, so the fuzzer exercises real schemas.
 fn shipped_policies() -> PolicySet {

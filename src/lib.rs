@@ -3,8 +3,10 @@
 //! so tests reach everything.
 
 pub mod admin;
+pub mod admission;
 pub mod backoff;
 pub mod catalog;
+pub mod certs;
 pub mod config;
 pub mod controller;
 pub mod crd;
@@ -12,8 +14,10 @@ pub mod fuzzing;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod readiness;
 pub mod runtime;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
-pub mod webhook;
+pub mod text;

@@ -105,15 +105,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Certs(args) => {
-            let written =
-                cyberdesk_operator::webhook::certs::write_local_certs(&args.out, &args.sans)?;
+            let written = cyberdesk_operator::certs::write_local_certs(&args.out, &args.sans)?;
             for path in written {
                 println!("wrote {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::WebhookConfig(args) => {
-            use cyberdesk_operator::webhook::configuration::{
+            use cyberdesk_operator::certs::configuration::{
                 WebhookConfigParams, WebhookTarget, render_yaml,
             };
             let target = match args.url {
@@ -140,7 +139,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Policy {
             command: PolicyCommand::Check { files },
-        } => match cyberdesk_operator::webhook::policy::check_files(&files) {
+        } => match cyberdesk_operator::policy::check_files(&files) {
             Ok(lines) => {
                 for line in lines {
                     println!("{line}");

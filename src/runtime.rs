@@ -17,7 +17,15 @@ use std::sync::Arc;
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::admin;
+use crate::admission::Admission;
+use crate::admission::authz::SubjectAccessReviewer;
+use crate::admission::mutate::MutateConfig;
+use crate::admission::validate::ValidateConfig;
 use crate::catalog::{self, Catalog};
+use crate::certs::configuration;
+use crate::certs::files;
+use crate::certs::rotation::{self, SelfManagedConfig};
+use crate::certs::tls::{self, CertResolver};
 use crate::config::RunConfig;
 use crate::config::TlsMode;
 use crate::controller::{self, ControllerConfig};
@@ -26,18 +34,10 @@ use crate::metrics::Metrics;
 use crate::model::Cyberdesk;
 use crate::model::cyberdesk::MIN_TIMEOUT_MS;
 use crate::model::names;
+use crate::policy::PolicyStore;
+use crate::policy::watch::{self as policy_watch, PolicySources};
 use crate::readiness::Readiness;
-use crate::webhook::admission::Admission;
-use crate::webhook::authz::SubjectAccessReviewer;
-use crate::webhook::certs::files;
-use crate::webhook::certs::rotation::{self, SelfManagedConfig};
-use crate::webhook::configuration;
-use crate::webhook::mutate::MutateConfig;
-use crate::webhook::policy::PolicyStore;
-use crate::webhook::policy_watch::{self, PolicySources};
-use crate::webhook::server;
-use crate::webhook::tls::{self, CertResolver};
-use crate::webhook::validate::ValidateConfig;
+use crate::server;
 
 /// Values `cyberdesk_reconcile_errors_total{error}` can take.
 pub const ERROR_LABELS: &[&str] = controller::error::ERROR_LABELS;
@@ -60,7 +60,7 @@ pub enum RunError {
     #[error("webhook TLS: {0}")]
     Tls(String),
     #[error(transparent)]
-    Webhook(#[from] crate::webhook::server::ServerError),
+    Webhook(#[from] crate::server::ServerError),
     #[error(transparent)]
     Leader(#[from] crate::leader::LeaderError),
     #[error("cannot start the webhook server's runtime: {0}")]

@@ -384,9 +384,7 @@ pub async fn wait_webhooks_active(c: &Cluster, ns: &str) {
 /// as the apiserver does with a caBundle.
 pub fn webhook_tls_client(ca_pem: &str) -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        cyberdesk_operator::webhook::tls::certs_from_pem(ca_pem).map_err(|e| e.to_string())?
-    {
+    for cert in cyberdesk_operator::certs::tls::certs_from_pem(ca_pem).map_err(|e| e.to_string())? {
         roots.add(cert).map_err(|e| e.to_string())?;
     }
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(

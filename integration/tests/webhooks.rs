@@ -214,7 +214,7 @@ async fn stored_pair(secrets: &Api<Secret>) -> (Option<Vec<u8>>, String) {
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
             .unwrap_or_default()
     };
-    let leaf = cyberdesk_operator::webhook::tls::certs_from_pem(&text("tls.crt"))
+    let leaf = cyberdesk_operator::certs::tls::certs_from_pem(&text("tls.crt"))
         .ok()
         .and_then(|certs| certs.first().map(|c| c.to_vec()));
     (leaf, text("ca.crt"))

@@ -23,15 +23,16 @@ use cyberdesk_integration::harness::OperatorProcess;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::operator_binary;
 use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_operator::admission::Admission;
+use cyberdesk_operator::admission::authz::NoAccessReviews;
+use cyberdesk_operator::admission::mutate::MutateConfig;
+use cyberdesk_operator::admission::validate::ValidateConfig;
 use cyberdesk_operator::catalog::Catalog;
+use cyberdesk_operator::certs::{self, tls};
 use cyberdesk_operator::metrics::Metrics;
 use cyberdesk_operator::model::Cyberdesk;
-use cyberdesk_operator::webhook::admission::Admission;
-use cyberdesk_operator::webhook::authz::NoAccessReviews;
-use cyberdesk_operator::webhook::mutate::MutateConfig;
-use cyberdesk_operator::webhook::policy::{PolicySet, PolicyStore, load_dir};
-use cyberdesk_operator::webhook::validate::ValidateConfig;
-use cyberdesk_operator::webhook::{certs, server, tls};
+use cyberdesk_operator::policy::{PolicySet, PolicyStore, load_dir};
+use cyberdesk_operator::server;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks for cyberdesk-operator (figures, not pass/fail)")]

@@ -1,6 +1,15 @@
 //! AdmissionReview in, AdmissionReview out: parsing with clear errors, dispatch to the pure
 //! mutate/validate functions, and the response shape kubectl turns into field errors.
 
+pub mod authz;
+pub mod mutate;
+pub mod tenancy;
+pub mod validate;
+pub mod verdict;
+
+#[cfg(test)]
+mod handler_tests;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,13 +21,13 @@ use kube::core::{DynamicObject, Status};
 use serde_json::Value;
 use tracing::Instrument;
 
+use crate::admission::authz::{Access, SecretAccess};
+use crate::admission::mutate::{MutateConfig, defaults_patch};
+use crate::admission::tenancy::{SecretAccessFact, TemplateFact, TenancyFacts};
+use crate::admission::validate::{ValidateConfig, ValidationInput, Verdict};
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
-use crate::webhook::authz::{Access, SecretAccess};
-use crate::webhook::mutate::{MutateConfig, defaults_patch};
-use crate::webhook::policy::PolicyStore;
-use crate::webhook::tenancy::{self, SecretAccessFact, TemplateFact, TenancyFacts};
-use crate::webhook::validate::{self, ValidateConfig, ValidationInput, Verdict};
+use crate::policy::PolicyStore;
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const GROUP: &str = "cyberdesk.io";
@@ -62,7 +71,7 @@ pub struct Admission {
 }
 
 fn truncate(s: &str) -> String {
-    crate::webhook::text::truncate(s, MAX_ECHO)
+    crate::text::truncate(s, MAX_ECHO)
 }
 
 fn operation_label(op: &Operation) -> &'static str {
@@ -403,7 +412,7 @@ fn respond(mut resp: AdmissionResponse, name: &str, verdict: Verdict) -> Admissi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::validate::FieldViolation;
+    use crate::admission::validate::FieldViolation;
 
     #[test]
     fn respond_lists_every_cause() {

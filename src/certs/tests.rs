@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use std::collections::BTreeMap;
 
+use crate::certs::tls::CertResolver;
 use crate::metrics::Metrics;
-use crate::webhook::tls::CertResolver;
 use k8s_openapi::ByteString;
 
 const DAY_SECS: u64 = 86_400;

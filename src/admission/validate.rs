@@ -8,11 +8,11 @@
 use jiff::Timestamp;
 use serde_json::{Map, Value};
 
+pub use crate::admission::verdict::{FieldViolation, Operation, Verdict};
 use crate::model::conditions::VM_CREATED;
 use crate::model::names::{MAX_NAME_LEN, VM_PREFIX};
-use crate::webhook::policy::PolicySet;
-use crate::webhook::text::{is_plain_key, truncate_chars};
-pub use crate::webhook::verdict::{FieldViolation, Operation, Verdict};
+use crate::policy::PolicySet;
+use crate::text::{is_plain_key, truncate_chars};
 
 #[derive(Clone, Debug)]
 pub struct ValidateConfig {
@@ -581,7 +581,7 @@ pub fn human_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::policy::PolicySet;
+    use crate::policy::PolicySet;
     use serde_json::json;
 
     const NOW: &str = "2025-06-01T12:00:00Z";
@@ -1304,8 +1304,7 @@ mod tests {
     #[test]
     fn shipped_policies_judge_the_seven_day_ceiling() {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
-        let set = PolicySet::load(&crate::webhook::policy::load_dir(&dir).expect("reads"))
-            .expect("loads");
+        let set = PolicySet::load(&crate::policy::load_dir(&dir).expect("reads")).expect("loads");
         let wide = ValidateConfig {
             min_timeout_ms: 1_000,
             max_timeout_ms: 365 * 86_400_000,

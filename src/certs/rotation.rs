@@ -15,9 +15,9 @@ use tracing::{info, warn};
 use super::{
     CertBundle, CertError, CertOptions, KubeSecretStore, SecretStore, ensure_trusted, unix,
 };
+use crate::certs::tls::{self, CertResolver};
 use crate::config::RunConfig;
 use crate::metrics::Metrics;
-use crate::webhook::tls::{self, CertResolver};
 
 /// Checks are cheap (one GET); a minute keeps a replica at most that far behind a peer's
 /// rotation, and each check compares wall-clock time, so a host that slept catches up on
@@ -145,7 +145,7 @@ where
         let note = format!(
             "removed {} certificate(s) the operator did not issue from ca.crt (SHA-256 {}); only CAs it issued are published in the webhooks' caBundle",
             dropped.len(),
-            crate::webhook::text::truncate(&dropped.join(", "), 600)
+            crate::text::truncate(&dropped.join(", "), 600)
         );
         let event = Event {
             type_: EventType::Warning,

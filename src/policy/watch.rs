@@ -15,8 +15,8 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::policy::{self, PolicySet, PolicyStore};
 use crate::readiness::Readiness;
-use crate::webhook::policy::{self, PolicySet, PolicyStore};
 
 pub const GATE_POLICIES: &str = "policies";
 
@@ -148,7 +148,7 @@ pub async fn run(
             let event = Event {
                 type_: EventType::Warning,
                 reason: "PolicyRejected".into(),
-                note: Some(crate::webhook::text::truncate(&report, 1000)),
+                note: Some(crate::text::truncate(&report, 1000)),
                 action: "Reload".into(),
                 secondary: None,
             };

@@ -13,14 +13,14 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::ConfigMap;
 
+use crate::admission::Admission;
+use crate::admission::authz::{Access, AccessError, NoAccessReviews, SecretAccess};
+use crate::admission::mutate::MutateConfig;
+use crate::admission::validate::ValidateConfig;
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
-use crate::webhook::admission::Admission;
-use crate::webhook::authz::{Access, AccessError, NoAccessReviews, SecretAccess};
-use crate::webhook::mutate::MutateConfig;
-use crate::webhook::policy::{PolicySet, PolicyStore};
-use crate::webhook::server::{MAX_BODY_BYTES, router};
-use crate::webhook::validate::ValidateConfig;
+use crate::policy::{PolicySet, PolicyStore};
+use crate::server::{MAX_BODY_BYTES, router};
 
 /// Answers from a fixed list: only the Secrets named in `readable` may be read, by anyone.
 struct ReadableSecrets(&'static [&'static str]);

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::CertError;
+use crate::certs::tls::{self, CertResolver};
 use crate::metrics::Metrics;
-use crate::webhook::tls::{self, CertResolver};
 
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 

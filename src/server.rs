@@ -32,9 +32,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::admission::review_json;
+use crate::admission::{Admission, Webhook};
 use crate::metrics::Metrics;
-use crate::webhook::admission::review_json;
-use crate::webhook::admission::{Admission, Webhook};
 
 /// Largest AdmissionReview accepted. An object is at most ~1.5 MiB in etcd and a review
 /// carries the object and the old object.

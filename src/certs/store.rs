@@ -14,8 +14,8 @@ use super::{
     Action, CertBundle, CertError, CertOptions, KEY_CA_CERT, KEY_CA_KEY, KEY_TLS_CERT, KEY_TLS_KEY,
     Reason, SECRET_TYPE_TLS, SecretData, apply_action, decide, trust, validate_sans,
 };
+use crate::certs::tls;
 use crate::model::names;
-use crate::webhook::tls;
 
 /// How often a Secret write is retried when another replica wrote it in between.
 pub(crate) const WRITE_ATTEMPTS: u32 = 5;

@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::webhook::tls;
+use crate::certs::tls;
 
 /// Comma-separated SHA-256 fingerprints (hex) of the CA certificates the operator issued.
 pub const ANNOTATION_ISSUED_CAS: &str = "cyberdesk.io/issued-ca-fingerprints";
@@ -92,7 +92,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::webhook::certs::{CertOptions, generate_ca_at};
+    use crate::certs::{CertOptions, generate_ca_at};
 
     fn ca() -> (String, String) {
         generate_ca_at(SystemTime::now(), &CertOptions::default()).expect("CA")

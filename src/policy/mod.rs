@@ -14,6 +14,8 @@
 //! Schemas must be self-contained: a `$ref` to anything outside the document fails to
 //! compile, and nothing is ever fetched.
 
+pub mod watch;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -22,8 +24,8 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::webhook::text::{bounded_display, is_plain_key, truncate_chars};
-use crate::webhook::verdict::{FieldViolation, Operation};
+use crate::admission::verdict::{FieldViolation, Operation};
+use crate::text::{bounded_display, is_plain_key, truncate_chars};
 
 /// Findings reported per policy and object; a hostile object must not produce a huge answer.
 pub const MAX_FINDINGS_PER_POLICY: usize = 20;

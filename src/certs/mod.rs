@@ -7,9 +7,11 @@
 //! regeneration and until the next leaf rotation, the previous CA (if still valid), so
 //! replicas still serving a leaf of the old CA stay trusted until they pick up the new one.
 
+pub mod configuration;
 pub mod files;
 pub mod rotation;
 pub mod store;
+pub mod tls;
 pub mod trust;
 
 use std::fmt;
@@ -30,7 +32,7 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tracing::warn;
 
-use crate::webhook::tls::{self, CertInfo, TlsError};
+use crate::certs::tls::{CertInfo, TlsError};
 
 pub use files::{CertFiles, DEFAULT_POLL_INTERVAL, PollOutcome, load_files, run_files};
 pub use rotation::{
