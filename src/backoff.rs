@@ -1,4 +1,7 @@
-//! Watch retry backoff. kube's default grows to 30 s; after an apiserver restart every
+//! The one exponential backoff: watches, failed reconciles and certificate checks all
+//! double from a minimum up to a cap.
+//!
+//! For watches, kube's default grows to 30 s; after an apiserver restart every
 //! watch fails at least twice (connection refused, then 410 Gone for its old
 //! resourceVersion), so the operator would stay blind for up to a minute. This one starts
 //! at 200 ms and caps at 5 s: one client, so the extra retries cost the apiserver little.
@@ -8,7 +11,7 @@ use std::time::{Duration, Instant};
 use kube::runtime::utils::Backoff;
 
 #[derive(Clone, Debug)]
-pub struct WatchBackoff {
+pub struct ExponentialBackoff {
     next: Duration,
     min: Duration,
     max: Duration,
@@ -18,7 +21,7 @@ pub struct WatchBackoff {
     last_failure: Option<Instant>,
 }
 
-impl Default for WatchBackoff {
+impl Default for ExponentialBackoff {
     fn default() -> Self {
         Self::new(
             Duration::from_millis(200),
@@ -28,7 +31,7 @@ impl Default for WatchBackoff {
     }
 }
 
-impl WatchBackoff {
+impl ExponentialBackoff {
     pub fn new(min: Duration, max: Duration, quiet: Duration) -> Self {
         Self {
             next: min,
@@ -40,12 +43,19 @@ impl WatchBackoff {
     }
 }
 
-/// The backoff every watch uses.
-pub fn watch_backoff() -> WatchBackoff {
-    WatchBackoff::default()
+/// The `attempt`-th delay (1-based) of a backoff doubling from `min` to `max`: for callers
+/// that count failures themselves, like the reconciler per desk.
+pub fn nth_delay(min: Duration, max: Duration, attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(31);
+    min.saturating_mul(1u32 << doublings).min(max)
 }
 
-impl Iterator for WatchBackoff {
+/// The backoff every watch uses.
+pub fn watch_backoff() -> ExponentialBackoff {
+    ExponentialBackoff::default()
+}
+
+impl Iterator for ExponentialBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
@@ -56,7 +66,7 @@ impl Iterator for WatchBackoff {
     }
 }
 
-impl Backoff for WatchBackoff {
+impl Backoff for ExponentialBackoff {
     fn reset(&mut self) {
         if self.last_failure.is_none_or(|t| t.elapsed() >= self.quiet) {
             self.next = self.min;
@@ -70,7 +80,7 @@ mod tests {
 
     #[test]
     fn doubles_and_caps() {
-        let mut b = WatchBackoff::new(
+        let mut b = ExponentialBackoff::new(
             Duration::from_millis(200),
             Duration::from_secs(1),
             Duration::ZERO,
@@ -85,8 +95,23 @@ mod tests {
     }
 
     #[test]
+    fn nth_delay_matches_the_iterator() {
+        let (min, max) = (Duration::from_millis(500), Duration::from_secs(300));
+        let mut b = ExponentialBackoff::new(min, max, Duration::ZERO);
+        for attempt in 1..=20 {
+            assert_eq!(
+                Some(nth_delay(min, max, attempt)),
+                b.next(),
+                "attempt {attempt}"
+            );
+        }
+        assert_eq!(nth_delay(min, max, 0), min);
+        assert_eq!(nth_delay(min, max, u32::MAX), max);
+    }
+
+    #[test]
     fn a_reset_right_after_a_failure_is_ignored() {
-        let mut b = WatchBackoff::new(
+        let mut b = ExponentialBackoff::new(
             Duration::from_millis(200),
             Duration::from_secs(5),
             Duration::from_secs(30),

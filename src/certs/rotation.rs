@@ -9,12 +9,14 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::utils::Backoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
     CertBundle, CertError, CertOptions, KubeSecretStore, SecretStore, ensure_trusted, unix,
 };
+use crate::backoff::ExponentialBackoff;
 use crate::certs::tls::{self, CertResolver};
 use crate::config::RunConfig;
 use crate::metrics::Metrics;
@@ -229,7 +231,7 @@ where
     /// backing off from 1 s up to the interval. Never returns early, never panics.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let interval = self.cfg.check_interval.max(MIN_BACKOFF);
-        let mut backoff = MIN_BACKOFF;
+        let mut retries = ExponentialBackoff::new(MIN_BACKOFF, interval, Duration::ZERO);
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -237,11 +239,11 @@ where
             };
             let wait = match result {
                 Ok(_) => {
-                    backoff = MIN_BACKOFF;
+                    retries.reset();
                     interval
                 }
                 Err(e) => {
-                    let wait = backoff;
+                    let wait = retries.next().unwrap_or(interval);
                     warn!(
                         secret = %self.cfg.secret_name,
                         namespace = %self.cfg.namespace,
@@ -249,7 +251,6 @@ where
                         retry_in_secs = wait.as_secs(),
                         "webhook certificate check failed"
                     );
-                    backoff = (backoff * 2).min(interval);
                     wait
                 }
             };

@@ -27,6 +27,9 @@ use crate::controller::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateV
 use crate::metrics::Metrics;
 use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
 
+/// A failed pass is retried after 0.5 s, doubling up to 5 min per desk.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Most steps one pass takes (render, create, halt, settle, with room to spare).
 const MAX_STEPS: usize = 8;
 
@@ -129,9 +132,7 @@ pub fn error_policy(cd: Arc<Cyberdesk>, error: &Error, ctx: Arc<Context>) -> Act
         }
         Err(_) => 1,
     };
-    let delay =
-        Duration::from_millis(500u64.saturating_mul(1 << attempts.min(10).saturating_sub(1)))
-            .min(Duration::from_secs(300));
+    let delay = crate::backoff::nth_delay(RETRY_MIN, RETRY_MAX, attempts);
     tracing::warn!(cyberdesk = %cd.name_any(), namespace = ?cd.namespace(), %error, attempts, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
