@@ -198,6 +198,10 @@ pub fn timed_out_before(desk: &Cyberdesk) -> bool {
         .is_some_and(|c| c.status == ConditionStatus::True)
 }
 
+fn vm_name_of(desk: &Cyberdesk) -> String {
+    names::vm_name(desk.metadata.name.as_deref().unwrap_or_default())
+}
+
 fn has_finalizer(desk: &Cyberdesk) -> bool {
     desk.metadata
         .finalizers
@@ -221,7 +225,7 @@ pub fn plan(obs: &Observation<'_>) -> Step {
     if !has_finalizer(desk) {
         return Step::AddFinalizer;
     }
-    let vm_name = names::vm_name(desk.metadata.name.as_deref().unwrap_or_default());
+    let vm_name = vm_name_of(desk);
     if let Some(vm) = &obs.vm
         && !owned_by(vm, desk)
     {
@@ -344,7 +348,7 @@ pub fn plan_cleanup(obs: &Observation<'_>) -> CleanupStep {
     if !has_finalizer(desk) {
         return CleanupStep::Nothing;
     }
-    let vm_name = names::vm_name(desk.metadata.name.as_deref().unwrap_or_default());
+    let vm_name = vm_name_of(desk);
     if let Some(vm) = &obs.vm
         && vm.metadata.deletion_timestamp.is_none()
     {

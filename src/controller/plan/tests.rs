@@ -273,10 +273,15 @@ fn timeout_action_delete_deletes_the_desk_once_halted() {
     assert_eq!(s.outcome, Outcome::Success);
 }
 
-fn deleting(d: &mut Cyberdesk) {
-    d.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+/// A deletion timestamp of NOW, for a desk or a VM.
+fn deleted_now() -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         NOW.parse().expect("t"),
-    ));
+    ))
+}
+
+fn deleting(d: &mut Cyberdesk) {
+    d.metadata.deletion_timestamp = deleted_now();
 }
 
 #[test]
@@ -292,7 +297,7 @@ fn cleanup_deletes_the_vm_waits_for_kubevirt_then_releases() {
     }
     // Deleted while KubeVirt stops the VMI: Terminating, looked at again.
     let mut marked = vm("desk-uid", "Always");
-    deleting_vm(&mut marked);
+    marked.metadata.deletion_timestamp = deleted_now();
     o.vm = Some(marked);
     match plan_cleanup(&o) {
         CleanupStep::Wait { status } => {
@@ -309,12 +314,6 @@ fn cleanup_deletes_the_vm_waits_for_kubevirt_then_releases() {
         CleanupStep::Release(a) => assert_eq!(a.reason, Reason::CleanedUp),
         other => panic!("{other:?}"),
     }
-}
-
-fn deleting_vm(vm: &mut VirtualMachine) {
-    vm.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        NOW.parse().expect("t"),
-    ));
 }
 
 #[test]
