@@ -90,10 +90,12 @@ impl Context {
 
 pub async fn reconcile(cd: Arc<Cyberdesk>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
-    let ns = cd.namespace().ok_or(Error::NoNamespace)?;
+    let ns = cd.namespace().unwrap_or_default();
     let span = tracing::info_span!("reconcile", cyberdesk = %cd.name_any(), namespace = %ns);
     let result = async {
-        if cd.metadata.deletion_timestamp.is_some() {
+        if ns.is_empty() {
+            Err(Error::NoNamespace)
+        } else if cd.metadata.deletion_timestamp.is_some() {
             cleanup(&cd, &ctx, &ns).await
         } else {
             apply(&cd, &ctx, &ns).await

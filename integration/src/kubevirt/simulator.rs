@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use serde_json::{Value, json};
 
-use super::api::replace_guarded;
+use super::api::{post_params, replace_guarded};
 use super::context::{Context, Counters, SimulatorOptions, StartFault, lock};
 use super::status::{RUNNING, condition, conditions, now, status_mut, upsert_condition};
 use super::vmi_controller::{enter_phase, not_running};
@@ -107,12 +107,9 @@ impl SimulatorHandle {
             if let Some(list) = requests.as_array_mut() {
                 list.push(request.clone());
             }
-            match vms
-                .replace_status(name, &kube::api::PostParams::default(), &vm)
-                .await
-            {
+            match vms.replace_status(name, &post_params(), &vm).await {
                 Ok(_) => return Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(kube::Error::Api(s)) if s.is_conflict() => continue,
                 Err(e) => return Err(e.into()),
             }
         }
