@@ -1,10 +1,19 @@
 //! Test infrastructure for cyberdesk-operator: a real kube-apiserver + etcd launcher, a
-//! kubectl runner and the KubeVirt simulator.
+//! kubectl runner and the KubeVirt simulator, and the helpers end-to-end tests share.
+//!
+//! - [`cluster`]: the shared control plane, namespaces, installing the shipped manifests;
+//! - [`operator`]: the operator as a child process (ServiceAccount, RBAC, webhooks);
+//! - [`desks`]: typed desk APIs, desk YAML, events and times as a user sees them;
+//! - [`wait`]: the one poller every wait is built on;
+//! - [`webhook_tls`]: handshakes with the webhook port as the apiserver does;
+//! - [`workspace`]: the operator binary and the repository's files.
 
+pub mod cluster;
 pub mod controlplane;
-pub mod e2e;
-pub mod harness;
+pub mod desks;
 pub mod kubectl;
 pub mod kubevirt;
 pub mod operator;
-pub mod shared;
+pub mod wait;
+pub mod webhook_tls;
+pub mod workspace;

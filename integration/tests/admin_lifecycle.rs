@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
+use cyberdesk_integration::cluster::{cluster, install_operator_rbac};
 use cyberdesk_integration::controlplane::http_get;
-use cyberdesk_integration::e2e::install_operator_rbac;
-use cyberdesk_integration::harness::{OperatorProcess, poll_until};
-use cyberdesk_integration::operator::operator_output;
-use cyberdesk_integration::shared::cluster;
+use cyberdesk_integration::operator::OperatorProcess;
+use cyberdesk_integration::wait::holds;
+use cyberdesk_integration::workspace::operator_output;
 use cyberdesk_operator::metrics::FAMILIES;
 
-#[test]
-fn readyz_tracks_startup_and_shutdown_and_exit_is_clean() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_tracks_startup_and_shutdown_and_exit_is_clean() {
     let c = cluster();
     // The self-managed certificate lives in the operator namespace; the operator runs as
     // its ServiceAccount.
@@ -29,10 +29,11 @@ fn readyz_tracks_startup_and_shutdown_and_exit_is_clean() {
     let mut op = OperatorProcess::start(&c, "admin-lifecycle", &args);
     let admin = op.admin;
     assert!(
-        poll_until(Duration::from_secs(20), || matches!(
+        holds(Duration::from_secs(20), || matches!(
             http_get(admin, "/healthz"),
             Ok((200, _))
-        )),
+        ))
+        .await,
         "admin server never came up: {}",
         op.log()
     );
@@ -58,24 +59,27 @@ fn readyz_tracks_startup_and_shutdown_and_exit_is_clean() {
         .ok();
     assert!(applied.is_ok(), "{applied:?}");
     assert!(
-        poll_until(Duration::from_secs(60), || matches!(
+        holds(Duration::from_secs(60), || matches!(
             http_get(admin, "/readyz"),
             Ok((200, _))
-        )),
+        ))
+        .await,
         "never became ready after the CRD appeared: {}",
         op.log()
     );
 
     op.signal(libc::SIGTERM);
     assert!(
-        poll_until(Duration::from_secs(10), || matches!(
+        holds(Duration::from_secs(10), || matches!(
             http_get(admin, "/readyz"),
             Ok((503, body)) if body.contains("shutting down")
-        )),
+        ))
+        .await,
         "readyz did not turn false on SIGTERM"
     );
     let status = op
         .wait_exit(Duration::from_secs(30))
+        .await
         .expect("operator did not exit after SIGTERM");
     assert!(status.success(), "exit status {status}: {}", op.log());
 }

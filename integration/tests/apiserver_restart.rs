@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+use cyberdesk_integration::cluster::{Cluster, install_everything, namespace};
 use cyberdesk_integration::controlplane::{ControlPlane, Options};
-use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, install_everything};
-use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::wait::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_recovers_from_an_apiserver_restart() {
@@ -22,7 +23,7 @@ async fn the_operator_recovers_from_an_apiserver_restart() {
     let apis = Apis::new(&client, &ns);
     let args = reconciler_only_flags(false);
     let mut op = OperatorProcess::start(&c, "api-restart", &args);
-    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+    assert!(op.wait_ready(Duration::from_secs(60)).await, "{}", op.log());
 
     let apply = |yaml: String| {
         let out = c.kubectl().apply(&yaml, &[]).expect("kubectl");
@@ -46,7 +47,7 @@ async fn the_operator_recovers_from_an_apiserver_restart() {
     // Long enough for "expires" to pass its expiry while nobody can write.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(
-        op.wait_exit(Duration::from_millis(10)).is_none(),
+        op.wait_exit(Duration::from_millis(10)).await.is_none(),
         "operator died with the apiserver: {}",
         op.log()
     );

@@ -14,8 +14,8 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use cyberdesk_integration::cluster::{cluster, namespace};
 use cyberdesk_integration::controlplane::TestCa;
-use cyberdesk_integration::shared::{cluster, namespace};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_reports_1_35() {

@@ -4,7 +4,7 @@ use std::process::Command;
 
 #[test]
 fn the_demo_runs_the_sample_desk_to_its_timeout() {
-    let _ = cyberdesk_integration::operator::operator_binary();
+    let _ = cyberdesk_integration::workspace::operator_binary();
     let out = Command::new(env!("CARGO_BIN_EXE_cyberdesk-demo"))
         .args(["--until-timed-out", "--phase-delay-ms=200"])
         .output()

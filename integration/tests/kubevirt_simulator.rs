@@ -9,28 +9,22 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 
+use cyberdesk_integration::cluster::{cluster, namespace};
 use cyberdesk_integration::kubevirt::{
     NODE_NAME_LABEL, Simulator, SimulatorHandle, SimulatorOptions, VM_CONTROLLER_FINALIZER,
     Virtctl, install_kubevirt_crds, vm_resource, vmi_resource,
 };
-use cyberdesk_integration::shared::{cluster, namespace};
+use cyberdesk_integration::wait;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Polls `check` until it yields a value, or panics saying what never happened.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// [`wait::eventually`] with this file's deadline.
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait::eventually(WAIT, what, check).await
 }
 
 /// A cluster with the CRDs, a fresh namespace and a simulator scoped to it.

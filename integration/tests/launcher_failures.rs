@@ -4,11 +4,12 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cyberdesk_integration::controlplane::{
     ControlPlane, Error, Options, default_bin_dir, pid_alive,
 };
+use cyberdesk_integration::wait::{blocking, holds};
 
 /// Processes whose command line mentions `needle` (e.g. a control plane's work dir).
 fn processes_mentioning(needle: &str) -> Vec<u32> {
@@ -131,16 +132,11 @@ fn crashing_apiserver_shows_its_log_and_stops_etcd() {
 }
 
 fn wait_gone(pid: u32, within: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < within {
+    blocking(holds(within, || {
         // A reaped or zombie-free pid is gone; zombies of a dead parent are reaped by init.
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if !pid_alive(pid) || state.split_whitespace().nth(2) == Some("Z") {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+        !pid_alive(pid) || state.split_whitespace().nth(2) == Some("Z")
+    }))
 }
 
 #[test]

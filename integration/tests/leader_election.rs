@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use cyberdesk_integration::e2e::{Apis, desk_yaml, install_everything};
-use cyberdesk_integration::harness::{OperatorProcess, poll_until};
+use cyberdesk_integration::cluster::{Cluster, cluster, install_everything, namespace};
+use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::shared::{Cluster, cluster, namespace};
+use cyberdesk_integration::operator::OperatorProcess;
+use cyberdesk_integration::wait::holds;
 
 /// The Lease timing both replicas run with.
 const LEASE_SECS: u64 = 15;
@@ -14,7 +15,7 @@ const RENEW_SECS: u64 = 2;
 /// Room for a loaded machine on top of what the Lease timing allows.
 const SLACK_SECS: u64 = 3;
 
-fn replica(c: &Cluster, identity: &str) -> OperatorProcess {
+async fn replica(c: &Cluster, identity: &str) -> OperatorProcess {
     let args = vec![
         // Two replicas registering two URLs would flap; these tests need no webhooks.
         "--manage-webhook-config=false".to_string(),
@@ -25,7 +26,7 @@ fn replica(c: &Cluster, identity: &str) -> OperatorProcess {
     ];
     let op = OperatorProcess::start(c, identity, &args);
     assert!(
-        op.wait_ready(Duration::from_secs(60)),
+        op.wait_ready(Duration::from_secs(60)).await,
         "{identity} not ready: {}",
         op.log()
     );
@@ -52,14 +53,14 @@ async fn only_the_leader_reconciles_and_failover_is_quick() {
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
 
-    let mut a = replica(&c, "replica-a");
+    let mut a = replica(&c, "replica-a").await;
     assert!(
-        poll_until(Duration::from_secs(30), || is_leader(&a)),
+        holds(Duration::from_secs(30), || is_leader(&a)).await,
         "a never led: {}",
         a.log()
     );
-    let mut b = replica(&c, "replica-b");
-    std::thread::sleep(Duration::from_secs(3));
+    let mut b = replica(&c, "replica-b").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!is_leader(&b), "two leaders at once");
 
     let out = c
@@ -76,9 +77,9 @@ async fn only_the_leader_reconciles_and_failover_is_quick() {
     // SIGKILL: no release; the follower must wait for the Lease to expire.
     a.signal(libc::SIGKILL);
     let killed = Instant::now();
-    assert!(a.wait_exit(Duration::from_secs(5)).is_some());
+    assert!(a.wait_exit(Duration::from_secs(5)).await.is_some());
     assert!(
-        poll_until(Duration::from_secs(25), || is_leader(&b)),
+        holds(Duration::from_secs(25), || is_leader(&b)).await,
         "b never took over: {}",
         b.log()
     );
@@ -102,13 +103,13 @@ async fn only_the_leader_reconciles_and_failover_is_quick() {
         .await;
 
     // SIGTERM: the leader drains and releases the Lease, so a peer takes over at once.
-    let a2 = replica(&c, "replica-a2");
-    std::thread::sleep(Duration::from_secs(2));
+    let a2 = replica(&c, "replica-a2").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!is_leader(&a2));
     b.signal(libc::SIGTERM);
     let termed = Instant::now();
     assert!(
-        poll_until(Duration::from_secs(15), || is_leader(&a2)),
+        holds(Duration::from_secs(15), || is_leader(&a2)).await,
         "a2 never took over: {}",
         a2.log()
     );
@@ -124,6 +125,7 @@ async fn only_the_leader_reconciles_and_failover_is_quick() {
     );
     let status = b
         .wait_exit(Duration::from_secs(30))
+        .await
         .expect("b exits after SIGTERM");
     assert!(status.success(), "b exited with {status}: {}", b.log());
 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::operator::{operator_output, repo_path};
-use cyberdesk_integration::shared::{Cluster, cluster, namespace};
+use cyberdesk_integration::cluster::{Cluster, cluster, namespace};
+use cyberdesk_integration::workspace::{operator_output, repo_path};
 use tokio::sync::OnceCell;
 
 /// `cyberdesk-operator crd | kubectl apply --server-side -f -`, once per test binary.

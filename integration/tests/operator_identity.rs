@@ -3,10 +3,9 @@
 //! decides what it may do. If this breaks, every other e2e test silently stops checking
 //! the manifests' permissions.
 
+use cyberdesk_integration::cluster::{cluster, install_operator_rbac};
 use cyberdesk_integration::controlplane::{OPERATOR_GROUPS, OPERATOR_USER};
-use cyberdesk_integration::e2e::install_operator_rbac;
 use cyberdesk_integration::kubectl::Kubectl;
-use cyberdesk_integration::shared::cluster;
 
 /// `kubectl auth can-i ARGS`: "yes" or "no" (can-i exits 1 on "no", so no success check).
 fn can_i(k: &Kubectl, args: &[&str]) -> String {

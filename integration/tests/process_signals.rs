@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use cyberdesk_integration::e2e::{eventually, ready_operator};
-use cyberdesk_integration::harness::reconciler_only_flags;
-use cyberdesk_integration::shared::cluster;
+use cyberdesk_integration::cluster::cluster;
+use cyberdesk_integration::operator::{ready_operator, reconciler_only_flags};
+use cyberdesk_integration::wait::eventually;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Api;
@@ -25,7 +25,7 @@ async fn a_second_signal_exits_at_once_with_130() {
     let mut op = ready_operator(&c, "twice", &flags).await;
     op.signal(libc::SIGTERM);
     // The first signal starts the drain: not ready, still running.
-    if let Some(status) = op.wait_exit(Duration::from_secs(2)) {
+    if let Some(status) = op.wait_exit(Duration::from_secs(2)).await {
         panic!(
             "exited ({status}) on the first signal during a 20 s shutdown delay: {}",
             op.log()
@@ -35,6 +35,7 @@ async fn a_second_signal_exits_at_once_with_130() {
     op.signal(libc::SIGTERM);
     let status = op
         .wait_exit(Duration::from_secs(5))
+        .await
         .expect("still running 5 s after the second signal");
     eprintln!("exited {:?} after the second signal", second.elapsed());
     assert_eq!(status.code(), Some(130), "{status}: {}", op.log());
@@ -77,6 +78,7 @@ async fn a_leader_that_loses_its_lease_exits() {
     // Renewals run every 2 s (the default); allow a lease duration (15 s) and slack.
     let status = op
         .wait_exit(Duration::from_secs(30))
+        .await
         .unwrap_or_else(|| panic!("still running after losing the Lease: {}", op.log()));
     eprintln!("exited {:?} after the Lease was taken", stolen_at.elapsed());
     assert!(!status.success(), "exit status {status}");

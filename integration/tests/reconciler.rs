@@ -2,15 +2,15 @@
 //! virt-controller in each test's namespace, one operator process (webhooks registered) for
 //! the whole binary, and kubectl as the user.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cyberdesk_integration::e2e::{
-    Apis, desk_namespace, desk_yaml, epoch_ms, events_about, eventually, jsonpath, now_ms,
-    wait_event, webhook_operator,
+use cyberdesk_integration::cluster::Cluster;
+use cyberdesk_integration::desks::{
+    Apis, desk_namespace, desk_yaml, epoch_ms, events_about, jsonpath, now_ms, wait_event,
 };
-use cyberdesk_integration::harness::SharedOperator;
 use cyberdesk_integration::kubevirt::{SimulatorHandle, SimulatorOptions};
-use cyberdesk_integration::shared::Cluster;
+use cyberdesk_integration::operator::{SharedOperator, webhook_operator};
+use cyberdesk_integration::wait::eventually;
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
 
 async fn setup() -> (Cluster, SharedOperator) {
@@ -157,7 +157,7 @@ async fn timeout_delete_fires_at_expiry_and_the_vm_goes_first() {
         .await;
     // Gone entirely, not before the expiry and soon after it; the VM and VMI never outlive
     // the Cyberdesk.
-    loop {
+    let gone = || async {
         let desk_exists = apis.desks.get_opt("short").await.expect("get").is_some();
         let vm_exists = apis
             .vms
@@ -182,15 +182,17 @@ async fn timeout_delete_fires_at_expiry_and_the_vm_goes_first() {
                 "deleted {} ms before its expiry",
                 expiry - now
             );
-            break;
+            return Some(());
         }
         assert!(
             now <= expiry + TIMEOUT_BOUND_MS + 3_000,
             "still there {} ms after its expiry",
             now - expiry
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        None
+    };
+    // The bound inside is the tight one; `within` only stops a hung look.
+    eventually(Duration::from_secs(60), "the desk deleted", gone).await;
     let events = events_about(&c, &ns, "short");
     let timed_out = events
         .iter()
@@ -225,7 +227,7 @@ async fn timeout_stop_fires_at_expiry_and_stays_timed_out() {
         .expire_in(&c, "keep", stop, Duration::from_secs(3))
         .await;
     // Running up to the expiry, TimedOut right after it.
-    let timed_out_at = loop {
+    let timed_out = || async {
         let phase = apis.phase("keep").await;
         let now = now_ms();
         if phase.as_deref() == Some("TimedOut") {
@@ -234,7 +236,7 @@ async fn timeout_stop_fires_at_expiry_and_stays_timed_out() {
                 "TimedOut {} ms before its expiry",
                 expiry - now
             );
-            break now;
+            return Some(now);
         }
         assert_eq!(phase.as_deref(), Some("Running"), "before its expiry");
         assert!(
@@ -242,8 +244,9 @@ async fn timeout_stop_fires_at_expiry_and_stays_timed_out() {
             "not TimedOut {} ms after its expiry",
             now - expiry
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        None
     };
+    let timed_out_at = eventually(Duration::from_secs(60), "TimedOut", timed_out).await;
     eprintln!(
         "TimedOut seen {} ms after the expiry",
         timed_out_at - expiry
@@ -480,9 +483,8 @@ async fn deleting_a_desk_removes_vm_and_vmi_before_the_desk() {
         .run(&["delete", "cd", "gone", "-n", &ns, "--wait=false"], None)
         .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
-    let mut saw_terminating = false;
-    let start = Instant::now();
-    loop {
+    let saw_terminating = std::cell::Cell::new(false);
+    let deleted = || async {
         let desk = apis.desks.get_opt("gone").await.expect("get");
         let vm = apis
             .vms
@@ -499,22 +501,19 @@ async fn deleting_a_desk_removes_vm_and_vmi_before_the_desk() {
         match desk {
             None => {
                 assert!(!vm && !vmi, "Cyberdesk gone while its VM or VMI exists");
-                break;
+                Some(())
             }
             Some(d) => {
                 if d.status.and_then(|s| s.phase).map(|p| p.as_str()) == Some("Terminating") {
-                    saw_terminating = true;
+                    saw_terminating.set(true);
                 }
+                None
             }
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "deletion did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    eventually(Duration::from_secs(30), "the deletion to finish", deleted).await;
     assert!(
-        saw_terminating,
+        saw_terminating.get(),
         "never reported phase Terminating while cleaning up"
     );
 }

@@ -10,10 +10,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, watcher};
 
-use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, install_everything};
-use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::cluster::{Cluster, cluster, install_everything, namespace};
+use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::shared::{Cluster, cluster, namespace};
+use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::wait::{eventually, until_every};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Resource, ResourceExt};
 
@@ -115,26 +116,21 @@ async fn sigkill_during_creation_leaves_exactly_one_vm_per_desk() {
         if b % 2 == 0 {
             // The watch hears of a new VM within milliseconds; a list per poll would be
             // too slow to land inside the burst of creations.
-            let first_seen = async {
-                loop {
-                    let seen = vm_uids.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    if batch
-                        .iter()
-                        .any(|n| seen.contains_key(&format!("cyberdesk-{n}")))
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(60), first_seen)
+            let first_seen = until_every(Duration::from_secs(60), Duration::from_millis(1), || {
+                let seen = vm_uids.lock().unwrap_or_else(|e| e.into_inner());
+                let any = batch
+                    .iter()
+                    .any(|n| seen.contains_key(&format!("cyberdesk-{n}")));
+                std::future::ready(any.then_some(()))
+            });
+            first_seen
                 .await
                 .expect("the batch's first VM never appeared");
         } else {
             tokio::time::sleep(Duration::from_millis(next(&mut seed) % 1500)).await;
         }
         op.signal(libc::SIGKILL);
-        assert!(op.wait_exit(Duration::from_secs(5)).is_some());
+        assert!(op.wait_exit(Duration::from_secs(5)).await.is_some());
         let made = vms_of(&apis, batch).await;
         eprintln!("batch {b}: killed with {made} of its 10 VMs made");
         if made > 0 && made < batch.len() {
@@ -147,7 +143,7 @@ async fn sigkill_during_creation_leaves_exactly_one_vm_per_desk() {
         mid_creation_kills > 0,
         "no kill landed while the operator was creating VMs"
     );
-    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+    assert!(op.wait_ready(Duration::from_secs(60)).await, "{}", op.log());
 
     eventually(Duration::from_secs(120), "every desk Running", || async {
         (apis.count_in_phase("Running").await == DESKS).then_some(())

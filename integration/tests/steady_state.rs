@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, install_everything};
-use cyberdesk_integration::harness::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::cluster::{Cluster, cluster, install_everything, namespace};
+use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::shared::{Cluster, cluster, namespace};
+use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::wait::eventually;
 
 const DESKS: usize = 100;
 const WRITE_VERBS: &[&str] = &["POST", "PUT", "PATCH", "DELETE", "APPLY"];
@@ -67,7 +68,7 @@ async fn a_quiet_world_gets_no_writes() {
     let apis = Apis::new(&client, &ns);
     let args = reconciler_only_flags(false);
     let op = OperatorProcess::start(&c, "steady", &args);
-    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+    assert!(op.wait_ready(Duration::from_secs(60)).await, "{}", op.log());
 
     let all: Vec<String> = (0..DESKS)
         .map(|i| desk_yaml(&ns, &format!("s{i:03}"), "{timeoutMs: 3600000}"))
@@ -139,7 +140,7 @@ async fn a_quiet_world_gets_no_writes() {
     assert!(delta.is_empty(), "writes in steady state: {delta:?}");
 
     // Alive and reacting: a new desk runs, a deleted one goes.
-    assert!(op.wait_ready(Duration::from_secs(1)), "{}", op.log());
+    assert!(op.wait_ready(Duration::from_secs(1)).await, "{}", op.log());
     let out = c
         .kubectl()
         .apply(&desk_yaml(&ns, "after", "{timeoutMs: 3600000}"), &[])

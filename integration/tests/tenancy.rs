@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{
-    Apis, desk_yaml, eventually, wait_webhooks_active, webhook_operator,
-};
-use cyberdesk_integration::harness::SharedOperator;
+use cyberdesk_integration::cluster::{Cluster, namespace};
+use cyberdesk_integration::desks::{Apis, desk_yaml, wait_webhooks_active};
 use cyberdesk_integration::kubectl::Kubectl;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_integration::operator::{SharedOperator, webhook_operator};
+use cyberdesk_integration::wait::eventually;
 
 const OPERATOR_SA: &str = "system:serviceaccount:cyberdesk-system:cyberdesk-operator";
 

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{Apis, desk_yaml, eventually, ready_operator};
-use cyberdesk_integration::harness::reconciler_only_flags;
+use cyberdesk_integration::cluster::{cluster, namespace};
+use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::shared::{cluster, namespace};
+use cyberdesk_integration::operator::{ready_operator, reconciler_only_flags};
+use cyberdesk_integration::wait::eventually;
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{
-    Apis, desk_namespace, desk_yaml, eventually, jsonpath, webhook_operator,
-};
+use cyberdesk_integration::cluster::Cluster;
+use cyberdesk_integration::desks::{Apis, desk_namespace, desk_yaml, jsonpath};
 use cyberdesk_integration::kubevirt::{SimulatorHandle, SimulatorOptions, StartFault, Virtctl};
-use cyberdesk_integration::shared::Cluster;
+use cyberdesk_integration::operator::webhook_operator;
+use cyberdesk_integration::wait::eventually;
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
 
 async fn desk_ns(prefix: &str, opts: SimulatorOptions) -> (Cluster, String, Apis, SimulatorHandle) {

@@ -3,13 +3,15 @@
 //! new CA with the old one still trusted beside it. Its own binary: it edits the Secret the
 //! shared operator serves from.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
+use cyberdesk_integration::cluster::{Cluster, namespace};
 use cyberdesk_integration::controlplane::TestCa;
-use cyberdesk_integration::e2e::{
-    desk_yaml, eventually, served_leaf, wait_webhooks_active, webhook_operator,
-};
-use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_integration::desks::{desk_yaml, wait_webhooks_active};
+use cyberdesk_integration::operator::webhook_operator;
+use cyberdesk_integration::wait::{eventually, throughout};
+use cyberdesk_integration::webhook_tls::served_leaf;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -92,16 +94,15 @@ async fn foreign_cas_never_reach_the_ca_bundle_and_a_corrupt_one_is_replaced_wit
         .cert_pem()
         .to_string();
     set_ca(&secrets, &format!("{ours}{foreign}")).await;
-    let watched = Instant::now();
-    while watched.elapsed() < Duration::from_secs(6) {
+    throughout(Duration::from_secs(6), || async {
         for bundle in bundles(&c).await {
             assert!(
                 !bundle.contains(foreign.trim()),
                 "the foreign CA reached a caBundle"
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     eventually(Duration::from_secs(10), "the Secret repaired", || async {
         (secret_ca(&secrets).await == ours).then_some(())
     })
@@ -140,39 +141,35 @@ async fn foreign_cas_never_reach_the_ca_bundle_and_a_corrupt_one_is_replaced_wit
     )
     .await;
     let started = Instant::now();
-    let (mut looks, mut untrusted, mut failed) = (0, Vec::new(), Vec::new());
-    let renewed = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no leaf of a new CA served within 30 s"
-        );
+    let looks = std::cell::Cell::new(0);
+    let (untrusted, failed) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
+    let look = || async {
         let [m, v] = bundles(&c).await;
         let mut served = None;
         for bundle in [&m, &v] {
             match served_leaf(bundle, op.webhook).await {
                 Ok(leaf) => served = Some(leaf),
-                Err(e) => untrusted.push(e),
+                Err(e) => untrusted.borrow_mut().push(e),
             }
         }
-        looks += 1;
+        looks.set(looks.get() + 1);
         let out = c
             .kubectl()
             .apply(
-                &desk_yaml(&ns, &format!("r{looks}"), "{}"),
+                &desk_yaml(&ns, &format!("r{}", looks.get()), "{}"),
                 &["--dry-run=server"],
             )
             .expect("kubectl");
         if !out.success {
-            failed.push(out.stderr);
+            failed.borrow_mut().push(out.stderr);
         }
         let new_ca = m.replace(ours.trim(), "");
         let of_new_ca = served.as_ref().is_some_and(|l| *l != leaf_before)
             && served_leaf(&new_ca, op.webhook).await.is_ok();
-        if m == v && m != ours && m.contains(ours.trim()) && of_new_ca {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        (m == v && m != ours && m.contains(ours.trim()) && of_new_ca).then_some(m)
     };
+    let renewed = eventually(Duration::from_secs(30), "a leaf of a new CA served", look).await;
+    let (looks, untrusted, failed) = (looks.get(), untrusted.into_inner(), failed.into_inner());
     eprintln!(
         "new CA served after {:?} and {looks} looks",
         started.elapsed()

@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{eventually, install_everything, register_webhooks};
-use cyberdesk_integration::harness::{OperatorProcess, free_addr};
-use cyberdesk_integration::shared::{Cluster, cluster};
+use cyberdesk_integration::cluster::{Cluster, cluster, install_everything};
+use cyberdesk_integration::operator::{OperatorProcess, free_addr, register_webhooks};
+use cyberdesk_integration::wait::eventually;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::DeleteParams;
 
-fn start(c: &Cluster, n: usize, webhook: std::net::SocketAddr) -> OperatorProcess {
+async fn start(c: &Cluster, n: usize, webhook: std::net::SocketAddr) -> OperatorProcess {
     let args = [
         "--extra-san=127.0.0.1".to_string(),
         "--leader-election=false".to_string(),
@@ -20,7 +20,7 @@ fn start(c: &Cluster, n: usize, webhook: std::net::SocketAddr) -> OperatorProces
         "--cert-check-interval-secs=1".to_string(),
     ];
     let op = OperatorProcess::start_on(c, &format!("owner-{n}"), webhook, &args);
-    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+    assert!(op.wait_ready(Duration::from_secs(60)).await, "{}", op.log());
     op
 }
 
@@ -59,7 +59,7 @@ async fn an_admins_edit_survives_restart_and_ca_rotation() {
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "cyberdesk-system");
 
-    let first = start(&c, 1, webhook);
+    let first = start(&c, 1, webhook).await;
     eventually(Duration::from_secs(20), "caBundle published", || async {
         let (_, bundle) = validating(&configs).await;
         (!bundle.is_empty() && Some(&bundle) == secret_ca(&secrets).await.as_ref()).then_some(())
@@ -82,7 +82,7 @@ async fn an_admins_edit_survives_restart_and_ca_rotation() {
     assert!(patched.success, "{}", patched.stderr);
     drop(first);
 
-    let _second = start(&c, 2, webhook);
+    let _second = start(&c, 2, webhook).await;
     let (timeout, before) = validating(&configs).await;
     assert_eq!(
         timeout,

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cyberdesk_integration::e2e::{eventually, ready_operator, webhook_tls_client};
-use cyberdesk_integration::harness::reconciler_only_flags;
-use cyberdesk_integration::shared::{Cluster, cluster};
+use cyberdesk_integration::cluster::{Cluster, cluster};
+use cyberdesk_integration::operator::{ready_operator, reconciler_only_flags};
+use cyberdesk_integration::wait::eventually;
+use cyberdesk_integration::webhook_tls::webhook_tls_client;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -205,7 +206,7 @@ async fn idle_connections_past_the_cap_are_refused_and_nothing_breaks() {
     assert!(open <= 1024.0, "{open} connections open past the cap");
     // The process is alive and healthy throughout.
     assert!(
-        op.wait_ready(Duration::from_secs(1)),
+        op.wait_ready(Duration::from_secs(1)).await,
         "not ready while full"
     );
 
@@ -218,7 +219,7 @@ async fn idle_connections_past_the_cap_are_refused_and_nothing_breaks() {
     )
     .await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    assert!(op.wait_ready(Duration::from_secs(1)));
+    assert!(op.wait_ready(Duration::from_secs(1)).await);
 }
 
 /// Sends `bytes` and reports how long after that the server closed the stream.
@@ -321,7 +322,9 @@ async fn a_request_still_open_when_the_drain_runs_out_exits_1() {
 
     let signalled = Instant::now();
     op.signal(libc::SIGTERM);
-    let status = tokio::task::block_in_place(|| op.wait_exit(Duration::from_secs(15)))
+    let status = op
+        .wait_exit(Duration::from_secs(15))
+        .await
         .unwrap_or_else(|| panic!("still running 15 s after SIGTERM: {}", op.log()));
     eprintln!("exited {status} {:?} after SIGTERM", signalled.elapsed());
     assert_eq!(status.code(), Some(1), "{}", op.log());

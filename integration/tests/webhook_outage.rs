@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::install_everything;
-use cyberdesk_integration::harness::{OperatorProcess, poll_until};
-use cyberdesk_integration::shared::{cluster, namespace};
+use cyberdesk_integration::cluster::{cluster, install_everything, namespace};
+use cyberdesk_integration::operator::OperatorProcess;
+use cyberdesk_integration::wait::holds;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_fail_closed_when_the_webhook_is_down() {
@@ -20,21 +20,22 @@ async fn creates_fail_closed_when_the_webhook_is_down() {
         "--policy-dir=/nonexistent".to_string(),
     ];
     let mut op = OperatorProcess::start_serving_webhooks(&c, "outage", &args);
-    assert!(op.wait_ready(Duration::from_secs(60)), "{}", op.log());
+    assert!(op.wait_ready(Duration::from_secs(60)).await, "{}", op.log());
     let manifest = |name: &str| {
         format!(
             "apiVersion: cyberdesk.io/v1alpha1\nkind: Cyberdesk\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{}}\n"
         )
     };
     assert!(
-        poll_until(Duration::from_secs(30), || k
+        holds(Duration::from_secs(30), || k
             .apply(&manifest("up"), &["--dry-run=server"])
-            .is_ok_and(|o| o.success)),
+            .is_ok_and(|o| o.success))
+        .await,
         "webhooks never answered"
     );
 
     op.signal(libc::SIGKILL);
-    assert!(op.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(op.wait_exit(Duration::from_secs(10)).await.is_some());
     let out = k.apply(&manifest("down"), &[]).expect("kubectl");
     assert!(!out.success, "created without its webhook");
     assert!(

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{desk_yaml, eventually, wait_webhooks_active, webhook_operator};
-use cyberdesk_integration::shared::namespace;
+use cyberdesk_integration::cluster::namespace;
+use cyberdesk_integration::desks::{desk_yaml, wait_webhooks_active};
+use cyberdesk_integration::operator::webhook_operator;
+use cyberdesk_integration::wait::eventually;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::e2e::{desk_yaml, served_leaf, wait_webhooks_active, webhook_operator};
-use cyberdesk_integration::harness::{SharedOperator, poll_until};
-use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_integration::cluster::{Cluster, namespace};
+use cyberdesk_integration::desks::{desk_yaml, wait_webhooks_active};
+use cyberdesk_integration::operator::{SharedOperator, webhook_operator};
+use cyberdesk_integration::wait::holds;
+use cyberdesk_integration::webhook_tls::served_leaf;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::json;
@@ -135,7 +137,7 @@ async fn policy_configmap_changes_verdicts_without_a_restart() {
         !out.success && out.stderr.contains("max-1h") && out.stderr.contains("spec.timeoutMs")
     };
     assert!(
-        poll_until(Duration::from_secs(20), denied),
+        holds(Duration::from_secs(20), denied).await,
         "the new policy never took effect"
     );
 
@@ -148,8 +150,9 @@ async fn policy_configmap_changes_verdicts_without_a_restart() {
         .ok()
         .expect("apply");
     assert!(
-        poll_until(Duration::from_secs(20), || reload_errors(op.metrics())
-            > errors_before),
+        holds(Duration::from_secs(20), || reload_errors(op.metrics())
+            > errors_before)
+        .await,
         "the broken policy was not reported"
     );
     assert!(denied(), "the last good policy set was dropped");
@@ -188,7 +191,7 @@ async fn policy_configmap_changes_verdicts_without_a_restart() {
             .is_ok_and(|o| o.success)
     };
     assert!(
-        poll_until(Duration::from_secs(20), allowed),
+        holds(Duration::from_secs(20), allowed).await,
         "deleting the policy did not lift it"
     );
 }

@@ -17,12 +17,13 @@ use kube::api::PostParams;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use cyberdesk_integration::cluster::{Cluster, install_everything, namespace};
 use cyberdesk_integration::controlplane::{ControlPlane, Options};
-use cyberdesk_integration::e2e::{Apis, desk_yaml, install_everything};
-use cyberdesk_integration::harness::OperatorProcess;
+use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::operator::operator_binary;
-use cyberdesk_integration::shared::{Cluster, namespace};
+use cyberdesk_integration::operator::OperatorProcess;
+use cyberdesk_integration::wait::until_every;
+use cyberdesk_integration::workspace::operator_binary;
 use cyberdesk_operator::admission::Admission;
 use cyberdesk_operator::admission::authz::NoAccessReviews;
 use cyberdesk_operator::admission::mutate::MutateConfig;
@@ -91,7 +92,7 @@ async fn start_webhook() -> anyhow::Result<(SocketAddr, String, CancellationToke
     )?;
     let resolver = Arc::new(tls::CertResolver::new());
     resolver.swap(Arc::new(tls::certified_key_from_pem(&cert, &key)?));
-    let sources = load_dir(&cyberdesk_integration::operator::repo_path("policies"))?;
+    let sources = load_dir(&cyberdesk_integration::workspace::repo_path("policies"))?;
     let set = PolicySet::load(&sources).map_err(|e| anyhow::anyhow!("policies: {e:?}"))?;
     let admission = Arc::new(Admission {
         mutate: MutateConfig {
@@ -240,7 +241,7 @@ async fn bench_operator(c: &Cluster) -> anyhow::Result<()> {
         let t = Instant::now();
         let op = OperatorProcess::start(c, &format!("bench-start-{i}"), &operator_flags(false));
         anyhow::ensure!(
-            op.wait_ready(Duration::from_secs(60)),
+            op.wait_ready(Duration::from_secs(60)).await,
             "not ready: {}",
             op.log()
         );
@@ -316,7 +317,7 @@ async fn bench_apply(c: &Cluster) -> anyhow::Result<()> {
     create_dry_runs(&client, &ns, 20).await?;
     let without = create_dry_runs(&client, &ns, 200).await?;
     let op = OperatorProcess::start_serving_webhooks(c, "bench-apply", &operator_flags(true));
-    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
+    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)).await, "not ready");
     // Wait until the apiserver really calls the webhooks (the finalizer appears).
     for _ in 0..100 {
         let out = k.apply(
@@ -360,7 +361,7 @@ async fn bench_apply(c: &Cluster) -> anyhow::Result<()> {
     let mut flags = operator_flags(true);
     flags.push("--access-review-cache-secs=0".into());
     let op = OperatorProcess::start_on(c, "bench-apply-uncached", webhook, &flags);
-    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
+    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)).await, "not ready");
     bench_access_reviews(c, &ns, "uncached").await?;
     // The operator stops here; its registrations would fail every later create.
     drop(op);
@@ -419,7 +420,7 @@ async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
     let sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
     let op = OperatorProcess::start(c, "bench-desks", &operator_flags(false));
-    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
+    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)).await, "not ready");
     let api: Api<Cyberdesk> = Api::namespaced(client.clone(), &ns);
     let mut to_running = Vec::new();
     for i in 0..20 {
@@ -429,13 +430,13 @@ async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
         )?;
         let t = Instant::now();
         api.create(&PostParams::default(), &desk).await?;
-        loop {
-            if apis.phase(&format!("r{i:02}")).await.as_deref() == Some("Running") {
-                break;
-            }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "r{i:02} never ran");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let name = format!("r{i:02}");
+        let running = until_every(
+            Duration::from_secs(60),
+            Duration::from_millis(5),
+            || async { (apis.phase(&name).await.as_deref() == Some("Running")).then_some(()) },
+        );
+        anyhow::ensure!(running.await.is_some(), "{name} never ran");
         to_running.push(t.elapsed());
     }
     to_running.sort();
@@ -497,7 +498,7 @@ async fn bench_scale(c: &Cluster, n: usize) -> anyhow::Result<()> {
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
     let op = OperatorProcess::start(c, "bench-scale", &operator_flags(false));
-    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)), "not ready");
+    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)).await, "not ready");
     let t = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
         let docs: Vec<String> = chunk
@@ -508,17 +509,16 @@ async fn bench_scale(c: &Cluster, n: usize) -> anyhow::Result<()> {
         anyhow::ensure!(out.success, "{}", out.stderr);
     }
     let applied = t.elapsed();
-    loop {
-        let running = apis.count_in_phase("Running").await;
-        if running == n {
-            break;
-        }
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(1200),
-            "only {running}/{n} Running after 20 min"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let all_running = until_every(
+        Duration::from_secs(1200),
+        Duration::from_secs(1),
+        || async { (apis.count_in_phase("Running").await == n).then_some(()) },
+    );
+    anyhow::ensure!(
+        all_running.await.is_some(),
+        "only {}/{n} Running after 20 min",
+        apis.count_in_phase("Running").await
+    );
     println!(
         "{n} desks: applied in {:.1} s, all Running after {:.1} s",
         applied.as_secs_f64(),

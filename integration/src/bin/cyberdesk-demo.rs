@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use cyberdesk_integration::cluster::{Cluster, install_everything};
 use cyberdesk_integration::controlplane::{ControlPlane, Options};
-use cyberdesk_integration::e2e::install_everything;
-use cyberdesk_integration::harness::OperatorProcess;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::operator::repo_path;
-use cyberdesk_integration::shared::Cluster;
+use cyberdesk_integration::operator::OperatorProcess;
+use cyberdesk_integration::wait::until;
+use cyberdesk_integration::workspace::repo_path;
 
 #[derive(Parser)]
 #[command(about = "Run the operator against a local control plane with a sample Cyberdesk")]
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("==> starting cyberdesk-operator (webhooks over TLS, leader election)");
     let operator_args = vec![format!("--policy-dir={}", repo_path("policies").display())];
     let operator = OperatorProcess::start_serving_webhooks(&cluster, "demo", &operator_args);
-    if !operator.wait_ready(Duration::from_secs(60)) {
+    if !runtime.block_on(operator.wait_ready(Duration::from_secs(60))) {
         anyhow::bail!(
             "the operator did not become ready; its log:\n{}",
             operator.log()
@@ -56,17 +56,12 @@ fn main() -> anyhow::Result<()> {
     let kubectl = cluster.kubectl();
     let example = std::fs::read_to_string(repo_path("examples/cyberdesk.yaml"))?;
     // The apiserver picks up the webhook configuration a moment after it is written.
-    let mut applied = None;
-    for _ in 0..100 {
-        let out = kubectl.apply(&example, &[])?;
-        if out.success {
-            applied = Some(out.stdout);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let applied =
-        applied.ok_or_else(|| anyhow::anyhow!("could not apply examples/cyberdesk.yaml"))?;
+    let applied = runtime
+        .block_on(until(Duration::from_secs(20), || {
+            let out = kubectl.apply(&example, &[]);
+            std::future::ready(out.ok().filter(|o| o.success).map(|o| o.stdout))
+        }))
+        .ok_or_else(|| anyhow::anyhow!("could not apply examples/cyberdesk.yaml"))?;
     eprint!("{applied}");
 
     let kc = cluster.kubeconfig.display().to_string();

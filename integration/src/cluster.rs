@@ -1,20 +1,22 @@
-//! One control plane per test binary, shared by its tests (each test uses its own
-//! namespace). Started lazily by the first test that asks for it and stopped at exit.
+//! The cluster side of a test: one control plane per test binary, shared by its tests (each
+//! test uses its own namespace), started lazily by the first test that asks for it and
+//! stopped at exit; and installing what the operator needs into it, from the shipped files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, mpsc};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::controlplane::{ControlPlane, Options};
 use crate::kubectl::Kubectl;
+use crate::workspace::{operator_output, repo_path};
 
 /// What tests need to reach the shared control plane; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Cluster {
     /// The cluster admin: kubectl, clients in assertions, installing manifests.
     pub kubeconfig: PathBuf,
-    /// The operator's ServiceAccount identity; [`crate::harness::OperatorProcess`] always
+    /// The operator's ServiceAccount identity; [`crate::operator::OperatorProcess`] always
     /// runs the operator with it.
     pub operator_kubeconfig: PathBuf,
     pub kubectl: PathBuf,
@@ -119,4 +121,82 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
         .await
         .expect("create namespace");
     name
+}
+
+/// The shipped files that give the operator its identity and rights.
+const OPERATOR_RBAC: [&str; 2] = [
+    "manifests/base/serviceaccount.yaml",
+    "manifests/base/rbac.yaml",
+];
+
+/// `kubectl apply --server-side` of one manifest file as the admin. `path` is relative to
+/// the repository root (or absolute): tests apply the files exactly as they ship.
+pub fn apply_file(c: &Cluster, path: impl AsRef<Path>) -> Result<String, String> {
+    apply_path(c, "-f", path.as_ref())
+}
+
+/// `kubectl apply --server-side -k` of a kustomization directory as the admin, relative to
+/// the repository root (or absolute).
+pub fn apply_kustomization(c: &Cluster, dir: impl AsRef<Path>) -> Result<String, String> {
+    apply_path(c, "-k", dir.as_ref())
+}
+
+/// Server-side, forcing conflicts: the admin's copy wins over whatever a previous test or
+/// the operator wrote, as a re-install would.
+fn apply_path(c: &Cluster, flag: &str, rel: &Path) -> Result<String, String> {
+    let path = repo_path(rel);
+    let shown = path.display().to_string();
+    c.kubectl()
+        .run(
+            &["apply", "--server-side", "--force-conflicts", flag, &shown],
+            None,
+        )
+        .map_err(|e| format!("kubectl apply {flag} {shown}: {e}"))?
+        .ok()
+        .map_err(|e| format!("kubectl apply {flag} {shown}: {e}"))
+}
+
+/// The operator namespace with the shipped ServiceAccount and RBAC. The harness runs the
+/// operator as that ServiceAccount, so a right the manifests lack fails the test that
+/// needs it. Idempotent.
+pub fn install_operator_rbac(c: &Cluster) {
+    let _ = c
+        .kubectl()
+        .run(&["create", "namespace", "cyberdesk-system"], None);
+    for file in OPERATOR_RBAC {
+        if let Err(e) = apply_file(c, file) {
+            panic!("installing {file}: {e}");
+        }
+    }
+}
+
+/// Installs the Cyberdesk CRD (from `cyberdesk-operator crd`), KubeVirt's CRDs, the
+/// operator namespace and the operator's shipped ServiceAccount and RBAC. Idempotent.
+pub async fn install_everything(c: &Cluster) {
+    let k = c.kubectl();
+    let crd = operator_output(&["crd"]);
+    let applied = k
+        .apply(&String::from_utf8_lossy(&crd.stdout), &["--server-side"])
+        .expect("kubectl")
+        .ok();
+    assert!(applied.is_ok(), "{applied:?}");
+    let waited = k
+        .run(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/cyberdesks.cyberdesk.io",
+            ],
+            None,
+        )
+        .expect("kubectl");
+    assert!(waited.success, "{}", waited.stderr);
+    install_operator_rbac(c);
+    crate::kubevirt::install_kubevirt_crds(&c.client().await)
+        .await
+        .expect("kubevirt crds");
+    // KubeVirt's API refuses invalid VMs (virt-api); so does the stand-in.
+    crate::kubevirt::install_vm_admission(&c.client().await)
+        .await
+        .expect("kubevirt VM admission");
 }
