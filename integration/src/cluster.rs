@@ -22,6 +22,8 @@ pub struct Cluster {
     pub kubectl: PathBuf,
     pub apiserver_url: String,
     pub dir: PathBuf,
+    /// The apiserver's audit log, when it writes one (benchmarks).
+    pub audit_log: Option<PathBuf>,
 }
 
 static RUNNING: Mutex<Option<ControlPlane>> = Mutex::new(None);
@@ -77,6 +79,7 @@ impl Cluster {
             kubectl: cp.kubectl_path().to_path_buf(),
             apiserver_url: cp.apiserver_url(),
             dir: cp.dir().to_path_buf(),
+            audit_log: cp.audit_log_path(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Test infrastructure for cyberdesk-operator: a real kube-apiserver + etcd launcher, a
 //! kubectl runner and the KubeVirt simulator, and the helpers end-to-end tests share.
 //!
+//! - [`audit`]: counting requests by user in the apiserver's audit log;
 //! - [`cluster`]: the shared control plane, namespaces, installing the shipped manifests;
 //! - [`operator`]: the operator as a child process (ServiceAccount, RBAC, webhooks);
 //! - [`desks`]: typed desk APIs, desk YAML, events and times as a user sees them;
@@ -8,6 +9,7 @@
 //! - [`webhook_tls`]: handshakes with the webhook port as the apiserver does;
 //! - [`workspace`]: the operator binary and the repository's files.
 
+pub mod audit;
 pub mod cluster;
 pub mod controlplane;
 pub mod desks;

@@ -68,6 +68,10 @@ pub enum Error {
 /// The user the operator authenticates as: its ServiceAccount in the shipped manifests.
 /// Tests run the operator under this name so the shipped RBAC, not `system:masters`,
 /// decides what it may do.
+/// Every request once, when its response is complete, without bodies.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\nrules:\n- level: Metadata\n";
+const AUDIT_LOG: &str = "audit.log";
+
 pub const OPERATOR_USER: &str = "system:serviceaccount:cyberdesk-system:cyberdesk-operator";
 
 /// The groups the apiserver gives a token of that ServiceAccount; a client certificate
@@ -103,6 +107,9 @@ pub struct Options {
     pub apiserver_port: Option<u16>,
     pub etcd_port: Option<u16>,
     pub ready_timeout: Duration,
+    /// Write an audit log (one JSON line per finished request, at `Metadata` level): the
+    /// benchmarks count who asked the apiserver for what with it.
+    pub audit_log: bool,
 }
 
 impl Default for Options {
@@ -112,6 +119,7 @@ impl Default for Options {
             apiserver_port: None,
             etcd_port: None,
             ready_timeout: Duration::from_secs(90),
+            audit_log: false,
         }
     }
 }
@@ -308,6 +316,16 @@ impl ControlPlane {
             "--allow-privileged=true".to_string(),
             "--profiling=false".to_string(),
         ];
+        let mut api_args = api_args;
+        if opts.audit_log {
+            let policy = write(dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
+            api_args.extend([
+                format!("--audit-policy-file={}", p(&policy)),
+                format!("--audit-log-path={}", dir.join(AUDIT_LOG).display()),
+                "--audit-log-format=json".to_string(),
+                "--audit-log-maxsize=0".to_string(),
+            ]);
+        }
         let mut apiserver = ManagedChild::spawn(
             "kube-apiserver",
             &apiserver_bin,
@@ -350,6 +368,12 @@ impl ControlPlane {
             apiserver_args: api_args,
             ready_timeout: opts.ready_timeout,
         })
+    }
+
+    /// The apiserver's audit log, when [`Options::audit_log`] asked for one.
+    pub fn audit_log_path(&self) -> Option<PathBuf> {
+        let path = self.dir.join(AUDIT_LOG);
+        path.exists().then_some(path)
     }
 
     /// The cluster admin (`system:masters`): for installing things and for assertions.

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod scale;
+
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
@@ -17,8 +19,9 @@ use kube::api::PostParams;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use cyberdesk_integration::audit::{self, AuditLog};
 use cyberdesk_integration::cluster::{Cluster, install_everything, namespace};
-use cyberdesk_integration::controlplane::{ControlPlane, Options};
+use cyberdesk_integration::controlplane::{ControlPlane, OPERATOR_USER, Options};
 use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::OperatorProcess;
@@ -43,6 +46,10 @@ struct Args {
     /// Desks for the scale section.
     #[arg(long, default_value_t = 1000)]
     scale_desks: usize,
+    /// Requests in flight at once when the scale section creates desks (as a platform's
+    /// API would).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -423,6 +430,7 @@ async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
     anyhow::ensure!(op.wait_ready(Duration::from_secs(60)).await, "not ready");
     let api: Api<Cyberdesk> = Api::namespaced(client.clone(), &ns);
     let mut to_running = Vec::new();
+    let audit = c.audit_log.clone().map(AuditLog::at_end);
     for i in 0..20 {
         let desk: Cyberdesk = serde_json::from_value(
             json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
@@ -445,6 +453,14 @@ async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
         ms(pct(&to_running, 0.5)),
         ms(pct(&to_running, 0.9))
     );
+    if let Some(audit) = audit {
+        let requests = audit.since_mark()?.of(OPERATOR_USER);
+        println!(
+            "operator requests per desk, create → Running (20 desks): {} writes; {}",
+            audit::writes(&requests) as f64 / 20.0,
+            audit::per_unit(&requests, 20).join(", ")
+        );
+    }
 
     // Timeout lag: 100 desks expiring 20 s after creation; the operator logs the lag it saw.
     let all: Vec<String> = (0..100)
@@ -458,10 +474,23 @@ async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
         .collect();
     let out = c.kubectl().apply(&all.join("---\n"), &[])?;
     anyhow::ensure!(out.success, "{}", out.stderr);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut lags: Vec<Duration> = Vec::new();
-    while Instant::now() < deadline {
-        lags = op
+    let lags = timeout_lags(&op, 100, Duration::from_secs(120)).await;
+    println!(
+        "timeout lag (expiry → halt issued) over {} desks: p50 {} p99 {} max {}",
+        lags.len(),
+        ms(pct(&lags, 0.5)),
+        ms(pct(&lags, 0.99)),
+        ms(lags.last().copied().unwrap_or_default())
+    );
+    drop(sim);
+    Ok(())
+}
+
+/// The lags the operator logged for the timeouts it enforced ("timeout reached", `lag_ms`),
+/// sorted, once there are `n` of them or `within` has passed.
+async fn timeout_lags(op: &OperatorProcess, n: usize, within: Duration) -> Vec<Duration> {
+    let read = || {
+        let mut lags: Vec<Duration> = op
             .log()
             .lines()
             .filter(|l| l.contains("timeout reached"))
@@ -475,61 +504,15 @@ async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
             })
             .map(Duration::from_millis)
             .collect();
-        if lags.len() >= 100 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    lags.sort();
-    println!(
-        "timeout lag (expiry → halt issued) over {} desks: p50 {} p99 {} max {}",
-        lags.len(),
-        ms(pct(&lags, 0.5)),
-        ms(pct(&lags, 0.99)),
-        ms(lags.last().copied().unwrap_or_default())
-    );
-    drop(sim);
-    Ok(())
-}
-
-async fn bench_scale(c: &Cluster, n: usize) -> anyhow::Result<()> {
-    let client = c.client().await;
-    let ns = namespace(&client, "bench-scale").await;
-    let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
-    let apis = Apis::new(&client, &ns);
-    let op = OperatorProcess::start(c, "bench-scale", &operator_flags(false));
-    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)).await, "not ready");
-    let t = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
-        let docs: Vec<String> = chunk
-            .iter()
-            .map(|i| desk_yaml(&ns, &format!("s{i:04}"), "{timeoutMs: 3600000}"))
-            .collect();
-        let out = c.kubectl().apply(&docs.join("---\n"), &[])?;
-        anyhow::ensure!(out.success, "{}", out.stderr);
-    }
-    let applied = t.elapsed();
-    let all_running = until_every(
-        Duration::from_secs(1200),
-        Duration::from_secs(1),
-        || async { (apis.count_in_phase("Running").await == n).then_some(()) },
-    );
-    anyhow::ensure!(
-        all_running.await.is_some(),
-        "only {}/{n} Running after 20 min",
-        apis.count_in_phase("Running").await
-    );
-    println!(
-        "{n} desks: applied in {:.1} s, all Running after {:.1} s",
-        applied.as_secs_f64(),
-        t.elapsed().as_secs_f64()
-    );
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    println!(
-        "operator RSS with {n} Running desks: {} MiB",
-        rss_kib(op.pid()) / 1024
-    );
-    Ok(())
+        lags.sort();
+        lags
+    };
+    until_every(within, Duration::from_millis(500), || {
+        let lags = read();
+        std::future::ready((lags.len() >= n).then_some(lags))
+    })
+    .await
+    .unwrap_or_else(read)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -550,7 +533,10 @@ fn main() -> anyhow::Result<()> {
         bench_controlplane()?;
     }
     if want("operator") || want("apply") || want("desks") || want("scale") {
-        let cp = ControlPlane::start(&Options::default())?;
+        let cp = ControlPlane::start(&Options {
+            audit_log: true,
+            ..Default::default()
+        })?;
         let c = Cluster::of(&cp);
         runtime.block_on(install_everything(&c));
         if want("operator") {
@@ -563,7 +549,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_desks(&c))?;
         }
         if want("scale") {
-            runtime.block_on(bench_scale(&c, args.scale_desks))?;
+            runtime.block_on(scale::run(&c, args.scale_desks, args.concurrency))?;
         }
         drop(runtime);
         drop(cp);

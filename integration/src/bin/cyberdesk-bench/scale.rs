@@ -1,0 +1,268 @@
+//! `scale`: N desks created through the API at a fixed concurrency, as a platform's API
+//! would, measured against the apiserver's own create rate on the same machine.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use cyberdesk_integration::audit::{self, AuditLog, Request};
+use cyberdesk_integration::cluster::{Cluster, namespace};
+use cyberdesk_integration::controlplane::OPERATOR_USER;
+use cyberdesk_integration::desks::{epoch_ms, now_ms};
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
+use cyberdesk_integration::operator::OperatorProcess;
+use cyberdesk_integration::wait::until_every;
+use cyberdesk_operator::model::Cyberdesk;
+
+use crate::{ms, operator_flags, pct, timeout_lags};
+
+/// Plain creates for the apiserver's raw rate: enough for a steady figure.
+const RAW_CREATES: usize = 2000;
+
+/// Resident and peak resident memory of `pid`, KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// CPU time (user + system) `pid` has used.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start at the state, field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+fn desk(name: &str) -> anyhow::Result<Cyberdesk> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+        "metadata": {"name": name}, "spec": {"timeoutMs": 36_000_000},
+    }))?)
+}
+
+/// Creates `n` objects with `make(i)` at `concurrency`; how long it took.
+async fn create_all<F, Fut>(n: usize, concurrency: usize, make: F) -> anyhow::Result<Duration>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let t = Instant::now();
+    futures::stream::iter((0..n).map(make))
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(t.elapsed())
+}
+
+/// Desks in `phase`, read from the apiserver's watch cache (no quorum read of N objects).
+async fn count_in_phase(desks: &Api<Cyberdesk>, phase: &str) -> usize {
+    let Ok(list) = desks.list(&ListParams::default().match_any()).await else {
+        return 0;
+    };
+    list.items
+        .iter()
+        .filter(|d| d.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()) == Some(phase))
+        .count()
+}
+
+fn show(requests: &BTreeMap<Request, u64>, n: usize) -> String {
+    audit::per_unit(requests, n).join(", ")
+}
+
+pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()> {
+    let Some(audit_path) = c.audit_log.clone() else {
+        anyhow::bail!("the scale bench needs the apiserver's audit log");
+    };
+    let client = c.client().await;
+    let ns = namespace(&client, "bench-scale").await;
+    let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
+    let desks: Api<Cyberdesk> = Api::namespaced(client.clone(), &ns);
+    println!(
+        "scale: {n} desks, created through the API at concurrency {concurrency}, no webhooks, zero simulator delay"
+    );
+
+    // The apiserver's own pace: plain ConfigMaps at the same concurrency.
+    let raw_ns = namespace(&client, "bench-raw").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &raw_ns);
+    let raw = create_all(RAW_CREATES, concurrency, |i| {
+        let cms = cms.clone();
+        async move {
+            let cm: ConfigMap = serde_json::from_value(json!({
+                "metadata": {"name": format!("raw-{i:05}")}, "data": {"k": "v"},
+            }))?;
+            cms.create(&PostParams::default(), &cm).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let raw_rate = RAW_CREATES as f64 / raw.as_secs_f64();
+    println!(
+        "  apiserver raw creates: {RAW_CREATES} ConfigMaps in {:.1} s = {raw_rate:.0} writes/s",
+        raw.as_secs_f64()
+    );
+
+    let op = OperatorProcess::start(c, "bench-scale", &operator_flags(false));
+    anyhow::ensure!(op.wait_ready(Duration::from_secs(60)).await, "not ready");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (idle_kib, _) = memory_kib(op.pid());
+    let cpu_before = cpu_time(op.pid());
+    let mut log = AuditLog::at_end(audit_path.clone());
+
+    let t = Instant::now();
+    let created = create_all(n, concurrency, |i| {
+        let desks = desks.clone();
+        async move {
+            desks
+                .create(&PostParams::default(), &desk(&format!("s{i:05}"))?)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let all_running = until_every(
+        Duration::from_secs(3600),
+        Duration::from_millis(500),
+        || async { (count_in_phase(&desks, "Running").await == n).then_some(()) },
+    );
+    anyhow::ensure!(
+        all_running.await.is_some(),
+        "only {}/{n} Running after an hour",
+        count_in_phase(&desks, "Running").await
+    );
+    let to_running = t.elapsed();
+    let cpu = cpu_time(op.pid()).saturating_sub(cpu_before);
+    let requests = log.since_mark()?;
+    let ours = requests.of(OPERATOR_USER);
+    let all = requests.all();
+    let desks_per_s = n as f64 / to_running.as_secs_f64();
+    let writes_per_desk = audit::writes(&all) as f64 / n as f64;
+    println!(
+        "  created in {:.1} s; all Running after {:.1} s = {desks_per_s:.1} desks/s",
+        created.as_secs_f64(),
+        to_running.as_secs_f64()
+    );
+    println!(
+        "  apiserver writes per desk, all clients: {writes_per_desk:.2}; share of the raw write capacity: {:.0} %",
+        100.0 * desks_per_s * writes_per_desk / raw_rate
+    );
+    println!(
+        "  operator requests per desk: {:.2} writes; {}",
+        audit::writes(&ours) as f64 / n as f64,
+        show(&ours, n)
+    );
+    println!(
+        "  operator CPU per desk: {:.2} ms",
+        cpu.as_secs_f64() * 1000.0 / n as f64
+    );
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (settled_kib, peak_kib) = memory_kib(op.pid());
+    println!(
+        "  operator RSS: idle {} MiB, peak {} MiB, settled {} MiB with {n} Running desks = {:.0} bytes per desk",
+        idle_kib / 1024,
+        peak_kib / 1024,
+        settled_kib / 1024,
+        (settled_kib.saturating_sub(idle_kib) * 1024) as f64 / n as f64
+    );
+
+    log.mark();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let quiet = log.since_mark()?.of(OPERATOR_USER);
+    println!(
+        "  operator writes in a quiet 30 s: {} ({})",
+        audit::writes(&quiet),
+        show(&quiet, 1)
+    );
+
+    // Restart with N Running desks: time to ready, and what the new process writes.
+    let mut op = op;
+    op.signal(libc::SIGTERM);
+    anyhow::ensure!(
+        op.wait_exit(Duration::from_secs(30)).await.is_some(),
+        "no exit"
+    );
+    log.mark();
+    let t = Instant::now();
+    let op = OperatorProcess::start(c, "bench-scale-2", &operator_flags(false));
+    anyhow::ensure!(op.wait_ready(Duration::from_secs(120)).await, "not ready");
+    let ready = t.elapsed();
+    // Every desk gets its first pass after a restart; give them all time to have had it.
+    let passes = || {
+        ["success", "requeue", "error"]
+            .iter()
+            .filter_map(|r| op.metric(&format!("cyberdesk_reconcile_total{{result=\"{r}\"}}")))
+            .sum::<f64>()
+    };
+    until_every(Duration::from_secs(600), Duration::from_millis(500), || {
+        std::future::ready((passes() >= n as f64).then_some(()))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = log.since_mark()?.of(OPERATOR_USER);
+    println!(
+        "  restart with {n} Running desks: ready after {}, {} passes, writes {} ({})",
+        ms(ready),
+        passes(),
+        audit::writes(&after),
+        show(&after, 1)
+    );
+
+    // N desks expiring in the same second.
+    let list = desks.list(&ListParams::default().match_any()).await?;
+    let margin = Duration::from_secs(10) + Duration::from_millis(4 * n as u64);
+    let expiry_ms = now_ms() + margin.as_millis() as i64;
+    let patch_start = Instant::now();
+    let expiring = list.items.clone();
+    futures::stream::iter(expiring.into_iter().map(|d| {
+        let desks = desks.clone();
+        async move {
+            let name = d.metadata.name.clone().unwrap_or_default();
+            let started = d
+                .status
+                .and_then(|s| s.start_time)
+                .ok_or_else(|| anyhow::anyhow!("{name} has no startTime"))?;
+            let timeout = expiry_ms - epoch_ms(&started);
+            let patch = json!({"spec": {"timeoutMs": timeout, "timeoutAction": "Stop"}});
+            desks
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
+            anyhow::Ok(())
+        }
+    }))
+    .buffer_unordered(concurrency)
+    .try_collect::<Vec<()>>()
+    .await?;
+    anyhow::ensure!(
+        patch_start.elapsed() < margin,
+        "setting the timeouts took {:?}, past the shared expiry",
+        patch_start.elapsed()
+    );
+    let lags = timeout_lags(&op, n, Duration::from_secs(120) + margin).await;
+    println!(
+        "  timeout lag, {n} desks expiring in the same second, over {} desks: p50 {} p99 {} max {}",
+        lags.len(),
+        ms(pct(&lags, 0.5)),
+        ms(pct(&lags, 0.99)),
+        ms(lags.last().copied().unwrap_or_default())
+    );
+    Ok(())
+}
