@@ -7,6 +7,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::model::CyberdeskPhase;
+
 /// Reconcile outcomes (`cyberdesk_reconcile_total{result}`).
 pub const RESULTS: &[&str] = &["success", "requeue", "error"];
 /// Timed operations (`cyberdesk_operation_duration_seconds{operation}`).
@@ -34,6 +36,7 @@ pub const FAMILIES: &[&str] = &[
     "cyberdesk_vm_deleted_total",
     "cyberdesk_vm_timeout_total",
     "cyberdesk_active_vm_count",
+    "cyberdesk_desks",
     "cyberdesk_operation_duration_seconds",
     "cyberdesk_reconcile_total",
     "cyberdesk_reconcile_errors_total",
@@ -64,6 +67,7 @@ pub struct Metrics {
     pub vm_deleted: IntCounter,
     pub vm_timeout: IntCounter,
     pub active_vms: IntGauge,
+    pub desks: IntGaugeVec,
     pub operation_duration: HistogramVec,
     pub reconcile_total: IntCounterVec,
     pub reconcile_errors: IntCounterVec,
@@ -93,13 +97,21 @@ impl Metrics {
                 "cyberdesk_active_vm_count",
                 "VirtualMachines managed right now",
             )?,
+            desks: IntGaugeVec::new(
+                Opts::new(
+                    "cyberdesk_desks",
+                    "Cyberdesks by phase, as the leader's cache holds them (0 on followers)",
+                ),
+                &["phase"],
+            )?,
             operation_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "cyberdesk_operation_duration_seconds",
                     "Duration of operator operations",
                 )
                 .buckets(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0,
                 ]),
                 &["operation"],
             )?,
@@ -179,6 +191,9 @@ impl Metrics {
             registry,
         };
         m.register_all()?;
+        for phase in CyberdeskPhase::ALL {
+            m.desks.with_label_values(&[phase.as_str()]);
+        }
         for op in OPERATIONS {
             m.operation_duration.with_label_values(&[op]);
         }
@@ -218,6 +233,7 @@ impl Metrics {
         r.register(Box::new(self.vm_deleted.clone()))?;
         r.register(Box::new(self.vm_timeout.clone()))?;
         r.register(Box::new(self.active_vms.clone()))?;
+        r.register(Box::new(self.desks.clone()))?;
         r.register(Box::new(self.operation_duration.clone()))?;
         r.register(Box::new(self.reconcile_total.clone()))?;
         r.register(Box::new(self.reconcile_errors.clone()))?;

@@ -2,6 +2,7 @@
 //! finalizer cleanup. Pure decisions live in plan/template/status/expiry; reconcile.rs
 //! carries out the plan.
 
+pub mod cache;
 pub mod error;
 pub mod expiry;
 pub mod plan;
@@ -22,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::watch_backoff;
 use crate::catalog::Catalog;
+use crate::controller::cache::{Caches, trim_desk, trim_vm, trim_vmi, trimmed_watch};
 use crate::metrics::Metrics;
-use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
+use crate::model::{Cyberdesk, CyberdeskPhase, names};
 pub use reconcile::{Context, ControllerConfig};
 
 /// Desks reconciled at once; bounded so a thousand desks do not mean a thousand requests
@@ -68,33 +70,46 @@ pub async fn run(
             instance: Some(identity),
         },
     );
+    // One watch per kind, trimmed before it is cached; reconciles read these stores.
+    // The list calls use the apiserver's watch cache (`any_semantic`): the stores only
+    // need to be consistent with the watch that follows, not with etcd at this instant.
+    let selector = managed_selector();
+    let (desks, desk_events) = trimmed_watch(
+        Api::<Cyberdesk>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+        trim_desk,
+    );
+    let (vms, vm_events) = trimmed_watch(
+        Api::all(client.clone()),
+        watcher::Config::default().labels(&selector).any_semantic(),
+        trim_vm,
+    );
+    let (vmis, vmi_events) = trimmed_watch(
+        Api::all(client.clone()),
+        watcher::Config::default().labels(&selector).any_semantic(),
+        trim_vmi,
+    );
+    let caches = Caches {
+        desks: desks.clone(),
+        vms,
+        vmis,
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
         metrics: metrics.clone(),
         templates,
         cfg,
+        caches: caches.clone(),
         failures: Mutex::new(Default::default()),
     });
-    let active = tokio::spawn(count_active_vms(client.clone(), metrics, stop.clone()));
+    let gauges = tokio::spawn(count_from_caches(caches, metrics, stop.clone()));
 
-    let selector = managed_selector();
-    let controller = Controller::new(
-        Api::<Cyberdesk>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(ControllerRuntimeConfig::default().concurrency(CONCURRENCY))
-    .trigger_backoff(watch_backoff())
-    .watches(
-        Api::<VirtualMachine>::all(client.clone()),
-        watcher::Config::default().labels(&selector),
-        owner_desk,
-    )
-    .watches(
-        Api::<VirtualMachineInstance>::all(client.clone()),
-        watcher::Config::default().labels(&selector),
-        owner_desk,
-    )
+    let controller = Controller::for_stream(desk_events, desks)
+        .with_config(ControllerRuntimeConfig::default().concurrency(CONCURRENCY))
+        .trigger_backoff(watch_backoff())
+        .watches_stream(vm_events, owner_desk)
+        .watches_stream(vmi_events, owner_desk)
     .reconcile_all_on(template_changes)
     .graceful_shutdown_on(stop.clone().cancelled_owned())
     .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -113,21 +128,35 @@ pub async fn run(
         _ = controller => {}
         _ = drain_limit => tracing::warn!(limit = ?DRAIN_LIMIT, "controller did not drain in time; stopping anyway"),
     }
-    active.abort();
+    gauges.abort();
     tracing::info!("controller stopped");
 }
 
-/// Keeps `cyberdesk_active_vm_count` current with a cheap metadata list.
-async fn count_active_vms(client: kube::Client, metrics: Metrics, stop: CancellationToken) {
-    let vms: Api<VirtualMachine> = Api::all(client);
-    let params = kube::api::ListParams::default().labels(&managed_selector());
+/// How often the cache-derived gauges are refreshed.
+const GAUGE_PERIOD: Duration = Duration::from_secs(5);
+
+/// Keeps `cyberdesk_active_vm_count` and `cyberdesk_desks{phase}` current from the caches,
+/// without a request to the apiserver.
+async fn count_from_caches(caches: Caches, metrics: Metrics, stop: CancellationToken) {
     loop {
-        if let Ok(list) = vms.list_metadata(&params).await {
-            metrics.active_vms.set(list.items.len() as i64);
+        metrics.active_vms.set(caches.vms.state().len() as i64);
+        let mut by_phase = [0i64; CyberdeskPhase::ALL.len()];
+        for desk in caches.desks.state() {
+            let phase = desk
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .unwrap_or(CyberdeskPhase::Pending);
+            if let Some(i) = CyberdeskPhase::ALL.iter().position(|p| *p == phase) {
+                by_phase[i] += 1;
+            }
+        }
+        for (phase, n) in CyberdeskPhase::ALL.iter().zip(by_phase) {
+            metrics.desks.with_label_values(&[phase.as_str()]).set(n);
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            _ = tokio::time::sleep(GAUGE_PERIOD) => {}
         }
     }
 }

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
+use crate::controller::cache::{Caches, trim_vm};
 use crate::controller::error::Error;
 use crate::controller::plan::{
     self, Announcement, CleanupStep, Observation, Outcome, Reason, Settlement, Step, Wake,
@@ -45,6 +46,8 @@ pub struct Context {
     /// The template ConfigMaps, kept current by a watch (hot reload).
     pub templates: Catalog,
     pub cfg: ControllerConfig,
+    /// The trimmed VMs and VMIs (and desks) the controller watches; passes read these.
+    pub caches: Caches,
     /// Consecutive failures per desk, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<Cyberdesk>, u32>>,
 }
@@ -139,7 +142,8 @@ pub fn error_policy(cd: Arc<Cyberdesk>, error: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(delay)
 }
 
-async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Error> {
+/// Adds the finalizer, guarded by the resourceVersion the pass read; the desk as stored.
+async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<Cyberdesk, Error> {
     let rv = cd.resource_version().unwrap_or_default();
     let ops = if cd.metadata.finalizers.is_none() {
         json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
@@ -153,9 +157,9 @@ async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Er
             what: "finalizer patch",
             source,
         })?;
-    api.patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
-        .await?;
-    Ok(())
+    Ok(api
+        .patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
+        .await?)
 }
 
 async fn remove_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Error> {
@@ -307,31 +311,49 @@ async fn write_status(
     Ok(())
 }
 
-/// Reads the desk's VM and VMI, then carries out the plan step by step.
+/// A create refused because the object exists (409): the cache was behind.
+fn exists_already(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(e) if e.code == 409)
+}
+
+/// A guarded patch refused because the object changed (409) or its JSON patch `test`
+/// failed (422): the cache was behind.
+fn changed_meanwhile(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(e) if e.code == 409 || e.code == 422)
+}
+
+/// Reads the desk's VM and VMI from the caches, then carries out the plan step by step.
+///
+/// The caches may lag the apiserver, so every write the plan makes on what it read is
+/// guarded: the VM is created with a plain create (refused with 409 when it exists) and
+/// halted with a JSON patch that tests the run strategy it read. A refused write means the
+/// cache was behind: the pass reads that VM live once and plans again. So a stale cache
+/// costs one GET, and a fresh one none; a VM is never created twice or halted twice.
 async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outcome), Error> {
     let name = cd.name_any();
     let api: Api<Cyberdesk> = Api::namespaced(ctx.client.clone(), ns);
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), ns);
     let vm_name = names::vm_name(&name);
     let mut obs = Observation {
         desk: cd,
-        vm: vms.get_opt(&vm_name).await?,
-        vmi: vmis.get_opt(&vm_name).await?,
+        vm: ctx.caches.vm(ns, &vm_name),
+        vmi: ctx.caches.vmi(ns, &vm_name),
         rendered: None,
         refused: None,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         now: Timestamp::now(),
     };
+    let mut read_live = false;
     // Each step changes the observation so it is not planned again; the bound only
     // guards against a planning mistake turning into a busy loop.
     for _ in 0..MAX_STEPS {
         obs.now = Timestamp::now();
         match plan::plan(&obs) {
             Step::AddFinalizer => {
-                ensure_finalizer(&api, cd).await?;
-                // The patch bumped the resourceVersion; the watch event brings the next pass.
-                return Ok((Action::await_change(), Outcome::Success));
+                // Carry on with the desk as stored: one pass adds the finalizer and
+                // creates the VM.
+                let stored = ensure_finalizer(&api, cd).await?;
+                return Box::pin(apply(&stored, ctx, ns)).await;
             }
             Step::Conflict(announcement) => {
                 ctx.announce(cd, announcement).await;
@@ -341,23 +363,42 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                 let Some(current) = &obs.vm else { break };
                 tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halting the VM");
                 let t = Instant::now();
-                obs.vm = Some(ctx.time("stop_vm", t, halt(&vms, current).await)?);
+                match ctx.time("stop_vm", t, halt(&vms, current).await) {
+                    Ok(halted) => obs.vm = Some(halted),
+                    Err(Error::Kube(e)) if changed_meanwhile(&e) && !read_live => {
+                        read_live = true;
+                        obs.vm = vms.get_opt(&vm_name).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
                 ctx.metrics.vm_timeout.inc();
                 ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
                 ctx.announce(cd, announce).await;
             }
             Step::Render => obs.rendered = Some(render_vm(cd, ctx, ns).await?),
             Step::Create(rendered) => {
+                let vm: VirtualMachine =
+                    serde_json::from_value(rendered).map_err(|source| Error::Serialization {
+                        what: "rendered VirtualMachine",
+                        source,
+                    })?;
                 let t = Instant::now();
-                let created = vms.patch(&vm_name, &pp(), &Patch::Apply(rendered)).await;
+                let created = vms.create(&create_params(), &vm).await;
                 match ctx.time("create_vm", t, created) {
-                    Ok(created) => {
+                    Ok(mut created) => {
                         ctx.metrics.vm_created.inc();
                         tracing::info!(vm = %vm_name, "created VirtualMachine");
                         let note = format!("created VirtualMachine {vm_name}");
                         ctx.announce(cd, Announcement::new(Reason::VirtualMachineCreated, note))
                             .await;
+                        trim_vm(&mut created);
                         obs.vm = Some(created);
+                    }
+                    // Not in the cache yet, or not ours (the cache holds only ours).
+                    Err(e) if exists_already(&e) && !read_live => {
+                        read_live = true;
+                        obs.vm = vms.get_opt(&vm_name).await?;
                     }
                     // A VM the apiserver refuses (invalid, forbidden) will not pass on
                     // retry either: report it on the desk like any other render problem.
@@ -374,6 +415,13 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
         }
     }
     Err(Error::Unsettled)
+}
+
+fn create_params() -> kube::api::PostParams {
+    kube::api::PostParams {
+        dry_run: false,
+        field_manager: Some(names::FIELD_MANAGER.into()),
+    }
 }
 
 /// Writes the status, publishes, deletes a timed-out desk if asked to, and says when to
@@ -408,6 +456,8 @@ async fn settle(
     Ok((action, settlement.outcome))
 }
 
+/// Cleanup reads the VM and VMI live, not from the caches: a stale "gone" would release
+/// the finalizer while the VM still runs, and nothing would delete it after that.
 async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outcome), Error> {
     let name = cd.name_any();
     let api: Api<Cyberdesk> = Api::namespaced(ctx.client.clone(), ns);

@@ -112,6 +112,17 @@ pub enum CyberdeskPhase {
 }
 
 impl CyberdeskPhase {
+    pub const ALL: [CyberdeskPhase; 8] = [
+        CyberdeskPhase::Pending,
+        CyberdeskPhase::Provisioning,
+        CyberdeskPhase::Starting,
+        CyberdeskPhase::Running,
+        CyberdeskPhase::Stopping,
+        CyberdeskPhase::TimedOut,
+        CyberdeskPhase::Failed,
+        CyberdeskPhase::Terminating,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CyberdeskPhase::Pending => "Pending",

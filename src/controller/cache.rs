@@ -1,0 +1,170 @@
+//! The controller's caches: one watch per kind, each object trimmed to what a reconcile
+//! reads before it is stored, so memory grows with the number of desks and not with the
+//! size of their templates, user data or a tenant's annotations.
+//!
+//! Trimmed: `managedFields` and annotations everywhere (the reconciler reads neither); a
+//! VM's template and other spec fields (only `runStrategy` and `running` are read); a VMI's
+//! spec and the status fields besides phase, conditions, interfaces and node.
+
+use futures::Stream;
+use kube::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+
+use crate::backoff::watch_backoff;
+use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance};
+
+/// Drops what no reconcile reads from any object's metadata.
+fn trim_metadata(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+}
+
+/// A desk as the reconciler reads it: spec, status and metadata without annotations.
+pub fn trim_desk(desk: &mut Cyberdesk) {
+    trim_metadata(&mut desk.metadata);
+}
+
+/// A VM as the reconciler reads it: metadata (labels, owners, times), run strategy, status.
+pub fn trim_vm(vm: &mut VirtualMachine) {
+    trim_metadata(&mut vm.metadata);
+    vm.spec.template = None;
+    vm.spec.extra.clear();
+    if let Some(status) = vm.status.as_mut() {
+        status.extra.clear();
+    }
+}
+
+/// A VMI as the reconciler reads it: metadata, phase, conditions, interfaces, node.
+pub fn trim_vmi(vmi: &mut VirtualMachineInstance) {
+    trim_metadata(&mut vmi.metadata);
+    vmi.spec.extra.clear();
+    if let Some(status) = vmi.status.as_mut() {
+        status.extra.clear();
+    }
+}
+
+/// A watch of `api` (with `config`) that trims each object with `trim`, keeps the trimmed
+/// copies in the returned store, and yields each object it touched (the controller's
+/// trigger). Watch errors back off like every other watch of the operator.
+pub fn trimmed_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .backoff(watch_backoff())
+        .modify(trim)
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
+/// What a reconcile reads from the caches instead of the apiserver.
+#[derive(Clone)]
+pub struct Caches {
+    pub desks: Store<Cyberdesk>,
+    pub vms: Store<VirtualMachine>,
+    pub vmis: Store<VirtualMachineInstance>,
+}
+
+impl Caches {
+    /// The cached VM `name` in `ns`, owned copy.
+    pub fn vm(&self, ns: &str, name: &str) -> Option<VirtualMachine> {
+        let key = reflector::ObjectRef::new(name).within(ns);
+        self.vms.get(&key).map(|vm| (*vm).clone())
+    }
+
+    /// The cached VMI `name` in `ns`, owned copy.
+    pub fn vmi(&self, ns: &str, name: &str) -> Option<VirtualMachineInstance> {
+        let key = reflector::ObjectRef::new(name).within(ns);
+        self.vmis.get(&key).map(|vmi| (*vmi).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_trimmed_vm_keeps_what_the_reconciler_reads() {
+        let mut vm: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "cyberdesk-a", "namespace": "n", "uid": "u",
+                "labels": {"cyberdesk-instance": "a"},
+                "annotations": {"big": "x".repeat(200_000)},
+                "ownerReferences": [{"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+                    "name": "a", "uid": "d", "controller": true}],
+                "managedFields": [{"manager": "m", "operation": "Apply"}]},
+            "spec": {"runStrategy": "Always", "template": {"spec": {"domain": {}}},
+                "dataVolumeTemplates": []},
+            "status": {"printableStatus": "Running", "ready": true, "volumeSnapshotStatuses": []},
+        }))
+        .expect("vm");
+        trim_vm(&mut vm);
+        assert_eq!(vm.run_strategy(), Some("Always"));
+        assert_eq!(vm.printable_status(), Some("Running"));
+        assert!(vm.is_ready());
+        assert_eq!(vm.metadata.owner_references.as_ref().map(Vec::len), Some(1));
+        assert_eq!(
+            vm.metadata.labels.as_ref().and_then(|l| l.get("cyberdesk-instance")),
+            Some(&"a".to_string())
+        );
+        assert!(vm.metadata.annotations.is_none());
+        assert!(vm.metadata.managed_fields.is_none());
+        assert!(vm.spec.template.is_none() && vm.spec.extra.is_empty());
+        assert!(serde_json::to_string(&vm).expect("json").len() < 1000);
+    }
+
+    #[test]
+    fn a_trimmed_vmi_keeps_phase_conditions_and_interfaces() {
+        let mut vmi: VirtualMachineInstance = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "cyberdesk-a", "namespace": "n"},
+            "spec": {"domain": {"devices": {}}},
+            "status": {"phase": "Running", "nodeName": "node-1",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "interfaces": [{"name": "default", "ipAddress": "10.0.0.5"}],
+                "guestOSInfo": {"name": "Ubuntu"}, "volumeStatus": []},
+        }))
+        .expect("vmi");
+        let before = vmi.clone();
+        trim_vmi(&mut vmi);
+        let (s, b) = (vmi.status.as_ref().expect("status"), before.status.expect("status"));
+        assert_eq!(s.phase, b.phase);
+        assert_eq!(s.conditions, b.conditions);
+        assert_eq!(s.interfaces, b.interfaces);
+        assert_eq!(s.node_name, b.node_name);
+        assert!(vmi.is_ready());
+        assert!(s.extra.is_empty() && vmi.spec.extra.is_empty());
+    }
+
+    #[test]
+    fn a_trimmed_desk_drops_a_tenants_annotations() {
+        let mut desk: Cyberdesk = serde_json::from_value(json!({
+            "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+            "metadata": {"name": "a", "namespace": "n", "finalizers": ["cyberdesk.io/vm-cleanup"],
+                "annotations": {"note": "y".repeat(200_000),
+                    "kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"timeoutMs": 60000},
+        }))
+        .expect("desk");
+        let spec = desk.spec.clone();
+        trim_desk(&mut desk);
+        assert!(desk.metadata.annotations.is_none());
+        assert!(desk.metadata.managed_fields.is_none());
+        assert_eq!(desk.spec, spec);
+        assert_eq!(desk.metadata.finalizers.as_ref().map(Vec::len), Some(1));
+    }
+}
