@@ -52,11 +52,22 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
     );
     tokio::spawn(events.for_each(|_| async {}));
     let cached = eventually(Duration::from_secs(20), "the desk in the cache", || {
-        let found = desks.state().into_iter().find(|d| d.metadata.name.as_deref() == Some("fat"));
+        let found = desks
+            .state()
+            .into_iter()
+            .find(|d| d.metadata.name.as_deref() == Some("fat"));
         std::future::ready(found)
     })
     .await;
-    assert!(cached.metadata.annotations.is_none(), "{:?}", cached.metadata.annotations.as_ref().map(|a| a.keys().collect::<Vec<_>>()));
+    assert!(
+        cached.metadata.annotations.is_none(),
+        "{:?}",
+        cached
+            .metadata
+            .annotations
+            .as_ref()
+            .map(|a| a.keys().collect::<Vec<_>>())
+    );
     assert!(cached.metadata.managed_fields.is_none());
     assert_eq!(cached.spec, stored.spec);
     assert_eq!(cached.metadata.uid, stored.metadata.uid);
@@ -74,17 +85,26 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
         trim_vm,
     );
     tokio::spawn(events.for_each(|_| async {}));
-    let cached = eventually(Duration::from_secs(20), "the VM running in the cache", || {
-        let found = vms
-            .state()
-            .into_iter()
-            .find(|v| v.metadata.name.as_deref() == Some("vm-fat") && v.printable_status() == Some("Running"));
-        std::future::ready(found)
-    })
+    let cached = eventually(
+        Duration::from_secs(20),
+        "the VM running in the cache",
+        || {
+            let found = vms.state().into_iter().find(|v| {
+                v.metadata.name.as_deref() == Some("vm-fat")
+                    && v.printable_status() == Some("Running")
+            });
+            std::future::ready(found)
+        },
+    )
     .await;
     assert_eq!(cached.run_strategy(), Some("Always"));
     assert_eq!(
-        cached.metadata.labels.as_ref().and_then(|l| l.get("cyberdesk-instance")).map(String::as_str),
+        cached
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("cyberdesk-instance"))
+            .map(String::as_str),
         Some("fat")
     );
     assert!(cached.spec.template.is_none());

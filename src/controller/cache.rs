@@ -117,7 +117,10 @@ mod tests {
         assert!(vm.is_ready());
         assert_eq!(vm.metadata.owner_references.as_ref().map(Vec::len), Some(1));
         assert_eq!(
-            vm.metadata.labels.as_ref().and_then(|l| l.get("cyberdesk-instance")),
+            vm.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("cyberdesk-instance")),
             Some(&"a".to_string())
         );
         assert!(vm.metadata.annotations.is_none());
@@ -140,7 +143,10 @@ mod tests {
         .expect("vmi");
         let before = vmi.clone();
         trim_vmi(&mut vmi);
-        let (s, b) = (vmi.status.as_ref().expect("status"), before.status.expect("status"));
+        let (s, b) = (
+            vmi.status.as_ref().expect("status"),
+            before.status.expect("status"),
+        );
         assert_eq!(s.phase, b.phase);
         assert_eq!(s.conditions, b.conditions);
         assert_eq!(s.interfaces, b.interfaces);

@@ -110,14 +110,14 @@ pub async fn run(
         .trigger_backoff(watch_backoff())
         .watches_stream(vm_events, owner_desk)
         .watches_stream(vmi_events, owner_desk)
-    .reconcile_all_on(template_changes)
-    .graceful_shutdown_on(stop.clone().cancelled_owned())
-    .run(reconcile::reconcile, reconcile::error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "controller event");
-        }
-    });
+        .reconcile_all_on(template_changes)
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
     // kube's graceful shutdown waits for in-flight reconciles, but not while its watches are
     // failing (e.g. the CRD is missing); never let that hold the process hostage.
     let drain_limit = async {
