@@ -31,7 +31,10 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
         "  namespace:",
         &format!("  annotations:\n    tenant/notes: {big}\n  namespace:"),
     );
-    let out = c.kubectl().apply(&yaml, &["--server-side"]).expect("kubectl");
+    let out = c
+        .kubectl()
+        .apply(&yaml, &["--server-side"])
+        .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
     let stored = Api::<Cyberdesk>::namespaced(client.clone(), &ns)
         .get("fat")
@@ -78,7 +81,10 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
     let vm_yaml = format!(
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: vm-fat\n  namespace: {ns}\n  labels: {{app.kubernetes.io/managed-by: cyberdesk-operator, cyberdesk-instance: fat}}\n  annotations: {{tenant/notes: {big}}}\nspec:\n  runStrategy: Always\n  template:\n    spec:\n      domain: {{devices: {{}}, resources: {{requests: {{memory: 1Gi}}}}}}\n"
     );
-    let out = c.kubectl().apply(&vm_yaml, &["--server-side"]).expect("kubectl");
+    let out = c
+        .kubectl()
+        .apply(&vm_yaml, &["--server-side"])
+        .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
     let (vms, events) = trimmed_watch(
         Api::<VirtualMachine>::namespaced(client.clone(), &ns),

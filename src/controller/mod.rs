@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod error;
 pub mod expiry;
+pub mod own_writes;
 pub mod plan;
 pub mod reconcile;
 pub mod status;
@@ -101,6 +102,7 @@ pub async fn run(
         templates,
         cfg,
         caches: caches.clone(),
+        own_writes: Default::default(),
         failures: Mutex::new(Default::default()),
     });
     let gauges = tokio::spawn(count_from_caches(caches, metrics, stop.clone()));

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
 use crate::controller::cache::{Caches, trim_vm};
 use crate::controller::error::Error;
+use crate::controller::own_writes::OwnWrites;
 use crate::controller::plan::{
     self, Announcement, CleanupStep, Observation, Outcome, Reason, Settlement, Step, Wake,
 };
@@ -48,6 +49,8 @@ pub struct Context {
     pub cfg: ControllerConfig,
     /// The trimmed VMs and VMIs (and desks) the controller watches; passes read these.
     pub caches: Caches,
+    /// Status writes the desk cache may not show yet.
+    pub own_writes: OwnWrites,
     /// Consecutive failures per desk, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<Cyberdesk>, u32>>,
 }
@@ -101,7 +104,10 @@ pub async fn reconcile(cd: Arc<Cyberdesk>, ctx: Arc<Context>) -> Result<Action, 
         } else if cd.metadata.deletion_timestamp.is_some() {
             cleanup(&cd, &ctx, &ns).await
         } else {
-            apply(&cd, &ctx, &ns).await
+            match ctx.own_writes.view(&cd) {
+                Some(seen) => apply(&seen, &ctx, &ns).await,
+                None => apply(&cd, &ctx, &ns).await,
+            }
         }
     }
     .instrument(span)
@@ -299,16 +305,18 @@ async fn halt(vms: &Api<VirtualMachine>, vm: &VirtualMachine) -> Result<VirtualM
         .await?)
 }
 
+/// Writes the status; the resourceVersion the desk has after it.
 async fn write_status(
     api: &Api<Cyberdesk>,
     cd: &Cyberdesk,
     desired: &crate::model::CyberdeskStatus,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let body =
         json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "status": desired});
-    api.patch_status(&cd.name_any(), &pp(), &Patch::Apply(body))
+    let stored = api
+        .patch_status(&cd.name_any(), &pp(), &Patch::Apply(body))
         .await?;
-    Ok(())
+    Ok(stored.metadata.resource_version)
 }
 
 /// A create refused because the object exists (409): the cache was behind.
@@ -361,7 +369,6 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
             }
             Step::Halt { lag, announce } => {
                 let Some(current) = &obs.vm else { break };
-                tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halting the VM");
                 let t = Instant::now();
                 match ctx.time("stop_vm", t, halt(&vms, current).await) {
                     Ok(halted) => obs.vm = Some(halted),
@@ -372,6 +379,9 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                     }
                     Err(e) => return Err(e),
                 }
+                // Logged once the halt went through: a patch refused on a stale read is
+                // planned again and must not read as a second timeout.
+                tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halted the VM");
                 ctx.metrics.vm_timeout.inc();
                 ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
                 ctx.announce(cd, announce).await;
@@ -435,7 +445,8 @@ async fn settle(
     if let Some(desired) = &settlement.status {
         let t = Instant::now();
         let written = write_status(api, cd, desired).await;
-        ctx.time("update_status", t, written)?;
+        let rv = ctx.time("update_status", t, written)?;
+        ctx.own_writes.record(cd, rv.as_deref(), desired);
     }
     if settlement.delete_desk {
         match api.delete(&cd.name_any(), &DeleteParams::default()).await {
@@ -515,6 +526,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
             }
             CleanupStep::Release(announcement) => {
                 remove_finalizer(&api, cd).await?;
+                ctx.own_writes.forget(cd);
                 tracing::info!(vm = %vm_name, "VirtualMachine gone; finalizer released");
                 ctx.announce(cd, announcement).await;
                 return Ok((Action::await_change(), Outcome::Success));
