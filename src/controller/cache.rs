@@ -78,6 +78,14 @@ pub struct Caches {
 }
 
 impl Caches {
+    /// Waits until the VM and VMI watches have listed once. A pass before that would take
+    /// every VM for missing (a 409 saves the VM, but the status would be written from
+    /// nothing): after a restart, the desks arrive before their VMs.
+    pub async fn wait_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.vms.wait_until_ready().await?;
+        self.vmis.wait_until_ready().await
+    }
+
     /// The cached VM `name` in `ns`, owned copy.
     pub fn vm(&self, ns: &str, name: &str) -> Option<VirtualMachine> {
         let key = reflector::ObjectRef::new(name).within(ns);

@@ -15,6 +15,8 @@ pub enum Error {
     NoUid,
     #[error("the pass did not settle within its step limit")]
     Unsettled,
+    #[error("the VM and VMI caches stopped before they were filled")]
+    CachesGone,
 }
 
 impl Error {
@@ -25,9 +27,16 @@ impl Error {
             Error::Serialization { .. } => "serialization",
             Error::NoNamespace | Error::NoUid => "invalid_object",
             Error::Unsettled => "unsettled",
+            Error::CachesGone => "caches",
         }
     }
 }
 
 /// Every label `metric_label` can return, so the metric family is initialised at start-up.
-pub const ERROR_LABELS: &[&str] = &["kube", "serialization", "invalid_object", "unsettled"];
+pub const ERROR_LABELS: &[&str] = &[
+    "kube",
+    "serialization",
+    "invalid_object",
+    "unsettled",
+    "caches",
+];

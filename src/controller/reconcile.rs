@@ -99,6 +99,10 @@ pub async fn reconcile(cd: Arc<Cyberdesk>, ctx: Arc<Context>) -> Result<Action, 
     let ns = cd.namespace().unwrap_or_default();
     let span = tracing::info_span!("reconcile", cyberdesk = %cd.name_any(), namespace = %ns);
     let result = async {
+        ctx.caches
+            .wait_ready()
+            .await
+            .map_err(|_| Error::CachesGone)?;
         if ns.is_empty() {
             Err(Error::NoNamespace)
         } else if cd.metadata.deletion_timestamp.is_some() {
