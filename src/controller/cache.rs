@@ -75,15 +75,44 @@ pub struct Caches {
     pub desks: Store<Cyberdesk>,
     pub vms: Store<VirtualMachine>,
     pub vmis: Store<VirtualMachineInstance>,
+    /// True once the VM and VMI watches have listed once.
+    filled: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Caches {
+    /// Starts the task that marks the caches filled once the VM and VMI watches have
+    /// listed once.
+    pub fn new(
+        desks: Store<Cyberdesk>,
+        vms: Store<VirtualMachine>,
+        vmis: Store<VirtualMachineInstance>,
+    ) -> Self {
+        let (tx, filled) = tokio::sync::watch::channel(false);
+        let (vm_store, vmi_store) = (vms.clone(), vmis.clone());
+        // A store's own readiness wakes only one waiter (it wraps a oneshot channel); this
+        // task is that one waiter and passes it on to every pass through a watch channel.
+        tokio::spawn(async move {
+            if vm_store.wait_until_ready().await.is_ok()
+                && vmi_store.wait_until_ready().await.is_ok()
+            {
+                let _ = tx.send(true);
+            }
+        });
+        Self {
+            desks,
+            vms,
+            vmis,
+            filled,
+        }
+    }
+
     /// Waits until the VM and VMI watches have listed once. A pass before that would take
     /// every VM for missing (a 409 saves the VM, but the status would be written from
-    /// nothing): after a restart, the desks arrive before their VMs.
-    pub async fn wait_ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.vms.wait_until_ready().await?;
-        self.vmis.wait_until_ready().await
+    /// nothing): after a restart, the desks arrive before their VMs. `Err` when the
+    /// watches stopped first.
+    pub async fn wait_filled(&self) -> Result<(), tokio::sync::watch::error::RecvError> {
+        let mut filled = self.filled.clone();
+        filled.wait_for(|f| *f).await.map(drop)
     }
 
     /// The cached VM `name` in `ns`, owned copy.
@@ -161,6 +190,28 @@ mod tests {
         assert_eq!(s.node_name, b.node_name);
         assert!(vmi.is_ready());
         assert!(s.extra.is_empty() && vmi.spec.extra.is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_waiting_pass_wakes_when_the_caches_fill() {
+        let (desks, _) = reflector::store::<Cyberdesk>();
+        let (vms, mut vm_writer) = reflector::store::<VirtualMachine>();
+        let (vmis, mut vmi_writer) = reflector::store::<VirtualMachineInstance>();
+        let caches = Caches::new(desks, vms, vmis);
+        // More waiters than a store's own readiness would wake (it wakes one).
+        let waiters: Vec<_> = (0..40)
+            .map(|_| {
+                let caches = caches.clone();
+                tokio::spawn(async move { caches.wait_filled().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        vm_writer.apply_watcher_event(&watcher::Event::InitDone);
+        vmi_writer.apply_watcher_event(&watcher::Event::InitDone);
+        for waiter in waiters {
+            let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
+            assert!(matches!(woke, Ok(Ok(Ok(())))), "a pass was left waiting");
+        }
     }
 
     #[test]

@@ -90,11 +90,7 @@ pub async fn run(
         watcher::Config::default().labels(&selector).any_semantic(),
         trim_vmi,
     );
-    let caches = Caches {
-        desks: desks.clone(),
-        vms,
-        vmis,
-    };
+    let caches = Caches::new(desks.clone(), vms, vmis);
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,

@@ -100,7 +100,7 @@ pub async fn reconcile(cd: Arc<Cyberdesk>, ctx: Arc<Context>) -> Result<Action, 
     let span = tracing::info_span!("reconcile", cyberdesk = %cd.name_any(), namespace = %ns);
     let result = async {
         ctx.caches
-            .wait_ready()
+            .wait_filled()
             .await
             .map_err(|_| Error::CachesGone)?;
         if ns.is_empty() {
