@@ -147,17 +147,6 @@ impl OperatorProcess {
         .is_some()
     }
 
-    pub fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics")
-            .map(|(_, body)| body)
-            .unwrap_or_default()
-    }
-
-    /// Value of an unlabelled (or exactly-labelled) sample, e.g. `cyberdesk_vm_created_total`.
-    pub fn metric(&self, sample: &str) -> Option<f64> {
-        metric_sample(&self.metrics(), sample)
-    }
-
     pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
@@ -193,16 +182,35 @@ impl SharedOperator {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
 
-    pub fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics")
+/// An operator whose admin server can be scraped.
+pub trait Scrape {
+    fn admin_addr(&self) -> SocketAddr;
+
+    /// The `/metrics` text; empty when the scrape failed.
+    fn metrics(&self) -> String {
+        http_get(self.admin_addr(), "/metrics")
             .map(|(_, body)| body)
             .unwrap_or_default()
     }
 
-    /// See [`OperatorProcess::metric`].
-    pub fn metric(&self, sample: &str) -> Option<f64> {
+    /// Value of an unlabelled (or exactly-labelled) sample, e.g. `cyberdesk_vm_created_total`;
+    /// `None` when absent or the scrape failed.
+    fn metric(&self, sample: &str) -> Option<f64> {
         metric_sample(&self.metrics(), sample)
+    }
+}
+
+impl Scrape for OperatorProcess {
+    fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+}
+
+impl Scrape for SharedOperator {
+    fn admin_addr(&self) -> SocketAddr {
+        self.admin
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use cyberdesk_integration::cluster::{Cluster, cluster, install_everything, namespace};
 use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::operator::OperatorProcess;
+use cyberdesk_integration::operator::{OperatorProcess, Scrape};
 use cyberdesk_integration::wait::holds;
 
 /// The Lease timing both replicas run with.

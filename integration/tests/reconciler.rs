@@ -9,7 +9,7 @@ use cyberdesk_integration::desks::{
     Apis, desk_namespace, desk_yaml, epoch_ms, events_about, jsonpath, now_ms, wait_event,
 };
 use cyberdesk_integration::kubevirt::{SimulatorHandle, SimulatorOptions};
-use cyberdesk_integration::operator::{SharedOperator, webhook_operator};
+use cyberdesk_integration::operator::{Scrape, SharedOperator, webhook_operator};
 use cyberdesk_integration::wait::eventually;
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
 

@@ -13,7 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use cyberdesk_integration::cluster::{Cluster, cluster, install_everything, namespace};
 use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::operator::{OperatorProcess, Scrape, reconciler_only_flags};
 use cyberdesk_integration::wait::{eventually, until_every};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Resource, ResourceExt};

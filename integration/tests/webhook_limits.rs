@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cyberdesk_integration::cluster::{Cluster, cluster};
-use cyberdesk_integration::operator::{ready_operator, reconciler_only_flags};
+use cyberdesk_integration::operator::{Scrape, ready_operator, reconciler_only_flags};
 use cyberdesk_integration::wait::eventually;
 use cyberdesk_integration::webhook_tls::webhook_tls_client;
 use k8s_openapi::api::coordination::v1::Lease;

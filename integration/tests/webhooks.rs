@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cyberdesk_integration::cluster::{Cluster, namespace};
 use cyberdesk_integration::desks::{desk_yaml, wait_webhooks_active};
-use cyberdesk_integration::operator::{SharedOperator, webhook_operator};
+use cyberdesk_integration::operator::{Scrape, SharedOperator, webhook_operator};
 use cyberdesk_integration::wait::holds;
 use cyberdesk_integration::webhook_tls::served_leaf;
 use k8s_openapi::api::core::v1::Secret;

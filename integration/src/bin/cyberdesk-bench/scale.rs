@@ -15,7 +15,7 @@ use cyberdesk_integration::cluster::{Cluster, namespace};
 use cyberdesk_integration::controlplane::OPERATOR_USER;
 use cyberdesk_integration::desks::{epoch_ms, now_ms};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::operator::OperatorProcess;
+use cyberdesk_integration::operator::{OperatorProcess, Scrape};
 use cyberdesk_integration::wait::until_every;
 use cyberdesk_operator::model::Cyberdesk;
 
