@@ -65,6 +65,11 @@ impl AuditLog {
     /// The requests logged since the mark (a torn last line is left out).
     pub fn since_mark(&self) -> std::io::Result<Requests> {
         let mut file = std::fs::File::open(&self.path)?;
+        if file.metadata()?.len() < self.offset {
+            return Err(std::io::Error::other(
+                "the audit log was rotated since the mark; its counts would be wrong",
+            ));
+        }
         file.seek(SeekFrom::Start(self.offset))?;
         let mut text = String::new();
         file.read_to_string(&mut text)?;

@@ -323,7 +323,9 @@ impl ControlPlane {
                 format!("--audit-policy-file={}", p(&policy)),
                 format!("--audit-log-path={}", dir.join(AUDIT_LOG).display()),
                 "--audit-log-format=json".to_string(),
-                "--audit-log-maxsize=0".to_string(),
+                // 0 means lumberjack's default of 100 MB, after which it rotates and the
+                // counting offset points past the new file: never rotate in a bench.
+                "--audit-log-maxsize=1000000".to_string(),
             ]);
         }
         let mut apiserver = ManagedChild::spawn(
