@@ -64,14 +64,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut look = || {
-        let fut = f();
+    until(within, || {
+        let look = f();
         async move {
-            fut.await;
+            look.await;
             None::<()>
         }
-    };
-    until(within, &mut look).await;
+    })
+    .await;
 }
 
 /// Runs `fut` to completion on a private single-threaded runtime, for the few places with

@@ -837,17 +837,45 @@ impl Drop for TempDir {
     }
 }
 
-#[tokio::test]
-async fn files_mode_reloads_changed_files_and_keeps_the_last_good_pair() {
-    let dir = TempDir::new("files");
+/// A temporary directory with `tls.crt`/`tls.key` holding pair `a` of one CA, and pair `b`
+/// of the same CA ready to be written over it.
+struct OnDisk {
+    dir: TempDir,
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+    ca_cert: String,
+    a: (String, String),
+    b: (String, String),
+}
+
+fn two_pairs_on_disk(name: &str) -> OnDisk {
+    let dir = TempDir::new(name);
     let (cert_path, key_path) = (dir.0.join("tls.crt"), dir.0.join("tls.key"));
     let (ca_cert, ca_key) = generate_ca(DEFAULT_CA_VALIDITY).expect("ca");
-    let (cert_a, key_a) =
-        issue_serving(&ca_cert, &ca_key, &sans(), DEFAULT_LEAF_VALIDITY).expect("a");
-    let (cert_b, key_b) =
-        issue_serving(&ca_cert, &ca_key, &sans(), DEFAULT_LEAF_VALIDITY).expect("b");
-    std::fs::write(&cert_path, &cert_a).expect("write");
-    std::fs::write(&key_path, &key_a).expect("write");
+    let a = issue_serving(&ca_cert, &ca_key, &sans(), DEFAULT_LEAF_VALIDITY).expect("a");
+    let b = issue_serving(&ca_cert, &ca_key, &sans(), DEFAULT_LEAF_VALIDITY).expect("b");
+    std::fs::write(&cert_path, &a.0).expect("write");
+    std::fs::write(&key_path, &a.1).expect("write");
+    OnDisk {
+        dir,
+        cert_path,
+        key_path,
+        ca_cert,
+        a,
+        b,
+    }
+}
+
+#[tokio::test]
+async fn files_mode_reloads_changed_files_and_keeps_the_last_good_pair() {
+    let OnDisk {
+        dir: _dir,
+        cert_path,
+        key_path,
+        ca_cert,
+        a: (cert_a, _),
+        b: (cert_b, key_b),
+    } = two_pairs_on_disk("files");
 
     let resolver = Arc::new(CertResolver::new());
     let metrics = metrics();
@@ -907,15 +935,14 @@ async fn files_mode_reloads_changed_files_and_keeps_the_last_good_pair() {
 
 #[tokio::test]
 async fn run_files_picks_up_a_change() {
-    let dir = TempDir::new("run");
-    let (cert_path, key_path) = (dir.0.join("tls.crt"), dir.0.join("tls.key"));
-    let (ca_cert, ca_key) = generate_ca(DEFAULT_CA_VALIDITY).expect("ca");
-    let (cert_a, key_a) =
-        issue_serving(&ca_cert, &ca_key, &sans(), DEFAULT_LEAF_VALIDITY).expect("a");
-    let (cert_b, key_b) =
-        issue_serving(&ca_cert, &ca_key, &sans(), DEFAULT_LEAF_VALIDITY).expect("b");
-    std::fs::write(&cert_path, &cert_a).expect("write");
-    std::fs::write(&key_path, &key_a).expect("write");
+    let OnDisk {
+        dir: _dir,
+        cert_path,
+        key_path,
+        a: _,
+        b: (cert_b, key_b),
+        ..
+    } = two_pairs_on_disk("run");
     let resolver = Arc::new(CertResolver::new());
     let metrics = metrics();
     let files = load_files(&cert_path, &key_path, &resolver, &metrics).expect("load");

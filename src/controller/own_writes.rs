@@ -89,14 +89,6 @@ impl OwnWrites {
             written.remove(&ObjectRef::from(desk));
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.written.lock().map_or(0, |w| w.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -140,7 +132,6 @@ mod tests {
         own.record(&desk("5", CyberdeskPhase::Starting), Some("6"), &running());
         // Caught up, or changed by someone else: the cache is the truth again.
         assert!(own.view(&desk("7", CyberdeskPhase::Failed)).is_none());
-        assert!(own.is_empty());
         assert!(own.view(&desk("5", CyberdeskPhase::Starting)).is_none());
     }
 

@@ -138,6 +138,7 @@ pub struct ControlPlane {
     operator_kubeconfig: PathBuf,
     kubectl: PathBuf,
     keep_dir: bool,
+    audit_log: bool,
     apiserver_bin: PathBuf,
     apiserver_args: Vec<String>,
     ready_timeout: Duration,
@@ -366,16 +367,17 @@ impl ControlPlane {
             operator_kubeconfig,
             kubectl,
             keep_dir: std::env::var_os("CYBERDESK_KEEP_CONTROLPLANE_DIR").is_some(),
+            audit_log: opts.audit_log,
             apiserver_bin,
             apiserver_args: api_args,
             ready_timeout: opts.ready_timeout,
         })
     }
 
-    /// The apiserver's audit log, when [`Options::audit_log`] asked for one.
+    /// The apiserver's audit log, when [`Options::audit_log`] asked for one (the
+    /// apiserver creates the file with its first logged request).
     pub fn audit_log_path(&self) -> Option<PathBuf> {
-        let path = self.dir.join(AUDIT_LOG);
-        path.exists().then_some(path)
+        self.audit_log.then(|| self.dir.join(AUDIT_LOG))
     }
 
     /// The cluster admin (`system:masters`): for installing things and for assertions.

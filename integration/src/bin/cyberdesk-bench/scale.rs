@@ -13,7 +13,7 @@ use serde_json::json;
 use cyberdesk_integration::audit::{self, AuditLog, Request};
 use cyberdesk_integration::cluster::{Cluster, namespace};
 use cyberdesk_integration::controlplane::OPERATOR_USER;
-use cyberdesk_integration::desks::{epoch_ms, now_ms};
+use cyberdesk_integration::desks::{Apis, epoch_ms, now_ms};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::{OperatorProcess, Scrape};
 use cyberdesk_integration::wait::until_every;
@@ -59,8 +59,8 @@ fn desk(name: &str) -> anyhow::Result<Cyberdesk> {
     }))?)
 }
 
-/// Creates `n` objects with `make(i)` at `concurrency`; how long it took.
-async fn create_all<F, Fut>(n: usize, concurrency: usize, make: F) -> anyhow::Result<Duration>
+/// Runs `make(0..n)` with `concurrency` in flight; how long it took.
+async fn run_all<F, Fut>(n: usize, concurrency: usize, make: F) -> anyhow::Result<Duration>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -71,17 +71,6 @@ where
         .try_collect::<Vec<()>>()
         .await?;
     Ok(t.elapsed())
-}
-
-/// Desks in `phase`, read from the apiserver's watch cache (no quorum read of N objects).
-async fn count_in_phase(desks: &Api<Cyberdesk>, phase: &str) -> usize {
-    let Ok(list) = desks.list(&ListParams::default().match_any()).await else {
-        return 0;
-    };
-    list.items
-        .iter()
-        .filter(|d| d.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()) == Some(phase))
-        .count()
 }
 
 fn show(requests: &BTreeMap<Request, u64>, n: usize) -> String {
@@ -95,7 +84,8 @@ pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()
     let client = c.client().await;
     let ns = namespace(&client, "bench-scale").await;
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
-    let desks: Api<Cyberdesk> = Api::namespaced(client.clone(), &ns);
+    let apis = Apis::new(&client, &ns);
+    let desks = apis.desks.clone();
     println!(
         "scale: {n} desks, created through the API at concurrency {concurrency}, no webhooks, zero simulator delay"
     );
@@ -103,7 +93,7 @@ pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()
     // The apiserver's own pace: plain ConfigMaps at the same concurrency.
     let raw_ns = namespace(&client, "bench-raw").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &raw_ns);
-    let raw = create_all(RAW_CREATES, concurrency, |i| {
+    let raw = run_all(RAW_CREATES, concurrency, |i| {
         let cms = cms.clone();
         async move {
             let cm: ConfigMap = serde_json::from_value(json!({
@@ -128,7 +118,7 @@ pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()
     let mut log = AuditLog::at_end(audit_path.clone());
 
     let t = Instant::now();
-    let created = create_all(n, concurrency, |i| {
+    let created = run_all(n, concurrency, |i| {
         let desks = desks.clone();
         async move {
             desks
@@ -141,12 +131,12 @@ pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()
     let all_running = until_every(
         Duration::from_secs(3600),
         Duration::from_millis(500),
-        || async { (count_in_phase(&desks, "Running").await == n).then_some(()) },
+        || async { (apis.count_in_phase("Running").await == n).then_some(()) },
     );
     anyhow::ensure!(
         all_running.await.is_some(),
         "only {}/{n} Running after an hour",
-        count_in_phase(&desks, "Running").await
+        apis.count_in_phase("Running").await
     );
     let to_running = t.elapsed();
     let cpu = cpu_time(op.pid()).saturating_sub(cpu_before);
@@ -232,25 +222,25 @@ pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()
     let margin = Duration::from_secs(10) + Duration::from_millis(25 * n as u64);
     let expiry_ms = now_ms() + margin.as_millis() as i64;
     let patch_start = Instant::now();
-    let expiring = list.items.clone();
-    futures::stream::iter(expiring.into_iter().map(|d| {
-        let desks = desks.clone();
+    let expiring = std::sync::Arc::new(list.items);
+    run_all(expiring.len(), concurrency, |i| {
+        let (desks, expiring) = (desks.clone(), expiring.clone());
         async move {
+            let d = &expiring[i];
             let name = d.metadata.name.clone().unwrap_or_default();
             let started = d
                 .status
-                .and_then(|s| s.start_time)
+                .as_ref()
+                .and_then(|s| s.start_time.as_deref())
                 .ok_or_else(|| anyhow::anyhow!("{name} has no startTime"))?;
-            let timeout = expiry_ms - epoch_ms(&started);
+            let timeout = expiry_ms - epoch_ms(started);
             let patch = json!({"spec": {"timeoutMs": timeout, "timeoutAction": "Stop"}});
             desks
                 .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                 .await?;
-            anyhow::Ok(())
+            Ok(())
         }
-    }))
-    .buffer_unordered(concurrency)
-    .try_collect::<Vec<()>>()
+    })
     .await?;
     anyhow::ensure!(
         patch_start.elapsed() < margin,
