@@ -150,12 +150,13 @@ pub enum Wake {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// Add the cleanup finalizer (the mutating webhook normally has, but it may be off or
-    /// the desk older than it); the write itself brings the next pass.
+    /// the desk older than it); the executor then plans again on the desk as stored.
     AddFinalizer,
     /// A VM by this name that the desk does not control: warn and leave it alone.
     Conflict(Announcement),
-    /// The desk's time is up: halt the VM (counted and announced once, judged on the live
-    /// VM so that a stale cached desk can never count one timeout twice).
+    /// The desk's time is up: halt the VM. Counted and announced only once the halt patch,
+    /// which tests the run strategy it was planned on, went through, so a stale cache can
+    /// never count one timeout twice.
     Halt {
         lag: Duration,
         announce: Announcement,
