@@ -36,7 +36,8 @@ use crate::certs::tls::{CertInfo, TlsError};
 
 pub use files::{CertFiles, DEFAULT_POLL_INTERVAL, PollOutcome, load_files, run_files};
 pub use rotation::{
-    DEFAULT_CHECK_INTERVAL, SelfManaged, SelfManagedConfig, Tick, run_self_managed,
+    DEFAULT_CA_SETTLE, DEFAULT_CHECK_INTERVAL, SelfManaged, SelfManagedConfig, Tick,
+    run_self_managed,
 };
 pub use store::{
     Ensured, KubeSecretStore, SecretStore, WriteError, ensure_secret_in, ensure_trusted,

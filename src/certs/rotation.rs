@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 /// its first check after waking.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// Apiservers learn a new caBundle through their watch of the webhook configurations, a
+/// moment after the write; a leaf of the new CA served before then fails their admissions.
+pub const DEFAULT_CA_SETTLE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct SelfManagedConfig {
@@ -35,6 +38,8 @@ pub struct SelfManagedConfig {
     pub sans: Vec<String>,
     pub options: CertOptions,
     pub check_interval: Duration,
+    /// How long after publishing a new CA its leaf waits, while the old leaf is still valid.
+    pub ca_settle: Duration,
 }
 
 impl SelfManagedConfig {
@@ -49,6 +54,7 @@ impl SelfManagedConfig {
             sans,
             options: CertOptions::default(),
             check_interval: DEFAULT_CHECK_INTERVAL,
+            ca_settle: DEFAULT_CA_SETTLE,
         }
     }
 
@@ -68,6 +74,28 @@ pub struct Tick {
     pub published_ca: bool,
     /// notAfter (Unix seconds) of the certificate being served, if any.
     pub not_after: Option<i64>,
+    /// A changed leaf waits this long more for the apiservers to learn its CA.
+    pub swap_due_in: Option<Duration>,
+}
+
+/// When to serve a changed leaf: `None` now, else how long to wait. With nothing valid
+/// served, now; with its CA unpublished, at the next check; with its CA published less
+/// than `settle` ago, once `settle` has passed.
+fn leaf_wait(
+    old_still_valid: bool,
+    published_at: Option<SystemTime>,
+    now: SystemTime,
+    settle: Duration,
+    check_interval: Duration,
+) -> Option<Duration> {
+    if !old_still_valid {
+        return None;
+    }
+    let Some(published_at) = published_at else {
+        return Some(check_interval);
+    };
+    let since = now.duration_since(published_at).unwrap_or_default();
+    settle.checked_sub(since).filter(|left| !left.is_zero())
 }
 
 struct Loaded {
@@ -91,6 +119,8 @@ pub struct SelfManaged<S, F> {
     on_new_ca: F,
     loaded: Option<Loaded>,
     published_ca: Option<String>,
+    /// When `published_ca` was written; `None` while the current CA failed to publish.
+    published_at: Option<SystemTime>,
     recorder: Option<Recorder>,
 }
 
@@ -116,6 +146,7 @@ where
             on_new_ca,
             loaded: None,
             published_ca: None,
+            published_at: None,
             recorder: None,
         }
     }
@@ -170,8 +201,9 @@ where
     }
 
     /// One check: make the Secret right, publish a changed CA bundle, serve its leaf.
-    /// The bundle is published before the new leaf is served, so the apiserver already
-    /// trusts the CA that signed it (the bundle keeps the previous CA too, for peers).
+    /// The bundle is published first and a leaf of a new CA is served only `ca_settle`
+    /// later (while the old leaf is valid), so the apiservers trust it by then (the bundle
+    /// keeps the previous CA too, for peers still serving its leaf).
     pub async fn tick_at(&mut self, now: SystemTime) -> Result<Tick, CertError> {
         let ensured = ensure_trusted(
             &self.store,
@@ -189,10 +221,12 @@ where
 
         let mut publish_error = None;
         if self.published_ca.as_deref() != Some(bundle.ca_cert_pem.as_str()) {
+            self.published_at = None;
             match (self.on_new_ca)(bundle.ca_cert_pem.clone()).await {
                 Ok(()) => {
                     info!(secret = %self.cfg.secret_name, namespace = %self.cfg.namespace, "CA bundle published");
                     self.published_ca = Some(bundle.ca_cert_pem.clone());
+                    self.published_at = Some(now);
                     tick.published_ca = true;
                 }
                 Err(e) => publish_error = Some(e.to_string()),
@@ -201,13 +235,18 @@ where
 
         let fp = fingerprint(&bundle);
         let changed = self.loaded.as_ref().is_none_or(|l| l.fingerprint != fp);
-        // Unpublished CA: keep serving the old leaf while it is still valid, since the
-        // apiserver may not trust the new one yet; with nothing valid to serve, serve it.
         let old_still_valid = self
             .loaded
             .as_ref()
             .is_some_and(|l| l.not_after > unix(now));
-        if changed && (publish_error.is_none() || !old_still_valid) {
+        let wait = leaf_wait(
+            old_still_valid,
+            self.published_at,
+            now,
+            self.cfg.ca_settle,
+            self.cfg.check_interval,
+        );
+        if changed && wait.is_none() {
             let certified = tls::certified_key_from_pem(&bundle.cert_pem, &bundle.key_pem)?;
             let not_after = tls::cert_not_after(&bundle.cert_pem)?;
             self.resolver.swap(Arc::new(certified));
@@ -218,6 +257,8 @@ where
             });
             tick.swapped = true;
             info!(secret = %self.cfg.secret_name, namespace = %self.cfg.namespace, not_after, "webhook serving certificate loaded");
+        } else if changed {
+            tick.swap_due_in = wait;
         }
         tick.not_after = self.loaded.as_ref().map(|l| l.not_after);
 
@@ -238,9 +279,9 @@ where
                 r = self.tick() => r,
             };
             let wait = match result {
-                Ok(_) => {
+                Ok(tick) => {
                     retries.reset();
-                    interval
+                    tick.swap_due_in.map_or(interval, |due| due.min(interval))
                 }
                 Err(e) => {
                     let wait = retries.next().unwrap_or(interval);

@@ -732,7 +732,8 @@ async fn one_check_at_a_time_loads_rotates_and_publishes_only_new_cas() {
     assert!(picked_up.swapped && !picked_up.published_ca);
     assert_eq!(served_leaf(&resolver), leaf_der(&peer.cert_pem));
 
-    // The CA nears its end: new CA, published, old one still in the bundle.
+    // Long after: the CA nears its end and the served leaf has expired, so the new CA's
+    // leaf is served at once; the old CA stays in the bundle.
     let renewed = loop_.tick_at(at(now, 2_500)).await.expect("new ca");
     assert!(renewed.swapped && renewed.published_ca);
     assert_eq!(publisher.count(), 2);
@@ -783,8 +784,56 @@ async fn a_failed_publish_is_retried_and_the_first_cert_still_served() {
 
     publisher.fail.store(false, Ordering::SeqCst);
     let tick = loop_.tick_at(at(now, 21)).await.expect("published");
-    assert!(tick.published_ca && tick.swapped);
+    assert!(tick.published_ca && !tick.swapped);
+    assert_eq!(served_leaf(&resolver), old_leaf);
+    let tick = loop_
+        .tick_at(at(now, 21) + DEFAULT_CA_SETTLE)
+        .await
+        .expect("settled");
+    assert!(!tick.published_ca && tick.swapped);
     assert_eq!(publisher.count(), 1);
+}
+
+#[tokio::test]
+async fn a_new_cas_leaf_waits_for_the_apiservers_while_the_old_leaf_is_valid() {
+    let now = SystemTime::now();
+    let resolver = Arc::new(CertResolver::new());
+    let publisher = Publisher::default();
+    let mut cfg = SelfManagedConfig::new("ns", "tls", sans());
+    cfg.options.ca_validity = Duration::from_secs(30 * DAY_SECS);
+    let mut loop_ = SelfManaged::new(
+        MemStore::default(),
+        cfg,
+        resolver.clone(),
+        metrics(),
+        publisher.callback(),
+    );
+    assert!(loop_.tick_at(now).await.expect("first").swapped);
+    let old_leaf = served_leaf(&resolver);
+
+    let renewed_at = at(now, 21);
+    let renewed = loop_.tick_at(renewed_at).await.expect("new ca");
+    assert!(renewed.published_ca && !renewed.swapped);
+    assert_eq!(renewed.swap_due_in, Some(DEFAULT_CA_SETTLE));
+    assert_eq!(served_leaf(&resolver), old_leaf);
+
+    let early = loop_
+        .tick_at(renewed_at + DEFAULT_CA_SETTLE - Duration::from_secs(1))
+        .await
+        .expect("early");
+    assert!(!early.published_ca && !early.swapped);
+    assert_eq!(early.swap_due_in, Some(Duration::from_secs(1)));
+    assert_eq!(served_leaf(&resolver), old_leaf);
+
+    let settled = loop_
+        .tick_at(renewed_at + DEFAULT_CA_SETTLE)
+        .await
+        .expect("settled");
+    assert!(settled.swapped && !settled.published_ca && settled.swap_due_in.is_none());
+    let bundle = loop_.store().bundle().expect("secret");
+    assert_eq!(served_leaf(&resolver), leaf_der(&bundle.cert_pem));
+    assert_eq!(ca_count(&bundle.ca_cert_pem), 2);
+    assert_eq!(publisher.count(), 2);
 }
 
 #[tokio::test]
