@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::core::ApiResource;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::{vm_resource, vmi_resource};
 
@@ -128,6 +129,8 @@ pub(super) struct Context {
     pub counters: Counters,
     pub vm_ar: ApiResource,
     pub vmi_ar: ApiResource,
+    /// What the watches have seen of VMIs, as virt-controller's informer holds them.
+    pub(super) vmi_cache: Store<DynamicObject>,
     pub(super) boot_failures: Mutex<HashSet<(String, String)>>,
     pub(super) start_faults: Mutex<HashMap<(String, String), StartFault>>,
     /// VMI uid → (step, when the simulator first saw the VMI at that step).
@@ -136,13 +139,18 @@ pub(super) struct Context {
 }
 
 impl Context {
-    pub(super) fn new(client: Client, opts: SimulatorOptions) -> Self {
+    pub(super) fn new(
+        client: Client,
+        opts: SimulatorOptions,
+        vmi_cache: Store<DynamicObject>,
+    ) -> Self {
         Self {
             client,
             opts,
             counters: Counters::default(),
             vm_ar: vm_resource(),
             vmi_ar: vmi_resource(),
+            vmi_cache,
             boot_failures: Mutex::default(),
             start_faults: Mutex::default(),
             step_started: Mutex::default(),
@@ -156,6 +164,13 @@ impl Context {
 
     pub fn vmis(&self, namespace: &str) -> Api<DynamicObject> {
         Api::namespaced_with(self.client.clone(), namespace, &self.vmi_ar)
+    }
+
+    /// The cached VMI `namespace/name`: possibly a moment old, so every write made from
+    /// it is guarded by its resourceVersion or uid.
+    pub(super) fn cached_vmi(&self, namespace: &str, name: &str) -> Option<DynamicObject> {
+        let key = ObjectRef::new_with(name, self.vmi_ar.clone()).within(namespace);
+        self.vmi_cache.get(&key).map(|vmi| (*vmi).clone())
     }
 
     pub(super) fn scoped(&self, ar: &ApiResource) -> Api<DynamicObject> {

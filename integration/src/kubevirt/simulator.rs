@@ -7,11 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::channel::mpsc;
 use kube::api::DynamicObject;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
 use tokio::task::JoinHandle;
 
 use serde_json::{Value, json};
@@ -20,7 +21,7 @@ use super::api::{post_params, replace_guarded};
 use super::context::{Context, Counters, SimulatorOptions, StartFault, lock};
 use super::status::{RUNNING, condition, conditions, now, status_mut, upsert_condition};
 use super::vmi_controller::{enter_phase, not_running};
-use super::{Error, vm_controller, vmi_controller};
+use super::{Error, vm_controller, vm_resource, vmi_controller, vmi_resource};
 
 /// A `virtctl` request, as virt-api's `start`/`stop` subresources record it for a VM
 /// with `runStrategy: Manual`.
@@ -36,11 +37,31 @@ pub struct Simulator;
 impl Simulator {
     /// Spawns the simulated controllers on the current Tokio runtime (so call it from
     /// inside one). They run until the returned handle is dropped or stopped.
+    ///
+    /// Like virt-controller, both controllers read VMs and VMIs from watch caches (one
+    /// watch per kind, shared by both), not with a GET per pass.
     pub fn start(client: Client, opts: SimulatorOptions) -> SimulatorHandle {
-        let ctx = Arc::new(Context::new(client, opts));
+        let vm_writer = Writer::new(vm_resource());
+        let vmi_writer = Writer::new(vmi_resource());
+        let (vm_cache, vmi_cache) = (vm_writer.as_reader(), vmi_writer.as_reader());
+        let ctx = Arc::new(Context::new(client, opts, vmi_cache.clone()));
+        let (vm_tx, vm_events) = mpsc::unbounded();
+        let (vmi_tx, vmi_events) = mpsc::unbounded();
+        let (vmi_tx_for_vms, vmi_events_for_vms) = mpsc::unbounded();
         let tasks = vec![
-            tokio::spawn(run_vm_controller(ctx.clone())),
-            tokio::spawn(run_vmi_controller(ctx.clone())),
+            tokio::spawn(feed(ctx.scoped(&ctx.vm_ar), vm_writer, vec![vm_tx])),
+            tokio::spawn(feed(
+                ctx.scoped(&ctx.vmi_ar),
+                vmi_writer,
+                vec![vmi_tx, vmi_tx_for_vms],
+            )),
+            tokio::spawn(run_vm_controller(
+                ctx.clone(),
+                vm_cache,
+                vm_events,
+                vmi_events_for_vms,
+            )),
+            tokio::spawn(run_vmi_controller(ctx.clone(), vmi_cache, vmi_events)),
         ];
         SimulatorHandle { ctx, tasks }
     }
@@ -196,38 +217,57 @@ impl Drop for SimulatorHandle {
     }
 }
 
-async fn run_vm_controller(ctx: Arc<Context>) {
+/// Objects the watch touched, once the cache holds them.
+type Touched = mpsc::UnboundedReceiver<Result<DynamicObject, watcher::Error>>;
+
+/// One watch filling one cache, then handing each touched object to every controller that
+/// follows the kind (kube's shared streams need a static type; these are dynamic).
+async fn feed(
+    api: Api<DynamicObject>,
+    writer: Writer<DynamicObject>,
+    followers: Vec<mpsc::UnboundedSender<Result<DynamicObject, watcher::Error>>>,
+) {
+    let events = reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects();
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        let Ok(obj) = event else {
+            // The watcher retries on its own backoff; the controllers need not know.
+            continue;
+        };
+        for follower in &followers {
+            let _ = follower.unbounded_send(Ok(obj.clone()));
+        }
+    }
+}
+
+async fn run_vm_controller(
+    ctx: Arc<Context>,
+    vms: Store<DynamicObject>,
+    vm_events: Touched,
+    vmi_events: Touched,
+) {
     let vm_ar = ctx.vm_ar.clone();
     // A VMI always carries its VM's name, so any VMI event wakes the VM of that name.
     let vmi_to_vm = move |vmi: DynamicObject| {
         let ns = vmi.namespace().unwrap_or_default();
         Some(ObjectRef::new_with(&vmi.name_any(), vm_ar.clone()).within(&ns))
     };
-    Controller::new_with(
-        ctx.scoped(&ctx.vm_ar),
-        watcher::Config::default(),
-        ctx.vm_ar.clone(),
-    )
-    .watches_with(
-        ctx.scoped(&ctx.vmi_ar),
-        ctx.vmi_ar.clone(),
-        watcher::Config::default(),
-        vmi_to_vm,
-    )
-    .run(vm_controller::reconcile, error_policy, ctx.clone())
-    .for_each(|result| async move { log_result("VirtualMachine", result) })
-    .await;
+    Controller::for_stream_with(vm_events, vms, ctx.vm_ar.clone())
+        .watches_stream_with(vmi_events, vmi_to_vm, ctx.vmi_ar.clone())
+        .run(vm_controller::reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move { log_result("VirtualMachine", result) })
+        .await;
 }
 
-async fn run_vmi_controller(ctx: Arc<Context>) {
-    Controller::new_with(
-        ctx.scoped(&ctx.vmi_ar),
-        watcher::Config::default(),
-        ctx.vmi_ar.clone(),
-    )
-    .run(vmi_controller::reconcile, error_policy, ctx.clone())
-    .for_each(|result| async move { log_result("VirtualMachineInstance", result) })
-    .await;
+async fn run_vmi_controller(ctx: Arc<Context>, vmis: Store<DynamicObject>, vmi_events: Touched) {
+    Controller::for_stream_with(vmi_events, vmis, ctx.vmi_ar.clone())
+        .run(vmi_controller::reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move { log_result("VirtualMachineInstance", result) })
+        .await;
 }
 
 fn error_policy(obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Context>) -> Action {

@@ -1,6 +1,7 @@
 //! virt-controller's VM controller: the VM finalizer, starting and stopping the VMI for
-//! the run strategy, the VM status, and the VM's own deletion. Each pass re-reads the VM
-//! and its VMI from the apiserver and is safe to repeat.
+//! the run strategy, the VM status, and the VM's own deletion. Each pass reads the VM and
+//! its VMI from the watch caches and is safe to repeat: every write is guarded, and a VMI
+//! the cache has not seen yet is looked up live only when creating it collides.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +35,9 @@ pub(super) async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Res
         vms: ctx.vms(&ns),
         vmis: ctx.vmis(&ns),
     };
-    let Some(vm) = pass.vms.get_opt(&name).await? else {
-        return Ok(Action::await_change());
-    };
+    // The controller hands over the cached VM; a pass on a stale one ends in a refused
+    // (guarded) write and runs again.
+    let vm = (*obj).clone();
     let strategy = match RunStrategy::of_spec(&vm.data["spec"]) {
         Ok(s) => s,
         Err(why) => {
@@ -44,7 +45,7 @@ pub(super) async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Res
             return Ok(Action::await_change());
         }
     };
-    let vmi = owned_vmi(pass.vmis.get_opt(&name).await?, &vm);
+    let vmi = owned_vmi(ctx.cached_vmi(&ns, &name), &vm);
     if is_deleting(&vm.metadata) {
         pass.finish_deletion(vm, vmi, strategy).await?;
         return Ok(Action::await_change());

@@ -28,12 +28,9 @@ pub(super) async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Res
         return Ok(Action::await_change());
     };
     let vmis = ctx.vmis(&ns);
-    let Some(vmi) = vmis.get_opt(&obj.name_any()).await? else {
-        if let Some(uid) = obj.uid() {
-            ctx.forget(&uid);
-        }
-        return Ok(Action::await_change());
-    };
+    // The cached VMI, as the controller hands it over: every write from it is guarded by
+    // its resourceVersion, so a stale one is refused and the pass runs again.
+    let vmi = (*obj).clone();
     let life = Lifecycle {
         ctx: &ctx,
         vmis,
@@ -351,6 +348,7 @@ impl Lifecycle<'_> {
         else {
             return Ok(true);
         };
+        // Live: a cached VM deleted a moment ago would keep this finalizer for good.
         let vm = self.ctx.vms(&self.ns).get_opt(&owner.name).await?;
         Ok(vm.is_none_or(|vm| vm.metadata.uid.as_deref() != Some(owner.uid.as_str())))
     }
