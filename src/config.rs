@@ -98,6 +98,17 @@ pub struct RunConfig {
     #[arg(long, env = "CYBERDESK_DEFAULT_TIMEOUT_MS", default_value_t = DEFAULT_TIMEOUT_MS)]
     pub default_timeout_ms: i64,
 
+    /// Desks reconciled at once (controller-runtime's MaxConcurrentReconciles). Higher lets
+    /// more timeouts and starts be in flight when many fall due together; each pass in
+    /// flight holds at most one request to the apiserver.
+    #[arg(
+        long,
+        env = "CYBERDESK_MAX_CONCURRENT_RECONCILES",
+        default_value_t = 32,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub max_concurrent_reconciles: u16,
+
     /// Largest spec.timeoutMs the validating webhook accepts (policies may set a lower ceiling).
     #[arg(long, env = "CYBERDESK_MAX_TIMEOUT_MS", default_value_t = 30 * 24 * 3_600_000)]
     pub max_timeout_ms: i64,

@@ -80,6 +80,7 @@ pub struct Metrics {
     pub secret_access_reviews: IntCounterVec,
     pub webhook_connections_rejected: IntCounterVec,
     pub webhook_connections_open: IntGauge,
+    pub events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -188,6 +189,10 @@ impl Metrics {
                 "cyberdesk_webhook_connections_open",
                 "Webhook connections open right now",
             )?,
+            events_dropped: IntCounter::new(
+                "cyberdesk_events_dropped_total",
+                "Events not published because the event queue was full",
+            )?,
             registry,
         };
         m.register_all()?;
@@ -246,6 +251,7 @@ impl Metrics {
         r.register(Box::new(self.secret_access_reviews.clone()))?;
         r.register(Box::new(self.webhook_connections_rejected.clone()))?;
         r.register(Box::new(self.webhook_connections_open.clone()))?;
+        r.register(Box::new(self.events_dropped.clone()))?;
         Ok(())
     }
 

@@ -331,6 +331,7 @@ async fn run_controller(
 ) -> Result<(), crate::leader::LeaderError> {
     let controller_cfg = ControllerConfig {
         default_timeout_ms: cfg.default_timeout_ms,
+        max_concurrent_reconciles: cfg.max_concurrent_reconciles,
     };
     let identity = cfg.pod_name.clone();
     if !cfg.leader_election {

@@ -2,6 +2,7 @@
 //! finalizer cleanup. Pure decisions live in plan/template/status/expiry; reconcile.rs
 //! carries out the plan.
 
+pub mod announcer;
 pub mod cache;
 pub mod error;
 pub mod expiry;
@@ -24,16 +25,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::watch_backoff;
 use crate::catalog::Catalog;
+use crate::controller::announcer::Announcer;
 use crate::controller::cache::{Caches, trim_desk, trim_vm, trim_vmi, trimmed_watch};
 use crate::metrics::Metrics;
 use crate::model::{Cyberdesk, CyberdeskPhase, names};
 pub use reconcile::{Context, ControllerConfig};
 
-/// Desks reconciled at once; bounded so a thousand desks do not mean a thousand requests
-/// in flight.
-const CONCURRENCY: u16 = 32;
 /// Longest wait for in-flight reconciles after the stop signal.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// Longest wait, after the controller stopped, for queued events to be published.
+const EVENT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Label selector for the VMs and VMIs this operator made.
 fn managed_selector() -> String {
@@ -91,9 +92,12 @@ pub async fn run(
         trim_vmi,
     );
     let caches = Caches::new(desks.clone(), vms, vmis);
+    // Bounded, so a thousand desks falling due do not mean a thousand requests in flight.
+    let concurrency = cfg.max_concurrent_reconciles;
+    let (announcer, event_lanes) = Announcer::start(recorder, metrics.events_dropped.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder,
+        announcer,
         metrics: metrics.clone(),
         templates,
         cfg,
@@ -104,7 +108,7 @@ pub async fn run(
     let gauges = tokio::spawn(count_from_caches(caches, metrics, stop.clone()));
 
     let controller = Controller::for_stream(desk_events, desks)
-        .with_config(ControllerRuntimeConfig::default().concurrency(CONCURRENCY))
+        .with_config(ControllerRuntimeConfig::default().concurrency(concurrency))
         .trigger_backoff(watch_backoff())
         .watches_stream(vm_events, owner_desk)
         .watches_stream(vmi_events, owner_desk)
@@ -127,6 +131,8 @@ pub async fn run(
         _ = drain_limit => tracing::warn!(limit = ?DRAIN_LIMIT, "controller did not drain in time; stopping anyway"),
     }
     gauges.abort();
+    // The controller (and with it the last Announcer) is gone: publish what is queued.
+    event_lanes.flush(EVENT_FLUSH_LIMIT).await;
     tracing::info!("controller stopped");
 }
 

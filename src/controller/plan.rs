@@ -158,6 +158,8 @@ pub enum Step {
     /// which tests the run strategy it was planned on, went through, so a stale cache can
     /// never count one timeout twice.
     Halt {
+        /// How far past its expiry the desk was when planned (the executor adds the time
+        /// the halt itself takes).
         lag: Duration,
         announce: Announcement,
     },

@@ -11,13 +11,14 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
+use crate::controller::announcer::Announcer;
 use crate::controller::cache::{Caches, trim_vm};
 use crate::controller::error::Error;
 use crate::controller::own_writes::OwnWrites;
@@ -38,11 +39,14 @@ const MAX_STEPS: usize = 8;
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
     pub default_timeout_ms: i64,
+    /// Passes in flight at once.
+    pub max_concurrent_reconciles: u16,
 }
 
 pub struct Context {
     pub client: kube::Client,
-    pub recorder: Recorder,
+    /// Publishes events in the background.
+    pub announcer: Announcer,
     pub metrics: Metrics,
     /// The template ConfigMaps, kept current by a watch (hot reload).
     pub templates: Catalog,
@@ -67,7 +71,8 @@ fn plain_pp() -> PatchParams {
 }
 
 impl Context {
-    async fn announce(&self, cd: &Cyberdesk, announcement: Announcement) {
+    /// Queues an event about the desk; publishing happens off the pass.
+    fn announce(&self, cd: &Cyberdesk, announcement: Announcement) {
         let reason = announcement.reason;
         let event = Event {
             type_: if reason.is_warning() {
@@ -80,9 +85,7 @@ impl Context {
             action: reason.action().into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &cd.object_ref(&())).await {
-            tracing::warn!(error = %e, reason = reason.as_str(), "could not publish event");
-        }
+        self.announcer.announce(cd.object_ref(&()), event);
     }
 
     fn time<T>(&self, operation: &str, start: Instant, value: T) -> T {
@@ -368,7 +371,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                 return Box::pin(apply(&stored, ctx, ns)).await;
             }
             Step::Conflict(announcement) => {
-                ctx.announce(cd, announcement).await;
+                ctx.announce(cd, announcement);
                 return Ok((Action::requeue(plan::RENDER_RETRY), Outcome::Requeue));
             }
             Step::Halt { lag, announce } => {
@@ -384,11 +387,13 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                     Err(e) => return Err(e),
                 }
                 // Logged once the halt went through: a patch refused on a stale read is
-                // planned again and must not read as a second timeout.
+                // planned again and must not read as a second timeout. The lag runs until
+                // the apiserver took the halt.
+                let lag = lag + t.elapsed();
                 tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halted the VM");
                 ctx.metrics.vm_timeout.inc();
                 ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
-                ctx.announce(cd, announce).await;
+                ctx.announce(cd, announce);
             }
             Step::Render => obs.rendered = Some(render_vm(cd, ctx, ns).await?),
             Step::Create(rendered) => {
@@ -404,8 +409,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                         ctx.metrics.vm_created.inc();
                         tracing::info!(vm = %vm_name, "created VirtualMachine");
                         let note = format!("created VirtualMachine {vm_name}");
-                        ctx.announce(cd, Announcement::new(Reason::VirtualMachineCreated, note))
-                            .await;
+                        ctx.announce(cd, Announcement::new(Reason::VirtualMachineCreated, note));
                         trim_vm(&mut created);
                         obs.vm = Some(created);
                     }
@@ -462,7 +466,7 @@ async fn settle(
         }
     }
     for announcement in settlement.announce {
-        ctx.announce(cd, announcement).await;
+        ctx.announce(cd, announcement);
     }
     let action = match settlement.wake {
         Wake::OnChange => Action::await_change(),
@@ -512,7 +516,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
                 };
                 ctx.metrics.vm_deleted.inc();
                 tracing::info!(vm = %vm_name, "deleting VirtualMachine");
-                ctx.announce(cd, announcement).await;
+                ctx.announce(cd, announcement);
                 if obs
                     .vm
                     .as_ref()
@@ -532,7 +536,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
                 remove_finalizer(&api, cd).await?;
                 ctx.own_writes.forget(cd);
                 tracing::info!(vm = %vm_name, "VirtualMachine gone; finalizer released");
-                ctx.announce(cd, announcement).await;
+                ctx.announce(cd, announcement);
                 return Ok((Action::await_change(), Outcome::Success));
             }
         }

@@ -50,6 +50,10 @@ struct Args {
     /// API would).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// An extra flag for the operator the scale section starts; repeat for several
+    /// (e.g. `--operator-arg=--max-concurrent-reconciles=128`).
+    #[arg(long = "operator-arg", allow_hyphen_values = true)]
+    operator_args: Vec<String>,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -549,7 +553,13 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_desks(&c))?;
         }
         if want("scale") {
-            runtime.block_on(scale::run(&c, args.scale_desks, args.concurrency))?;
+            let scale = scale::Scale {
+                desks: args.scale_desks,
+                concurrency: args.concurrency,
+                operator_args: args.operator_args.clone(),
+                control_plane: cp.pids(),
+            };
+            runtime.block_on(scale::run(&c, &scale))?;
         }
         drop(runtime);
         drop(cp);

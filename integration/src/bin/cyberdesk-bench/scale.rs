@@ -77,7 +77,66 @@ fn show(requests: &BTreeMap<Request, u64>, n: usize) -> String {
     audit::per_unit(requests, n).join(", ")
 }
 
-pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()> {
+/// What the scale section is asked to do.
+pub struct Scale {
+    pub desks: usize,
+    pub concurrency: usize,
+    /// Extra flags for the operator it starts.
+    pub operator_args: Vec<String>,
+    /// kube-apiserver's and etcd's process ids, for their CPU time.
+    pub control_plane: (u32, u32),
+}
+
+/// CPU seconds of the processes that share the machine during a run.
+struct CpuShares {
+    apiserver: Duration,
+    etcd: Duration,
+    operator: Duration,
+    /// This process: the clients creating desks and the KubeVirt simulator.
+    bench: Duration,
+}
+
+impl CpuShares {
+    fn read(control_plane: (u32, u32), operator: u32) -> Self {
+        Self {
+            apiserver: cpu_time(control_plane.0),
+            etcd: cpu_time(control_plane.1),
+            operator: cpu_time(operator),
+            bench: cpu_time(std::process::id()),
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            apiserver: self.apiserver.saturating_sub(before.apiserver),
+            etcd: self.etcd.saturating_sub(before.etcd),
+            operator: self.operator.saturating_sub(before.operator),
+            bench: self.bench.saturating_sub(before.bench),
+        }
+    }
+
+    fn show(&self, wall: Duration) -> String {
+        let share = |d: Duration| {
+            format!(
+                "{:.1} s ({:.0} % of a core)",
+                d.as_secs_f64(),
+                100.0 * d.as_secs_f64() / wall.as_secs_f64()
+            )
+        };
+        format!(
+            "apiserver {}, etcd {}, operator {}, bench clients + simulator {}",
+            share(self.apiserver),
+            share(self.etcd),
+            share(self.operator),
+            share(self.bench)
+        )
+    }
+}
+
+pub async fn run(c: &Cluster, args: &Scale) -> anyhow::Result<()> {
+    let (n, concurrency) = (args.desks, args.concurrency);
+    let mut flags = operator_flags(false);
+    flags.extend(args.operator_args.iter().cloned());
     let Some(audit_path) = c.audit_log.clone() else {
         anyhow::bail!("the scale bench needs the apiserver's audit log");
     };
@@ -87,7 +146,8 @@ pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()
     let apis = Apis::new(&client, &ns);
     let desks = apis.desks.clone();
     println!(
-        "scale: {n} desks, created through the API at concurrency {concurrency}, no webhooks, zero simulator delay"
+        "scale: {n} desks, created through the API at concurrency {concurrency}, no webhooks, zero simulator delay; operator flags {}",
+        flags.join(" ")
     );
 
     // The apiserver's own pace: plain ConfigMaps at the same concurrency.
@@ -110,13 +170,14 @@ pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()
         raw.as_secs_f64()
     );
 
-    let op = OperatorProcess::start(c, "bench-scale", &operator_flags(false));
+    let op = OperatorProcess::start(c, "bench-scale", &flags);
     anyhow::ensure!(op.wait_ready(Duration::from_secs(60)).await, "not ready");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (idle_kib, _) = memory_kib(op.pid());
     let cpu_before = cpu_time(op.pid());
     let mut log = AuditLog::at_end(audit_path.clone());
 
+    let shares_before = CpuShares::read(args.control_plane, op.pid());
     let t = Instant::now();
     let created = run_all(n, concurrency, |i| {
         let desks = desks.clone();
@@ -140,6 +201,7 @@ pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()
     );
     let to_running = t.elapsed();
     let cpu = cpu_time(op.pid()).saturating_sub(cpu_before);
+    let shares = CpuShares::read(args.control_plane, op.pid()).since(&shares_before);
     let requests = log.since_mark()?;
     let ours = requests.of(OPERATOR_USER);
     let all = requests.all();
@@ -162,6 +224,10 @@ pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()
     println!(
         "  operator CPU per desk: {:.2} ms",
         cpu.as_secs_f64() * 1000.0 / n as f64
+    );
+    println!(
+        "  CPU from the first create to all Running (2 cores = 200 %): {}",
+        shares.show(to_running)
     );
 
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -192,7 +258,7 @@ pub async fn run(c: &Cluster, n: usize, concurrency: usize) -> anyhow::Result<()
     );
     log.mark();
     let t = Instant::now();
-    let op = OperatorProcess::start(c, "bench-scale-2", &operator_flags(false));
+    let op = OperatorProcess::start(c, "bench-scale-2", &flags);
     anyhow::ensure!(op.wait_ready(Duration::from_secs(120)).await, "not ready");
     let ready = t.elapsed();
     // Every desk gets its first pass after a restart; give them all time to have had it.
