@@ -1,17 +1,19 @@
-//! Read-your-own-writes for desk status. A pass that writes a status is often followed by
-//! another pass (a VMI event) before the desk cache has the write; planning on the cached,
-//! older status would write the same status again and announce `Ready` twice. The status
-//! the operator wrote is remembered with the resourceVersions that are older than it (the
-//! one it was planned from, and those of its own earlier writes since), and used instead of
-//! the cached one while the cache shows one of them. Any other resourceVersion (the cache
-//! caught up, or someone else changed the desk) drops it.
+//! Read-your-own-writes for desks. A pass that writes a desk (its finalizer, its status) is
+//! often followed by another pass (a VM or VMI event, whose watch runs ahead of the desk
+//! watch) before the desk cache has the write. Planning on the cached, older desk would
+//! add the finalizer again (refused: the patch tests the resourceVersion) or write the same
+//! status again and announce `Ready` twice. The desk as the operator's write left it is
+//! remembered with the resourceVersions that are older than it (the one it was planned
+//! from, and those of its own earlier writes since), and used instead of the cached one
+//! while the cache shows one of them. Any other resourceVersion (the cache caught up, or
+//! someone else changed the desk) drops it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use kube::runtime::reflector::ObjectRef;
 
-use crate::model::{Cyberdesk, CyberdeskStatus};
+use crate::model::Cyberdesk;
 
 #[derive(Default)]
 pub struct OwnWrites {
@@ -21,64 +23,53 @@ pub struct OwnWrites {
 struct Written {
     /// resourceVersions of the desk older than the last write.
     older: HashSet<String>,
-    /// The resourceVersion the last write produced.
-    latest: String,
-    status: CyberdeskStatus,
+    /// The desk as the last write left it (trimmed like the cache).
+    desk: Cyberdesk,
+}
+
+fn rv(desk: &Cyberdesk) -> Option<&str> {
+    desk.metadata.resource_version.as_deref()
 }
 
 impl OwnWrites {
-    /// The desk as the pass should see it: with the status this operator wrote over the
-    /// cached resourceVersion, if the cache has not caught up with that write yet.
+    /// The desk as the pass should see it: the one this operator's last write left, if the
+    /// cache has not caught up with that write yet.
     pub fn view(&self, cached: &Cyberdesk) -> Option<Cyberdesk> {
         let key = ObjectRef::from(cached);
         let mut written = self.written.lock().ok()?;
         let entry = written.get(&key)?;
-        let rv = cached
-            .metadata
-            .resource_version
-            .as_deref()
-            .unwrap_or_default();
-        if !entry.older.contains(rv) {
+        if !entry.older.contains(rv(cached).unwrap_or_default()) {
             written.remove(&key);
             return None;
         }
-        let mut seen = cached.clone();
-        seen.status = Some(entry.status.clone());
-        Some(seen)
+        Some(entry.desk.clone())
     }
 
-    /// Remembers that `status` was written over `planned_from`'s resourceVersion and left
-    /// the desk at `written_rv`.
-    pub fn record(
-        &self,
-        planned_from: &Cyberdesk,
-        written_rv: Option<&str>,
-        status: &CyberdeskStatus,
-    ) {
-        let (Some(over), Some(latest)) =
-            (planned_from.metadata.resource_version.clone(), written_rv)
-        else {
+    /// Remembers that a write planned from `planned_from` left the desk as `stored`.
+    pub fn record(&self, planned_from: &Cyberdesk, stored: Cyberdesk) {
+        let (Some(over), Some(latest)) = (rv(planned_from), rv(&stored)) else {
             return;
         };
+        let (over, latest) = (over.to_string(), latest.to_string());
         let Ok(mut written) = self.written.lock() else {
             return;
         };
         let key = ObjectRef::from(planned_from);
         let mut older = HashSet::from([over.clone()]);
-        if let Some(previous) = written.remove(&key)
-            && previous.older.contains(&over)
-        {
-            // Planned from a view of our own earlier write: that write is older now too.
-            older.extend(previous.older);
-            older.insert(previous.latest);
+        if let Some(previous) = written.remove(&key) {
+            let previous_rv = rv(&previous.desk).unwrap_or_default().to_string();
+            if previous.older.contains(&over) || previous_rv == over {
+                // Planned from our own earlier write (or a view of it): older now too.
+                older.extend(previous.older);
+                older.insert(previous_rv);
+            }
         }
-        older.remove(latest);
+        older.remove(&latest);
         written.insert(
             key,
             Written {
                 older,
-                latest: latest.to_string(),
-                status: status.clone(),
+                desk: stored,
             },
         );
     }
@@ -94,7 +85,7 @@ impl OwnWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::CyberdeskPhase;
+    use crate::model::{CyberdeskPhase, CyberdeskStatus};
 
     fn desk(rv: &str, phase: CyberdeskPhase) -> Cyberdesk {
         let mut d: Cyberdesk = serde_json::from_value(serde_json::json!({
@@ -109,63 +100,66 @@ mod tests {
         d
     }
 
-    fn running() -> CyberdeskStatus {
-        CyberdeskStatus {
-            phase: Some(CyberdeskPhase::Running),
-            ..Default::default()
-        }
+    fn phase(d: &Cyberdesk) -> Option<CyberdeskPhase> {
+        d.status.as_ref().and_then(|s| s.phase)
     }
 
     #[test]
-    fn a_cache_behind_the_write_sees_the_written_status() {
+    fn a_cache_behind_the_write_sees_the_written_desk() {
         let own = OwnWrites::default();
         let before = desk("5", CyberdeskPhase::Starting);
-        own.record(&before, Some("6"), &running());
+        own.record(&before, desk("6", CyberdeskPhase::Running));
         let seen = own.view(&before).expect("own write");
-        assert_eq!(seen.status, Some(running()));
-        assert_eq!(seen.metadata.resource_version.as_deref(), Some("5"));
+        assert_eq!(phase(&seen), Some(CyberdeskPhase::Running));
+        assert_eq!(seen.metadata.resource_version.as_deref(), Some("6"));
     }
 
     #[test]
     fn a_newer_resource_version_drops_the_memory() {
         let own = OwnWrites::default();
-        own.record(&desk("5", CyberdeskPhase::Starting), Some("6"), &running());
+        own.record(
+            &desk("5", CyberdeskPhase::Starting),
+            desk("6", CyberdeskPhase::Running),
+        );
         // Caught up, or changed by someone else: the cache is the truth again.
         assert!(own.view(&desk("7", CyberdeskPhase::Failed)).is_none());
         assert!(own.view(&desk("5", CyberdeskPhase::Starting)).is_none());
     }
 
     #[test]
-    fn a_cache_that_shows_an_earlier_own_write_sees_the_latest() {
+    fn writes_planned_from_earlier_own_writes_keep_every_older_version() {
         let own = OwnWrites::default();
-        let starting = CyberdeskStatus {
-            phase: Some(CyberdeskPhase::Starting),
-            ..Default::default()
-        };
-        // Written Starting over 5 (giving 6), then Running over the view of 5 (giving 7).
+        // The finalizer over 5 (giving 6), then a status planned from what that write
+        // returned (giving 7), then another planned from a view of 7 (giving 8).
         own.record(
-            &desk("5", CyberdeskPhase::Provisioning),
-            Some("6"),
-            &starting,
+            &desk("5", CyberdeskPhase::Pending),
+            desk("6", CyberdeskPhase::Pending),
         );
-        let view = own
-            .view(&desk("5", CyberdeskPhase::Provisioning))
-            .expect("view");
-        own.record(&view, Some("7"), &running());
-        // The cache now shows the first write: still behind the second.
-        let seen = own
-            .view(&desk("6", CyberdeskPhase::Starting))
-            .expect("own write");
-        assert_eq!(seen.status, Some(running()));
-        // Caught up with the second.
-        assert!(own.view(&desk("7", CyberdeskPhase::Running)).is_none());
+        own.record(
+            &desk("6", CyberdeskPhase::Pending),
+            desk("7", CyberdeskPhase::Starting),
+        );
+        let view = own.view(&desk("5", CyberdeskPhase::Pending)).expect("view");
+        own.record(&view, desk("8", CyberdeskPhase::Running));
+        for behind in ["5", "6", "7"] {
+            let seen = own
+                .view(&desk(behind, CyberdeskPhase::Pending))
+                .expect("own write");
+            assert_eq!(
+                phase(&seen),
+                Some(CyberdeskPhase::Running),
+                "cache at {behind}"
+            );
+        }
+        // Caught up with the last.
+        assert!(own.view(&desk("8", CyberdeskPhase::Running)).is_none());
     }
 
     #[test]
     fn forgetting_a_desk() {
         let own = OwnWrites::default();
         let d = desk("5", CyberdeskPhase::Starting);
-        own.record(&d, Some("6"), &running());
+        own.record(&d, desk("6", CyberdeskPhase::Running));
         own.forget(&d);
         assert!(own.view(&d).is_none());
     }

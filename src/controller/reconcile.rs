@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
 use crate::controller::announcer::Announcer;
-use crate::controller::cache::{Caches, trim_vm};
+use crate::controller::cache::{Caches, trim_desk, trim_vm};
 use crate::controller::error::Error;
 use crate::controller::own_writes::OwnWrites;
 use crate::controller::plan::{
@@ -312,18 +312,25 @@ async fn halt(vms: &Api<VirtualMachine>, vm: &VirtualMachine) -> Result<VirtualM
         .await?)
 }
 
-/// Writes the status; the resourceVersion the desk has after it.
+/// Writes the status; the desk as stored after it.
 async fn write_status(
     api: &Api<Cyberdesk>,
     cd: &Cyberdesk,
     desired: &crate::model::CyberdeskStatus,
-) -> Result<Option<String>, Error> {
+) -> Result<Cyberdesk, Error> {
     let body =
         json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "status": desired});
-    let stored = api
+    Ok(api
         .patch_status(&cd.name_any(), &pp(), &Patch::Apply(body))
-        .await?;
-    Ok(stored.metadata.resource_version)
+        .await?)
+}
+
+/// Remembers the desk a write left, trimmed like the cache, for the passes that run
+/// before the desk cache has it.
+fn remember(ctx: &Context, planned_from: &Cyberdesk, mut stored: Cyberdesk) -> Cyberdesk {
+    trim_desk(&mut stored);
+    ctx.own_writes.record(planned_from, stored.clone());
+    stored
 }
 
 /// A create refused because the object exists (409): the cache was behind.
@@ -367,7 +374,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
             Step::AddFinalizer => {
                 // Carry on with the desk as stored: one pass adds the finalizer and
                 // creates the VM.
-                let stored = ensure_finalizer(&api, cd).await?;
+                let stored = remember(ctx, cd, ensure_finalizer(&api, cd).await?);
                 return Box::pin(apply(&stored, ctx, ns)).await;
             }
             Step::Conflict(announcement) => {
@@ -453,8 +460,8 @@ async fn settle(
     if let Some(desired) = &settlement.status {
         let t = Instant::now();
         let written = write_status(api, cd, desired).await;
-        let rv = ctx.time("update_status", t, written)?;
-        ctx.own_writes.record(cd, rv.as_deref(), desired);
+        let stored = ctx.time("update_status", t, written)?;
+        remember(ctx, cd, stored);
     }
     if settlement.delete_desk {
         match api.delete(&cd.name_any(), &DeleteParams::default()).await {
