@@ -217,6 +217,17 @@ impl Drop for SimulatorHandle {
     }
 }
 
+/// virt-controller's default worker counts: 3 for its VM controller, 10 for its VMI
+/// controller (`defaultControllerThreads`, `defaultVMIControllerThreads`). With more, the
+/// simulator would answer a burst of desks faster than KubeVirt can, and crowd the
+/// apiserver the operator shares with it.
+const VM_WORKERS: u16 = 3;
+const VMI_WORKERS: u16 = 10;
+
+fn workers(n: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(n)
+}
+
 /// Objects the watch touched, once the cache holds them.
 type Touched = mpsc::UnboundedReceiver<Result<DynamicObject, watcher::Error>>;
 
@@ -257,6 +268,7 @@ async fn run_vm_controller(
         Some(ObjectRef::new_with(&vmi.name_any(), vm_ar.clone()).within(&ns))
     };
     Controller::for_stream_with(vm_events, vms, ctx.vm_ar.clone())
+        .with_config(workers(VM_WORKERS))
         .watches_stream_with(vmi_events, vmi_to_vm, ctx.vmi_ar.clone())
         .run(vm_controller::reconcile, error_policy, ctx.clone())
         .for_each(|result| async move { log_result("VirtualMachine", result) })
@@ -265,6 +277,7 @@ async fn run_vm_controller(
 
 async fn run_vmi_controller(ctx: Arc<Context>, vmis: Store<DynamicObject>, vmi_events: Touched) {
     Controller::for_stream_with(vmi_events, vmis, ctx.vmi_ar.clone())
+        .with_config(workers(VMI_WORKERS))
         .run(vmi_controller::reconcile, error_policy, ctx.clone())
         .for_each(|result| async move { log_result("VirtualMachineInstance", result) })
         .await;
