@@ -25,6 +25,9 @@ use crate::model::{
 pub const RENDER_RETRY: Duration = Duration::from_secs(15);
 /// How often cleanup re-checks while KubeVirt deletes the VM and VMI (watches usually win).
 pub const CLEANUP_RECHECK: Duration = Duration::from_secs(5);
+/// After a halt, the status is written by the pass the halted VM's watch event brings;
+/// this is only the fallback should that event not come.
+pub const HALT_FOLLOW_UP: Duration = Duration::from_secs(5);
 
 /// Everything a pass has seen so far.
 #[derive(Clone, Debug)]
@@ -156,7 +159,9 @@ pub enum Step {
     Conflict(Announcement),
     /// The desk's time is up: halt the VM. Counted and announced only once the halt patch,
     /// which tests the run strategy it was planned on, went through, so a stale cache can
-    /// never count one timeout twice.
+    /// never count one timeout twice. The pass ends there: when many desks expire
+    /// together, every halt (due at expiry) goes before any of their status writes, which
+    /// follow in the passes the halted VMs' watch events bring.
     Halt {
         /// How far past its expiry the desk was when planned (the executor adds the time
         /// the halt itself takes).

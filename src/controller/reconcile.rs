@@ -385,7 +385,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                 let Some(current) = &obs.vm else { break };
                 let t = Instant::now();
                 match ctx.time("stop_vm", t, halt(&vms, current).await) {
-                    Ok(halted) => obs.vm = Some(halted),
+                    Ok(_) => {}
                     Err(Error::Kube(e)) if changed_meanwhile(&e) && !read_live => {
                         read_live = true;
                         obs.vm = vms.get_opt(&vm_name).await?;
@@ -401,6 +401,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                 ctx.metrics.vm_timeout.inc();
                 ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
                 ctx.announce(cd, announce);
+                return Ok((Action::requeue(plan::HALT_FOLLOW_UP), Outcome::Success));
             }
             Step::Render => obs.rendered = Some(render_vm(cd, ctx, ns).await?),
             Step::Create(rendered) => {
