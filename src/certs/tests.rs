@@ -747,22 +747,30 @@ async fn one_check_at_a_time_loads_rotates_and_publishes_only_new_cas() {
     assert_eq!(ca_count(&last), 2);
 }
 
+/// A self-managed loop over an empty store whose 30-day CA is renewed after day 20, while
+/// its (clamped) leaf is still valid.
+fn thirty_day_ca(
+    resolver: &Arc<CertResolver>,
+    publisher: &Publisher,
+) -> SelfManaged<MemStore, impl Fn(String) -> std::future::Ready<Result<(), String>> + use<>> {
+    let mut cfg = SelfManagedConfig::new("ns", "tls", sans());
+    cfg.options.ca_validity = Duration::from_secs(30 * DAY_SECS);
+    SelfManaged::new(
+        MemStore::default(),
+        cfg,
+        resolver.clone(),
+        metrics(),
+        publisher.callback(),
+    )
+}
+
 #[tokio::test]
 async fn a_failed_publish_is_retried_and_the_first_cert_still_served() {
     let now = SystemTime::now();
     let resolver = Arc::new(CertResolver::new());
     let publisher = Publisher::default();
     publisher.fail.store(true, Ordering::SeqCst);
-    let mut cfg = SelfManagedConfig::new("ns", "tls", sans());
-    // A 30-day CA is renewed after day 20, while its (clamped) leaf is still valid.
-    cfg.options.ca_validity = Duration::from_secs(30 * DAY_SECS);
-    let mut loop_ = SelfManaged::new(
-        MemStore::default(),
-        cfg,
-        resolver.clone(),
-        metrics(),
-        publisher.callback(),
-    );
+    let mut loop_ = thirty_day_ca(&resolver, &publisher);
 
     assert!(matches!(
         loop_.tick_at(now).await,
@@ -799,15 +807,7 @@ async fn a_new_cas_leaf_waits_for_the_apiservers_while_the_old_leaf_is_valid() {
     let now = SystemTime::now();
     let resolver = Arc::new(CertResolver::new());
     let publisher = Publisher::default();
-    let mut cfg = SelfManagedConfig::new("ns", "tls", sans());
-    cfg.options.ca_validity = Duration::from_secs(30 * DAY_SECS);
-    let mut loop_ = SelfManaged::new(
-        MemStore::default(),
-        cfg,
-        resolver.clone(),
-        metrics(),
-        publisher.callback(),
-    );
+    let mut loop_ = thirty_day_ca(&resolver, &publisher);
     assert!(loop_.tick_at(now).await.expect("first").swapped);
     let old_leaf = served_leaf(&resolver);
 
