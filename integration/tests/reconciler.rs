@@ -464,6 +464,21 @@ async fn a_vm_the_desk_does_not_own_is_left_alone() {
     assert!(after.metadata.owner_references.is_none(), "adopted");
     assert_eq!(after.run_strategy(), Some("Halted"), "started");
     assert_ne!(apis.phase("taken").await.as_deref(), Some("Running"));
+    // The conflict is looked at again every 15 s; the repeat counts up one event's series.
+    let conflicts = || {
+        events_about(&c, &ns, "taken")
+            .into_iter()
+            .filter(|e| e.reason == "VirtualMachineConflict")
+            .map(|e| e.count)
+            .collect::<Vec<_>>()
+    };
+    eventually(
+        Duration::from_secs(40),
+        "one VirtualMachineConflict event counting 2",
+        || async { (conflicts().first() >= Some(&2)).then_some(()) },
+    )
+    .await;
+    assert_eq!(conflicts().len(), 1, "a repeat made a new event");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::Api;
 use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
@@ -65,13 +65,10 @@ pub async fn run(
     // Any change to a template may fix (or break) a desk: re-check all desks.
     let template_changes = templates.changes();
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: names::FIELD_MANAGER.into(),
-            instance: Some(identity),
-        },
-    );
+    let reporter = Reporter {
+        controller: names::FIELD_MANAGER.into(),
+        instance: Some(identity),
+    };
     // One watch per kind, trimmed before it is cached; reconciles read these stores.
     // The list calls use the apiserver's watch cache (`any_semantic`): the stores only
     // need to be consistent with the watch that follows, not with etcd at this instant.
@@ -94,7 +91,8 @@ pub async fn run(
     let caches = Caches::new(desks.clone(), vms, vmis);
     // Bounded, so a thousand desks falling due do not mean a thousand requests in flight.
     let concurrency = cfg.max_concurrent_reconciles;
-    let (announcer, event_lanes) = Announcer::start(recorder, metrics.events_dropped.clone());
+    let (announcer, event_lanes) =
+        Announcer::start(client.clone(), reporter, metrics.events_dropped.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         announcer,
