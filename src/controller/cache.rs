@@ -2,9 +2,12 @@
 //! reads before it is stored, so memory grows with the number of desks and not with the
 //! size of their templates, user data or a tenant's annotations.
 //!
-//! Trimmed: `managedFields` and annotations everywhere (the reconciler reads neither); a
-//! VM's template and other spec fields (only `runStrategy` and `running` are read); a VMI's
-//! spec and the status fields besides phase, conditions, interfaces and node.
+//! Trimmed: `managedFields` and annotations everywhere (the reconciler reads neither). From
+//! VMs and VMIs also every label but `cyberdesk-instance` (which maps them to their desk)
+//! and every spec field but a VM's `runStrategy` and `running`. Of a VM's status only
+//! `printableStatus`, `ready` and `created` stay; of a VMI's, the phase, the `Ready`
+//! condition's type and status, and each interface's name and addresses. A VMI's owner
+//! references go too (its desk is found by label).
 
 use futures::Stream;
 use kube::Api;
@@ -13,7 +16,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
 use crate::backoff::watch_backoff;
-use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance};
+use crate::model::kubevirt::KubevirtCondition;
+use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
 
 /// Drops what no reconcile reads from any object's metadata.
 fn trim_metadata(meta: &mut kube::api::ObjectMeta) {
@@ -21,27 +25,54 @@ fn trim_metadata(meta: &mut kube::api::ObjectMeta) {
     meta.annotations = None;
 }
 
+/// Keeps of a VM's or VMI's metadata what maps it to its desk.
+fn trim_kubevirt_metadata(meta: &mut kube::api::ObjectMeta) {
+    trim_metadata(meta);
+    meta.labels = meta.labels.take().and_then(|mut labels| {
+        let desk = labels.remove_entry(names::LABEL_INSTANCE)?;
+        Some([desk].into())
+    });
+}
+
 /// A desk as the reconciler reads it: spec, status and metadata without annotations.
 pub fn trim_desk(desk: &mut Cyberdesk) {
     trim_metadata(&mut desk.metadata);
 }
 
-/// A VM as the reconciler reads it: metadata (labels, owners, times), run strategy, status.
+/// A VM as the reconciler reads it: name, times, owners, desk label, run strategy, status.
 pub fn trim_vm(vm: &mut VirtualMachine) {
-    trim_metadata(&mut vm.metadata);
+    trim_kubevirt_metadata(&mut vm.metadata);
     vm.spec.template = None;
     vm.spec.extra.clear();
     if let Some(status) = vm.status.as_mut() {
+        status.conditions = None;
         status.extra.clear();
     }
 }
 
-/// A VMI as the reconciler reads it: metadata, phase, conditions, interfaces, node.
+/// A VMI as the reconciler reads it: name, times, desk label, phase, readiness, addresses.
 pub fn trim_vmi(vmi: &mut VirtualMachineInstance) {
-    trim_metadata(&mut vmi.metadata);
+    trim_kubevirt_metadata(&mut vmi.metadata);
+    vmi.metadata.owner_references = None;
     vmi.spec.extra.clear();
     if let Some(status) = vmi.status.as_mut() {
         status.extra.clear();
+        status.node_name = None;
+        status.conditions = status.conditions.take().map(|conditions| {
+            conditions
+                .into_iter()
+                .filter(|c| c.type_ == "Ready")
+                .map(|c| KubevirtCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        for iface in status.interfaces.iter_mut().flatten() {
+            iface.mac = None;
+            iface.extra.clear();
+        }
     }
 }
 
@@ -138,14 +169,15 @@ mod tests {
         let mut vm: VirtualMachine = serde_json::from_value(json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {"name": "cyberdesk-a", "namespace": "n", "uid": "u",
-                "labels": {"cyberdesk-instance": "a"},
+                "labels": {"cyberdesk-instance": "a", "app.kubernetes.io/managed-by": "x"},
                 "annotations": {"big": "x".repeat(200_000)},
                 "ownerReferences": [{"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
                     "name": "a", "uid": "d", "controller": true}],
                 "managedFields": [{"manager": "m", "operation": "Apply"}]},
             "spec": {"runStrategy": "Always", "template": {"spec": {"domain": {}}},
                 "dataVolumeTemplates": []},
-            "status": {"printableStatus": "Running", "ready": true, "volumeSnapshotStatuses": []},
+            "status": {"printableStatus": "Running", "ready": true, "volumeSnapshotStatuses": [],
+                "conditions": [{"type": "Ready", "status": "True", "message": "m"}]},
         }))
         .expect("vm");
         trim_vm(&mut vm);
@@ -160,6 +192,8 @@ mod tests {
                 .and_then(|l| l.get("cyberdesk-instance")),
             Some(&"a".to_string())
         );
+        assert_eq!(vm.metadata.labels.as_ref().map(|l| l.len()), Some(1));
+        assert!(vm.status.as_ref().is_some_and(|s| s.conditions.is_none()));
         assert!(vm.metadata.annotations.is_none());
         assert!(vm.metadata.managed_fields.is_none());
         assert!(vm.spec.template.is_none() && vm.spec.extra.is_empty());
@@ -167,29 +201,54 @@ mod tests {
     }
 
     #[test]
-    fn a_trimmed_vmi_keeps_phase_conditions_and_interfaces() {
+    fn a_trimmed_vmi_keeps_phase_readiness_addresses_and_its_desk() {
         let mut vmi: VirtualMachineInstance = serde_json::from_value(json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-            "metadata": {"name": "cyberdesk-a", "namespace": "n"},
+            "metadata": {"name": "cyberdesk-a", "namespace": "n",
+                "labels": {"cyberdesk-instance": "a", "kubevirt.io/nodeName": "node-1"},
+                "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                    "name": "cyberdesk-a", "uid": "v", "controller": true}]},
             "spec": {"domain": {"devices": {}}},
             "status": {"phase": "Running", "nodeName": "node-1",
-                "conditions": [{"type": "Ready", "status": "True"}],
-                "interfaces": [{"name": "default", "ipAddress": "10.0.0.5"}],
+                "conditions": [
+                    {"type": "Ready", "status": "True", "message": "ok",
+                     "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                    {"type": "LiveMigratable", "status": "False", "reason": "NotMigratable"}],
+                "interfaces": [{"name": "default", "ipAddress": "10.0.0.5",
+                    "ipAddresses": ["10.0.0.5"], "mac": "52:54:00:00:00:01",
+                    "infoSource": "domain, guest-agent"}],
                 "guestOSInfo": {"name": "Ubuntu"}, "volumeStatus": []},
         }))
         .expect("vmi");
         let before = vmi.clone();
         trim_vmi(&mut vmi);
-        let (s, b) = (
-            vmi.status.as_ref().expect("status"),
-            before.status.expect("status"),
-        );
-        assert_eq!(s.phase, b.phase);
-        assert_eq!(s.conditions, b.conditions);
-        assert_eq!(s.interfaces, b.interfaces);
-        assert_eq!(s.node_name, b.node_name);
+        assert_eq!(vmi.phase(), before.phase());
         assert!(vmi.is_ready());
-        assert!(s.extra.is_empty() && vmi.spec.extra.is_empty());
+        assert_eq!(vmi.ip_address(), Some("10.0.0.5"));
+        assert_eq!(
+            owner_label(&vmi),
+            Some("a"),
+            "the label that maps the VMI to its desk"
+        );
+        let s = vmi.status.as_ref().expect("status");
+        let conditions = s.conditions.as_ref().expect("conditions");
+        assert_eq!(conditions.len(), 1);
+        assert!(conditions[0].message.is_none() && conditions[0].last_transition_time.is_none());
+        let iface = &s.interfaces.as_ref().expect("interfaces")[0];
+        assert_eq!(iface.name.as_deref(), Some("default"));
+        assert_eq!(iface.ip_addresses, Some(vec!["10.0.0.5".to_string()]));
+        assert!(iface.mac.is_none() && iface.extra.is_empty());
+        assert!(s.extra.is_empty() && s.node_name.is_none() && vmi.spec.extra.is_empty());
+        assert_eq!(vmi.metadata.labels.as_ref().map(|l| l.len()), Some(1));
+        assert!(vmi.metadata.owner_references.is_none());
+    }
+
+    fn owner_label(vmi: &VirtualMachineInstance) -> Option<&str> {
+        vmi.metadata
+            .labels
+            .as_ref()?
+            .get(names::LABEL_INSTANCE)
+            .map(String::as_str)
     }
 
     #[tokio::test]
