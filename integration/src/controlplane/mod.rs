@@ -110,6 +110,8 @@ pub struct Options {
     /// Write an audit log (one JSON line per finished request, at `Metadata` level): the
     /// benchmarks count who asked the apiserver for what with it.
     pub audit_log: bool,
+    /// Serve the apiserver's `/debug/pprof` (benchmarks read where its CPU goes).
+    pub profiling: bool,
 }
 
 impl Default for Options {
@@ -120,6 +122,7 @@ impl Default for Options {
             etcd_port: None,
             ready_timeout: Duration::from_secs(90),
             audit_log: false,
+            profiling: false,
         }
     }
 }
@@ -315,7 +318,7 @@ impl ControlPlane {
             // No controller-manager runs, so no default ServiceAccount would ever appear.
             "--disable-admission-plugins=ServiceAccount".to_string(),
             "--allow-privileged=true".to_string(),
-            "--profiling=false".to_string(),
+            format!("--profiling={}", opts.profiling),
         ];
         let mut api_args = api_args;
         if opts.audit_log {

@@ -539,6 +539,7 @@ fn main() -> anyhow::Result<()> {
     if want("operator") || want("apply") || want("desks") || want("scale") {
         let cp = ControlPlane::start(&Options {
             audit_log: true,
+            profiling: true,
             ..Default::default()
         })?;
         let c = Cluster::of(&cp);
