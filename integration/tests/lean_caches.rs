@@ -77,7 +77,7 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
     assert_eq!(cached.metadata.uid, stored.metadata.uid);
     assert!(serde_json::to_vec(&*cached).expect("json").len() < 2_000);
 
-    // A VM made from a template: the cache keeps owners, labels, run strategy and status.
+    // A VM made from a template: the cache keeps owners, the desk label, run strategy and status.
     let vm_yaml = format!(
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: vm-fat\n  namespace: {ns}\n  labels: {{app.kubernetes.io/managed-by: cyberdesk-operator, cyberdesk-instance: fat}}\n  annotations: {{tenant/notes: {big}}}\nspec:\n  runStrategy: Always\n  template:\n    spec:\n      domain: {{devices: {{}}, resources: {{requests: {{memory: 1Gi}}}}}}\n"
     );
