@@ -345,5 +345,33 @@ pub async fn run(c: &Cluster, args: &Scale) -> anyhow::Result<()> {
         ms(pct(&lags, 0.99)),
         ms(lags.last().copied().unwrap_or_default())
     );
+
+    // The apiserver's pace for the write a halt is, a patch of a VM, with the operator and
+    // the simulator watching as at expiry: a floor for halting N desks at once.
+    let names: std::sync::Arc<Vec<String>> = std::sync::Arc::new(
+        apis.vms
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|vm| vm.metadata.name)
+            .collect(),
+    );
+    let took = run_all(names.len(), concurrency, |i| {
+        let (vms, names) = (apis.vms.clone(), names.clone());
+        async move {
+            let patch = json!({"metadata": {"labels": {"bench.cyberdesk.io/touched": "1"}}});
+            vms.patch(&names[i], &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    println!(
+        "  apiserver VM patches (a label) at concurrency {concurrency}: {} in {:.1} s = {:.0} patches/s",
+        names.len(),
+        took.as_secs_f64(),
+        names.len() as f64 / took.as_secs_f64()
+    );
     Ok(())
 }
