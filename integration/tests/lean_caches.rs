@@ -13,7 +13,7 @@ use cyberdesk_integration::cluster::{cluster, install_everything, namespace};
 use cyberdesk_integration::desks::desk_yaml;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::wait::eventually;
-use cyberdesk_operator::controller::cache::{trim_desk, trim_vm, trimmed_watch};
+use cyberdesk_operator::controller::cache::{trim_desk, trim_vm, trimmed_watch, unlabel};
 use cyberdesk_operator::model::{Cyberdesk, VirtualMachine};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,6 +53,7 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
         Api::<Cyberdesk>::namespaced(client.clone(), &ns),
         watcher::Config::default(),
         trim_desk,
+        None,
     );
     tokio::spawn(events.for_each(|_| async {}));
     let cached = eventually(Duration::from_secs(20), "the desk in the cache", || {
@@ -77,7 +78,7 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
     assert_eq!(cached.metadata.uid, stored.metadata.uid);
     assert!(serde_json::to_vec(&*cached).expect("json").len() < 2_000);
 
-    // A VM made from a template: the cache keeps owners, the desk label, run strategy and status.
+    // A VM made from a template: the cache keeps owners, run strategy and status.
     let vm_yaml = format!(
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: vm-fat\n  namespace: {ns}\n  labels: {{app.kubernetes.io/managed-by: cyberdesk-operator, cyberdesk-instance: fat}}\n  annotations: {{tenant/notes: {big}}}\nspec:\n  runStrategy: Always\n  template:\n    spec:\n      domain: {{devices: {{}}, resources: {{requests: {{memory: 1Gi}}}}}}\n"
     );
@@ -90,8 +91,16 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
         Api::<VirtualMachine>::namespaced(client.clone(), &ns),
         watcher::Config::default(),
         trim_vm,
+        Some(unlabel::<VirtualMachine>),
     );
-    tokio::spawn(events.for_each(|_| async {}));
+    // The trigger carries the desk label (it maps the VM to its desk); the cache does not.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(events.for_each(move |e| {
+        if let Ok(vm) = e {
+            let _ = seen_tx.send(vm);
+        }
+        async {}
+    }));
     let cached = eventually(
         Duration::from_secs(20),
         "the VM running in the cache",
@@ -105,15 +114,21 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
     )
     .await;
     assert_eq!(cached.run_strategy(), Some("Always"));
-    assert_eq!(
-        cached
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("cyberdesk-instance"))
-            .map(String::as_str),
-        Some("fat")
+    assert!(
+        cached.metadata.labels.is_none(),
+        "{:?}",
+        cached.metadata.labels
     );
     assert!(cached.spec.template.is_none());
     assert!(cached.metadata.annotations.is_none() && cached.metadata.managed_fields.is_none());
+    let triggered = seen.recv().await.expect("a trigger");
+    assert_eq!(
+        triggered
+            .metadata
+            .labels
+            .as_ref()
+            .map(|l| l.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["cyberdesk-instance".to_string()])
+    );
+    assert!(triggered.spec.template.is_none());
 }

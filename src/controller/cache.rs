@@ -3,13 +3,13 @@
 //! size of their templates, user data or a tenant's annotations.
 //!
 //! Trimmed: `managedFields` and annotations everywhere (the reconciler reads neither). From
-//! VMs and VMIs also every label but `cyberdesk-instance` (which maps them to their desk)
-//! and every spec field but a VM's `runStrategy` and `running`. Of a VM's status only
+//! VMs and VMIs also every label but `cyberdesk-instance`, which maps an event to its desk
+//! and is then dropped from the cached copy; and every spec field but a VM's `runStrategy` and `running`. Of a VM's status only
 //! `printableStatus`, `ready` and `created` stay; of a VMI's, the phase, the `Ready`
 //! condition's type and status, and each interface's name and addresses. A VMI's owner
 //! references go too (its desk is found by label).
 
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -76,13 +76,22 @@ pub fn trim_vmi(vmi: &mut VirtualMachineInstance) {
     }
 }
 
+/// Drops a VM's or VMI's labels from the copy kept in the cache: the desk label maps an
+/// event to its desk on the way through; a pass finds the VM by name. A label map costs
+/// a B-tree node (about 540 bytes) even for one label.
+pub fn unlabel<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().labels = None;
+}
+
 /// A watch of `api` (with `config`) that trims each object with `trim`, keeps the trimmed
-/// copies in the returned store, and yields each object it touched (the controller's
-/// trigger). Watch errors back off like every other watch of the operator.
+/// copies (after `for_store`, when given) in the returned store, and yields each object it
+/// touched, trimmed (the controller's trigger). Watch errors back off like every other
+/// watch of the operator.
 pub fn trimmed_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     trim: fn(&mut K),
+    for_store: Option<fn(&mut K)>,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -91,11 +100,17 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     K: Send + Sync + 'static,
 {
-    let (store, writer) = reflector::store();
+    let (store, mut writer) = reflector::store();
     let stream = watcher(api, config)
         .backoff(watch_backoff())
         .modify(trim)
-        .reflect(writer)
+        .map_ok(move |event| {
+            match for_store {
+                Some(f) => writer.apply_watcher_event(&event.clone().modify(f)),
+                None => writer.apply_watcher_event(&event),
+            }
+            event
+        })
         .touched_objects();
     (store, stream)
 }

@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::watch_backoff;
 use crate::catalog::Catalog;
 use crate::controller::announcer::Announcer;
-use crate::controller::cache::{Caches, trim_desk, trim_vm, trim_vmi, trimmed_watch};
+use crate::controller::cache::{Caches, trim_desk, trim_vm, trim_vmi, trimmed_watch, unlabel};
 use crate::metrics::Metrics;
-use crate::model::{Cyberdesk, CyberdeskPhase, names};
+use crate::model::{Cyberdesk, CyberdeskPhase, VirtualMachine, VirtualMachineInstance, names};
 pub use reconcile::{Context, ControllerConfig};
 
 /// Longest wait for in-flight reconciles after the stop signal.
@@ -77,16 +77,19 @@ pub async fn run(
         Api::<Cyberdesk>::all(client.clone()),
         watcher::Config::default().any_semantic(),
         trim_desk,
+        None,
     );
     let (vms, vm_events) = trimmed_watch(
         Api::all(client.clone()),
         watcher::Config::default().labels(&selector).any_semantic(),
         trim_vm,
+        Some(unlabel::<VirtualMachine>),
     );
     let (vmis, vmi_events) = trimmed_watch(
         Api::all(client.clone()),
         watcher::Config::default().labels(&selector).any_semantic(),
         trim_vmi,
+        Some(unlabel::<VirtualMachineInstance>),
     );
     let caches = Caches::new(desks.clone(), vms, vmis);
     // Bounded, so a thousand desks falling due do not mean a thousand requests in flight.
