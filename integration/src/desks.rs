@@ -112,6 +112,15 @@ pub fn desk_yaml(ns: &str, name: &str, spec: &str) -> String {
     )
 }
 
+/// Whether the desk's status shows `phase`.
+pub fn in_phase(desk: &Cyberdesk, phase: &str) -> bool {
+    desk.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map(|p| p.as_str())
+        == Some(phase)
+}
+
 pub struct Apis {
     pub desks: Api<Cyberdesk>,
     pub vms: Api<VirtualMachine>,
@@ -135,10 +144,7 @@ impl Apis {
         let Ok(list) = self.desks.list(&params).await else {
             return 0;
         };
-        list.items
-            .iter()
-            .filter(|d| d.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()) == Some(phase))
-            .count()
+        list.items.iter().filter(|d| in_phase(d, phase)).count()
     }
 
     pub async fn phase(&self, name: &str) -> Option<String> {

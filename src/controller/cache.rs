@@ -4,10 +4,10 @@
 //!
 //! Trimmed: `managedFields` and annotations everywhere (the reconciler reads neither). From
 //! VMs and VMIs also every label but `cyberdesk-instance`, which maps an event to its desk
-//! and is then dropped from the cached copy; and every spec field but a VM's `runStrategy` and `running`. Of a VM's status only
-//! `printableStatus`, `ready` and `created` stay; of a VMI's, the phase, the `Ready`
-//! condition's type and status, and each interface's name and addresses. A VMI's owner
-//! references go too (its desk is found by label).
+//! and is then dropped from the cached copy, and every spec field but a VM's `runStrategy`
+//! and `running`. Of a VM's status only `printableStatus`, `ready` and `created` stay; of a
+//! VMI's, the phase, the `Ready` condition's type and status, and each interface's name
+//! and addresses. A VMI's owner references go too (its desk is found by label).
 
 use futures::{Stream, TryStreamExt};
 use kube::Api;

@@ -15,7 +15,7 @@ use serde_json::json;
 use cyberdesk_integration::audit::{self, AuditLog, Request};
 use cyberdesk_integration::cluster::{Cluster, namespace};
 use cyberdesk_integration::controlplane::OPERATOR_USER;
-use cyberdesk_integration::desks::{Apis, epoch_ms, now_ms};
+use cyberdesk_integration::desks::{Apis, epoch_ms, in_phase, now_ms};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::{OperatorProcess, Scrape};
 use cyberdesk_integration::wait::until_every;
@@ -75,11 +75,7 @@ fn watch_desks(desks: Api<Cyberdesk>) -> Store<Cyberdesk> {
 
 /// How many desks of `store` show `phase`.
 fn count_in_phase(store: &Store<Cyberdesk>, phase: &str) -> usize {
-    store
-        .state()
-        .iter()
-        .filter(|d| d.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()) == Some(phase))
-        .count()
+    store.state().iter().filter(|d| in_phase(d, phase)).count()
 }
 
 /// Runs `make(0..n)` with `concurrency` in flight; how long it took.
