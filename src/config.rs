@@ -109,6 +109,34 @@ pub struct RunConfig {
     )]
     pub max_concurrent_reconciles: u16,
 
+    /// One namespace for every desk's VM (the platform's layout: kubevirt). Unset, each VM
+    /// lives beside its desk. A VM in another namespace than its desk cannot carry an
+    /// ownerReference: its labels record the desk, and the orphan sweep deletes it once the
+    /// desk is gone. The VM and VMI watches are then limited to this namespace.
+    #[arg(long, env = "CYBERDESK_VM_NAMESPACE", value_parser = parse_namespace)]
+    pub vm_namespace: Option<String>,
+
+    /// Put before a desk's name to name its VM and VMI; may be empty (`--vm-name-prefix=`),
+    /// then the VM has the desk's name. Desk names are limited to 63 minus its length.
+    #[arg(
+        long,
+        env = "CYBERDESK_VM_NAME_PREFIX",
+        default_value = names::VM_PREFIX,
+        value_parser = parse_prefix
+    )]
+    pub vm_name_prefix: String,
+
+    /// With --vm-namespace: how long a managed VM whose desk is gone stays before the
+    /// orphan sweep (leader only) deletes it.
+    #[arg(long, env = "CYBERDESK_ORPHAN_GRACE_SECS", default_value_t = 300)]
+    pub orphan_grace_secs: u64,
+
+    /// Also keep the previous operator's status block, status.cyberdesk_create
+    /// {virtualMachineRef, startTime, expiryTime, lastPhase}, in step (for clients that
+    /// still read it, such as the platform's gateway).
+    #[arg(long, env = "CYBERDESK_LEGACY_STATUS", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub legacy_status: bool,
+
     /// Largest spec.timeoutMs the validating webhook accepts (policies may set a lower ceiling).
     #[arg(long, env = "CYBERDESK_MAX_TIMEOUT_MS", default_value_t = 30 * 24 * 3_600_000)]
     pub max_timeout_ms: i64,
@@ -213,7 +241,29 @@ pub struct RunConfig {
     pub log_format: LogFormat,
 }
 
+fn parse_namespace(value: &str) -> Result<String, String> {
+    match crate::model::placement::namespace_problem(value) {
+        None => Ok(value.to_string()),
+        Some(problem) => Err(problem),
+    }
+}
+
+fn parse_prefix(value: &str) -> Result<String, String> {
+    match crate::model::placement::prefix_problem(value) {
+        None => Ok(value.to_string()),
+        Some(problem) => Err(problem),
+    }
+}
+
 impl RunConfig {
+    /// Where VMs live and how they are named, from the flags.
+    pub fn placement(&self) -> crate::model::Placement {
+        crate::model::Placement {
+            namespace: self.vm_namespace.clone(),
+            prefix: self.vm_name_prefix.clone(),
+        }
+    }
+
     /// The webhook server's limits from the flags.
     pub fn server_limits(&self) -> crate::server::ServerLimits {
         crate::server::ServerLimits {
@@ -284,6 +334,17 @@ mod tests {
         assert_eq!(cfg.default_timeout_ms, 3_600_000);
         assert_eq!(cfg.lease_duration_secs, 15);
         assert!(cfg.manage_webhook_config);
+        assert_eq!(cfg.placement(), crate::model::Placement::default());
+    }
+
+    #[test]
+    fn the_platform_layout_parses_and_bad_names_are_refused() {
+        let cfg = Wrapper::parse_from(["x", "--vm-namespace=kubevirt", "--vm-name-prefix="]).run;
+        let placement = cfg.placement();
+        assert_eq!(placement.namespace.as_deref(), Some("kubevirt"));
+        assert_eq!(placement.prefix, "");
+        assert!(Wrapper::try_parse_from(["x", "--vm-namespace=Kube_Virt"]).is_err());
+        assert!(Wrapper::try_parse_from(["x", "--vm-name-prefix=VM-"]).is_err());
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn admission() -> &'static Admission {
         validate: ValidateConfig {
             min_timeout_ms: 1_000,
             max_timeout_ms: 30 * 86_400_000,
+            vm_name_prefix: crate::model::names::VM_PREFIX.into(),
         },
         policies: PolicyStore::new(shipped_policies()),
         metrics: Metrics::new("fuzz", &[]).unwrap_or_else(|e| panic!("metrics: {e}")),
@@ -175,7 +176,8 @@ pub fn template_render(data: &[u8]) {
     let owner = json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "name": "desk",
                        "uid": "u-1", "controller": true, "blockOwnerDeletion": true});
     let ownership = Ownership {
-        owner_reference: owner.clone(),
+        owner_reference: Some(owner.clone()),
+        labels: crate::model::placement::vm_labels("team-a", "desk", "u-1"),
     };
     let Ok(vm) = template::render(&parsed, &vars, &ownership) else {
         return;
@@ -188,10 +190,10 @@ pub fn template_render(data: &[u8]) {
     assert_eq!(vm["spec"]["runStrategy"], "Always");
     assert!(vm["spec"].get("running").is_none());
     assert!(vm.get("status").is_none());
-    for (k, v) in names::vm_labels("desk") {
-        assert_eq!(vm["metadata"]["labels"][&k], v.as_str(), "label {k}");
+    for (k, v) in &ownership.labels {
+        assert_eq!(vm["metadata"]["labels"][k], v.as_str(), "label {k}");
         assert_eq!(
-            vm["spec"]["template"]["metadata"]["labels"][&k],
+            vm["spec"]["template"]["metadata"]["labels"][k],
             v.as_str(),
             "template label {k}"
         );

@@ -49,6 +49,7 @@ pub const FAMILIES: &[&str] = &[
     "cyberdesk_secret_access_reviews_total",
     "cyberdesk_webhook_connections_rejected_total",
     "cyberdesk_webhook_connections_open",
+    "cyberdesk_orphan_vms_deleted_total",
 ];
 
 /// Why the webhook server gave up on a connection or request
@@ -81,6 +82,7 @@ pub struct Metrics {
     pub webhook_connections_rejected: IntCounterVec,
     pub webhook_connections_open: IntGauge,
     pub events_dropped: IntCounter,
+    pub orphans_deleted: IntCounter,
 }
 
 impl Metrics {
@@ -193,6 +195,10 @@ impl Metrics {
                 "cyberdesk_events_dropped_total",
                 "Events not published because the event queue was full",
             )?,
+            orphans_deleted: IntCounter::new(
+                "cyberdesk_orphan_vms_deleted_total",
+                "VirtualMachines in --vm-namespace deleted by the orphan sweep because their Cyberdesk was gone",
+            )?,
             registry,
         };
         m.register_all()?;
@@ -252,6 +258,7 @@ impl Metrics {
         r.register(Box::new(self.webhook_connections_rejected.clone()))?;
         r.register(Box::new(self.webhook_connections_open.clone()))?;
         r.register(Box::new(self.events_dropped.clone()))?;
+        r.register(Box::new(self.orphans_deleted.clone()))?;
         Ok(())
     }
 

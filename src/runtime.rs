@@ -275,6 +275,7 @@ async fn start_webhooks(
         validate: ValidateConfig {
             min_timeout_ms: MIN_TIMEOUT_MS,
             max_timeout_ms: cfg.max_timeout_ms,
+            vm_name_prefix: cfg.vm_name_prefix.clone(),
         },
         policies: store,
         metrics: metrics.clone(),
@@ -332,6 +333,9 @@ async fn run_controller(
     let controller_cfg = ControllerConfig {
         default_timeout_ms: cfg.default_timeout_ms,
         max_concurrent_reconciles: cfg.max_concurrent_reconciles,
+        placement: cfg.placement(),
+        orphan_grace: Duration::from_secs(cfg.orphan_grace_secs),
+        legacy_status: cfg.legacy_status,
     };
     let identity = cfg.pod_name.clone();
     if !cfg.leader_election {

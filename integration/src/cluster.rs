@@ -127,9 +127,10 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
 }
 
 /// The shipped files that give the operator its identity and rights.
-const OPERATOR_RBAC: [&str; 2] = [
+const OPERATOR_RBAC: [&str; 3] = [
     "manifests/base/serviceaccount.yaml",
     "manifests/base/rbac.yaml",
+    "manifests/base/rbac-kubevirt.yaml",
 ];
 
 /// `kubectl apply --server-side` of one manifest file as the admin. `path` is relative to
@@ -176,6 +177,13 @@ pub fn install_operator_rbac(c: &Cluster) {
 /// Installs the Cyberdesk CRD (from `cyberdesk-operator crd`), KubeVirt's CRDs, the
 /// operator namespace and the operator's shipped ServiceAccount and RBAC. Idempotent.
 pub async fn install_everything(c: &Cluster) {
+    install_apis(c).await;
+    install_operator_rbac(c);
+}
+
+/// The Cyberdesk CRD (from `cyberdesk-operator crd`), KubeVirt's CRDs and its VM admission
+/// stand-in: the APIs, without any rights for the operator. Idempotent.
+pub async fn install_apis(c: &Cluster) {
     let k = c.kubectl();
     let crd = operator_output(&["crd"]);
     let applied = k
@@ -194,7 +202,6 @@ pub async fn install_everything(c: &Cluster) {
         )
         .expect("kubectl");
     assert!(waited.success, "{}", waited.stderr);
-    install_operator_rbac(c);
     crate::kubevirt::install_kubevirt_crds(&c.client().await)
         .await
         .expect("kubevirt crds");

@@ -4,6 +4,7 @@
 //! - [`audit`]: counting requests by user in the apiserver's audit log;
 //! - [`cluster`]: the shared control plane, namespaces, installing the shipped manifests;
 //! - [`operator`]: the operator as a child process (ServiceAccount, RBAC, webhooks);
+//! - [`overlay`]: a shipped kustomize overlay: its render, RBAC and operator flags;
 //! - [`desks`]: typed desk APIs, desk YAML, events and times as a user sees them;
 //! - [`wait`]: the one poller every wait is built on;
 //! - [`webhook_tls`]: handshakes with the webhook port as the apiserver does;
@@ -16,6 +17,7 @@ pub mod desks;
 pub mod kubectl;
 pub mod kubevirt;
 pub mod operator;
+pub mod overlay;
 pub mod wait;
 pub mod webhook_tls;
 pub mod workspace;

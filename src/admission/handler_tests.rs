@@ -57,6 +57,7 @@ fn app_full(
         validate: ValidateConfig {
             min_timeout_ms: 1_000,
             max_timeout_ms: 30 * 86_400_000,
+            vm_name_prefix: crate::model::names::VM_PREFIX.into(),
         },
         policies,
         metrics: Metrics::new("test", &[]).expect("metrics"),

@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 
 pub use crate::admission::verdict::{FieldViolation, Operation, Verdict};
 use crate::model::conditions::VM_CREATED;
-use crate::model::names::{MAX_NAME_LEN, VM_PREFIX};
 use crate::policy::PolicySet;
 use crate::text::{is_plain_key, truncate_chars};
 
@@ -18,6 +17,8 @@ use crate::text::{is_plain_key, truncate_chars};
 pub struct ValidateConfig {
     pub min_timeout_ms: i64,
     pub max_timeout_ms: i64,
+    /// `--vm-name-prefix`: a desk's name, after it, must fit a DNS-1123 label.
+    pub vm_name_prefix: String,
 }
 
 /// What the validating webhook looks at.
@@ -72,7 +73,7 @@ pub fn validate_at(
     } else {
         input.name
     };
-    check_name(name, &mut verdict);
+    check_name(name, &cfg.vm_name_prefix, &mut verdict);
 
     let Some(object) = input.object.as_object() else {
         verdict.deny(
@@ -125,21 +126,30 @@ pub fn validate_at(
     verdict
 }
 
-/// The VM is named `cyberdesk-<name>`, which must be a DNS-1123 label.
-fn check_name(name: &str, verdict: &mut Verdict) {
+/// The VM is named `<prefix><name>` (`cyberdesk-<name>` by default), which must be a
+/// DNS-1123 label.
+fn check_name(name: &str, prefix: &str, verdict: &mut Verdict) {
     const FIELD: &str = "metadata.name";
     if name.is_empty() {
         verdict.deny(FIELD, "a name is required");
         return;
     }
+    let max_len = 63usize.saturating_sub(prefix.len());
     // Counted in characters: a non-ASCII name gets the format message below, not a
     // byte count that would look wrong to its author.
     let length = name.chars().count();
-    if length > MAX_NAME_LEN {
+    if length > max_len {
+        let why = if prefix.is_empty() {
+            "because the VirtualMachine has the same name and that must fit in 63".to_string()
+        } else {
+            format!(
+                "because the VirtualMachine is named \"{prefix}<name>\" and that must fit in 63"
+            )
+        };
         verdict.deny(
             FIELD,
             format!(
-                "must be no more than {MAX_NAME_LEN} characters, because the VirtualMachine is named \"{VM_PREFIX}<name>\" and that must fit in 63; this name is {length} characters"
+                "must be no more than {max_len} characters, {why}; this name is {length} characters"
             ),
         );
     }
@@ -148,7 +158,7 @@ fn check_name(name: &str, verdict: &mut Verdict) {
         verdict.deny(
             FIELD,
             format!(
-                "{} is not a valid name: {}. A Cyberdesk name must consist of lowercase letters (a-z), digits and '-', and start and end with a letter or digit (e.g. \"alice-desk\"), because it names the VirtualMachine \"{VM_PREFIX}<name>\"",
+                "{} is not a valid name: {}. A Cyberdesk name must consist of lowercase letters (a-z), digits and '-', and start and end with a letter or digit (e.g. \"alice-desk\"), because it names the VirtualMachine \"{prefix}<name>\"",
                 echo(name),
                 problems.join(", ")
             ),
@@ -581,8 +591,11 @@ pub fn human_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::names::VM_PREFIX;
     use crate::policy::PolicySet;
     use serde_json::json;
+
+    const MAX_NAME_LEN: usize = 63 - VM_PREFIX.len();
 
     const NOW: &str = "2025-06-01T12:00:00Z";
 
@@ -590,6 +603,7 @@ mod tests {
         ValidateConfig {
             min_timeout_ms: 1_000,
             max_timeout_ms: 30 * 24 * 3_600_000,
+            vm_name_prefix: VM_PREFIX.into(),
         }
     }
 
@@ -699,6 +713,32 @@ mod tests {
         assert!(message.contains("no more than 53 characters"), "{message}");
         assert!(message.contains("cyberdesk-<name>"), "{message}");
         assert!(message.contains("54 characters"), "{message}");
+    }
+
+    #[test]
+    fn without_a_prefix_a_name_may_take_all_63_characters() {
+        let bare = ValidateConfig {
+            vm_name_prefix: String::new(),
+            ..cfg()
+        };
+        let judge = |name: &str| {
+            let object = desk(name, json!({}));
+            let input = ValidationInput {
+                operation: Operation::Create,
+                name,
+                namespace: "ns",
+                object: &object,
+                old_object: None,
+            };
+            validate_at(&input, &bare, &PolicySet::default(), now())
+        };
+        // The platform names desks by a UUID (36 characters).
+        assert!(judge("0b7e4c1a-5d2f-4e8a-9c3b-1f2a3b4c5d6e").allowed());
+        assert!(judge(&"a".repeat(63)).allowed());
+        let too_long = judge(&"a".repeat(64));
+        let message = message_for(&too_long, "metadata.name");
+        assert!(message.contains("no more than 63 characters"), "{message}");
+        assert!(message.contains("the same name"), "{message}");
     }
 
     #[test]
@@ -1306,8 +1346,8 @@ mod tests {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
         let set = PolicySet::load(&crate::policy::load_dir(&dir).expect("reads")).expect("loads");
         let wide = ValidateConfig {
-            min_timeout_ms: 1_000,
             max_timeout_ms: 365 * 86_400_000,
+            ..cfg()
         };
         let judge = |ms: i64| {
             let object = desk("a", json!({"timeoutMs": ms, "timeoutAction": "Stop"}));

@@ -40,6 +40,7 @@ const SERIES_MEMORY: usize = 512;
 type Queued = (ObjectReference, Event);
 
 /// The queueing end; cheap to share. Dropping it lets the lanes finish what they hold.
+#[derive(Clone)]
 pub struct Announcer {
     lanes: Vec<mpsc::Sender<Queued>>,
     dropped: IntCounter,

@@ -25,12 +25,22 @@ fn trim_metadata(meta: &mut kube::api::ObjectMeta) {
     meta.annotations = None;
 }
 
+/// Labels that tie a VM or VMI to its desk; every other label is dropped.
+const DESK_LABELS: [&str; 3] = [
+    names::LABEL_INSTANCE,
+    names::LABEL_DESK_NAMESPACE,
+    names::LABEL_DESK_UID,
+];
+
 /// Keeps of a VM's or VMI's metadata what maps it to its desk.
 fn trim_kubevirt_metadata(meta: &mut kube::api::ObjectMeta) {
     trim_metadata(meta);
     meta.labels = meta.labels.take().and_then(|mut labels| {
-        let desk = labels.remove_entry(names::LABEL_INSTANCE)?;
-        Some([desk].into())
+        let kept: std::collections::BTreeMap<_, _> = DESK_LABELS
+            .iter()
+            .filter_map(|key| labels.remove_entry(*key))
+            .collect();
+        (!kept.is_empty()).then_some(kept)
     });
 }
 
@@ -76,11 +86,28 @@ pub fn trim_vmi(vmi: &mut VirtualMachineInstance) {
     }
 }
 
-/// Drops a VM's or VMI's labels from the copy kept in the cache: the desk label maps an
+/// Drops a VM's or VMI's labels from the copy kept in the cache: the desk labels map an
 /// event to its desk on the way through; a pass finds the VM by name. A label map costs
 /// a B-tree node (about 540 bytes) even for one label.
 pub fn unlabel<K: kube::Resource>(obj: &mut K) {
     obj.meta_mut().labels = None;
+}
+
+/// As [`unlabel`], but a VM without owner references (one in another namespace than its
+/// desk, `--vm-namespace`) keeps its desk-uid label: that label is its ownership.
+pub fn unlabel_vm(vm: &mut VirtualMachine) {
+    let owned_by_reference = vm
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_some_and(|o| !o.is_empty());
+    let uid = vm
+        .metadata
+        .labels
+        .take()
+        .and_then(|mut l| l.remove_entry(names::LABEL_DESK_UID))
+        .filter(|_| !owned_by_reference);
+    vm.metadata.labels = uid.map(|entry| [entry].into());
 }
 
 /// A watch of `api` (with `config`) that trims each object with `trim`, keeps the trimmed
@@ -264,6 +291,50 @@ mod tests {
             .as_ref()?
             .get(names::LABEL_INSTANCE)
             .map(String::as_str)
+    }
+
+    #[test]
+    fn a_vm_elsewhere_keeps_its_ownership_label_in_the_store() {
+        let labelled = |owned: bool| -> VirtualMachine {
+            let mut meta = json!({"name": "a", "namespace": "kubevirt", "labels": {
+                names::LABEL_INSTANCE: "a", names::LABEL_DESK_NAMESPACE: "team-a",
+                names::LABEL_DESK_UID: "u-1", "app": "cyberdesk"}});
+            if owned {
+                meta["ownerReferences"] = json!([{"apiVersion": "cyberdesk.io/v1alpha1",
+                    "kind": "Cyberdesk", "name": "a", "uid": "u-1"}]);
+            }
+            serde_json::from_value(json!({"apiVersion": "kubevirt.io/v1",
+                "kind": "VirtualMachine", "metadata": meta, "spec": {}}))
+            .expect("vm")
+        };
+        // The trigger copy keeps the three desk labels, so the event maps to its desk.
+        let mut trigger = labelled(false);
+        trim_vm(&mut trigger);
+        let keys: Vec<&str> = trigger
+            .metadata
+            .labels
+            .as_ref()
+            .expect("labels")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                names::LABEL_INSTANCE,
+                names::LABEL_DESK_NAMESPACE,
+                names::LABEL_DESK_UID
+            ]
+        );
+        // The stored copy keeps only the uid, and only without an ownerReference.
+        unlabel_vm(&mut trigger);
+        let stored = trigger.metadata.labels.expect("labels");
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[names::LABEL_DESK_UID], "u-1");
+        let mut owned = labelled(true);
+        trim_vm(&mut owned);
+        unlabel_vm(&mut owned);
+        assert!(owned.metadata.labels.is_none());
     }
 
     #[tokio::test]

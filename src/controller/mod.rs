@@ -6,6 +6,7 @@ pub mod announcer;
 pub mod cache;
 pub mod error;
 pub mod expiry;
+pub mod orphans;
 pub mod own_writes;
 pub mod plan;
 pub mod reconcile;
@@ -26,9 +27,11 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::watch_backoff;
 use crate::catalog::Catalog;
 use crate::controller::announcer::Announcer;
-use crate::controller::cache::{Caches, trim_desk, trim_vm, trim_vmi, trimmed_watch, unlabel};
+use crate::controller::cache::{
+    Caches, trim_desk, trim_vm, trim_vmi, trimmed_watch, unlabel, unlabel_vm,
+};
 use crate::metrics::Metrics;
-use crate::model::{Cyberdesk, CyberdeskPhase, VirtualMachine, VirtualMachineInstance, names};
+use crate::model::{Cyberdesk, CyberdeskPhase, Placement, VirtualMachineInstance, names};
 pub use reconcile::{Context, ControllerConfig};
 
 /// Longest wait for in-flight reconciles after the stop signal.
@@ -41,11 +44,28 @@ fn managed_selector() -> String {
     format!("{}={}", names::LABEL_MANAGED_BY, names::MANAGED_BY_VALUE)
 }
 
-/// VM/VMI → its Cyberdesk, by the `cyberdesk-instance` label.
+/// VM/VMI → its Cyberdesk, by the `cyberdesk-instance` label, in the namespace its
+/// desk-namespace label names (the VM's own when it has none: VMs made before that label).
 fn owner_desk<K: kube::Resource>(obj: K) -> Option<ObjectRef<Cyberdesk>> {
     let meta = obj.meta();
-    let desk = meta.labels.as_ref()?.get(names::LABEL_INSTANCE)?;
-    Some(ObjectRef::new(desk).within(meta.namespace.as_deref()?))
+    let labels = meta.labels.as_ref()?;
+    let desk = labels.get(names::LABEL_INSTANCE)?;
+    let ns = labels
+        .get(names::LABEL_DESK_NAMESPACE)
+        .or(meta.namespace.as_ref())?;
+    Some(ObjectRef::new(desk).within(ns))
+}
+
+/// The VMs (or VMIs) to watch: in the one VM namespace when there is one, so a Role there
+/// is all the RBAC it takes; else in every namespace.
+fn kubevirt_api<K>(client: &kube::Client, placement: &Placement) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match &placement.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Runs the controller until `stop`; in-flight reconciles finish first.
@@ -80,13 +100,13 @@ pub async fn run(
         None,
     );
     let (vms, vm_events) = trimmed_watch(
-        Api::all(client.clone()),
+        kubevirt_api(&client, &cfg.placement),
         watcher::Config::default().labels(&selector).any_semantic(),
         trim_vm,
-        Some(unlabel::<VirtualMachine>),
+        Some(unlabel_vm),
     );
     let (vmis, vmi_events) = trimmed_watch(
-        Api::all(client.clone()),
+        kubevirt_api(&client, &cfg.placement),
         watcher::Config::default().labels(&selector).any_semantic(),
         trim_vmi,
         Some(unlabel::<VirtualMachineInstance>),
@@ -96,6 +116,17 @@ pub async fn run(
     let concurrency = cfg.max_concurrent_reconciles;
     let (announcer, event_lanes) =
         Announcer::start(client.clone(), reporter, metrics.events_dropped.clone());
+    // VMs beside their desks carry an ownerReference; only those elsewhere need the sweep.
+    let sweep = cfg.placement.namespace.is_some().then(|| {
+        tokio::spawn(orphans::sweep(
+            client.clone(),
+            caches.clone(),
+            cfg.orphan_grace,
+            metrics.clone(),
+            announcer.clone(),
+            stop.clone(),
+        ))
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
         announcer,
@@ -132,6 +163,11 @@ pub async fn run(
         _ = drain_limit => tracing::warn!(limit = ?DRAIN_LIMIT, "controller did not drain in time; stopping anyway"),
     }
     gauges.abort();
+    if let Some(sweep) = sweep {
+        // Awaited so its Announcer is gone before the lanes are flushed.
+        sweep.abort();
+        let _ = sweep.await;
+    }
     // The controller (and with it the last Announcer) is gone: publish what is queued.
     event_lanes.flush(EVENT_FLUSH_LIMIT).await;
     tracing::info!("controller stopped");

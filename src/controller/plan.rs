@@ -33,6 +33,8 @@ pub const HALT_FOLLOW_UP: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct Observation<'a> {
     pub desk: &'a Cyberdesk,
+    /// The desk's VM name (`--vm-name-prefix` + desk name).
+    pub vm_name: &'a str,
     /// The VM by the desk's VM name, whoever owns it.
     pub vm: Option<VirtualMachine>,
     pub vmi: Option<VirtualMachineInstance>,
@@ -41,6 +43,8 @@ pub struct Observation<'a> {
     /// The apiserver refused to create the rendered VM.
     pub refused: Option<RenderProblem>,
     pub default_timeout_ms: i64,
+    /// Keep the previous operator's status block in step (`--legacy-status`).
+    pub legacy_status: bool,
     pub now: Timestamp,
 }
 
@@ -188,14 +192,24 @@ pub struct Settlement {
     pub outcome: Outcome,
 }
 
-/// Is this VM ours to manage: controlled by this very Cyberdesk (same uid)?
+/// Is this VM ours to manage: controlled by this very Cyberdesk (same uid)? Beside its
+/// desk a VM says so by its ownerReference; in another namespace (`--vm-namespace`), where
+/// it can have none, by its desk-uid label.
 pub fn owned_by(vm: &VirtualMachine, desk: &Cyberdesk) -> bool {
-    let uid = desk.metadata.uid.as_deref();
-    vm.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| Some(o.uid.as_str()) == uid && o.kind == "Cyberdesk")
+    let Some(uid) = desk.metadata.uid.as_deref() else {
+        return false;
+    };
+    match vm.metadata.owner_references.as_deref() {
+        Some(owners) if !owners.is_empty() => {
+            owners.iter().any(|o| o.uid == uid && o.kind == "Cyberdesk")
+        }
+        _ => vm
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(names::LABEL_DESK_UID))
+            .is_some_and(|label| label == uid),
+    }
 }
 
 /// The desk recorded a timeout in an earlier pass: timeouts are sticky.
@@ -204,10 +218,6 @@ pub fn timed_out_before(desk: &Cyberdesk) -> bool {
         .as_ref()
         .and_then(|s| conditions::find(&s.conditions, conditions::TIMED_OUT))
         .is_some_and(|c| c.status == ConditionStatus::True)
-}
-
-fn vm_name_of(desk: &Cyberdesk) -> String {
-    names::vm_name(desk.metadata.name.as_deref().unwrap_or_default())
 }
 
 fn has_finalizer(desk: &Cyberdesk) -> bool {
@@ -233,7 +243,7 @@ pub fn plan(obs: &Observation<'_>) -> Step {
     if !has_finalizer(desk) {
         return Step::AddFinalizer;
     }
-    let vm_name = vm_name_of(desk);
+    let vm_name = obs.vm_name;
     if let Some(vm) = &obs.vm
         && !owned_by(vm, desk)
     {
@@ -286,6 +296,7 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
         render_error: problem,
         timed_out,
         default_timeout_ms: obs.default_timeout_ms,
+        legacy: obs.legacy_status,
         now: obs.now,
     });
     let before = desk.status.as_ref();
@@ -356,7 +367,7 @@ pub fn plan_cleanup(obs: &Observation<'_>) -> CleanupStep {
     if !has_finalizer(desk) {
         return CleanupStep::Nothing;
     }
-    let vm_name = vm_name_of(desk);
+    let vm_name = obs.vm_name;
     if let Some(vm) = &obs.vm
         && vm.metadata.deletion_timestamp.is_none()
     {
@@ -373,6 +384,7 @@ pub fn plan_cleanup(obs: &Observation<'_>) -> CleanupStep {
             render_error: None,
             timed_out: timed_out_before(desk),
             default_timeout_ms: obs.default_timeout_ms,
+            legacy: obs.legacy_status,
             now: obs.now,
         });
         return CleanupStep::Wait {

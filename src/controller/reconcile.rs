@@ -28,7 +28,8 @@ use crate::controller::plan::{
 use crate::controller::status::RenderProblem;
 use crate::controller::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateVars};
 use crate::metrics::Metrics;
-use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
+use crate::model::placement::vm_labels;
+use crate::model::{Cyberdesk, Placement, VirtualMachine, VirtualMachineInstance, names};
 
 /// A failed pass is retried after 0.5 s, doubling up to 5 min per desk.
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -41,6 +42,12 @@ pub struct ControllerConfig {
     pub default_timeout_ms: i64,
     /// Passes in flight at once.
     pub max_concurrent_reconciles: u16,
+    /// Where VMs live and how they are named.
+    pub placement: Placement,
+    /// How long a VM in the VM namespace whose desk is gone stays before it is deleted.
+    pub orphan_grace: Duration,
+    /// Keep the previous operator's `status.cyberdesk_create` block in step.
+    pub legacy_status: bool,
 }
 
 pub struct Context {
@@ -270,28 +277,49 @@ async fn render_vm(
         Ok(t) => t,
         Err(problem) => return Ok(Err(problem)),
     };
+    let placement = &ctx.cfg.placement;
+    let vm_ns = placement.vm_namespace(ns);
     let (user_data_base64, user_data_secret_name) =
         match user_data_vars(cd, &resolved, ctx, ns).await? {
             Ok(u) => u,
             Err(problem) => return Ok(Err(problem)),
         };
-    let owner = cd.controller_owner_ref(&()).ok_or(Error::NoUid)?;
-    let owner_reference = serde_json::to_value(owner).map_err(|source| Error::Serialization {
-        what: "ownerReference",
-        source,
-    })?;
+    if !user_data_secret_name.is_empty()
+        && !resolved.uses(template::USER_DATA_BASE64)
+        && placement.elsewhere(ns)
+    {
+        // KubeVirt reads a secretRef in the VM's namespace, where the desk's Secret is not.
+        return Ok(Err(RenderProblem::UserData(format!(
+            "{} hands KubeVirt the user-data Secret by name, but VMs live in namespace {vm_ns} (--vm-namespace), where KubeVirt cannot read Secret {user_data_secret_name} of namespace {ns}; use a template with ${{user_data_base64}}",
+            resolved.describe()
+        ))));
+    }
+    let uid = cd.uid().ok_or(Error::NoUid)?;
+    let owner_reference = if placement.elsewhere(ns) {
+        None
+    } else {
+        let owner = cd.controller_owner_ref(&()).ok_or(Error::NoUid)?;
+        Some(
+            serde_json::to_value(owner).map_err(|source| Error::Serialization {
+                what: "ownerReference",
+                source,
+            })?,
+        )
+    };
     let name = cd.name_any();
+    let ownership = Ownership {
+        owner_reference,
+        labels: vm_labels(ns, &name, &uid),
+    };
     let vars = TemplateVars {
-        vm_name: names::vm_name(&name),
-        namespace: ns.into(),
+        vm_name: placement.vm_name(&name),
+        namespace: vm_ns.into(),
         cyberdesk_name: name,
         user_data_base64,
         user_data_secret_name,
     };
-    Ok(
-        template::render(&template, &vars, &Ownership { owner_reference })
-            .map_err(|e| RenderProblem::Template(e.to_string())),
-    )
+    Ok(template::render(&template, &vars, &ownership)
+        .map_err(|e| RenderProblem::Template(e.to_string())))
 }
 
 /// Halts the VM with a guarded JSON patch (the same change `virtctl stop` makes).
@@ -354,15 +382,18 @@ fn changed_meanwhile(e: &kube::Error) -> bool {
 async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outcome), Error> {
     let name = cd.name_any();
     let api: Api<Cyberdesk> = Api::namespaced(ctx.client.clone(), ns);
-    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
-    let vm_name = names::vm_name(&name);
+    let vm_ns = ctx.cfg.placement.vm_namespace(ns);
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), vm_ns);
+    let vm_name = ctx.cfg.placement.vm_name(&name);
     let mut obs = Observation {
         desk: cd,
-        vm: ctx.caches.vm(ns, &vm_name),
-        vmi: ctx.caches.vmi(ns, &vm_name),
+        vm_name: &vm_name,
+        vm: ctx.caches.vm(vm_ns, &vm_name),
+        vmi: ctx.caches.vmi(vm_ns, &vm_name),
         rendered: None,
         refused: None,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
+        legacy_status: ctx.cfg.legacy_status,
         now: Timestamp::now(),
     };
     let mut read_live = false;
@@ -488,11 +519,13 @@ async fn settle(
 async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outcome), Error> {
     let name = cd.name_any();
     let api: Api<Cyberdesk> = Api::namespaced(ctx.client.clone(), ns);
-    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), ns);
-    let vm_name = names::vm_name(&name);
+    let vm_ns = ctx.cfg.placement.vm_namespace(ns);
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), vm_ns);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), vm_ns);
+    let vm_name = ctx.cfg.placement.vm_name(&name);
     let mut obs = Observation {
         desk: cd,
+        vm_name: &vm_name,
         // Only the desk's own VM: another owner's VM by the same name is never deleted.
         vm: vms
             .get_opt(&vm_name)
@@ -502,6 +535,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
         rendered: None,
         refused: None,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
+        legacy_status: ctx.cfg.legacy_status,
         now: Timestamp::now(),
     };
     // A VMI left by our VM belongs to it; KubeVirt removes it before the VM.

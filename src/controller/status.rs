@@ -6,7 +6,8 @@ use jiff::Timestamp;
 use crate::controller::expiry;
 use crate::model::conditions::{self, Condition, ConditionStatus, set_condition};
 use crate::model::{
-    Cyberdesk, CyberdeskPhase, CyberdeskStatus, VirtualMachine, VirtualMachineInstance,
+    Cyberdesk, CyberdeskPhase, CyberdeskStatus, LegacyStatus, VirtualMachine,
+    VirtualMachineInstance,
 };
 
 /// printableStatus values that mean the desktop cannot come up without help.
@@ -30,6 +31,8 @@ pub struct Observation<'a> {
     /// The desk has passed its expiry and its VM was halted.
     pub timed_out: bool,
     pub default_timeout_ms: i64,
+    /// Keep the previous operator's `status.cyberdesk_create` block in step.
+    pub legacy: bool,
     pub now: Timestamp,
 }
 
@@ -267,19 +270,38 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
 
     let start = start_time(obs.cyberdesk, obs.vm);
     let expiry = expiry_time(obs.cyberdesk, obs.vm, obs.default_timeout_ms);
+    let virtual_machine_ref = obs
+        .vm
+        .and_then(|vm| vm.metadata.name.clone())
+        .or(current.virtual_machine_ref);
+    let vmi_phase = obs.vmi.and_then(|v| v.phase().map(str::to_string));
+    let start_time = start.map(expiry::format);
+    let expiry_time = expiry.map(expiry::format);
+    // Without the flag a block someone else wrote is carried over as it is: dropping it
+    // would make every pass see a change and write.
+    let legacy = if obs.legacy {
+        Some(Box::new(LegacyStatus {
+            virtual_machine_ref: virtual_machine_ref.clone(),
+            start_time: start_time.clone(),
+            expiry_time: expiry_time.clone(),
+            last_phase: vmi_phase
+                .clone()
+                .or_else(|| current.legacy.and_then(|l| l.last_phase)),
+        }))
+    } else {
+        current.legacy
+    };
     CyberdeskStatus {
         phase: Some(phase),
-        virtual_machine_ref: obs
-            .vm
-            .and_then(|vm| vm.metadata.name.clone())
-            .or(current.virtual_machine_ref),
-        vmi_phase: obs.vmi.and_then(|v| v.phase().map(str::to_string)),
+        virtual_machine_ref,
+        vmi_phase,
         ip_address: obs.vmi.and_then(|v| v.ip_address().map(str::to_string)),
-        start_time: start.map(expiry::format),
-        expiry_time: expiry.map(expiry::format),
+        start_time,
+        expiry_time,
         message: Some(message),
         observed_generation: obs.cyberdesk.metadata.generation,
         conditions: conds,
+        legacy,
     }
 }
 
@@ -328,6 +350,7 @@ mod tests {
             render_error: None,
             timed_out: false,
             default_timeout_ms: 3_600_000,
+            legacy: false,
             now: "2026-01-01T00:00:10Z".parse().expect("now"),
         }
     }
@@ -440,5 +463,43 @@ mod tests {
         let s = desired_status(&obs(&cd, Some(&v), None));
         assert_eq!(s.phase, Some(CyberdeskPhase::Failed));
         assert!(s.message.unwrap_or_default().contains("ErrImagePull"));
+    }
+
+    #[test]
+    fn the_legacy_block_follows_the_typed_status_only_when_asked() {
+        let cd = desk(json!({"startTime": "2026-01-01T00:00:00Z"}));
+        let (vm, vmi) = (vm(), vmi("Running", true));
+        let mut o = obs(&cd, Some(&vm), Some(&vmi));
+        let plain = desired_status(&o);
+        assert_eq!(plain.legacy, None);
+        o.legacy = true;
+        let status = desired_status(&o);
+        let legacy = status.legacy.clone().expect("legacy block");
+        assert_eq!(
+            legacy.virtual_machine_ref.as_deref(),
+            Some("cyberdesk-alice")
+        );
+        assert_eq!(legacy.start_time, status.start_time);
+        assert_eq!(legacy.expiry_time.as_deref(), Some("2026-01-01T00:01:00Z"));
+        assert_eq!(legacy.last_phase.as_deref(), Some("Running"));
+        let json = serde_json::to_value(&status).expect("json");
+        assert_eq!(
+            json["cyberdesk_create"]["virtualMachineRef"],
+            "cyberdesk-alice"
+        );
+        // The VMI gone: its last phase stays.
+        let stored = desk(serde_json::to_value(&status).expect("json"));
+        let mut o = obs(&stored, Some(&vm), None);
+        o.legacy = true;
+        assert_eq!(
+            desired_status(&o)
+                .legacy
+                .and_then(|l| l.last_phase)
+                .as_deref(),
+            Some("Running")
+        );
+        // Without the flag a stored block is carried over, so nothing looks changed.
+        let o = obs(&stored, Some(&vm), None);
+        assert_eq!(desired_status(&o).legacy, status.legacy);
     }
 }

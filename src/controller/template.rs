@@ -87,8 +87,12 @@ impl TemplateVars {
 /// What the operator stamps on every rendered VM.
 #[derive(Clone, Debug)]
 pub struct Ownership {
-    /// ownerReference to the Cyberdesk (`apiVersion`, `kind`, `name`, `uid`, controller).
-    pub owner_reference: Value,
+    /// ownerReference to the Cyberdesk (`apiVersion`, `kind`, `name`, `uid`, controller);
+    /// `None` when the VM lives in another namespace than its desk, where Kubernetes would
+    /// take the reference for a missing owner.
+    pub owner_reference: Option<Value>,
+    /// The labels of the VM and its template: `model::placement::vm_labels`.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A VM is only ever created to run; a timed-out desk's VM is halted by a patch instead.
@@ -299,7 +303,7 @@ fn merge_labels(meta: &mut Map<String, Value>, labels: &BTreeMap<String, String>
 /// The operator owns name, namespace, labels, ownerReference and runStrategy; whatever the
 /// template says about them is overwritten. Server-populated fields are dropped.
 fn stamp(vm: &mut Value, vars: &TemplateVars, ownership: &Ownership) {
-    let labels = names::vm_labels(&vars.cyberdesk_name);
+    let labels = &ownership.labels;
     if let Value::Object(root) = &mut *vm {
         root.remove("status");
     }
@@ -316,14 +320,17 @@ fn stamp(vm: &mut Value, vars: &TemplateVars, ownership: &Ownership) {
     }
     meta.insert("name".into(), json!(vars.vm_name));
     meta.insert("namespace".into(), json!(vars.namespace));
-    meta.insert("ownerReferences".into(), json!([ownership.owner_reference]));
-    merge_labels(meta, &labels);
+    match &ownership.owner_reference {
+        Some(owner) => meta.insert("ownerReferences".into(), json!([owner])),
+        None => meta.remove("ownerReferences"),
+    };
+    merge_labels(meta, labels);
 
     let spec = object_at(vm, "spec");
     spec.remove("running");
     spec.insert("runStrategy".into(), json!(CREATED_RUN_STRATEGY));
     if let Some(template) = spec.get_mut("template") {
-        merge_labels(object_at(template, "metadata"), &labels);
+        merge_labels(object_at(template, "metadata"), labels);
     }
 }
 
@@ -345,8 +352,11 @@ mod tests {
 
     fn ownership() -> Ownership {
         Ownership {
-            owner_reference: json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "name": "alice",
+            owner_reference: Some(
+                json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "name": "alice",
                                     "uid": "u-1", "controller": true, "blockOwnerDeletion": true}),
+            ),
+            labels: crate::model::placement::vm_labels("team-a", "alice", "u-1"),
         }
     }
 
@@ -374,6 +384,27 @@ mod tests {
         assert_eq!(cloud_init["secretRef"]["name"], "alice-cloud-init");
         assert!(cloud_init.get("userDataBase64").is_none());
         assert!(!text.contains("I2Nsb3VkLWNvbmZpZw=="));
+    }
+
+    #[test]
+    fn a_vm_elsewhere_gets_labels_and_no_owner_reference() {
+        let t = parse("apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  ownerReferences: [{kind: X, name: x, uid: x}]\nspec: {template: {spec: {}}}\n").expect("parses");
+        let mut v = vars();
+        v.namespace = "kubevirt".into();
+        let ownership = Ownership {
+            owner_reference: None,
+            labels: crate::model::placement::vm_labels("team-a", "alice", "u-1"),
+        };
+        let vm = render(&t, &v, &ownership).expect("renders");
+        assert_eq!(vm["metadata"]["namespace"], "kubevirt");
+        assert!(vm["metadata"].get("ownerReferences").is_none(), "{vm}");
+        for labels in [
+            &vm["metadata"]["labels"],
+            &vm["spec"]["template"]["metadata"]["labels"],
+        ] {
+            assert_eq!(labels[names::LABEL_DESK_UID], "u-1");
+            assert_eq!(labels[names::LABEL_DESK_NAMESPACE], "team-a");
+        }
     }
 
     #[test]

@@ -171,6 +171,33 @@ pub struct CyberdeskStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// Deprecated: the previous operator's status block, kept in step with the fields above
+    /// for clients that still read it (operator flag --legacy-status). New clients read
+    /// virtualMachineRef, startTime, expiryTime and vmiPhase instead.
+    #[serde(
+        default,
+        rename = "cyberdesk_create",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub legacy: Option<Box<LegacyStatus>>,
+}
+
+/// The previous operator's `status.cyberdesk_create` block.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LegacyStatus {
+    /// Name of the VirtualMachine (and VirtualMachineInstance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine_ref: Option<String>,
+    /// When the lifetime started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the desk times out (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry_time: Option<String>,
+    /// The VirtualMachineInstance's phase when last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_phase: Option<String>,
 }
 
 impl Cyberdesk {

@@ -5,9 +5,12 @@ pub mod conditions;
 pub mod cyberdesk;
 pub mod kubevirt;
 pub mod names;
+pub mod placement;
 
 pub use conditions::{Condition, ConditionStatus};
 pub use cyberdesk::{
-    Cyberdesk, CyberdeskPhase, CyberdeskSpec, CyberdeskStatus, SecretKeyRef, TimeoutAction,
+    Cyberdesk, CyberdeskPhase, CyberdeskSpec, CyberdeskStatus, LegacyStatus, SecretKeyRef,
+    TimeoutAction,
 };
 pub use kubevirt::{VirtualMachine, VirtualMachineInstance};
+pub use placement::Placement;

@@ -23,50 +23,18 @@ pub const POLICIES_CONFIGMAP: &str = "cyberdesk-policies";
 pub const SERVICE_NAME: &str = "cyberdesk-operator";
 pub const SERVICE_ACCOUNT: &str = "cyberdesk-operator";
 
-/// Prefix of every VM (and VMI) name: `cyberdesk-<cyberdesk name>`.
+/// Default prefix of every VM (and VMI) name: `cyberdesk-<cyberdesk name>` (see
+/// `model::placement` for `--vm-name-prefix`).
 pub const VM_PREFIX: &str = "cyberdesk-";
-/// Longest Cyberdesk name whose VM name still fits a 63-char DNS-1123 label.
-pub const MAX_NAME_LEN: usize = 63 - VM_PREFIX.len();
 
 pub const LABEL_APP: &str = "app";
 pub const LABEL_APP_VALUE: &str = "cyberdesk";
 pub const LABEL_INSTANCE: &str = "cyberdesk-instance";
+/// The owning desk's namespace, on its VM and VMI: maps their events to the desk when the
+/// VM lives in another namespace (`--vm-namespace`).
+pub const LABEL_DESK_NAMESPACE: &str = "cyberdesk.io/desk-namespace";
+/// The owning desk's uid, on its VM and VMI: ownership where an ownerReference cannot be.
+pub const LABEL_DESK_UID: &str = "cyberdesk.io/desk-uid";
 pub const LABEL_MANAGED_BY: &str = "managed-by";
 pub const LABEL_K8S_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "cyberdesk-operator";
-
-/// The VM (and VMI) name for a Cyberdesk.
-pub fn vm_name(cyberdesk_name: &str) -> String {
-    format!("{VM_PREFIX}{cyberdesk_name}")
-}
-
-/// The labels the operator puts on a VM and its template.
-pub fn vm_labels(cyberdesk_name: &str) -> std::collections::BTreeMap<String, String> {
-    [
-        (LABEL_APP, LABEL_APP_VALUE),
-        (LABEL_INSTANCE, cyberdesk_name),
-        (LABEL_MANAGED_BY, MANAGED_BY_VALUE),
-        (LABEL_K8S_MANAGED_BY, MANAGED_BY_VALUE),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vm_name_is_prefixed_and_fits() {
-        assert_eq!(vm_name("alice"), "cyberdesk-alice");
-        assert_eq!(vm_name(&"a".repeat(MAX_NAME_LEN)).len(), 63);
-    }
-
-    #[test]
-    fn labels_name_the_instance() {
-        let labels = vm_labels("bob");
-        assert_eq!(labels.get(LABEL_INSTANCE).map(String::as_str), Some("bob"));
-        assert_eq!(labels.len(), 4);
-    }
-}

@@ -56,11 +56,13 @@ fn running_vmi() -> VirtualMachineInstance {
 fn observe(desk: &Cyberdesk) -> Observation<'_> {
     Observation {
         desk,
+        vm_name: "cyberdesk-alice",
         vm: None,
         vmi: None,
         rendered: None,
         refused: None,
         default_timeout_ms: 3_600_000,
+        legacy_status: false,
         now: NOW.parse().expect("now"),
     }
 }
@@ -100,6 +102,37 @@ fn a_vm_of_another_owner_is_left_alone_with_a_warning() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A VM in the VM namespace (`--vm-namespace`): no ownerReference, the desk's uid as label.
+fn vm_elsewhere(desk_uid: &str) -> VirtualMachine {
+    serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "alice", "namespace": "kubevirt", "creationTimestamp": STARTED,
+                     "labels": {names::LABEL_DESK_UID: desk_uid}},
+        "spec": {"runStrategy": "Always"}
+    }))
+    .expect("vm")
+}
+
+#[test]
+fn a_vm_elsewhere_is_owned_by_its_uid_label() {
+    let d = desk(json!({}), json!(null));
+    let mut o = observe(&d);
+    o.vm_name = "alice";
+    o.vm = Some(vm_elsewhere("desk-uid"));
+    assert!(matches!(plan(&o), Step::Settle(_)), "{:?}", plan(&o));
+    o.vm = Some(vm_elsewhere("another-desk"));
+    assert!(matches!(plan(&o), Step::Conflict(_)), "{:?}", plan(&o));
+    // A label never overrides an ownerReference to another desk.
+    let mut theirs = vm("someone-else", "Always");
+    theirs
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(names::LABEL_DESK_UID.into(), "desk-uid".into());
+    o.vm = Some(theirs);
+    assert!(matches!(plan(&o), Step::Conflict(_)));
 }
 
 #[test]

@@ -112,6 +112,7 @@ async fn start_webhook() -> anyhow::Result<(SocketAddr, String, CancellationToke
         validate: ValidateConfig {
             min_timeout_ms: 1_000,
             max_timeout_ms: 30 * 86_400_000,
+            vm_name_prefix: cyberdesk_operator::model::names::VM_PREFIX.into(),
         },
         policies: PolicyStore::new(set),
         metrics: Metrics::new("bench", &[])?,

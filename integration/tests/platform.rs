@@ -1,0 +1,362 @@
+//! Switch-over day for the platform the operator replaces, under the platform overlay
+//! (`manifests/overlays/platform`) as it ships: its RBAC (KubeVirt rights only in namespace
+//! kubevirt) and its Deployment's flags. The gateway's moves are replayed with kubectl:
+//! a desk named by a UUID in cyberdesk-system with only `timeoutMs`, its VM and VMI of the
+//! same name read in namespace kubevirt.
+
+use std::time::Duration;
+
+use cyberdesk_integration::cluster::{Cluster, cluster, install_apis};
+use cyberdesk_integration::desks::{Apis, desk_yaml, epoch_ms, events_about, jsonpath, now_ms};
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
+use cyberdesk_integration::operator::{
+    OperatorProcess, Scrape, SharedOperator, metric_sample, start_shared_operator,
+};
+use cyberdesk_integration::overlay;
+use cyberdesk_integration::wait::{eventually, until};
+use cyberdesk_operator::model::names;
+
+const OVERLAY: &str = "manifests/overlays/platform";
+const DESK_NS: &str = "cyberdesk-system";
+const VM_NS: &str = "kubevirt";
+/// The orphan sweep's grace in these tests (300 s in a cluster).
+const ORPHAN_GRACE_SECS: u64 = 3;
+
+/// A fresh UUID-shaped desk name, as the gateway names desks.
+fn instance_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8000-{:012x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos & 0xfff,
+        u64::from(nanos) << 8
+    )
+}
+
+/// The control plane with the APIs, both namespaces and the overlay's RBAC; one operator
+/// with the overlay's flags (webhooks registered by URL) and one KubeVirt simulator for
+/// namespace kubevirt, both living as long as the test binary.
+async fn platform() -> (Cluster, SharedOperator) {
+    static INSTALLED: tokio::sync::OnceCell<Vec<String>> = tokio::sync::OnceCell::const_new();
+    static OPERATOR: std::sync::OnceLock<Result<SharedOperator, String>> =
+        std::sync::OnceLock::new();
+    let c = cluster();
+    let flags = INSTALLED
+        .get_or_init(|| async {
+            install_apis(&c).await;
+            for ns in [DESK_NS, VM_NS] {
+                let _ = c.kubectl().run(&["create", "namespace", ns], None);
+            }
+            let objects = overlay::render(&c, OVERLAY);
+            overlay::install_rbac(&c, &objects);
+            start_simulator(&c);
+            overlay::operator_flags(&objects)
+        })
+        .await
+        .clone();
+    let op = OPERATOR.get_or_init(|| {
+        let c = c.clone();
+        let mut flags = flags;
+        flags.extend([
+            "--leader-election=false".to_string(),
+            "--policy-dir=/nonexistent".to_string(),
+            format!("--orphan-grace-secs={ORPHAN_GRACE_SECS}"),
+        ]);
+        start_shared_operator(move || {
+            OperatorProcess::start_serving_webhooks(&c, "platform", &flags)
+        })
+    });
+    match op {
+        Ok(op) => (c, op.clone()),
+        Err(e) => panic!("operator: {e}"),
+    }
+}
+
+/// The simulator plays virt-controller in kubevirt on a runtime of its own: every test's
+/// runtime ends with the test, and all of them share that one namespace.
+fn start_simulator(c: &Cluster) {
+    let c = c.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("simulator-keeper".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let client = c.client().await;
+                let _sim = Simulator::start(client, SimulatorOptions::in_namespace(VM_NS));
+                let _ = tx.send(());
+                std::future::pending::<()>().await
+            })
+        })
+        .expect("simulator thread");
+    rx.recv().expect("simulator started");
+}
+
+fn kubectl_ok(c: &Cluster, args: &[&str]) -> String {
+    let out = c.kubectl().run(args, None).expect("kubectl");
+    out.ok().unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+}
+
+fn apply(c: &Cluster, yaml: &str) {
+    let out = c.kubectl().apply(yaml, &[]).expect("kubectl");
+    assert!(out.success, "kubectl apply failed: {}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_desk_runs_in_kubevirt_under_its_own_name_and_goes_with_its_desk() {
+    let (c, _op) = platform().await;
+    let client = c.client().await;
+    let desks = Apis::new(&client, DESK_NS);
+    let kubevirt = Apis::new(&client, VM_NS);
+    let id = instance_id();
+    apply(&c, &desk_yaml(DESK_NS, &id, "{timeoutMs: 600000}"));
+
+    let desk = desks
+        .wait_phase(&id, "Running", Duration::from_secs(40))
+        .await;
+    let status = desk.status.clone().expect("status");
+    assert_eq!(status.virtual_machine_ref.as_deref(), Some(id.as_str()));
+    // The gateway finds the VM through the previous operator's status block.
+    let legacy = |field: &str| {
+        jsonpath(
+            &c,
+            DESK_NS,
+            &format!("cyberdesk/{id}"),
+            &format!("{{.status.cyberdesk_create.{field}}}"),
+        )
+    };
+    assert_eq!(legacy("virtualMachineRef"), id);
+    assert_eq!(legacy("lastPhase"), "Running");
+    assert_eq!(Some(legacy("startTime")), status.start_time);
+    assert_eq!(Some(legacy("expiryTime")), status.expiry_time);
+    // What the gateway reads: the VMI of the desk's name in kubevirt, its phase and the
+    // first interface's address.
+    let vmi = format!("vmi/{id}");
+    assert_eq!(jsonpath(&c, VM_NS, &vmi, "{.status.phase}"), "Running");
+    let ip = jsonpath(&c, VM_NS, &vmi, "{.status.interfaces[0].ipAddress}");
+    assert!(!ip.is_empty(), "no address on the VMI");
+    assert_eq!(status.ip_address.as_deref(), Some(ip.as_str()));
+    // Nothing beside the desk.
+    assert!(desks.vms.get_opt(&id).await.expect("get").is_none());
+    assert!(
+        desks
+            .vms
+            .get_opt(&format!("cyberdesk-{id}"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+    // No ownerReference across namespaces (Kubernetes' garbage collector would delete the
+    // VM); the labels say whose it is.
+    let vm = kubevirt.vms.get(&id).await.expect("vm in kubevirt");
+    assert!(vm.metadata.owner_references.is_none(), "{vm:?}");
+    let labels = vm.metadata.labels.clone().unwrap_or_default();
+    for (k, v) in [
+        ("app", "cyberdesk"),
+        (names::LABEL_INSTANCE, id.as_str()),
+        (names::LABEL_DESK_NAMESPACE, DESK_NS),
+        (
+            names::LABEL_DESK_UID,
+            desk.metadata.uid.as_deref().unwrap_or("?"),
+        ),
+        (names::LABEL_MANAGED_BY, names::MANAGED_BY_VALUE),
+    ] {
+        assert_eq!(labels.get(k).map(String::as_str), Some(v), "label {k}");
+    }
+
+    // Stopping a desk is deleting it: VM and VMI go, then the desk.
+    kubectl_ok(
+        &c,
+        &["delete", "cyberdesk", &id, "-n", DESK_NS, "--wait=false"],
+    );
+    eventually(Duration::from_secs(30), "desk, VM and VMI gone", || async {
+        let gone = desks.desks.get_opt(&id).await.ok()?.is_none()
+            && kubevirt.vms.get_opt(&id).await.ok()?.is_none()
+            && kubevirt.vmis.get_opt(&id).await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_desk_times_out_sixty_seconds_after_its_vm_started() {
+    let (c, _op) = platform().await;
+    let client = c.client().await;
+    let desks = Apis::new(&client, DESK_NS);
+    let kubevirt = Apis::new(&client, VM_NS);
+    let id = instance_id();
+    // The gateway's smallest session.
+    apply(&c, &desk_yaml(DESK_NS, &id, "{timeoutMs: 60000}"));
+    let desk = desks
+        .wait_phase(&id, "Running", Duration::from_secs(40))
+        .await;
+    let started = epoch_ms(&desk.status.and_then(|s| s.start_time).expect("startTime"));
+    let vm = kubevirt.vms.get(&id).await.expect("vm");
+    let vm_created = vm
+        .metadata
+        .creation_timestamp
+        .map(|t| t.0.as_millisecond())
+        .expect("creationTimestamp");
+    assert!(
+        (started - vm_created).abs() <= 1_000,
+        "startTime {started} is not the VM's start {vm_created}"
+    );
+    // timeoutAction defaults to Delete: the desk and its VM go at expiry, not before.
+    let gone_at = until(Duration::from_secs(90), || async {
+        let gone = desks.desks.get_opt(&id).await.ok()?.is_none()
+            && kubevirt.vms.get_opt(&id).await.ok()?.is_none();
+        gone.then(now_ms)
+    })
+    .await
+    .expect("the desk and its VM were not gone 90 s after the desk ran");
+    let expiry = started + 60_000;
+    assert!(
+        gone_at >= expiry,
+        "gone {} ms before its expiry",
+        expiry - gone_at
+    );
+    assert!(
+        gone_at - expiry < 15_000,
+        "gone {} ms after its expiry",
+        gone_at - expiry
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_deletes_a_managed_vm_whose_desk_is_gone_and_never_a_foreign_one() {
+    let (c, op) = platform().await;
+    let client = c.client().await;
+    let kubevirt = Apis::new(&client, VM_NS);
+    let orphan = instance_id();
+    let foreign = instance_id();
+    // What a desk removed by force (finalizer stripped) leaves: its VM with the operator's
+    // labels and a desk uid no desk has.
+    let managed = format!(
+        "{{{}: {orphan}, {}: {DESK_NS}, {}: 00000000-0000-4000-8000-00000000dead, {}: {}, app: cyberdesk}}",
+        names::LABEL_INSTANCE,
+        names::LABEL_DESK_NAMESPACE,
+        names::LABEL_DESK_UID,
+        names::LABEL_MANAGED_BY,
+        names::MANAGED_BY_VALUE
+    );
+    let vm = |name: &str, labels: &str| {
+        format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {{name: {name}, namespace: {VM_NS}, labels: {labels}}}\nspec:\n  runStrategy: Halted\n  template:\n    spec: {{domain: {{devices: {{}}}}}}\n"
+        )
+    };
+    // Someone else's VM, even one that looks like a desk's: no managed-by label.
+    apply(
+        &c,
+        &vm(
+            &foreign,
+            &format!("{{{}: {foreign}, app: cyberdesk}}", names::LABEL_INSTANCE),
+        ),
+    );
+    let foreign_uid = kubevirt.vms.get(&foreign).await.expect("vm").metadata.uid;
+    let created = now_ms();
+    apply(&c, &vm(&orphan, &managed));
+
+    let deleted_at = eventually(Duration::from_secs(30), "the orphan deleted", || async {
+        kubevirt
+            .vms
+            .get_opt(&orphan)
+            .await
+            .ok()?
+            .is_none()
+            .then(now_ms)
+    })
+    .await;
+    assert!(
+        deleted_at - created >= (ORPHAN_GRACE_SECS * 1000) as i64,
+        "deleted after {} ms, within the grace period",
+        deleted_at - created
+    );
+    let event = eventually(
+        Duration::from_secs(10),
+        "an OrphanDeleted event",
+        || async {
+            events_about(&c, VM_NS, &orphan)
+                .into_iter()
+                .find(|e| e.reason == "OrphanDeleted")
+        },
+    )
+    .await;
+    assert!(event.note.contains(DESK_NS), "{event:?}");
+    let deleted = metric_sample(&op.metrics(), "cyberdesk_orphan_vms_deleted_total");
+    assert!(deleted.is_some_and(|n| n >= 1.0), "{deleted:?}");
+    // Two more sweeps: the foreign VM is still there, untouched.
+    tokio::time::sleep(Duration::from_secs(2 * ORPHAN_GRACE_SECS)).await;
+    let still = kubevirt.vms.get(&foreign).await.expect("foreign VM kept");
+    assert_eq!(still.metadata.uid, foreign_uid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_may_touch_virtual_machines_only_in_kubevirt() {
+    let (c, _op) = platform().await;
+    let can = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let out = c.operator_kubectl().run(&all, None).expect("kubectl");
+        out.stdout.trim() == "yes"
+    };
+    assert!(can(&["create", "virtualmachines.kubevirt.io", "-n", VM_NS]));
+    assert!(can(&[
+        "watch",
+        "virtualmachineinstances.kubevirt.io",
+        "-n",
+        VM_NS
+    ]));
+    assert!(!can(&[
+        "create",
+        "virtualmachines.kubevirt.io",
+        "-n",
+        DESK_NS
+    ]));
+    assert!(!can(&[
+        "list",
+        "virtualmachines.kubevirt.io",
+        "--all-namespaces"
+    ]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_operators_log_command_finds_the_overlays_pods() {
+    let (c, _op) = platform().await;
+    // The overlay's Deployment as the apiserver would store it (server-side dry run; the
+    // webhook configurations of the render would clash with the tests' URL registrations).
+    let objects = overlay::render(&c, OVERLAY);
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"].as_str() == Some("Deployment"))
+        .expect("a Deployment");
+    let yaml = serde_yaml::to_string(deployment).expect("YAML");
+    let out = c
+        .kubectl()
+        .apply(&yaml, &["--dry-run=server", "-o", "json"])
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    let stored: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    // What `kubectl logs -l app=cyberdesk-operator` selects.
+    assert_eq!(
+        stored["spec"]["template"]["metadata"]["labels"]["app"],
+        "cyberdesk-operator"
+    );
+    let args = stored["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    for flag in [
+        "--vm-namespace=kubevirt",
+        "--vm-name-prefix=",
+        "--legacy-status",
+    ] {
+        assert!(args.contains(flag), "{flag} missing from {args}");
+    }
+}

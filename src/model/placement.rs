@@ -1,0 +1,164 @@
+//! Where a desk's VM lives and what it is called: beside the desk as `cyberdesk-<name>` by
+//! default, or in one namespace for all desks (`--vm-namespace`) under another prefix
+//! (`--vm-name-prefix`), as the platform the operator replaces lays them out.
+
+use std::collections::BTreeMap;
+
+use super::names;
+
+/// Longest name a Kubernetes label value, and so a VM name, may have.
+const DNS_LABEL_MAX: usize = 63;
+
+/// The VM namespace and name rule, from the flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// One namespace for every VM; `None` puts each VM beside its desk.
+    pub namespace: Option<String>,
+    /// Put before the desk name to make the VM name (may be empty).
+    pub prefix: String,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            prefix: names::VM_PREFIX.into(),
+        }
+    }
+}
+
+impl Placement {
+    /// The namespace of the VM of a desk in `desk_namespace`.
+    pub fn vm_namespace<'a>(&'a self, desk_namespace: &'a str) -> &'a str {
+        self.namespace.as_deref().unwrap_or(desk_namespace)
+    }
+
+    /// The VM (and VMI) name of desk `desk_name`.
+    pub fn vm_name(&self, desk_name: &str) -> String {
+        format!("{}{desk_name}", self.prefix)
+    }
+
+    /// Longest desk name whose VM name still fits a DNS-1123 label.
+    pub fn max_desk_name_len(&self) -> usize {
+        DNS_LABEL_MAX.saturating_sub(self.prefix.len())
+    }
+
+    /// Does a desk in `desk_namespace` have its VM in another namespace? Then the VM cannot
+    /// carry an ownerReference (Kubernetes ignores owners in other namespaces, and its
+    /// garbage collector would delete the VM): ownership is in its labels.
+    pub fn elsewhere(&self, desk_namespace: &str) -> bool {
+        self.namespace
+            .as_deref()
+            .is_some_and(|ns| ns != desk_namespace)
+    }
+}
+
+/// The labels the operator puts on a VM and its template (so on the VMI too): what the
+/// platform's tools select by, and the desk that owns it, by namespace, name and uid.
+pub fn vm_labels(
+    desk_namespace: &str,
+    desk_name: &str,
+    desk_uid: &str,
+) -> BTreeMap<String, String> {
+    [
+        (names::LABEL_APP, names::LABEL_APP_VALUE),
+        (names::LABEL_INSTANCE, desk_name),
+        (names::LABEL_DESK_NAMESPACE, desk_namespace),
+        (names::LABEL_DESK_UID, desk_uid),
+        (names::LABEL_MANAGED_BY, names::MANAGED_BY_VALUE),
+        (names::LABEL_K8S_MANAGED_BY, names::MANAGED_BY_VALUE),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Why `prefix` cannot start a VM name, if it cannot: lowercase letters, digits and '-',
+/// starting with a letter or digit, leaving room for a name.
+pub fn prefix_problem(prefix: &str) -> Option<String> {
+    if prefix.is_empty() {
+        return None;
+    }
+    if prefix.len() >= DNS_LABEL_MAX {
+        return Some(format!(
+            "is {} characters; it must leave room for the desk name in 63",
+            prefix.len()
+        ));
+    }
+    if !prefix
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Some("may only hold lowercase letters, digits and '-'".into());
+    }
+    if prefix.starts_with('-') {
+        return Some("must start with a letter or digit".into());
+    }
+    None
+}
+
+/// Why `ns` is not a namespace name, if it is not.
+pub fn namespace_problem(ns: &str) -> Option<String> {
+    let ok = !ns.is_empty()
+        && ns.len() <= DNS_LABEL_MAX
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-');
+    (!ok).then(|| "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_puts_the_vm_beside_its_desk() {
+        let p = Placement::default();
+        assert_eq!(p.vm_namespace("team-a"), "team-a");
+        assert_eq!(p.vm_name("alice"), "cyberdesk-alice");
+        assert_eq!(p.max_desk_name_len(), 53);
+        assert!(!p.elsewhere("team-a"));
+    }
+
+    #[test]
+    fn the_platform_layout_puts_every_vm_in_one_namespace_by_the_desk_name() {
+        let p = Placement {
+            namespace: Some("kubevirt".into()),
+            prefix: String::new(),
+        };
+        let uuid = "0b7e4c1a-5d2f-4e8a-9c3b-1f2a3b4c5d6e";
+        assert_eq!(p.vm_namespace("cyberdesk-system"), "kubevirt");
+        assert_eq!(p.vm_name(uuid), uuid);
+        assert_eq!(p.max_desk_name_len(), 63);
+        assert!(p.elsewhere("cyberdesk-system"));
+        assert!(!p.elsewhere("kubevirt"));
+    }
+
+    #[test]
+    fn labels_name_the_owning_desk() {
+        let labels = vm_labels("team-a", "bob", "u-1");
+        assert_eq!(labels[names::LABEL_INSTANCE], "bob");
+        assert_eq!(labels[names::LABEL_DESK_NAMESPACE], "team-a");
+        assert_eq!(labels[names::LABEL_DESK_UID], "u-1");
+        assert_eq!(labels[names::LABEL_APP], "cyberdesk");
+        assert_eq!(labels.len(), 6);
+        // A desk not stored yet has no uid: no empty label.
+        assert!(!vm_labels("team-a", "bob", "").contains_key(names::LABEL_DESK_UID));
+    }
+
+    #[test]
+    fn bad_prefixes_and_namespaces_are_explained() {
+        assert_eq!(prefix_problem(""), None);
+        assert_eq!(prefix_problem("vm-"), None);
+        assert!(prefix_problem("VM-").is_some());
+        assert!(prefix_problem("-x").is_some());
+        assert!(prefix_problem(&"a".repeat(63)).is_some());
+        assert_eq!(namespace_problem("kubevirt"), None);
+        assert!(namespace_problem("").is_some());
+        assert!(namespace_problem("Kube").is_some());
+        assert!(namespace_problem("a-").is_some());
+    }
+}
