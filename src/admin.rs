@@ -1,5 +1,6 @@
 //! The admin server on :8081: `/metrics` (Prometheus text), `/healthz` (the process is
-//! alive) and `/readyz` (every readiness gate open and not shutting down).
+//! alive), `/readyz` (every readiness gate open and not shutting down), and at `/` a short
+//! index of them (the previous operator's guide says `curl localhost:8081`).
 
 use std::net::SocketAddr;
 
@@ -19,8 +20,16 @@ struct AdminState {
     readiness: Readiness,
 }
 
+/// What `/` answers: the endpoints, one per line, for a person with curl.
+const INDEX: &str = "cyberdesk-operator admin server\n\
+/metrics  Prometheus metrics\n\
+/healthz  200 while the process is alive\n\
+/livez    the same as /healthz\n\
+/readyz   200 when ready to serve admissions, else 503 with the closed gates\n";
+
 pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
     Router::new()
+        .route("/", get(|| async { INDEX }))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
@@ -110,8 +119,13 @@ mod tests {
         );
         readiness.open("webhook");
         assert_eq!(get_path(app.clone(), "/readyz").await.0, StatusCode::OK);
-        let (status, body) = get_path(app, "/metrics").await;
+        let (status, body) = get_path(app.clone(), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("cyberdesk_active_vm_count"));
+        let (status, index) = get_path(app, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            assert!(index.contains(path), "{index}");
+        }
     }
 }

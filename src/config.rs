@@ -109,15 +109,15 @@ pub struct RunConfig {
     )]
     pub max_concurrent_reconciles: u16,
 
-    /// One namespace for every desk's VM (the platform's layout: kubevirt). Unset, each VM
-    /// lives beside its desk. A VM in another namespace than its desk cannot carry an
+    /// One namespace for every desk's VM (the platform's layout: kubevirt). Unset or empty,
+    /// each VM lives beside its desk. A VM in another namespace than its desk cannot carry an
     /// ownerReference: its labels record the desk, and the orphan sweep deletes it once the
     /// desk is gone. The VM and VMI watches are then limited to this namespace.
     #[arg(long, env = "CYBERDESK_VM_NAMESPACE", value_parser = parse_namespace)]
     pub vm_namespace: Option<String>,
 
-    /// Put before a desk's name to name its VM and VMI; may be empty (`--vm-name-prefix=`),
-    /// then the VM has the desk's name. Desk names are limited to 63 minus its length.
+    /// Put before a desk's name to name its VM and VMI; may be empty (`--vm-name-prefix=`
+    /// or an empty variable), then the VM has the desk's name. Desk names are limited to 63 minus its length.
     #[arg(
         long,
         env = "CYBERDESK_VM_NAME_PREFIX",
@@ -136,6 +136,22 @@ pub struct RunConfig {
     /// still read it, such as the platform's gateway).
     #[arg(long, env = "CYBERDESK_LEGACY_STATUS", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub legacy_status: bool,
+
+    /// POSTed once when a desk first runs and is ready (its VMI's Ready condition is True),
+    /// e.g. http://gateway.cyberdesk-system.svc.cluster.local/cyberdesk/{name}/ready;
+    /// {name} and {namespace} are the desk's. Retried with backoff; the outcome is recorded
+    /// in status.notifications.ready. Unset: no call.
+    #[arg(long, env = "CYBERDESK_READY_URL", value_parser = parse_ready_url)]
+    pub ready_url: Option<crate::notify::ready::ReadyUrl>,
+
+    /// Longest time one notification attempt (connect, request, answer) may take.
+    #[arg(long, env = "CYBERDESK_NOTIFY_TIMEOUT_SECS", default_value_t = 5)]
+    pub notify_timeout_secs: u64,
+
+    /// Attempts per notification, the first included; waits double from 1 s to 60 s in
+    /// between. After the last failed attempt: a Warning event, and no more tries.
+    #[arg(long, env = "CYBERDESK_NOTIFY_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub notify_max_attempts: u32,
 
     /// Largest spec.timeoutMs the validating webhook accepts (policies may set a lower ceiling).
     #[arg(long, env = "CYBERDESK_MAX_TIMEOUT_MS", default_value_t = 30 * 24 * 3_600_000)]
@@ -241,7 +257,15 @@ pub struct RunConfig {
     pub log_format: LogFormat,
 }
 
+fn parse_ready_url(value: &str) -> Result<crate::notify::ready::ReadyUrl, String> {
+    crate::notify::ready::ReadyUrl::parse(value)
+}
+
+/// An empty value (an empty variable in an env file) means no VM namespace.
 fn parse_namespace(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
     match crate::model::placement::namespace_problem(value) {
         None => Ok(value.to_string()),
         Some(problem) => Err(problem),
@@ -259,8 +283,21 @@ impl RunConfig {
     /// Where VMs live and how they are named, from the flags.
     pub fn placement(&self) -> crate::model::Placement {
         crate::model::Placement {
-            namespace: self.vm_namespace.clone(),
+            namespace: self.vm_namespace.clone().filter(|ns| !ns.is_empty()),
             prefix: self.vm_name_prefix.clone(),
+        }
+    }
+
+    /// The notifier's settings from the flags.
+    pub fn notifier(&self) -> crate::notify::NotifierConfig {
+        crate::notify::NotifierConfig {
+            ready_url: self.ready_url.clone(),
+            retry: crate::notify::retry::RetryPolicy {
+                first_delay: Duration::from_secs(1),
+                max_delay: Duration::from_secs(60),
+                max_attempts: self.notify_max_attempts,
+            },
+            attempt_timeout: Duration::from_secs(self.notify_timeout_secs.max(1)),
         }
     }
 
@@ -338,12 +375,28 @@ mod tests {
     }
 
     #[test]
+    fn env_example_lists_every_variable() {
+        use clap::CommandFactory;
+        let example = include_str!("../.env.example");
+        let command = Wrapper::command();
+        let missing: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .filter(|env| !example.contains(&format!("\n#{env}=")))
+            .collect();
+        assert!(missing.is_empty(), ".env.example lacks {missing:?}");
+    }
+
+    #[test]
     fn the_platform_layout_parses_and_bad_names_are_refused() {
         let cfg = Wrapper::parse_from(["x", "--vm-namespace=kubevirt", "--vm-name-prefix="]).run;
         let placement = cfg.placement();
         assert_eq!(placement.namespace.as_deref(), Some("kubevirt"));
         assert_eq!(placement.prefix, "");
         assert!(Wrapper::try_parse_from(["x", "--vm-namespace=Kube_Virt"]).is_err());
+        let unset = Wrapper::parse_from(["x", "--vm-namespace="]).run;
+        assert_eq!(unset.placement().namespace, None);
         assert!(Wrapper::try_parse_from(["x", "--vm-name-prefix=VM-"]).is_err());
     }
 

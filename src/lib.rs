@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod policy;
 pub mod readiness;
 pub mod runtime;

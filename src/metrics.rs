@@ -50,6 +50,7 @@ pub const FAMILIES: &[&str] = &[
     "cyberdesk_webhook_connections_rejected_total",
     "cyberdesk_webhook_connections_open",
     "cyberdesk_orphan_vms_deleted_total",
+    "cyberdesk_notifications_total",
 ];
 
 /// Why the webhook server gave up on a connection or request
@@ -83,6 +84,7 @@ pub struct Metrics {
     pub webhook_connections_open: IntGauge,
     pub events_dropped: IntCounter,
     pub orphans_deleted: IntCounter,
+    pub notifications: IntCounterVec,
 }
 
 impl Metrics {
@@ -199,9 +201,21 @@ impl Metrics {
                 "cyberdesk_orphan_vms_deleted_total",
                 "VirtualMachines in --vm-namespace deleted by the orphan sweep because their Cyberdesk was gone",
             )?,
+            notifications: IntCounterVec::new(
+                Opts::new(
+                    "cyberdesk_notifications_total",
+                    "Attempts to tell the platform about a desk, by sink and result",
+                ),
+                &["sink", "result"],
+            )?,
             registry,
         };
         m.register_all()?;
+        for sink in crate::notify::SINKS {
+            for result in crate::notify::RESULTS {
+                m.notifications.with_label_values(&[sink, result]);
+            }
+        }
         for phase in CyberdeskPhase::ALL {
             m.desks.with_label_values(&[phase.as_str()]);
         }
@@ -259,6 +273,7 @@ impl Metrics {
         r.register(Box::new(self.webhook_connections_open.clone()))?;
         r.register(Box::new(self.events_dropped.clone()))?;
         r.register(Box::new(self.orphans_deleted.clone()))?;
+        r.register(Box::new(self.notifications.clone()))?;
         Ok(())
     }
 

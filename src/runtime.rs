@@ -67,10 +67,16 @@ pub enum RunError {
     Runtime(std::io::Error),
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
+    #[error(transparent)]
+    Notifications(#[from] crate::notify::http::ClientError),
 }
 
 pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let signal = crate::shutdown::on_signal().map_err(RunError::Signals)?;
+    if cfg.notifier().any() {
+        // The system's TLS roots are read here, so a missing bundle stops the start.
+        crate::notify::http::HttpClient::new(cfg.notifier().attempt_timeout)?;
+    }
     let client = kube::Client::try_default()
         .await
         .map_err(RunError::KubeConfig)?;
@@ -336,6 +342,7 @@ async fn run_controller(
         placement: cfg.placement(),
         orphan_grace: Duration::from_secs(cfg.orphan_grace_secs),
         legacy_status: cfg.legacy_status,
+        notify: cfg.notifier(),
     };
     let identity = cfg.pod_name.clone();
     if !cfg.leader_election {

@@ -5,6 +5,7 @@
 //! - [`cluster`]: the shared control plane, namespaces, installing the shipped manifests;
 //! - [`operator`]: the operator as a child process (ServiceAccount, RBAC, webhooks);
 //! - [`overlay`]: a shipped kustomize overlay: its render, RBAC and operator flags;
+//! - [`recorder`]: an HTTP server standing in for the platform's endpoints;
 //! - [`desks`]: typed desk APIs, desk YAML, events and times as a user sees them;
 //! - [`wait`]: the one poller every wait is built on;
 //! - [`webhook_tls`]: handshakes with the webhook port as the apiserver does;
@@ -18,6 +19,7 @@ pub mod kubectl;
 pub mod kubevirt;
 pub mod operator;
 pub mod overlay;
+pub mod recorder;
 pub mod wait;
 pub mod webhook_tls;
 pub mod workspace;

@@ -13,14 +13,27 @@ use cyberdesk_integration::operator::{
     OperatorProcess, Scrape, SharedOperator, metric_sample, start_shared_operator,
 };
 use cyberdesk_integration::overlay;
+use cyberdesk_integration::recorder::{Recorder, Reply};
 use cyberdesk_integration::wait::{eventually, until};
-use cyberdesk_operator::model::names;
+use cyberdesk_operator::model::{Delivery, DeliveryOutcome, names};
 
 const OVERLAY: &str = "manifests/overlays/platform";
 const DESK_NS: &str = "cyberdesk-system";
 const VM_NS: &str = "kubevirt";
 /// The orphan sweep's grace in these tests (300 s in a cluster).
 const ORPHAN_GRACE_SECS: u64 = 3;
+/// Notification attempts in these tests: waits of 1, 2 and 4 s between them.
+const NOTIFY_ATTEMPTS: u32 = 4;
+
+/// The gateway's endpoints, recorded, for the whole binary.
+fn gateway() -> &'static Recorder {
+    static GATEWAY: std::sync::OnceLock<Recorder> = std::sync::OnceLock::new();
+    GATEWAY.get_or_init(Recorder::start)
+}
+
+fn ready_path(id: &str) -> String {
+    format!("/cyberdesk/{id}/ready")
+}
 
 /// A fresh UUID-shaped desk name, as the gateway names desks.
 fn instance_id() -> String {
@@ -62,11 +75,21 @@ async fn platform() -> (Cluster, SharedOperator) {
         .clone();
     let op = OPERATOR.get_or_init(|| {
         let c = c.clone();
-        let mut flags = flags;
+        // The overlay's flags, with the gateway's address replaced by the recorder's.
+        let mut flags: Vec<String> = flags
+            .into_iter()
+            .filter(|f| !f.starts_with("--ready-url="))
+            .collect();
         flags.extend([
             "--leader-election=false".to_string(),
             "--policy-dir=/nonexistent".to_string(),
             format!("--orphan-grace-secs={ORPHAN_GRACE_SECS}"),
+            format!(
+                "--ready-url={}/cyberdesk/{{name}}/ready",
+                gateway().base_url()
+            ),
+            format!("--notify-max-attempts={NOTIFY_ATTEMPTS}"),
+            "--notify-timeout-secs=1".to_string(),
         ]);
         start_shared_operator(move || {
             OperatorProcess::start_serving_webhooks(&c, "platform", &flags)
@@ -139,6 +162,14 @@ async fn a_gateway_desk_runs_in_kubevirt_under_its_own_name_and_goes_with_its_de
     assert_eq!(legacy("lastPhase"), "Running");
     assert_eq!(Some(legacy("startTime")), status.start_time);
     assert_eq!(Some(legacy("expiryTime")), status.expiry_time);
+    // The gateway hears once that the desk is up, and the desk says so.
+    let record = wait_ready_record(&desks, &id).await;
+    assert_eq!(record.outcome, DeliveryOutcome::Delivered);
+    assert_eq!(record.attempts, 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = gateway().requests_to(&ready_path(&id));
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].method, "POST");
     // What the gateway reads: the VMI of the desk's name in kubevirt, its phase and the
     // first interface's address.
     let vmi = format!("vmi/{id}");
@@ -186,6 +217,91 @@ async fn a_gateway_desk_runs_in_kubevirt_under_its_own_name_and_goes_with_its_de
         gone.then_some(())
     })
     .await;
+}
+
+/// The desk's ready record, once the notifier wrote it.
+async fn wait_ready_record(desks: &Apis, id: &str) -> Delivery {
+    eventually(
+        Duration::from_secs(30),
+        "the ready call recorded",
+        || async {
+            let desk = desks.desks.get_opt(id).await.ok()??;
+            desk.status?.notifications?.ready
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_call_answered_500_three_times_is_delivered_once_on_the_fourth() {
+    let (c, op) = platform().await;
+    let client = c.client().await;
+    let desks = Apis::new(&client, DESK_NS);
+    let id = instance_id();
+    gateway().script(&ready_path(&id), Reply::Codes(vec![500, 500, 500, 200]));
+    apply(&c, &desk_yaml(DESK_NS, &id, "{timeoutMs: 600000}"));
+    desks
+        .wait_phase(&id, "Running", Duration::from_secs(40))
+        .await;
+    let record = wait_ready_record(&desks, &id).await;
+    assert_eq!(record.outcome, DeliveryOutcome::Delivered);
+    assert_eq!(record.attempts, 4);
+    let calls = gateway().requests_to(&ready_path(&id));
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    let metrics = op.metrics();
+    let retried = metric_sample(
+        &metrics,
+        r#"cyberdesk_notifications_total{result="retried",sink="ready"}"#,
+    );
+    assert!(retried.is_some_and(|n| n >= 3.0), "{retried:?}");
+    kubectl_ok(
+        &c,
+        &["delete", "cyberdesk", &id, "-n", DESK_NS, "--wait=false"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_endpoint_that_never_answers_holds_up_nothing_and_is_given_up() {
+    let (c, _op) = platform().await;
+    let client = c.client().await;
+    let desks = Apis::new(&client, DESK_NS);
+    let kubevirt = Apis::new(&client, VM_NS);
+    let id = instance_id();
+    gateway().script(&ready_path(&id), Reply::Never);
+    // Long enough for the four attempts (about 11 s) to end first.
+    apply(&c, &desk_yaml(DESK_NS, &id, "{timeoutMs: 20000}"));
+    let desk = desks
+        .wait_phase(&id, "Running", Duration::from_secs(40))
+        .await;
+    let started = epoch_ms(&desk.status.and_then(|s| s.start_time).expect("startTime"));
+    let given_up = eventually(
+        Duration::from_secs(30),
+        "a ReadyNotificationFailed event",
+        || async {
+            events_about(&c, DESK_NS, &id)
+                .into_iter()
+                .find(|e| e.reason == "ReadyNotificationFailed")
+        },
+    )
+    .await;
+    assert_eq!(given_up.type_, "Warning");
+    assert!(given_up.note.contains("4 times"), "{given_up:?}");
+    let record = wait_ready_record(&desks, &id).await;
+    assert_eq!(record.outcome, DeliveryOutcome::GaveUp);
+    // The timeout is enforced on time all the same.
+    let gone_at = until(Duration::from_secs(40), || async {
+        let gone = desks.desks.get_opt(&id).await.ok()?.is_none()
+            && kubevirt.vms.get_opt(&id).await.ok()?.is_none();
+        gone.then(now_ms)
+    })
+    .await
+    .expect("the desk and its VM were not gone after its timeout");
+    let expiry = started + 20_000;
+    assert!(
+        gone_at >= expiry && gone_at - expiry < 15_000,
+        "gone at expiry {:+} ms",
+        gone_at - expiry
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,8 +127,30 @@ pub async fn run(
             stop.clone(),
         ))
     });
+    // Built only when there is something to deliver (the start-up checked it can be).
+    let http = cfg
+        .notify
+        .any()
+        .then(|| crate::notify::http::HttpClient::new(cfg.notify.attempt_timeout))
+        .and_then(|built| {
+            built
+                .inspect_err(|e| tracing::error!(error = %e, "notifications are off"))
+                .ok()
+        });
+    let notifier = http.map(|http| {
+        crate::notify::Notifier::new(
+            client.clone(),
+            http,
+            cfg.notify.clone(),
+            desks.clone(),
+            metrics.clone(),
+            announcer.clone(),
+            stop.clone(),
+        )
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
+        notifier,
         announcer,
         metrics: metrics.clone(),
         templates,

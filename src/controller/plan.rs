@@ -45,6 +45,8 @@ pub struct Observation<'a> {
     pub default_timeout_ms: i64,
     /// Keep the previous operator's status block in step (`--legacy-status`).
     pub legacy_status: bool,
+    /// A ready URL is configured (`--ready-url`).
+    pub calls_ready: bool,
     pub now: Timestamp,
 }
 
@@ -177,7 +179,7 @@ pub enum Step {
     /// Create the rendered VM.
     Create(Value),
     /// Nothing left to change in the world: finish the pass.
-    Settle(Settlement),
+    Settle(Box<Settlement>),
 }
 
 /// The end of a pass.
@@ -188,6 +190,8 @@ pub struct Settlement {
     pub announce: Vec<Announcement>,
     /// `timeoutAction: Delete` on a timed-out desk: delete the Cyberdesk.
     pub delete_desk: bool,
+    /// The desk runs and is ready, and the ready call has not been recorded: make it.
+    pub call_ready: bool,
     pub wake: Wake,
     pub outcome: Outcome,
 }
@@ -210,6 +214,14 @@ pub fn owned_by(vm: &VirtualMachine, desk: &Cyberdesk) -> bool {
             .and_then(|l| l.get(names::LABEL_DESK_UID))
             .is_some_and(|label| label == uid),
     }
+}
+
+/// The ready call's outcome (delivered or given up) is in the desk's stored status.
+pub fn ready_call_recorded(desk: &Cyberdesk) -> bool {
+    desk.status
+        .as_ref()
+        .and_then(|s| s.notifications.as_ref())
+        .is_some_and(|n| n.ready.is_some())
 }
 
 /// The desk recorded a timeout in an earlier pass: timeouts are sticky.
@@ -276,7 +288,7 @@ pub fn plan(obs: &Observation<'_>) -> Step {
             Some(Err(_)) => {}
         }
     }
-    Step::Settle(settle(obs, timed_out))
+    Step::Settle(Box::new(settle(obs, timed_out)))
 }
 
 fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
@@ -338,10 +350,14 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
             None => (Wake::OnChange, Outcome::Success),
         }
     };
+    let call_ready = obs.calls_ready
+        && desired.phase == Some(CyberdeskPhase::Running)
+        && !ready_call_recorded(desk);
     Settlement {
         status: (before != Some(&desired)).then_some(desired),
         announce,
         delete_desk,
+        call_ready,
         wake,
         outcome,
     }

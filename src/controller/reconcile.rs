@@ -48,6 +48,8 @@ pub struct ControllerConfig {
     pub orphan_grace: Duration,
     /// Keep the previous operator's `status.cyberdesk_create` block in step.
     pub legacy_status: bool,
+    /// What to tell the platform, and how.
+    pub notify: crate::notify::NotifierConfig,
 }
 
 pub struct Context {
@@ -62,6 +64,8 @@ pub struct Context {
     pub caches: Caches,
     /// Status writes the desk cache may not show yet.
     pub own_writes: OwnWrites,
+    /// Tells the platform about desks, off the pass (`None`: nothing configured).
+    pub notifier: Option<crate::notify::Notifier>,
     /// Consecutive failures per desk, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<Cyberdesk>, u32>>,
 }
@@ -346,8 +350,14 @@ async fn write_status(
     cd: &Cyberdesk,
     desired: &crate::model::CyberdeskStatus,
 ) -> Result<Cyberdesk, Error> {
+    // The notifier's records are its own (merge patches): never applied from here, so the
+    // reconciler neither owns nor removes them.
+    let status = crate::model::CyberdeskStatus {
+        notifications: None,
+        ..desired.clone()
+    };
     let body =
-        json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "status": desired});
+        json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "status": status});
     Ok(api
         .patch_status(&cd.name_any(), &pp(), &Patch::Apply(body))
         .await?)
@@ -394,6 +404,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
         refused: None,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         legacy_status: ctx.cfg.legacy_status,
+        calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
         now: Timestamp::now(),
     };
     let mut read_live = false;
@@ -468,7 +479,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                     Err(e) => return Err(e.into()),
                 }
             }
-            Step::Settle(settlement) => return settle(&api, cd, ctx, settlement).await,
+            Step::Settle(settlement) => return settle(&api, cd, ctx, *settlement).await,
         }
     }
     Err(Error::Unsettled)
@@ -507,6 +518,15 @@ async fn settle(
     for announcement in settlement.announce {
         ctx.announce(cd, announcement);
     }
+    if let Some(notifier) = &ctx.notifier {
+        if settlement.call_ready {
+            notifier.ready(cd);
+        } else if let Some(uid) = cd.uid()
+            && plan::ready_call_recorded(cd)
+        {
+            notifier.ready_recorded(&uid);
+        }
+    }
     let action = match settlement.wake {
         Wake::OnChange => Action::await_change(),
         Wake::After(wait) => Action::requeue(wait),
@@ -536,6 +556,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
         refused: None,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         legacy_status: ctx.cfg.legacy_status,
+        calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
         now: Timestamp::now(),
     };
     // A VMI left by our VM belongs to it; KubeVirt removes it before the VM.

@@ -302,6 +302,8 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
         observed_generation: obs.cyberdesk.metadata.generation,
         conditions: conds,
         legacy,
+        // The notifier's records, carried over so that they never read as a change.
+        notifications: current.notifications,
     }
 }
 

@@ -180,6 +180,45 @@ pub struct CyberdeskStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub legacy: Option<Box<LegacyStatus>>,
+    /// What the operator told the platform (the ready call, the platform's state table),
+    /// so that a restart or another leader does not tell it again. Written by the
+    /// notifier alone; the reconciler never writes or removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Box<Notifications>>,
+}
+
+/// Deliveries to the platform, one record per kind.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Notifications {
+    /// The POST to --ready-url once the desk first ran and was ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<Delivery>,
+    /// The last state written to the platform's table (the Supabase sink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_state: Option<Delivery>,
+}
+
+/// How a delivery ended.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// Delivered, or GaveUp after the last attempt failed.
+    pub outcome: DeliveryOutcome,
+    /// What was delivered (the platform state); absent for the ready call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the outcome was reached (RFC 3339).
+    pub time: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeliveryOutcome {
+    #[default]
+    Delivered,
+    GaveUp,
 }
 
 /// The previous operator's `status.cyberdesk_create` block.

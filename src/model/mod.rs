@@ -9,8 +9,8 @@ pub mod placement;
 
 pub use conditions::{Condition, ConditionStatus};
 pub use cyberdesk::{
-    Cyberdesk, CyberdeskPhase, CyberdeskSpec, CyberdeskStatus, LegacyStatus, SecretKeyRef,
-    TimeoutAction,
+    Cyberdesk, CyberdeskPhase, CyberdeskSpec, CyberdeskStatus, Delivery, DeliveryOutcome,
+    LegacyStatus, Notifications, SecretKeyRef, TimeoutAction,
 };
 pub use kubevirt::{VirtualMachine, VirtualMachineInstance};
 pub use placement::Placement;

@@ -63,13 +63,14 @@ fn observe(desk: &Cyberdesk) -> Observation<'_> {
         refused: None,
         default_timeout_ms: 3_600_000,
         legacy_status: false,
+        calls_ready: false,
         now: NOW.parse().expect("now"),
     }
 }
 
 fn settled(step: Step) -> Settlement {
     match step {
-        Step::Settle(s) => s,
+        Step::Settle(s) => *s,
         other => panic!("expected Settle, got {other:?}"),
     }
 }
@@ -201,6 +202,35 @@ fn a_refused_create_is_not_retried_in_the_same_pass() {
     assert_eq!(reasons(&s), vec![Reason::CreateRejected]);
     assert_eq!(phase(&s), Some(CyberdeskPhase::Failed));
     assert_eq!(s.outcome, Outcome::Requeue);
+}
+
+#[test]
+fn the_ready_call_is_asked_for_while_running_until_its_outcome_is_recorded() {
+    let d = started_desk(3_600_000, json!({}));
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    o.vmi = Some(running_vmi());
+    // Not configured: never.
+    assert!(!settled(plan(&o)).call_ready);
+    o.calls_ready = true;
+    assert!(settled(plan(&o)).call_ready);
+    // Not while starting.
+    let mut starting = o.clone();
+    starting.vmi = None;
+    assert!(!settled(plan(&starting)).call_ready);
+    // Recorded (delivered or given up): never again.
+    for outcome in ["Delivered", "GaveUp"] {
+        let d = started_desk(
+            3_600_000,
+            json!({"notifications": {"ready": {"outcome": outcome, "attempts": 1,
+                                               "time": STARTED}}}),
+        );
+        let mut o = observe(&d);
+        o.vm = Some(vm("desk-uid", "Always"));
+        o.vmi = Some(running_vmi());
+        o.calls_ready = true;
+        assert!(!settled(plan(&o)).call_ready, "{outcome}");
+    }
 }
 
 #[test]

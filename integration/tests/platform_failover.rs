@@ -1,0 +1,139 @@
+//! The ready call across an operator killed at the worst moment: the VMI turns Ready while
+//! the leader is frozen, and the leader is SIGKILLed before it could act. The next
+//! operator makes the call, exactly once; the one after that, seeing it recorded, never
+//! again. Operators run one after another under the platform overlay's RBAC and flags.
+
+use std::time::Duration;
+
+use cyberdesk_integration::cluster::{cluster, install_apis};
+use cyberdesk_integration::desks::{Apis, desk_yaml, jsonpath};
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions, StartFault};
+use cyberdesk_integration::operator::{OperatorProcess, Scrape, free_addr, metric_sample};
+use cyberdesk_integration::overlay;
+use cyberdesk_integration::recorder::Recorder;
+use cyberdesk_integration::wait::eventually;
+use cyberdesk_operator::model::DeliveryOutcome;
+
+const DESK_NS: &str = "cyberdesk-system";
+const VM_NS: &str = "kubevirt";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_as_the_vmi_turns_ready_leaves_exactly_one_ready_call() {
+    let c = cluster();
+    install_apis(&c).await;
+    for ns in [DESK_NS, VM_NS] {
+        let _ = c.kubectl().run(&["create", "namespace", ns], None);
+    }
+    let objects = overlay::render(&c, "manifests/overlays/platform");
+    overlay::install_rbac(&c, &objects);
+    let gateway = Recorder::start();
+    // The overlay's flags, the gateway's address replaced; no webhooks (the reconciler
+    // adds its finalizer itself).
+    let mut flags: Vec<String> = overlay::operator_flags(&objects)
+        .into_iter()
+        .filter(|f| !f.starts_with("--ready-url="))
+        .collect();
+    flags.extend([
+        format!(
+            "--ready-url={}/cyberdesk/{{name}}/ready",
+            gateway.base_url()
+        ),
+        "--manage-webhook-config=false".into(),
+        "--policy-dir=/nonexistent".into(),
+        "--leader-election=false".into(),
+        "--extra-san=127.0.0.1".into(),
+    ]);
+    let client = c.client().await;
+    let sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(VM_NS));
+    let desks = Apis::new(&client, DESK_NS);
+    let id = "5f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f";
+    let ready_path = format!("/cyberdesk/{id}/ready");
+    let webhook = free_addr();
+
+    let first = OperatorProcess::start_on(&c, "first", webhook, &flags);
+    assert!(
+        first.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        first.log()
+    );
+    // Hold the VMI before it runs, so the leader can be frozen in time.
+    sim.hold_start(VM_NS, id, StartFault::Unschedulable);
+    let out = c
+        .kubectl()
+        .apply(&desk_yaml(DESK_NS, id, "{timeoutMs: 600000}"), &[])
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    eventually(
+        Duration::from_secs(30),
+        "the VMI held in Scheduling",
+        || async {
+            let phase = jsonpath(&c, VM_NS, &format!("vmi/{id}"), "{.status.phase}");
+            (phase == "Scheduling").then_some(())
+        },
+    )
+    .await;
+
+    first.signal(libc::SIGSTOP);
+    sim.release_start(VM_NS, id);
+    eventually(Duration::from_secs(30), "the VMI Ready", || async {
+        let ready = jsonpath(
+            &c,
+            VM_NS,
+            &format!("vmi/{id}"),
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+        );
+        (ready == "True").then_some(())
+    })
+    .await;
+    first.signal(libc::SIGKILL);
+    drop(first);
+    assert!(
+        gateway.requests_to(&ready_path).is_empty(),
+        "the frozen leader called"
+    );
+
+    // The next leader finds the call never made, makes it, and records it.
+    let second = OperatorProcess::start_on(&c, "second", webhook, &flags);
+    assert!(
+        second.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        second.log()
+    );
+    let record = eventually(
+        Duration::from_secs(30),
+        "the ready call recorded",
+        || async {
+            let desk = desks.desks.get_opt(id).await.ok()??;
+            desk.status?.notifications?.ready
+        },
+    )
+    .await;
+    assert_eq!(record.outcome, DeliveryOutcome::Delivered);
+    assert_eq!(gateway.requests_to(&ready_path).len(), 1);
+
+    // Killed after the record: the one after it reads the record and stays quiet.
+    second.signal(libc::SIGKILL);
+    drop(second);
+    let third = OperatorProcess::start_on(&c, "third", webhook, &flags);
+    assert!(
+        third.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        third.log()
+    );
+    // It has looked at the desk (a pass ended), and a moment more for a call to go out.
+    eventually(
+        Duration::from_secs(30),
+        "a pass by the third operator",
+        || async {
+            let passes = metric_sample(
+                &third.metrics(),
+                r#"cyberdesk_reconcile_total{result="success"}"#,
+            )?;
+            (passes >= 1.0).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = gateway.requests_to(&ready_path);
+    assert_eq!(calls.len(), 1, "{calls:?}\n{}", third.log());
+}

@@ -1,0 +1,251 @@
+//! The notifier: queues deliveries per desk, makes them on tasks of their own (bounded in
+//! number), and records how they ended in the desk's status with a merge patch of its own
+//! field manager, which the reconciler's server-side applies never touch.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use hyper::Method;
+use jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::announcer::Announcer;
+use crate::controller::expiry;
+use crate::metrics::Metrics;
+use crate::model::{Cyberdesk, Delivery, DeliveryOutcome};
+use crate::notify::http::{HttpClient, Outgoing, SendError};
+use crate::notify::ready::ReadyUrl;
+use crate::notify::retry::{RetryPolicy, delivered};
+
+/// Field manager of the notifier's status records.
+const FIELD_MANAGER: &str = "cyberdesk-operator-notifier";
+/// Deliveries in flight at once; more wait for a slot.
+const MAX_IN_FLIGHT: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct NotifierConfig {
+    pub ready_url: Option<ReadyUrl>,
+    pub retry: RetryPolicy,
+    /// Longest time one attempt may take.
+    pub attempt_timeout: std::time::Duration,
+}
+
+impl NotifierConfig {
+    /// Is there anything to deliver at all?
+    pub fn any(&self) -> bool {
+        self.ready_url.is_some()
+    }
+}
+
+/// Cheap to clone; every clone queues into the same notifier.
+#[derive(Clone)]
+pub struct Notifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: kube::Client,
+    http: HttpClient,
+    cfg: NotifierConfig,
+    desks: Store<Cyberdesk>,
+    metrics: Metrics,
+    announcer: Announcer,
+    /// Desks (by uid) whose ready call is in flight, or ended in this process and not yet
+    /// seen recorded: never queued twice, even while the desk cache lags the record.
+    ready_taken: Mutex<HashSet<String>>,
+    slots: Semaphore,
+    stop: CancellationToken,
+}
+
+/// Why a delivery failed, for the log and the give-up event (never a header value).
+fn failure(result: &Result<u16, SendError>) -> String {
+    match result {
+        Ok(code) => format!("HTTP {code}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+impl Notifier {
+    pub fn new(
+        client: kube::Client,
+        http: HttpClient,
+        cfg: NotifierConfig,
+        desks: Store<Cyberdesk>,
+        metrics: Metrics,
+        announcer: Announcer,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                http,
+                cfg,
+                desks,
+                metrics,
+                announcer,
+                ready_taken: Mutex::default(),
+                slots: Semaphore::new(MAX_IN_FLIGHT),
+                stop,
+            }),
+        }
+    }
+
+    /// Is there a ready URL to call?
+    pub fn calls_ready(&self) -> bool {
+        self.inner.cfg.ready_url.is_some()
+    }
+
+    /// Queues the ready call for `desk`, unless it is in flight or ended in this process.
+    pub fn ready(&self, desk: &Cyberdesk) {
+        let (Some(url), Some(uid), Some(ns)) = (
+            self.inner.cfg.ready_url.as_ref(),
+            desk.uid(),
+            desk.namespace(),
+        ) else {
+            return;
+        };
+        let fresh = self
+            .inner
+            .ready_taken
+            .lock()
+            .is_ok_and(|mut taken| taken.insert(uid.clone()));
+        if !fresh {
+            return;
+        }
+        let name = desk.name_any();
+        let url = url.for_desk(&ns, &name);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let desk = ObjectRef::new(&name).within(&ns);
+            let request = Outgoing {
+                method: Method::POST,
+                url,
+                headers: Vec::new(),
+                body: Vec::new(),
+            };
+            inner.deliver_ready(desk, uid, request).await;
+        });
+    }
+
+    /// The desk's stored status holds its ready record: its memory here can go.
+    pub fn ready_recorded(&self, uid: &str) {
+        if let Ok(mut taken) = self.inner.ready_taken.lock() {
+            taken.remove(uid);
+        }
+    }
+}
+
+impl Inner {
+    /// Is the desk still there, the same one (a deleted and recreated desk is another)?
+    fn still_there(&self, desk: &ObjectRef<Cyberdesk>, uid: &str) -> bool {
+        self.desks
+            .get(desk)
+            .is_some_and(|d| d.uid().as_deref() == Some(uid))
+    }
+
+    async fn deliver_ready(&self, desk: ObjectRef<Cyberdesk>, uid: String, request: Outgoing) {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return;
+        };
+        let counter = |result: &str| {
+            self.metrics
+                .notifications
+                .with_label_values(&["ready", result])
+                .inc();
+        };
+        let name = desk.name.clone();
+        let ns = desk.namespace.clone().unwrap_or_default();
+        let mut made = 0;
+        loop {
+            made += 1;
+            let result = self.http.send(&request).await;
+            if matches!(result, Ok(code) if delivered(code)) {
+                counter("delivered");
+                tracing::info!(cyberdesk = %name, namespace = %ns, attempts = made, "ready call delivered");
+                self.record(&desk, "ready", DeliveryOutcome::Delivered, None, made)
+                    .await;
+                return;
+            }
+            let why = failure(&result);
+            let Some(wait) = self.cfg.retry.delay_after(made) else {
+                counter("gave_up");
+                tracing::warn!(cyberdesk = %name, namespace = %ns, attempts = made, last = %why, "ready call failed; giving up");
+                self.give_up(&desk, &uid, made, &why);
+                self.record(&desk, "ready", DeliveryOutcome::GaveUp, None, made)
+                    .await;
+                return;
+            };
+            counter("retried");
+            tracing::warn!(cyberdesk = %name, namespace = %ns, attempts = made, last = %why, retry_in = ?wait, "ready call failed; retrying");
+            tokio::select! {
+                // No record: the next leader makes the call.
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if !self.still_there(&desk, &uid) {
+                return;
+            }
+        }
+    }
+
+    fn give_up(&self, desk: &ObjectRef<Cyberdesk>, uid: &str, made: u32, why: &str) {
+        let Some(stored) = self.desks.get(desk) else {
+            return;
+        };
+        if stored.uid().as_deref() != Some(uid) {
+            return;
+        }
+        self.announcer.announce(
+            stored.object_ref(&()),
+            Event {
+                type_: EventType::Warning,
+                reason: "ReadyNotificationFailed".into(),
+                note: Some(format!(
+                    "the ready call failed {made} times (last: {why}); gave up"
+                )),
+                action: "Notify".into(),
+                secondary: None,
+            },
+        );
+    }
+
+    /// Writes `status.notifications.<kind>`. A desk gone meanwhile needs no record.
+    async fn record(
+        &self,
+        desk: &ObjectRef<Cyberdesk>,
+        kind: &str,
+        outcome: DeliveryOutcome,
+        value: Option<String>,
+        attempts: u32,
+    ) {
+        let ns = desk.namespace.as_deref().unwrap_or_default();
+        let api: Api<Cyberdesk> = Api::namespaced(self.client.clone(), ns);
+        let delivery = Delivery {
+            outcome,
+            value,
+            attempts,
+            time: expiry::format(Timestamp::now()),
+        };
+        let patch = json!({"status": {"notifications": {kind: delivery}}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api
+            .patch_status(&desk.name, &params, &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(cyberdesk = %desk.name, namespace = %ns, error = %e, "could not record the {kind} delivery; it is not made again by this replica")
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The ready call's URL: a template with `{name}` and `{namespace}` (pure).
+
+/// A checked `--ready-url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyUrl(String);
+
+const PLACEHOLDERS: [&str; 2] = ["{name}", "{namespace}"];
+
+impl ReadyUrl {
+    /// Accepts an http(s) URL whose only `{…}` are `{name}` and `{namespace}`.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        if !(template.starts_with("http://") || template.starts_with("https://")) {
+            return Err("must start with http:// or https://".into());
+        }
+        let mut rest = template.to_string();
+        for p in PLACEHOLDERS {
+            rest = rest.replace(p, "x");
+        }
+        if rest.contains('{') || rest.contains('}') {
+            return Err("the only placeholders are {name} and {namespace}".into());
+        }
+        rest.parse::<hyper::Uri>()
+            .map_err(|e| format!("is not a URL: {e}"))?;
+        Ok(Self(template.to_string()))
+    }
+
+    /// The URL for one desk. Desk and namespace names are DNS labels, safe in a URL.
+    pub fn for_desk(&self, namespace: &str, name: &str) -> String {
+        self.0
+            .replace("{name}", name)
+            .replace("{namespace}", namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_url_takes_the_desk_name() {
+        let url = ReadyUrl::parse(
+            "http://gateway.cyberdesk-system.svc.cluster.local/cyberdesk/{name}/ready",
+        )
+        .expect("valid");
+        assert_eq!(
+            url.for_desk("cyberdesk-system", "0b7e4c1a"),
+            "http://gateway.cyberdesk-system.svc.cluster.local/cyberdesk/0b7e4c1a/ready"
+        );
+        let both = ReadyUrl::parse("https://h/{namespace}/{name}").expect("valid");
+        assert_eq!(both.for_desk("ns", "d"), "https://h/ns/d");
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        assert!(ReadyUrl::parse("gateway/{name}").is_err());
+        assert!(ReadyUrl::parse("http://h/{id}").is_err());
+        assert!(ReadyUrl::parse("http://h /x").is_err());
+    }
+}
