@@ -144,6 +144,18 @@ pub struct RunConfig {
     #[arg(long, env = "CYBERDESK_READY_URL", value_parser = parse_ready_url)]
     pub ready_url: Option<crate::notify::ready::ReadyUrl>,
 
+    /// The platform's Supabase project (e.g. https://<project>.supabase.co). With
+    /// SUPABASE_KEY, each desk's state (pending, terminated, error) is written to its row of
+    /// table cyberdesk_instances whenever it changes. In a cluster both come from a Secret
+    /// (envFrom), locally from .env.
+    #[arg(long, env = "SUPABASE_URL")]
+    pub supabase_url: Option<String>,
+
+    /// The Supabase service key for SUPABASE_URL. Prefer the variable to the flag (a flag
+    /// shows in the process list); the key is never logged.
+    #[arg(long, env = "SUPABASE_KEY", hide_env_values = true)]
+    pub supabase_key: Option<crate::notify::supabase::SecretKey>,
+
     /// Longest time one notification attempt (connect, request, answer) may take.
     #[arg(long, env = "CYBERDESK_NOTIFY_TIMEOUT_SECS", default_value_t = 5)]
     pub notify_timeout_secs: u64,
@@ -288,17 +300,25 @@ impl RunConfig {
         }
     }
 
-    /// The notifier's settings from the flags.
-    pub fn notifier(&self) -> crate::notify::NotifierConfig {
-        crate::notify::NotifierConfig {
+    /// The notifier's settings from the flags; an error names a setting that is wrong.
+    pub fn notifier(&self) -> Result<crate::notify::NotifierConfig, String> {
+        let supabase = match (self.supabase_url.as_deref(), &self.supabase_key) {
+            (None | Some(""), None) => None,
+            (Some(url), Some(key)) if !url.is_empty() => {
+                Some(crate::notify::supabase::Supabase::new(url, key.clone())?)
+            }
+            _ => return Err("set both SUPABASE_URL and SUPABASE_KEY, or neither".into()),
+        };
+        Ok(crate::notify::NotifierConfig {
             ready_url: self.ready_url.clone(),
+            supabase,
             retry: crate::notify::retry::RetryPolicy {
                 first_delay: Duration::from_secs(1),
                 max_delay: Duration::from_secs(60),
                 max_attempts: self.notify_max_attempts,
             },
             attempt_timeout: Duration::from_secs(self.notify_timeout_secs.max(1)),
-        }
+        })
     }
 
     /// The webhook server's limits from the flags.

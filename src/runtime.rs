@@ -69,13 +69,16 @@ pub enum RunError {
     ShutdownTimeout(Duration),
     #[error(transparent)]
     Notifications(#[from] crate::notify::http::ClientError),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let signal = crate::shutdown::on_signal().map_err(RunError::Signals)?;
-    if cfg.notifier().any() {
+    let notify = cfg.notifier().map_err(RunError::Config)?;
+    if notify.any() {
         // The system's TLS roots are read here, so a missing bundle stops the start.
-        crate::notify::http::HttpClient::new(cfg.notifier().attempt_timeout)?;
+        crate::notify::http::HttpClient::new(notify.attempt_timeout)?;
     }
     let client = kube::Client::try_default()
         .await
@@ -110,6 +113,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let controller_task = tokio::spawn(run_controller(
         client.clone(),
         cfg.clone(),
+        notify,
         templates,
         metrics.clone(),
         signal.clone(),
@@ -332,6 +336,7 @@ async fn start_webhooks(
 async fn run_controller(
     client: kube::Client,
     cfg: RunConfig,
+    notify: crate::notify::NotifierConfig,
     templates: Catalog,
     metrics: Metrics,
     stop: CancellationToken,
@@ -342,7 +347,7 @@ async fn run_controller(
         placement: cfg.placement(),
         orphan_grace: Duration::from_secs(cfg.orphan_grace_secs),
         legacy_status: cfg.legacy_status,
-        notify: cfg.notifier(),
+        notify,
     };
     let identity = cfg.pod_name.clone();
     if !cfg.leader_election {

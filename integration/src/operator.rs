@@ -87,6 +87,18 @@ impl OperatorProcess {
     /// Spawns the process with the webhook server on `webhook` (a restart on the port the
     /// webhook configurations already point at).
     pub fn start_on(c: &Cluster, identity: &str, webhook: SocketAddr, extra: &[String]) -> Self {
+        Self::start_with_env(c, identity, webhook, extra, &[])
+    }
+
+    /// As `start_on`, with these environment variables set as well (what a Deployment's
+    /// `env`/`envFrom` would give).
+    pub fn start_with_env(
+        c: &Cluster,
+        identity: &str,
+        webhook: SocketAddr,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> Self {
         let admin = free_addr();
         let log = c.dir.join(format!("operator-{identity}.log"));
         let log_file =
@@ -115,6 +127,7 @@ impl OperatorProcess {
                 std::env::var("CYBERDESK_TEST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
             )
             .env_remove("CYBERDESK_NAMESPACE")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use cyberdesk_integration::cluster::{Cluster, cluster, install_apis};
 use cyberdesk_integration::desks::{Apis, desk_yaml, epoch_ms, events_about, jsonpath, now_ms};
-use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorHandle, SimulatorOptions};
 use cyberdesk_integration::operator::{
-    OperatorProcess, Scrape, SharedOperator, metric_sample, start_shared_operator,
+    OperatorProcess, Scrape, SharedOperator, free_addr, metric_sample, register_webhooks,
+    start_shared_operator,
 };
 use cyberdesk_integration::overlay;
 use cyberdesk_integration::recorder::{Recorder, Reply};
@@ -68,7 +69,7 @@ async fn platform() -> (Cluster, SharedOperator) {
             }
             let objects = overlay::render(&c, OVERLAY);
             overlay::install_rbac(&c, &objects);
-            start_simulator(&c);
+            simulator();
             overlay::operator_flags(&objects)
         })
         .await
@@ -90,9 +91,22 @@ async fn platform() -> (Cluster, SharedOperator) {
             ),
             format!("--notify-max-attempts={NOTIFY_ATTEMPTS}"),
             "--notify-timeout-secs=1".to_string(),
+            "--extra-san=127.0.0.1".to_string(),
         ]);
+        // What the overlay's envFrom gives from Secret cyberdesk-supabase.
+        let env = [
+            (
+                "SUPABASE_URL".to_string(),
+                format!("{}/supabase", gateway().base_url()),
+            ),
+            ("SUPABASE_KEY".to_string(), SUPABASE_KEY.to_string()),
+        ];
         start_shared_operator(move || {
-            OperatorProcess::start_serving_webhooks(&c, "platform", &flags)
+            let webhook = free_addr();
+            if let Err(e) = register_webhooks(&c, webhook) {
+                panic!("registering the webhooks: {e}");
+            }
+            OperatorProcess::start_with_env(&c, "platform", webhook, &flags, &env)
         })
     });
     match op {
@@ -103,26 +117,58 @@ async fn platform() -> (Cluster, SharedOperator) {
 
 /// The simulator plays virt-controller in kubevirt on a runtime of its own: every test's
 /// runtime ends with the test, and all of them share that one namespace.
-fn start_simulator(c: &Cluster) {
-    let c = c.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("simulator-keeper".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let client = c.client().await;
-                let _sim = Simulator::start(client, SimulatorOptions::in_namespace(VM_NS));
-                let _ = tx.send(());
-                std::future::pending::<()>().await
+fn simulator() -> &'static SimulatorHandle {
+    static SIMULATOR: std::sync::OnceLock<SimulatorHandle> = std::sync::OnceLock::new();
+    SIMULATOR.get_or_init(|| {
+        let c = cluster();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("simulator-keeper".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let client = runtime.block_on(c.client());
+                // KubeVirt waits before it restarts a failed VMI of a VM that should run.
+                let opts = SimulatorOptions {
+                    restart_backoff: Duration::from_secs(5),
+                    ..SimulatorOptions::in_namespace(VM_NS)
+                };
+                let handle = {
+                    let _inside = runtime.enter();
+                    Simulator::start(client, opts)
+                };
+                let _ = tx.send(handle);
+                runtime.block_on(std::future::pending::<()>())
             })
+            .expect("simulator thread");
+        rx.recv().expect("simulator started")
+    })
+}
+
+/// The Supabase project as the operator sees it (the recorder under `/supabase`), and its
+/// key, which must never show in the operator's log.
+const SUPABASE_KEY: &str = "sb-secret-service-key-7f3a";
+
+fn supabase_path() -> String {
+    "/supabase/rest/v1/cyberdesk_instances".to_string()
+}
+
+/// The PATCHes of desk `id`'s row, in order: their `status` values.
+fn states_written(id: &str) -> Vec<String> {
+    gateway()
+        .requests_to(&supabase_path())
+        .into_iter()
+        .filter(|r| r.target.ends_with(&format!("?id=eq.{id}")))
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.body)
+                .ok()
+                .and_then(|b| b["status"].as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("<{}>", r.body))
         })
-        .expect("simulator thread");
-    rx.recv().expect("simulator started");
+        .collect()
 }
 
 fn kubectl_ok(c: &Cluster, args: &[&str]) -> String {
@@ -204,6 +250,12 @@ async fn a_gateway_desk_runs_in_kubevirt_under_its_own_name_and_goes_with_its_de
     ] {
         assert_eq!(labels.get(k).map(String::as_str), Some(v), "label {k}");
     }
+    // The platform's table heard pending (running is the gateway's to write), once.
+    eventually(Duration::from_secs(10), "pending written", || async {
+        (!states_written(&id).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(states_written(&id), ["pending"]);
 
     // Stopping a desk is deleting it: VM and VMI go, then the desk.
     kubectl_ok(
@@ -345,6 +397,97 @@ async fn a_gateway_desk_times_out_sixty_seconds_after_its_vm_started() {
         gone_at - expiry < 15_000,
         "gone {} ms after its expiry",
         gone_at - expiry
+    );
+    // The platform's table: pending, then terminated at the timeout, each written once.
+    eventually(Duration::from_secs(15), "terminated written", || async {
+        states_written(&id)
+            .contains(&"terminated".to_string())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(states_written(&id), ["pending", "terminated"]);
+    let patch = gateway()
+        .requests_to(&supabase_path())
+        .into_iter()
+        .find(|r| r.target.ends_with(&format!("?id=eq.{id}")))
+        .expect("a PATCH");
+    assert_eq!(patch.method, "PATCH");
+    assert_eq!(
+        patch.target,
+        format!("/supabase/rest/v1/cyberdesk_instances?id=eq.{id}")
+    );
+    assert_eq!(
+        patch.headers.get("apikey").map(String::as_str),
+        Some(SUPABASE_KEY)
+    );
+    assert_eq!(
+        patch.headers.get("authorization"),
+        Some(&format!("Bearer {SUPABASE_KEY}"))
+    );
+    assert_eq!(
+        patch.headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    assert_eq!(patch.body, r#"{"status":"pending"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_vmi_is_written_as_error_once_and_the_key_never_logged() {
+    let (c, op) = platform().await;
+    let client = c.client().await;
+    let desks = Apis::new(&client, DESK_NS);
+    let id = instance_id();
+    simulator().fail_next_boot(VM_NS, &id);
+    apply(&c, &desk_yaml(DESK_NS, &id, "{timeoutMs: 600000}"));
+    desks
+        .wait_phase(&id, "Failed", Duration::from_secs(40))
+        .await;
+    eventually(Duration::from_secs(15), "error written", || async {
+        states_written(&id)
+            .contains(&"error".to_string())
+            .then_some(())
+    })
+    .await;
+    // A moment for any repeat to show. KubeVirt restarts a failed VMI of a VM that should
+    // run (runStrategy Always) after its backoff, so pending may follow; no state is
+    // written twice in a row.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let written = states_written(&id);
+    let mut seen = written.clone();
+    seen.dedup();
+    assert_eq!(seen, written, "a state written twice in a row");
+    assert_eq!(written.first().map(String::as_str), Some("pending"));
+    assert_eq!(
+        written.iter().filter(|s| *s == "error").count(),
+        1,
+        "{written:?}"
+    );
+    // The desk records what was written last.
+    let last = written.last().cloned().expect("written");
+    eventually(
+        Duration::from_secs(10),
+        "the last state recorded",
+        || async {
+            let recorded = desks
+                .desks
+                .get_opt(&id)
+                .await
+                .ok()??
+                .status?
+                .notifications?
+                .platform_state?
+                .value?;
+            (recorded == last).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !op.log().contains(SUPABASE_KEY),
+        "the Supabase key is in the operator's log"
+    );
+    kubectl_ok(
+        &c,
+        &["delete", "cyberdesk", &id, "-n", DESK_NS, "--wait=false"],
     );
 }
 

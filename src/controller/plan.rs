@@ -19,6 +19,7 @@ use crate::model::{
     Cyberdesk, CyberdeskPhase, CyberdeskStatus, TimeoutAction, VirtualMachine,
     VirtualMachineInstance, names,
 };
+use crate::notify::supabase;
 
 /// How often a desk that cannot be built (missing Secret, broken template, refused VM, a
 /// name taken by another VM) is looked at again, besides the retry a template change brings.
@@ -47,6 +48,8 @@ pub struct Observation<'a> {
     pub legacy_status: bool,
     /// A ready URL is configured (`--ready-url`).
     pub calls_ready: bool,
+    /// The platform's state table is written (Supabase).
+    pub syncs_state: bool,
     pub now: Timestamp,
 }
 
@@ -192,6 +195,8 @@ pub struct Settlement {
     pub delete_desk: bool,
     /// The desk runs and is ready, and the ready call has not been recorded: make it.
     pub call_ready: bool,
+    /// The desk's platform state differs from the one recorded: write it.
+    pub platform_state: Option<&'static str>,
     pub wake: Wake,
     pub outcome: Outcome,
 }
@@ -222,6 +227,18 @@ pub fn ready_call_recorded(desk: &Cyberdesk) -> bool {
         .as_ref()
         .and_then(|s| s.notifications.as_ref())
         .is_some_and(|n| n.ready.is_some())
+}
+
+/// The platform state recorded in the desk's stored status (delivered or given up).
+pub fn platform_state_recorded(desk: &Cyberdesk) -> Option<&str> {
+    desk.status
+        .as_ref()?
+        .notifications
+        .as_ref()?
+        .platform_state
+        .as_ref()?
+        .value
+        .as_deref()
 }
 
 /// The desk recorded a timeout in an earlier pass: timeouts are sticky.
@@ -353,11 +370,14 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
     let call_ready = obs.calls_ready
         && desired.phase == Some(CyberdeskPhase::Running)
         && !ready_call_recorded(desk);
+    let platform_state = supabase::platform_state(&desired)
+        .filter(|state| obs.syncs_state && platform_state_recorded(desk) != Some(*state));
     Settlement {
         status: (before != Some(&desired)).then_some(desired),
         announce,
         delete_desk,
         call_ready,
+        platform_state,
         wake,
         outcome,
     }

@@ -405,6 +405,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         legacy_status: ctx.cfg.legacy_status,
         calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
+        syncs_state: ctx.notifier.as_ref().is_some_and(|n| n.syncs_state()),
         now: Timestamp::now(),
     };
     let mut read_live = false;
@@ -519,12 +520,19 @@ async fn settle(
         ctx.announce(cd, announcement);
     }
     if let Some(notifier) = &ctx.notifier {
+        let uid = cd.uid().unwrap_or_default();
         if settlement.call_ready {
             notifier.ready(cd);
-        } else if let Some(uid) = cd.uid()
-            && plan::ready_call_recorded(cd)
-        {
+        } else if plan::ready_call_recorded(cd) {
             notifier.ready_recorded(&uid);
+        }
+        match settlement.platform_state {
+            Some(state) => notifier.platform_state(cd, state),
+            None => {
+                if let Some(recorded) = plan::platform_state_recorded(cd) {
+                    notifier.platform_state_recorded(&uid, recorded);
+                }
+            }
         }
     }
     let action = match settlement.wake {
@@ -557,6 +565,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         legacy_status: ctx.cfg.legacy_status,
         calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
+        syncs_state: ctx.notifier.as_ref().is_some_and(|n| n.syncs_state()),
         now: Timestamp::now(),
     };
     // A VMI left by our VM belongs to it; KubeVirt removes it before the VM.
@@ -598,6 +607,9 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
             CleanupStep::Release(announcement) => {
                 remove_finalizer(&api, cd).await?;
                 ctx.own_writes.forget(cd);
+                if let (Some(notifier), Some(uid)) = (&ctx.notifier, cd.uid()) {
+                    notifier.forget(&uid);
+                }
                 tracing::info!(vm = %vm_name, "VirtualMachine gone; finalizer released");
                 ctx.announce(cd, announcement);
                 return Ok((Action::await_change(), Outcome::Success));

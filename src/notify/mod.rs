@@ -8,6 +8,7 @@ pub mod http;
 mod notifier;
 pub mod ready;
 pub mod retry;
+pub mod supabase;
 
 pub use notifier::{Notifier, NotifierConfig};
 

@@ -2,7 +2,7 @@
 //! number), and records how they ended in the desk's status with a merge patch of its own
 //! field manager, which the reconciler's server-side applies never touch.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use hyper::Method;
@@ -22,6 +22,7 @@ use crate::model::{Cyberdesk, Delivery, DeliveryOutcome};
 use crate::notify::http::{HttpClient, Outgoing, SendError};
 use crate::notify::ready::ReadyUrl;
 use crate::notify::retry::{RetryPolicy, delivered};
+use crate::notify::supabase::Supabase;
 
 /// Field manager of the notifier's status records.
 const FIELD_MANAGER: &str = "cyberdesk-operator-notifier";
@@ -31,6 +32,8 @@ const MAX_IN_FLIGHT: usize = 32;
 #[derive(Clone, Debug)]
 pub struct NotifierConfig {
     pub ready_url: Option<ReadyUrl>,
+    /// The platform's state table, when SUPABASE_URL and SUPABASE_KEY are set.
+    pub supabase: Option<Supabase>,
     pub retry: RetryPolicy,
     /// Longest time one attempt may take.
     pub attempt_timeout: std::time::Duration,
@@ -39,7 +42,7 @@ pub struct NotifierConfig {
 impl NotifierConfig {
     /// Is there anything to deliver at all?
     pub fn any(&self) -> bool {
-        self.ready_url.is_some()
+        self.ready_url.is_some() || self.supabase.is_some()
     }
 }
 
@@ -59,8 +62,20 @@ struct Inner {
     /// Desks (by uid) whose ready call is in flight, or ended in this process and not yet
     /// seen recorded: never queued twice, even while the desk cache lags the record.
     ready_taken: Mutex<HashSet<String>>,
+    /// The platform state per desk (by uid) that this process is writing or wrote.
+    states: Mutex<HashMap<String, StateSlot>>,
     slots: Semaphore,
     stop: CancellationToken,
+}
+
+/// The platform state of one desk as this process handles it.
+#[derive(Debug)]
+struct StateSlot {
+    /// Being written (`writing`), or written or given up.
+    value: &'static str,
+    writing: bool,
+    /// Asked for while `value` was being written: written next (the latest wins).
+    next: Option<&'static str>,
 }
 
 /// Why a delivery failed, for the log and the give-up event (never a header value).
@@ -90,6 +105,7 @@ impl Notifier {
                 metrics,
                 announcer,
                 ready_taken: Mutex::default(),
+                states: Mutex::default(),
                 slots: Semaphore::new(MAX_IN_FLIGHT),
                 stop,
             }),
@@ -133,6 +149,70 @@ impl Notifier {
         });
     }
 
+    /// Is the platform's state table written?
+    pub fn syncs_state(&self) -> bool {
+        self.inner.cfg.supabase.is_some()
+    }
+
+    /// Writes `state` as the desk's platform state, unless this process is writing or
+    /// wrote that very value. While another value is being written, `state` follows it.
+    pub fn platform_state(&self, desk: &Cyberdesk, state: &'static str) {
+        let (Some(supabase), Some(uid), Some(ns)) = (
+            self.inner.cfg.supabase.clone(),
+            desk.uid(),
+            desk.namespace(),
+        ) else {
+            return;
+        };
+        let Ok(mut states) = self.inner.states.lock() else {
+            return;
+        };
+        match states.get_mut(&uid) {
+            Some(slot) if slot.writing => {
+                slot.next = (slot.value != state).then_some(state);
+                return;
+            }
+            Some(slot) if slot.value == state => return,
+            _ => {}
+        }
+        states.insert(
+            uid.clone(),
+            StateSlot {
+                value: state,
+                writing: true,
+                next: None,
+            },
+        );
+        drop(states);
+        let inner = self.inner.clone();
+        let desk = ObjectRef::new(&desk.name_any()).within(&ns);
+        tokio::spawn(async move { inner.write_states(desk, uid, supabase, state).await });
+    }
+
+    /// The desk's stored status holds `state` as its platform state: its memory here can
+    /// go, unless a write is under way.
+    pub fn platform_state_recorded(&self, uid: &str, state: &str) {
+        if let Ok(mut states) = self.inner.states.lock()
+            && states
+                .get(uid)
+                .is_some_and(|slot| !slot.writing && slot.value == state)
+        {
+            states.remove(uid);
+        }
+    }
+
+    /// The desk is gone: forget it.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut taken) = self.inner.ready_taken.lock() {
+            taken.remove(uid);
+        }
+        if let Ok(mut states) = self.inner.states.lock()
+            && states.get(uid).is_some_and(|slot| !slot.writing)
+        {
+            states.remove(uid);
+        }
+    }
+
     /// The desk's stored status holds its ready record: its memory here can go.
     pub fn ready_recorded(&self, uid: &str) {
         if let Ok(mut taken) = self.inner.ready_taken.lock() {
@@ -153,48 +233,124 @@ impl Inner {
         let Ok(_slot) = self.slots.acquire().await else {
             return;
         };
-        let counter = |result: &str| {
-            self.metrics
-                .notifications
-                .with_label_values(&["ready", result])
-                .inc();
+        let ended = self
+            .attempt(&desk, "ready", &request, || self.still_there(&desk, &uid))
+            .await;
+        let Some((outcome, made, why)) = ended else {
+            return;
         };
-        let name = desk.name.clone();
-        let ns = desk.namespace.clone().unwrap_or_default();
-        let mut made = 0;
+        if outcome == DeliveryOutcome::GaveUp {
+            self.give_up(
+                &desk,
+                &uid,
+                "ReadyNotificationFailed",
+                &format!("the ready call failed {made} times (last: {why}); gave up"),
+            );
+        }
+        self.record(&desk, "ready", outcome, None, made).await;
+    }
+
+    /// Writes the desk's platform state, then whatever value was asked for meanwhile. A
+    /// desk deleted meanwhile still gets its last state written: the platform must learn
+    /// of its end.
+    async fn write_states(
+        &self,
+        desk: ObjectRef<Cyberdesk>,
+        uid: String,
+        supabase: Supabase,
+        first: &'static str,
+    ) {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return;
+        };
+        let mut state = first;
         loop {
-            made += 1;
-            let result = self.http.send(&request).await;
-            if matches!(result, Ok(code) if delivered(code)) {
-                counter("delivered");
-                tracing::info!(cyberdesk = %name, namespace = %ns, attempts = made, "ready call delivered");
-                self.record(&desk, "ready", DeliveryOutcome::Delivered, None, made)
-                    .await;
-                return;
+            let request = supabase.request(&desk.name, state);
+            let ended = self
+                .attempt(&desk, "platform_state", &request, || true)
+                .await;
+            if let Some((outcome, made, why)) = ended {
+                if outcome == DeliveryOutcome::GaveUp {
+                    self.give_up(&desk, &uid, "PlatformStateFailed", &format!(
+                        "writing platform state {state} failed {made} times (last: {why}); gave up"
+                    ));
+                }
+                self.record(
+                    &desk,
+                    "platformState",
+                    outcome,
+                    Some(state.to_string()),
+                    made,
+                )
+                .await;
             }
-            let why = failure(&result);
-            let Some(wait) = self.cfg.retry.delay_after(made) else {
-                counter("gave_up");
-                tracing::warn!(cyberdesk = %name, namespace = %ns, attempts = made, last = %why, "ready call failed; giving up");
-                self.give_up(&desk, &uid, made, &why);
-                self.record(&desk, "ready", DeliveryOutcome::GaveUp, None, made)
-                    .await;
+            let Ok(mut states) = self.states.lock() else {
                 return;
             };
-            counter("retried");
-            tracing::warn!(cyberdesk = %name, namespace = %ns, attempts = made, last = %why, retry_in = ?wait, "ready call failed; retrying");
-            tokio::select! {
-                // No record: the next leader makes the call.
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            if !self.still_there(&desk, &uid) {
+            let Some(slot) = states.get_mut(&uid) else {
                 return;
+            };
+            match slot.next.take() {
+                Some(next) => {
+                    slot.value = next;
+                    state = next;
+                }
+                None => {
+                    slot.writing = false;
+                    return;
+                }
             }
         }
     }
 
-    fn give_up(&self, desk: &ObjectRef<Cyberdesk>, uid: &str, made: u32, why: &str) {
+    /// Sends `request` until it is delivered or the attempts run out: the outcome, the
+    /// attempts made and the last failure. `None` when stopped (shutdown, or `go_on`
+    /// said no before a retry): nothing is recorded then.
+    async fn attempt(
+        &self,
+        desk: &ObjectRef<Cyberdesk>,
+        sink: &str,
+        request: &Outgoing,
+        go_on: impl Fn() -> bool,
+    ) -> Option<(DeliveryOutcome, u32, String)> {
+        let counter = |result: &str| {
+            self.metrics
+                .notifications
+                .with_label_values(&[sink, result])
+                .inc();
+        };
+        let name = &desk.name;
+        let ns = desk.namespace.as_deref().unwrap_or_default();
+        let mut made = 0;
+        loop {
+            made += 1;
+            let result = self.http.send(request).await;
+            if matches!(result, Ok(code) if delivered(code)) {
+                counter("delivered");
+                tracing::info!(cyberdesk = %name, namespace = %ns, sink, attempts = made, "notification delivered");
+                return Some((DeliveryOutcome::Delivered, made, String::new()));
+            }
+            let why = failure(&result);
+            let Some(wait) = self.cfg.retry.delay_after(made) else {
+                counter("gave_up");
+                tracing::warn!(cyberdesk = %name, namespace = %ns, sink, attempts = made, last = %why, "notification failed; giving up");
+                return Some((DeliveryOutcome::GaveUp, made, why));
+            };
+            counter("retried");
+            tracing::warn!(cyberdesk = %name, namespace = %ns, sink, attempts = made, last = %why, retry_in = ?wait, "notification failed; retrying");
+            tokio::select! {
+                // No record: the next leader delivers it.
+                _ = self.stop.cancelled() => return None,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if !go_on() {
+                return None;
+            }
+        }
+    }
+
+    /// A Warning event on the desk, if it is still the same desk.
+    fn give_up(&self, desk: &ObjectRef<Cyberdesk>, uid: &str, reason: &str, note: &str) {
         let Some(stored) = self.desks.get(desk) else {
             return;
         };
@@ -205,10 +361,8 @@ impl Inner {
             stored.object_ref(&()),
             Event {
                 type_: EventType::Warning,
-                reason: "ReadyNotificationFailed".into(),
-                note: Some(format!(
-                    "the ready call failed {made} times (last: {why}); gave up"
-                )),
+                reason: reason.into(),
+                note: Some(note.into()),
                 action: "Notify".into(),
                 secondary: None,
             },

@@ -64,6 +64,7 @@ fn observe(desk: &Cyberdesk) -> Observation<'_> {
         default_timeout_ms: 3_600_000,
         legacy_status: false,
         calls_ready: false,
+        syncs_state: false,
         now: NOW.parse().expect("now"),
     }
 }
@@ -231,6 +232,40 @@ fn the_ready_call_is_asked_for_while_running_until_its_outcome_is_recorded() {
         o.calls_ready = true;
         assert!(!settled(plan(&o)).call_ready, "{outcome}");
     }
+}
+
+#[test]
+fn the_platform_state_is_written_when_it_differs_from_the_recorded_one() {
+    let recorded = |state: &str| {
+        started_desk(
+            3_600_000,
+            json!({"notifications": {"platformState": {"outcome": "Delivered",
+                "value": state, "attempts": 1, "time": STARTED}}}),
+        )
+    };
+    let running = |d: &Cyberdesk, syncs: bool| {
+        let mut o = observe(d);
+        o.vm = Some(vm("desk-uid", "Always"));
+        o.vmi = Some(running_vmi());
+        o.syncs_state = syncs;
+        settled(plan(&o)).platform_state
+    };
+    let fresh = started_desk(3_600_000, json!({}));
+    assert_eq!(running(&fresh, false), None);
+    assert_eq!(running(&fresh, true), Some("pending"));
+    // Unchanged: nothing to write.
+    assert_eq!(running(&recorded("pending"), true), None);
+    // A failed VMI turns it into error.
+    let d = recorded("pending");
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    let mut failed = running_vmi();
+    if let Some(status) = failed.status.as_mut() {
+        status.phase = Some("Failed".into());
+    }
+    o.vmi = Some(failed);
+    o.syncs_state = true;
+    assert_eq!(settled(plan(&o)).platform_state, Some("error"));
 }
 
 #[test]
