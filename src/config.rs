@@ -269,12 +269,12 @@ pub struct RunConfig {
     pub log_format: LogFormat,
 }
 
-fn parse_ready_url(value: &str) -> Result<crate::notify::ready::ReadyUrl, String> {
+pub(crate) fn parse_ready_url(value: &str) -> Result<crate::notify::ready::ReadyUrl, String> {
     crate::notify::ready::ReadyUrl::parse(value)
 }
 
 /// An empty value (an empty variable in an env file) means no VM namespace.
-fn parse_namespace(value: &str) -> Result<String, String> {
+pub(crate) fn parse_namespace(value: &str) -> Result<String, String> {
     if value.is_empty() {
         return Ok(String::new());
     }
@@ -284,7 +284,7 @@ fn parse_namespace(value: &str) -> Result<String, String> {
     }
 }
 
-fn parse_prefix(value: &str) -> Result<String, String> {
+pub(crate) fn parse_prefix(value: &str) -> Result<String, String> {
     match crate::model::placement::prefix_problem(value) {
         None => Ok(value.to_string()),
         Some(problem) => Err(problem),

@@ -13,6 +13,7 @@ pub mod crd;
 pub mod fuzzing;
 pub mod leader;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod notify;
 pub mod policy;

@@ -30,6 +30,9 @@ enum Command {
     Certs(CertsArgs),
     /// Print both webhook configurations as YAML (for GitOps or a local control plane).
     WebhookConfig(WebhookConfigArgs),
+    /// Show what the operator will do with the desks and VMs the previous (kopf) operator
+    /// left: adopt, create, keep or leave alone. Reads only; needs --dry-run.
+    Migrate(cyberdesk_operator::migrate::MigrateConfig),
     /// Lint JSON Schema policy files.
     Policy {
         #[command(subcommand)]
@@ -153,6 +156,17 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Migrate(cfg) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let text = runtime.block_on(async {
+                let client = kube::Client::try_default().await?;
+                cyberdesk_operator::migrate::dry_run(client, &cfg).await
+            })?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version => {
             println!("cyberdesk-operator {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

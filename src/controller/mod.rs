@@ -2,6 +2,7 @@
 //! finalizer cleanup. Pure decisions live in plan/template/status/expiry; reconcile.rs
 //! carries out the plan.
 
+pub mod adoption;
 pub mod announcer;
 pub mod cache;
 pub mod error;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::Value;
 
+use crate::controller::adoption;
 use crate::controller::expiry::{self, Deadline};
 use crate::controller::status::{self, RenderProblem};
 use crate::model::conditions::{self, ConditionStatus};
@@ -43,6 +44,8 @@ pub struct Observation<'a> {
     pub rendered: Option<Result<Value, RenderProblem>>,
     /// The apiserver refused to create the rendered VM.
     pub refused: Option<RenderProblem>,
+    /// The previous operator's VM of this (legacy) desk was looked for live.
+    pub searched_legacy: bool,
     pub default_timeout_ms: i64,
     /// Keep the previous operator's status block in step (`--legacy-status`).
     pub legacy_status: bool,
@@ -57,6 +60,7 @@ pub struct Observation<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     VirtualMachineCreated,
+    VirtualMachineAdopted,
     VirtualMachineConflict,
     TimedOut,
     Ready,
@@ -73,6 +77,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::VirtualMachineCreated => "VirtualMachineCreated",
+            Reason::VirtualMachineAdopted => "VirtualMachineAdopted",
             Reason::VirtualMachineConflict => "VirtualMachineConflict",
             Reason::TimedOut => "TimedOut",
             Reason::Ready => "Ready",
@@ -164,6 +169,14 @@ pub enum Step {
     /// Add the cleanup finalizer (the mutating webhook normally has, but it may be off or
     /// the desk older than it); the executor then plans again on the desk as stored.
     AddFinalizer,
+    /// The desk was the previous (kopf) operator's: replace kopf's finalizer with this
+    /// operator's in one guarded patch; the executor then plans again on the desk as stored.
+    TakeOverFinalizer,
+    /// The desk was the previous operator's and its VM is not in the cache (it lacks this
+    /// operator's labels): look for it live, by the name the desk recorded, else by label.
+    FindLegacyVm,
+    /// Claim the previous operator's VM for the desk instead of creating a second one.
+    Adopt(Announcement),
     /// A VM by this name that the desk does not control: warn and leave it alone.
     Conflict(Announcement),
     /// The desk's time is up: halt the VM. Counted and announced only once the halt patch,
@@ -269,13 +282,32 @@ fn expired_by(obs: &Observation<'_>) -> Option<Duration> {
 /// The next step of a pass over a desk that is not being deleted.
 pub fn plan(obs: &Observation<'_>) -> Step {
     let desk = obs.desk;
+    if adoption::has_kopf_finalizer(desk) {
+        return Step::TakeOverFinalizer;
+    }
     if !has_finalizer(desk) {
         return Step::AddFinalizer;
     }
     let vm_name = obs.vm_name;
+    let legacy = adoption::is_legacy(desk);
+    if obs.vm.is_none() && legacy && !obs.searched_legacy {
+        return Step::FindLegacyVm;
+    }
     if let Some(vm) = &obs.vm
         && !owned_by(vm, desk)
     {
+        if legacy && adoption::adoptable(vm, desk) {
+            let name = vm.metadata.name.as_deref().unwrap_or(vm_name);
+            let expiry = status::expiry_time(desk, Some(vm), obs.default_timeout_ms)
+                .map(expiry::format)
+                .unwrap_or_default();
+            return Step::Adopt(Announcement::new(
+                Reason::VirtualMachineAdopted,
+                format!(
+                    "adopted VirtualMachine {name} from the previous operator; expiry stays {expiry}"
+                ),
+            ));
+        }
         return Step::Conflict(Announcement::new(
             Reason::VirtualMachineConflict,
             format!(

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
+use crate::controller::adoption;
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{Caches, trim_desk, trim_vm};
 use crate::controller::error::Error;
@@ -184,6 +185,90 @@ async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<Cyberd
     Ok(api
         .patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
         .await?)
+}
+
+/// Replaces kopf's finalizer with this operator's in one patch guarded by the
+/// resourceVersion the pass read; the desk as stored.
+async fn take_over_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<Cyberdesk, Error> {
+    let rv = cd.resource_version().unwrap_or_default();
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+        {"op": "replace", "path": "/metadata/finalizers", "value": adoption::swapped_finalizers(cd)},
+    ]))
+    .map_err(|source| Error::Serialization {
+        what: "finalizer patch",
+        source,
+    })?;
+    Ok(api
+        .patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
+        .await?)
+}
+
+/// The previous operator's VM of a legacy desk, read live: by the name the desk recorded
+/// (else this operator's VM name), else the one VM labelled `cyberdesk-instance=<desk>`.
+async fn find_legacy_vm(
+    vms: &Api<VirtualMachine>,
+    cd: &Cyberdesk,
+    vm_name: &str,
+) -> Result<Option<VirtualMachine>, Error> {
+    let by_name = adoption::recorded_vm_name(cd).unwrap_or(vm_name);
+    if let Some(vm) = vms.get_opt(by_name).await? {
+        return Ok(Some(vm));
+    }
+    let selector = format!("{}={}", names::LABEL_INSTANCE, cd.name_any());
+    let mut found = vms
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?
+        .items;
+    // Several VMs claiming one desk: adopt none of them.
+    Ok(if found.len() == 1 { found.pop() } else { None })
+}
+
+/// Claims the previous operator's VM: this operator's labels, and the ownerReference when
+/// it lives beside the desk; guarded by the VM's resourceVersion.
+async fn claim_vm(
+    vms: &Api<VirtualMachine>,
+    vm: &VirtualMachine,
+    cd: &Cyberdesk,
+    ctx: &Context,
+    ns: &str,
+) -> Result<VirtualMachine, Error> {
+    let uid = cd.uid().ok_or(Error::NoUid)?;
+    let owner = if ctx.cfg.placement.elsewhere(ns) {
+        None
+    } else {
+        let owner = cd.controller_owner_ref(&()).ok_or(Error::NoUid)?;
+        Some(
+            serde_json::to_value(owner).map_err(|source| Error::Serialization {
+                what: "ownerReference",
+                source,
+            })?,
+        )
+    };
+    let labels = vm_labels(ns, &cd.name_any(), &uid);
+    let ops = adoption::claim_patch(vm, &labels, owner.as_ref());
+    let patch: json_patch::Patch =
+        serde_json::from_value(ops).map_err(|source| Error::Serialization {
+            what: "adoption patch",
+            source,
+        })?;
+    let claimed = vms
+        .patch(&vm.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
+        .await?;
+    // The running VMI got its labels from the template before: label it too, so its watch
+    // sees it and maps it to the desk.
+    let vm_ns = claimed.namespace().unwrap_or_default();
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &vm_ns);
+    let merge = json!({"metadata": {"labels": labels}});
+    match vmis
+        .patch(&claimed.name_any(), &plain_pp(), &Patch::Merge(merge))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(claimed)
 }
 
 async fn remove_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Error> {
@@ -402,6 +487,7 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
         vmi: ctx.caches.vmi(vm_ns, &vm_name),
         rendered: None,
         refused: None,
+        searched_legacy: false,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         legacy_status: ctx.cfg.legacy_status,
         calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
@@ -419,6 +505,31 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                 // creates the VM.
                 let stored = remember(ctx, cd, ensure_finalizer(&api, cd).await?);
                 return Box::pin(apply(&stored, ctx, ns)).await;
+            }
+            Step::TakeOverFinalizer => {
+                let stored = remember(ctx, cd, take_over_finalizer(&api, cd).await?);
+                tracing::info!(cyberdesk = %name, "took the desk over from the previous operator's finalizer");
+                return Box::pin(apply(&stored, ctx, ns)).await;
+            }
+            Step::FindLegacyVm => {
+                obs.searched_legacy = true;
+                obs.vm = find_legacy_vm(&vms, cd, &vm_name).await?;
+            }
+            Step::Adopt(announcement) => {
+                let Some(found) = &obs.vm else { break };
+                match claim_vm(&vms, found, cd, ctx, ns).await {
+                    Ok(mut claimed) => {
+                        tracing::info!(vm = %claimed.name_any(), "adopted the previous operator's VirtualMachine");
+                        ctx.announce(cd, announcement);
+                        trim_vm(&mut claimed);
+                        obs.vm = Some(claimed);
+                    }
+                    // Changed meanwhile: look again in a later pass.
+                    Err(Error::Kube(e)) if changed_meanwhile(&e) => {
+                        return Ok((Action::requeue(plan::CLEANUP_RECHECK), Outcome::Requeue));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Step::Conflict(announcement) => {
                 ctx.announce(cd, announcement);
@@ -562,6 +673,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
         vmi: None,
         rendered: None,
         refused: None,
+        searched_legacy: false,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         legacy_status: ctx.cfg.legacy_status,
         calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),

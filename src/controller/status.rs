@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use crate::controller::expiry;
+use crate::controller::{adoption, expiry};
 use crate::model::conditions::{self, Condition, ConditionStatus, set_condition};
 use crate::model::{
     Cyberdesk, CyberdeskPhase, CyberdeskStatus, LegacyStatus, VirtualMachine,
@@ -58,14 +58,21 @@ impl RenderProblem {
     }
 }
 
-/// When the desk's lifetime started: recorded once, else the VM's creation time.
-pub fn start_time(cd: &Cyberdesk, vm: Option<&VirtualMachine>) -> Option<Timestamp> {
+/// When the desk's lifetime started: recorded once; for a desk adopted from the previous
+/// operator, such that its recorded expiry stays; else the VM's creation time.
+pub fn start_time(
+    cd: &Cyberdesk,
+    vm: Option<&VirtualMachine>,
+    default_timeout_ms: i64,
+) -> Option<Timestamp> {
     let recorded = cd
         .status
         .as_ref()
         .and_then(|s| s.start_time.as_deref())
         .and_then(expiry::parse);
-    recorded.or_else(|| vm?.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    recorded
+        .or_else(|| adoption::legacy_start(cd, cd.effective_timeout_ms(default_timeout_ms)))
+        .or_else(|| vm?.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
 /// `startTime + spec.timeoutMs`; moves when timeoutMs changes.
@@ -74,7 +81,7 @@ pub fn expiry_time(
     vm: Option<&VirtualMachine>,
     default_timeout_ms: i64,
 ) -> Option<Timestamp> {
-    let start = start_time(cd, vm)?;
+    let start = start_time(cd, vm, default_timeout_ms)?;
     Some(expiry::expiry(
         start,
         cd.effective_timeout_ms(default_timeout_ms),
@@ -268,7 +275,7 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
     };
     set_condition(&mut conds, timed_out);
 
-    let start = start_time(obs.cyberdesk, obs.vm);
+    let start = start_time(obs.cyberdesk, obs.vm, obs.default_timeout_ms);
     let expiry = expiry_time(obs.cyberdesk, obs.vm, obs.default_timeout_ms);
     let virtual_machine_ref = obs
         .vm

@@ -61,6 +61,7 @@ fn observe(desk: &Cyberdesk) -> Observation<'_> {
         vmi: None,
         rendered: None,
         refused: None,
+        searched_legacy: false,
         default_timeout_ms: 3_600_000,
         legacy_status: false,
         calls_ready: false,
@@ -135,6 +136,49 @@ fn a_vm_elsewhere_is_owned_by_its_uid_label() {
         .insert(names::LABEL_DESK_UID.into(), "desk-uid".into());
     o.vm = Some(theirs);
     assert!(matches!(plan(&o), Step::Conflict(_)));
+}
+
+/// A desk as the previous (kopf) operator left it.
+fn kopf_desk(finalizer: &str) -> Cyberdesk {
+    serde_json::from_value(json!({
+        "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+        "metadata": {"name": "alice", "namespace": "ns", "uid": "desk-uid", "generation": 1,
+                     "finalizers": [finalizer]},
+        "spec": {"timeoutMs": 3_600_000},
+        "status": {"cyberdesk_create": {"virtualMachineRef": "alice",
+            "startTime": STARTED, "expiryTime": "2026-01-01T01:00:00Z", "lastPhase": "Running"}}
+    }))
+    .expect("desk")
+}
+
+#[test]
+fn a_kopf_desk_is_taken_over_and_its_vm_adopted_not_created_again() {
+    use crate::controller::adoption::KOPF_FINALIZER;
+    let d = kopf_desk(KOPF_FINALIZER);
+    assert_eq!(plan(&observe(&d)), Step::TakeOverFinalizer);
+    // With this operator's finalizer: the VM is looked for live, once.
+    let d = kopf_desk(names::FINALIZER);
+    let mut o = observe(&d);
+    o.vm_name = "alice";
+    assert_eq!(plan(&o), Step::FindLegacyVm);
+    o.searched_legacy = true;
+    // Found, unclaimed: adopted, and the recorded expiry stays.
+    let mut old = vm_elsewhere("x");
+    old.metadata.labels = Some([("cyberdesk-instance".to_string(), "alice".to_string())].into());
+    o.vm = Some(old);
+    match plan(&o) {
+        Step::Adopt(a) => {
+            assert_eq!(a.reason, Reason::VirtualMachineAdopted);
+            assert!(a.note.contains("2026-01-01T01:00:00Z"), "{}", a.note);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Claimed by another desk: left alone.
+    o.vm = Some(vm_elsewhere("another-desk"));
+    assert!(matches!(plan(&o), Step::Conflict(_)));
+    // Not found: created like any other.
+    o.vm = None;
+    assert_eq!(plan(&o), Step::Render);
 }
 
 #[test]
@@ -431,6 +475,7 @@ fn a_desk_deleted_while_creating_releases_at_once_and_one_without_our_finalizer_
 fn reasons_are_distinct_and_warnings_are_the_problems() {
     let all = [
         Reason::VirtualMachineCreated,
+        Reason::VirtualMachineAdopted,
         Reason::VirtualMachineConflict,
         Reason::TimedOut,
         Reason::Ready,

@@ -1,0 +1,227 @@
+//! Taking over the desks the previous (kopf) operator left (pure). Such a desk carries
+//! kopf's finalizer and/or its status block `status.cyberdesk_create`, and its VM has
+//! neither an ownerReference nor this operator's labels. Adoption claims that VM (labels,
+//! and an ownerReference when it lives beside the desk) instead of creating a second one,
+//! keeps the desk's original expiry, and swaps kopf's finalizer for this operator's.
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::controller::expiry;
+use crate::model::{Cyberdesk, VirtualMachine, names};
+
+/// The finalizer kopf puts on every object it handles.
+pub const KOPF_FINALIZER: &str = "kopf.zalando.org/KopfFinalizerMarker";
+
+pub fn has_kopf_finalizer(desk: &Cyberdesk) -> bool {
+    desk.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == KOPF_FINALIZER)
+}
+
+/// Was this desk the previous operator's and not taken over yet? kopf's finalizer, or its
+/// status block without this operator's own VM reference (which every desk this operator
+/// made a VM for has).
+pub fn is_legacy(desk: &Cyberdesk) -> bool {
+    let status = desk.status.as_ref();
+    let legacy_block = status.is_some_and(|s| s.legacy.is_some());
+    let own_ref = status.is_some_and(|s| s.virtual_machine_ref.is_some());
+    has_kopf_finalizer(desk) || (legacy_block && !own_ref)
+}
+
+/// The VM name the previous operator recorded.
+pub fn recorded_vm_name(desk: &Cyberdesk) -> Option<&str> {
+    desk.status
+        .as_ref()?
+        .legacy
+        .as_ref()?
+        .virtual_machine_ref
+        .as_deref()
+        .filter(|n| !n.is_empty())
+}
+
+/// May this VM be taken over for this desk? Only one nobody else claims: no ownerReference
+/// and no desk-uid label of another desk, and a `cyberdesk-instance` label, if any, naming
+/// this desk.
+pub fn adoptable(vm: &VirtualMachine, desk: &Cyberdesk) -> bool {
+    let labels = vm.metadata.labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+    let unowned = vm
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_none_or(Vec::is_empty);
+    let uid_ok =
+        label(names::LABEL_DESK_UID).is_none_or(|u| Some(u) == desk.metadata.uid.as_deref());
+    let name_ok =
+        label(names::LABEL_INSTANCE).is_none_or(|n| Some(n) == desk.metadata.name.as_deref());
+    unowned && uid_ok && name_ok && vm.metadata.deletion_timestamp.is_none()
+}
+
+/// The JSON patch that claims `vm` for the desk: guarded by the VM's resourceVersion, it
+/// adds this operator's labels (`labels`) to the VM and to its template (so the VMIs it
+/// starts from now on carry them) and, beside the desk, the ownerReference.
+pub fn claim_patch(
+    vm: &VirtualMachine,
+    labels: &std::collections::BTreeMap<String, String>,
+    owner_reference: Option<&Value>,
+) -> Value {
+    let rv = vm.metadata.resource_version.clone().unwrap_or_default();
+    let mut ops = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv})];
+    let mut all = vm.metadata.labels.clone().unwrap_or_default();
+    all.extend(labels.clone());
+    ops.push(json!({"op": "add", "path": "/metadata/labels", "value": all}));
+    if let Some(Value::Object(template)) = &vm.spec.template {
+        let mut meta = template
+            .get("metadata")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let mut template_labels = meta
+            .get("labels")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for (k, v) in labels {
+            template_labels.insert(k.clone(), Value::String(v.clone()));
+        }
+        meta.insert("labels".into(), Value::Object(template_labels));
+        ops.push(json!({"op": "add", "path": "/spec/template/metadata", "value": meta}));
+    }
+    if let Some(owner) = owner_reference {
+        ops.push(json!({"op": "add", "path": "/metadata/ownerReferences", "value": [owner]}));
+    }
+    Value::Array(ops)
+}
+
+/// The desk's finalizers with kopf's replaced by this operator's (kept in place, once).
+pub fn swapped_finalizers(desk: &Cyberdesk) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in desk.metadata.finalizers.iter().flatten() {
+        let f = if f == KOPF_FINALIZER {
+            names::FINALIZER
+        } else {
+            f.as_str()
+        };
+        if !out.iter().any(|o| o == f) {
+            out.push(f.to_string());
+        }
+    }
+    out
+}
+
+/// When the lifetime of an adopted desk started, such that its expiry stays the one the
+/// previous operator recorded: `expiryTime - timeout`, else its recorded `startTime`.
+pub fn legacy_start(desk: &Cyberdesk, timeout_ms: i64) -> Option<Timestamp> {
+    let legacy = desk.status.as_ref()?.legacy.as_ref()?;
+    if let Some(expiry) = legacy.expiry_time.as_deref().and_then(expiry::parse) {
+        return expiry
+            .checked_sub(jiff::SignedDuration::from_millis(timeout_ms.max(0)))
+            .ok();
+    }
+    legacy.start_time.as_deref().and_then(expiry::parse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kopf_desk() -> Cyberdesk {
+        serde_json::from_value(json!({
+            "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+            "metadata": {"name": "d1", "namespace": "cyberdesk-system", "uid": "u1",
+                         "finalizers": [KOPF_FINALIZER]},
+            "spec": {"timeoutMs": 3_600_000},
+            "status": {"cyberdesk_create": {"virtualMachineRef": "d1",
+                "startTime": "2026-01-01T10:00:00Z", "expiryTime": "2026-01-01T11:00:00Z",
+                "lastPhase": "Running"}}
+        }))
+        .expect("desk")
+    }
+
+    fn vm(labels: Value, owners: Value) -> VirtualMachine {
+        serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "d1", "namespace": "kubevirt", "resourceVersion": "7",
+                         "labels": labels, "ownerReferences": owners},
+            "spec": {}
+        }))
+        .expect("vm")
+    }
+
+    #[test]
+    fn a_kopf_desk_is_legacy_and_names_its_vm() {
+        let d = kopf_desk();
+        assert!(is_legacy(&d) && has_kopf_finalizer(&d));
+        assert_eq!(recorded_vm_name(&d), Some("d1"));
+        // The block alone (kopf's finalizer gone) still counts, until the desk has a VM
+        // reference of this operator's.
+        let mut no_finalizer = d.clone();
+        no_finalizer.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
+        assert!(is_legacy(&no_finalizer));
+        if let Some(s) = no_finalizer.status.as_mut() {
+            s.virtual_machine_ref = Some("d1".into());
+        }
+        assert!(!is_legacy(&no_finalizer));
+    }
+
+    #[test]
+    fn only_an_unclaimed_vm_of_this_desk_is_adoptable() {
+        let d = kopf_desk();
+        let old = json!({"app": "cyberdesk", "cyberdesk-instance": "d1"});
+        assert!(adoptable(&vm(old.clone(), json!([])), &d));
+        assert!(!adoptable(
+            &vm(json!({"cyberdesk-instance": "other"}), json!([])),
+            &d
+        ));
+        assert!(!adoptable(
+            &vm(json!({names::LABEL_DESK_UID: "u2"}), json!([])),
+            &d
+        ));
+        let owned = json!([{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "x"}]);
+        assert!(!adoptable(&vm(old, owned), &d));
+    }
+
+    #[test]
+    fn the_claim_keeps_the_old_labels_and_is_guarded() {
+        let v = vm(json!({"app": "cyberdesk", "team": "x"}), json!([]));
+        let labels = crate::model::placement::vm_labels("cyberdesk-system", "d1", "u1");
+        let patch = claim_patch(&v, &labels, None);
+        assert_eq!(
+            patch[0],
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": "7"})
+        );
+        assert_eq!(patch[1]["value"]["team"], "x");
+        assert_eq!(patch[1]["value"][names::LABEL_DESK_UID], "u1");
+        assert_eq!(patch.as_array().map(Vec::len), Some(2));
+        let owner = json!({"kind": "Cyberdesk", "uid": "u1"});
+        assert_eq!(
+            claim_patch(&v, &labels, Some(&owner))[2]["value"],
+            json!([owner])
+        );
+    }
+
+    #[test]
+    fn kopfs_finalizer_is_swapped_in_place() {
+        let mut d = kopf_desk();
+        d.metadata.finalizers = Some(vec!["a/b".into(), KOPF_FINALIZER.into()]);
+        assert_eq!(swapped_finalizers(&d), ["a/b", names::FINALIZER]);
+        d.metadata.finalizers = Some(vec![KOPF_FINALIZER.into(), names::FINALIZER.into()]);
+        assert_eq!(swapped_finalizers(&d), [names::FINALIZER]);
+    }
+
+    #[test]
+    fn the_recorded_expiry_is_kept() {
+        let d = kopf_desk();
+        let start = legacy_start(&d, 3_600_000).expect("start");
+        assert_eq!(expiry::format(start), "2026-01-01T10:00:00Z");
+        // A different timeout keeps the expiry, not the start.
+        let start = legacy_start(&d, 1_800_000).expect("start");
+        assert_eq!(
+            expiry::format(expiry::expiry(start, 1_800_000)),
+            "2026-01-01T11:00:00Z"
+        );
+    }
+}

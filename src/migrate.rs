@@ -1,0 +1,296 @@
+//! `cyberdesk-operator migrate --dry-run`: what the operator will do, once it runs, with the
+//! desks and VMs the previous operator left. It reads (desks everywhere, VMs in the VM
+//! namespace) and changes nothing; the decisions are the reconciler's own
+//! (`controller::adoption`).
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+
+use crate::controller::adoption;
+use crate::controller::{expiry, plan, status};
+use crate::model::{Cyberdesk, Placement, VirtualMachine, names};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct MigrateConfig {
+    /// Only show the plan. Required: the operator adopts desks itself when it runs.
+    #[arg(long, required = true)]
+    pub dry_run: bool,
+    /// As `run --vm-namespace`.
+    #[arg(long, env = "CYBERDESK_VM_NAMESPACE", value_parser = crate::config::parse_namespace)]
+    pub vm_namespace: Option<String>,
+    /// As `run --vm-name-prefix`.
+    #[arg(
+        long,
+        env = "CYBERDESK_VM_NAME_PREFIX",
+        default_value = names::VM_PREFIX,
+        value_parser = crate::config::parse_prefix
+    )]
+    pub vm_name_prefix: String,
+    /// As `run --default-timeout-ms`: the timeout of a desk without spec.timeoutMs.
+    #[arg(long, env = "CYBERDESK_DEFAULT_TIMEOUT_MS", default_value_t = crate::model::cyberdesk::DEFAULT_TIMEOUT_MS)]
+    pub default_timeout_ms: i64,
+}
+
+impl MigrateConfig {
+    pub fn placement(&self) -> Placement {
+        Placement {
+            namespace: self.vm_namespace.clone().filter(|ns| !ns.is_empty()),
+            prefix: self.vm_name_prefix.clone(),
+        }
+    }
+}
+
+/// What will happen to one desk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Already this operator's: nothing changes.
+    Keep,
+    /// The previous operator's VM is taken over.
+    Adopt {
+        vm: String,
+        expiry: Option<String>,
+        swap_finalizer: bool,
+    },
+    /// The previous operator's desk has no VM left: one is created.
+    Create { vm: String, swap_finalizer: bool },
+    /// A VM by the desk's name is someone else's: left alone, the desk reports a conflict.
+    Conflict { vm: String },
+}
+
+/// The verdict for `desk`, given the VM found for it (by the recorded name, else this
+/// operator's name, else the one VM labelled with the desk's name).
+pub fn assess(
+    desk: &Cyberdesk,
+    vm: Option<&VirtualMachine>,
+    placement: &Placement,
+    default_timeout_ms: i64,
+) -> Verdict {
+    let swap_finalizer = adoption::has_kopf_finalizer(desk);
+    let own_name = placement.vm_name(&desk.name_any());
+    if !adoption::is_legacy(desk) {
+        return match vm {
+            Some(vm) if !plan::owned_by(vm, desk) => Verdict::Conflict { vm: vm.name_any() },
+            _ => Verdict::Keep,
+        };
+    }
+    match vm {
+        None => Verdict::Create {
+            vm: own_name,
+            swap_finalizer,
+        },
+        Some(vm) if plan::owned_by(vm, desk) || adoption::adoptable(vm, desk) => Verdict::Adopt {
+            vm: vm.name_any(),
+            expiry: status::expiry_time(desk, Some(vm), default_timeout_ms).map(expiry::format),
+            swap_finalizer,
+        },
+        Some(vm) => Verdict::Conflict { vm: vm.name_any() },
+    }
+}
+
+/// The VM a desk would be matched with, from the VMs listed in its VM namespace.
+fn vm_for<'a>(
+    desk: &Cyberdesk,
+    vms: &'a [VirtualMachine],
+    placement: &Placement,
+) -> Option<&'a VirtualMachine> {
+    let ns = placement
+        .vm_namespace(desk.namespace().as_deref().unwrap_or_default())
+        .to_string();
+    let in_ns = || {
+        vms.iter()
+            .filter(|v| v.namespace().as_deref() == Some(ns.as_str()))
+    };
+    let own = placement.vm_name(&desk.name_any());
+    let by_name = adoption::recorded_vm_name(desk).unwrap_or(&own).to_string();
+    if let Some(vm) = in_ns().find(|v| v.name_any() == by_name) {
+        return Some(vm);
+    }
+    if !adoption::is_legacy(desk) {
+        return None;
+    }
+    let name = desk.name_any();
+    let labelled: Vec<_> = in_ns()
+        .filter(|v| v.labels().get(names::LABEL_INSTANCE) == Some(&name))
+        .collect();
+    (labelled.len() == 1).then(|| labelled[0])
+}
+
+/// The plan as text, one line per desk and per VM left without a desk, and a summary.
+pub fn render(desks: &[Cyberdesk], vms: &[VirtualMachine], cfg: &MigrateConfig) -> String {
+    let placement = cfg.placement();
+    let mut out = String::new();
+    let mut matched = HashSet::new();
+    let (mut adopt, mut create, mut keep, mut conflict) = (0, 0, 0, 0);
+    for desk in desks {
+        let key = format!(
+            "{}/{}",
+            desk.namespace().unwrap_or_default(),
+            desk.name_any()
+        );
+        let vm = vm_for(desk, vms, &placement);
+        if let Some(vm) = vm {
+            matched.insert(vm.uid());
+        }
+        let vm_ns = placement
+            .vm_namespace(desk.namespace().as_deref().unwrap_or_default())
+            .to_string();
+        let finalizer = |swap: bool| {
+            if swap {
+                format!(
+                    "; finalizer {} -> {}",
+                    adoption::KOPF_FINALIZER,
+                    names::FINALIZER
+                )
+            } else {
+                String::new()
+            }
+        };
+        let line = match assess(desk, vm, &placement, cfg.default_timeout_ms) {
+            Verdict::Keep => {
+                keep += 1;
+                format!("keep      {key}: managed by this operator already")
+            }
+            Verdict::Adopt {
+                vm,
+                expiry,
+                swap_finalizer,
+            } => {
+                adopt += 1;
+                format!(
+                    "adopt     {key}: VirtualMachine {vm_ns}/{vm} taken over, expiry {} kept{}",
+                    expiry.as_deref().unwrap_or("unknown"),
+                    finalizer(swap_finalizer)
+                )
+            }
+            Verdict::Create { vm, swap_finalizer } => {
+                create += 1;
+                format!(
+                    "create    {key}: no VirtualMachine found; {vm_ns}/{vm} will be created{}",
+                    finalizer(swap_finalizer)
+                )
+            }
+            Verdict::Conflict { vm } => {
+                conflict += 1;
+                format!(
+                    "conflict  {key}: VirtualMachine {vm_ns}/{vm} belongs to someone else; left alone, the desk reports VirtualMachineConflict"
+                )
+            }
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    let mut orphans = 0;
+    for vm in vms {
+        let labelled = vm.labels().contains_key(names::LABEL_INSTANCE);
+        if labelled && !matched.contains(&vm.uid()) {
+            orphans += 1;
+            let _ = writeln!(
+                out,
+                "no desk   VirtualMachine {}/{} (cyberdesk-instance={}): left alone",
+                vm.namespace().unwrap_or_default(),
+                vm.name_any(),
+                vm.labels()[names::LABEL_INSTANCE]
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{adopt} to adopt, {create} to create, {keep} to keep, {conflict} in conflict, {orphans} VirtualMachines without a desk; dry run: nothing was changed"
+    );
+    out
+}
+
+/// Lists the desks (every namespace) and the VMs (the VM namespace, else every namespace)
+/// and renders the plan.
+pub async fn dry_run(client: kube::Client, cfg: &MigrateConfig) -> Result<String, kube::Error> {
+    let desks: Vec<Cyberdesk> = Api::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let vm_api: Api<VirtualMachine> = match cfg.placement().namespace {
+        Some(ns) => Api::namespaced(client, &ns),
+        None => Api::all(client),
+    };
+    let vms = vm_api.list(&ListParams::default()).await?.items;
+    let mut desks = desks;
+    desks.sort_by_key(|d| (d.namespace(), d.name_any()));
+    Ok(render(&desks, &vms, cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg() -> MigrateConfig {
+        MigrateConfig {
+            dry_run: true,
+            vm_namespace: Some("kubevirt".into()),
+            vm_name_prefix: String::new(),
+            default_timeout_ms: 3_600_000,
+        }
+    }
+
+    fn desk(name: &str, kopf: bool, legacy: bool) -> Cyberdesk {
+        let mut d = json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+            "metadata": {"name": name, "namespace": "cyberdesk-system", "uid": format!("u-{name}"),
+                         "finalizers": [if kopf { adoption::KOPF_FINALIZER } else { names::FINALIZER }]},
+            "spec": {"timeoutMs": 3_600_000}});
+        if legacy {
+            d["status"] = json!({"cyberdesk_create": {"virtualMachineRef": name,
+                "expiryTime": "2026-01-01T11:00:00Z"}});
+        }
+        serde_json::from_value(d).expect("desk")
+    }
+
+    fn vm(name: &str, labels: serde_json::Value) -> VirtualMachine {
+        serde_json::from_value(
+            json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": name, "namespace": "kubevirt", "uid": format!("vm-{name}"),
+                         "labels": labels}, "spec": {}}),
+        )
+        .expect("vm")
+    }
+
+    #[test]
+    fn the_plan_names_each_desk_and_each_vm_without_one() {
+        let desks = [
+            desk("old", true, true),
+            desk("gone", true, true),
+            desk("taken", true, true),
+        ];
+        let vms = [
+            vm(
+                "old",
+                json!({"app": "cyberdesk", "cyberdesk-instance": "old"}),
+            ),
+            vm("taken", json!({names::LABEL_DESK_UID: "u-other"})),
+            vm("stray", json!({"cyberdesk-instance": "stray"})),
+        ];
+        let text = render(&desks, &vms, &cfg());
+        assert!(text.contains("adopt     cyberdesk-system/old: VirtualMachine kubevirt/old taken over, expiry 2026-01-01T11:00:00Z kept; finalizer kopf.zalando.org/KopfFinalizerMarker -> cyberdesk.io/vm-cleanup"), "{text}");
+        assert!(text.contains("create    cyberdesk-system/gone: no VirtualMachine found; kubevirt/gone will be created"), "{text}");
+        assert!(text.contains("conflict  cyberdesk-system/taken"), "{text}");
+        assert!(
+            text.contains("no desk   VirtualMachine kubevirt/stray"),
+            "{text}"
+        );
+        assert!(text.contains("1 to adopt, 1 to create, 0 to keep, 1 in conflict, 1 VirtualMachines without a desk; dry run: nothing was changed"), "{text}");
+    }
+
+    #[test]
+    fn a_desk_of_this_operator_is_kept() {
+        let mut d = desk("mine", false, false);
+        d.status = Some(crate::model::CyberdeskStatus {
+            virtual_machine_ref: Some("mine".into()),
+            ..Default::default()
+        });
+        let v = vm("mine", json!({names::LABEL_DESK_UID: "u-mine"}));
+        assert_eq!(
+            assess(&d, Some(&v), &cfg().placement(), 3_600_000),
+            Verdict::Keep
+        );
+    }
+}
