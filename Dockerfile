@@ -12,11 +12,15 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY integration ./integration
+COPY build.rs ./
+# The git revision for cyberdesk_build_info (.git is not in the build context):
+#   docker build --build-arg REVISION=$(git rev-parse --short=12 HEAD) .
+ARG REVISION=unknown
 # Cache mounts keep the registry and build output between builds; the binary is copied out
 # of the cached target directory in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target x86_64-unknown-linux-musl -p cyberdesk-operator \
+    CYBERDESK_REVISION="$REVISION" cargo build --release --locked --target x86_64-unknown-linux-musl -p cyberdesk-operator \
     && cp target/x86_64-unknown-linux-musl/release/cyberdesk-operator /cyberdesk-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot

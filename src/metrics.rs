@@ -36,6 +36,8 @@ pub const FAMILIES: &[&str] = &[
     "cyberdesk_vm_deleted_total",
     "cyberdesk_vm_timeout_total",
     "cyberdesk_active_vm_count",
+    "cyberdesk_active_vms",
+    "cyberdesk_build_info",
     "cyberdesk_desks",
     "cyberdesk_operation_duration_seconds",
     "cyberdesk_reconcile_total",
@@ -68,7 +70,12 @@ pub struct Metrics {
     pub vm_created: IntCounter,
     pub vm_deleted: IntCounter,
     pub vm_timeout: IntCounter,
+    /// `cyberdesk_active_vm_count`, the previous operator's name (kept for its dashboards).
+    pub active_vm_count: IntGauge,
+    /// `cyberdesk_active_vms`: the same count under a name Prometheus' rules allow (a
+    /// `_count` suffix belongs to summaries and histograms).
     pub active_vms: IntGauge,
+    pub build_info: IntGaugeVec,
     pub desks: IntGaugeVec,
     pub operation_duration: HistogramVec,
     pub reconcile_total: IntCounterVec,
@@ -98,7 +105,15 @@ impl Metrics {
                 "cyberdesk_vm_timeout_total",
                 "Cyberdesks that reached their timeout",
             )?,
-            active_vms: IntGauge::new(
+            active_vms: IntGauge::new("cyberdesk_active_vms", "VirtualMachines managed right now")?,
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "cyberdesk_build_info",
+                    "1, labelled with the operator's version and the git revision it was built from",
+                ),
+                &["version", "revision"],
+            )?,
+            active_vm_count: IntGauge::new(
                 "cyberdesk_active_vm_count",
                 "VirtualMachines managed right now",
             )?,
@@ -211,6 +226,9 @@ impl Metrics {
             registry,
         };
         m.register_all()?;
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CYBERDESK_REVISION")])
+            .set(1);
         for sink in crate::notify::SINKS {
             for result in crate::notify::RESULTS {
                 m.notifications.with_label_values(&[sink, result]);
@@ -257,7 +275,14 @@ impl Metrics {
         r.register(Box::new(self.vm_created.clone()))?;
         r.register(Box::new(self.vm_deleted.clone()))?;
         r.register(Box::new(self.vm_timeout.clone()))?;
+        r.register(Box::new(self.active_vm_count.clone()))?;
         r.register(Box::new(self.active_vms.clone()))?;
+        r.register(Box::new(self.build_info.clone()))?;
+        // Linux only (procfs); elsewhere the family is simply absent.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         r.register(Box::new(self.desks.clone()))?;
         r.register(Box::new(self.operation_duration.clone()))?;
         r.register(Box::new(self.reconcile_total.clone()))?;
@@ -298,5 +323,39 @@ mod tests {
             );
         }
         assert!(text.contains(r#"cyberdesk_leader{identity="pod-a"} 0"#));
+        assert!(text.contains(&format!(
+            "cyberdesk_build_info{{revision=\"{}\",version=\"{}\"}} 1",
+            env!("CYBERDESK_REVISION"),
+            env!("CARGO_PKG_VERSION")
+        )));
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
+    }
+
+    /// Every metric the dashboard and the alerts query is one the operator exports.
+    #[test]
+    fn dashboard_and_rules_query_only_exported_families() {
+        let shipped = [
+            include_str!("../manifests/monitoring/grafana-dashboard.json"),
+            include_str!("../manifests/monitoring/prometheusrule.yaml"),
+        ];
+        for text in shipped {
+            let mut rest = text;
+            while let Some(at) = rest.find("cyberdesk_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| FAMILIES.contains(f)))
+                    .unwrap_or(&name);
+                assert!(
+                    FAMILIES.contains(&family),
+                    "{family} is queried but not exported"
+                );
+            }
+        }
     }
 }

@@ -199,11 +199,13 @@ pub async fn run(
 /// How often the cache-derived gauges are refreshed.
 const GAUGE_PERIOD: Duration = Duration::from_secs(5);
 
-/// Keeps `cyberdesk_active_vm_count` and `cyberdesk_desks{phase}` current from the caches,
+/// Keeps `cyberdesk_active_vms` (and its old name) and `cyberdesk_desks{phase}` current from the caches,
 /// without a request to the apiserver.
 async fn count_from_caches(caches: Caches, metrics: Metrics, stop: CancellationToken) {
     loop {
-        metrics.active_vms.set(caches.vms.state().len() as i64);
+        let vms = caches.vms.state().len() as i64;
+        metrics.active_vms.set(vms);
+        metrics.active_vm_count.set(vms);
         let mut by_phase = [0i64; CyberdeskPhase::ALL.len()];
         for desk in caches.desks.state() {
             let phase = desk
