@@ -117,7 +117,8 @@ pub struct RunConfig {
     pub vm_namespace: Option<String>,
 
     /// Put before a desk's name to name its VM and VMI; may be empty (`--vm-name-prefix=`
-    /// or an empty variable), then the VM has the desk's name. Desk names are limited to 63 minus its length.
+    /// or an empty variable), then the VM has the desk's name. Desk names are limited to 63
+    /// minus its length, and never more than 53 (the CRD's own rule).
     #[arg(
         long,
         env = "CYBERDESK_VM_NAME_PREFIX",

@@ -122,14 +122,16 @@ async fn user_data_only_from_secrets_the_requester_may_read() {
 
     // bob may read it: admitted.
     apply(&bob, &with_secret("bobs", "creds"));
-    // alice with a Secret she may read is admitted; pointing it at creds later is checked again.
+    // alice with a Secret she may read is admitted; pointing it at creds later is refused:
+    // the CRD keeps the reference as it was set (ahead of the webhook's access check).
     apply(&alice, &with_secret("mine", "alice-own"));
     let out = alice
         .apply(&with_secret("mine", "creds"), &[])
         .expect("kubectl");
     assert!(!out.success, "changing the reference was admitted");
     assert!(
-        out.stderr.contains("may not read Secret \"creds\""),
+        out.stderr
+            .contains("spec.userDataSecretRef is immutable once set"),
         "{}",
         out.stderr
     );

@@ -30,6 +30,8 @@ pub struct ValidationInput<'a> {
     pub old_object: Option<&'a Value>,
 }
 
+/// Longest desk name the CRD's own rule allows, whatever the VM name prefix.
+pub const NAME_MAX: usize = 53;
 /// Sessions longer than this get a reminder that a VM stays busy all that time.
 pub const LONG_SESSION_MS: i64 = 24 * 3_600_000;
 /// Longest user-supplied value quoted back in a message.
@@ -134,13 +136,15 @@ fn check_name(name: &str, prefix: &str, verdict: &mut Verdict) {
         verdict.deny(FIELD, "a name is required");
         return;
     }
-    let max_len = 63usize.saturating_sub(prefix.len());
+    // The CRD holds every desk to 53 (the default prefix's room) even with the webhooks off;
+    // a longer prefix lowers it.
+    let max_len = 63usize.saturating_sub(prefix.len()).min(NAME_MAX);
     // Counted in characters: a non-ASCII name gets the format message below, not a
     // byte count that would look wrong to its author.
     let length = name.chars().count();
     if length > max_len {
-        let why = if prefix.is_empty() {
-            "because the VirtualMachine has the same name and that must fit in 63".to_string()
+        let why = if max_len == NAME_MAX {
+            "the limit the Cyberdesk CRD sets (room for the default VirtualMachine name cyberdesk-<name> in 63)".to_string()
         } else {
             format!(
                 "because the VirtualMachine is named \"{prefix}<name>\" and that must fit in 63"
@@ -716,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn without_a_prefix_a_name_may_take_all_63_characters() {
+    fn without_a_prefix_the_crds_53_still_hold() {
         let bare = ValidateConfig {
             vm_name_prefix: String::new(),
             ..cfg()
@@ -734,11 +738,26 @@ mod tests {
         };
         // The platform names desks by a UUID (36 characters).
         assert!(judge("0b7e4c1a-5d2f-4e8a-9c3b-1f2a3b4c5d6e").allowed());
-        assert!(judge(&"a".repeat(63)).allowed());
-        let too_long = judge(&"a".repeat(64));
+        assert!(judge(&"a".repeat(53)).allowed());
+        let too_long = judge(&"a".repeat(54));
         let message = message_for(&too_long, "metadata.name");
-        assert!(message.contains("no more than 63 characters"), "{message}");
-        assert!(message.contains("the same name"), "{message}");
+        assert!(message.contains("no more than 53 characters"), "{message}");
+        assert!(message.contains("CRD"), "{message}");
+        // A longer prefix lowers the limit.
+        let long = ValidateConfig {
+            vm_name_prefix: "cyberdesk-desktop-".into(),
+            ..cfg()
+        };
+        let object = desk(&"a".repeat(46), json!({}));
+        let input = ValidationInput {
+            operation: Operation::Create,
+            name: &"a".repeat(46),
+            namespace: "ns",
+            object: &object,
+            old_object: None,
+        };
+        let verdict = validate_at(&input, &long, &PolicySet::default(), now());
+        assert!(message_for(&verdict, "metadata.name").contains("no more than 45"));
     }
 
     #[test]

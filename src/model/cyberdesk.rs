@@ -32,8 +32,19 @@ pub const DEFAULT_TIMEOUT_MS: i64 = 3_600_000;
     printcolumn = r#"{"name": "VM", "type": "string", "jsonPath": ".status.virtualMachineRef", "description": "VirtualMachine name"}"#,
     printcolumn = r#"{"name": "IP", "type": "string", "jsonPath": ".status.ipAddress", "description": "Address of the desktop"}"#,
     printcolumn = r#"{"name": "Expiry", "type": "string", "jsonPath": ".status.expiryTime", "description": "When the desktop times out"}"#,
-    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 53").message(
+        "metadata.name must be no more than 53 characters: the VirtualMachine is named cyberdesk-<name>, which must fit in 63"
+    )
 )]
+// The floor the apiserver holds even with the webhooks off or ignored (their rules and
+// messages are richer): template and user data cannot change once set.
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(oldSelf.template) || (has(self.template) && self.template == oldSelf.template)",
+     "message": "spec.template is immutable once set"},
+    {"rule": "!has(oldSelf.userDataSecretRef) || (has(self.userDataSecretRef) && self.userDataSecretRef == oldSelf.userDataSecretRef)",
+     "message": "spec.userDataSecretRef is immutable once set"}
+]))]
 #[serde(rename_all = "camelCase")]
 pub struct CyberdeskSpec {
     /// Lifetime of the desktop in milliseconds, counted from when its VM started. The
@@ -49,13 +60,13 @@ pub struct CyberdeskSpec {
     pub timeout_action: Option<TimeoutAction>,
 
     /// Name of a ConfigMap (key template.yaml) in the operator's namespace holding the VM
-    /// template. Defaults to the operator's configured template. Immutable once the VM exists.
+    /// template. Defaults to the operator's configured template. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub template: Option<String>,
 
     /// Cloud-init user data read from a Secret in the Cyberdesk's namespace and passed to
-    /// the VM base64-encoded. Immutable once the VM exists. Never put secrets inline.
+    /// the VM base64-encoded. Immutable once set. Never put secrets inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data_secret_ref: Option<SecretKeyRef>,
 }

@@ -38,11 +38,6 @@ impl Placement {
         format!("{}{desk_name}", self.prefix)
     }
 
-    /// Longest desk name whose VM name still fits a DNS-1123 label.
-    pub fn max_desk_name_len(&self) -> usize {
-        DNS_LABEL_MAX.saturating_sub(self.prefix.len())
-    }
-
     /// Does a desk in `desk_namespace` have its VM in another namespace? Then the VM cannot
     /// carry an ownerReference (Kubernetes ignores owners in other namespaces, and its
     /// garbage collector would delete the VM): ownership is in its labels.
@@ -119,7 +114,6 @@ mod tests {
         let p = Placement::default();
         assert_eq!(p.vm_namespace("team-a"), "team-a");
         assert_eq!(p.vm_name("alice"), "cyberdesk-alice");
-        assert_eq!(p.max_desk_name_len(), 53);
         assert!(!p.elsewhere("team-a"));
     }
 
@@ -132,7 +126,6 @@ mod tests {
         let uuid = "0b7e4c1a-5d2f-4e8a-9c3b-1f2a3b4c5d6e";
         assert_eq!(p.vm_namespace("cyberdesk-system"), "kubevirt");
         assert_eq!(p.vm_name(uuid), uuid);
-        assert_eq!(p.max_desk_name_len(), 63);
         assert!(p.elsewhere("cyberdesk-system"));
         assert!(!p.elsewhere("kubevirt"));
     }
