@@ -6,7 +6,7 @@ CARGO ?= cargo
 CACHE_DIR ?= $(or $(CYBERDESK_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cyberdesk-operator)
 export CYBERDESK_CONTROLPLANE_BIN ?= $(CACHE_DIR)/controlplane/bin
 
-.PHONY: help build release controlplane cluster test test-unit demo fmt lint crd certs bench fuzz clean
+.PHONY: help build release controlplane cluster tools test test-unit demo fmt lint crd certs bench fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -23,7 +23,13 @@ controlplane: ## build kube-apiserver, etcd and kubectl from Go modules (cached)
 cluster: controlplane ## run a local kube-apiserver + etcd until Ctrl-C
 	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-cluster
 
-test: controlplane ## unit, handler and end-to-end tests against the real control plane
+tools: ## promtool for the alert tests: Debian's prometheus package (installed when run as root)
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "promtool is missing: install Debian's prometheus package (apt-get install prometheus)" >&2; exit 1; fi; }
+
+test: controlplane tools ## unit, handler and end-to-end tests against the real control plane
 	$(CARGO) test --workspace --locked --no-fail-fast
 
 test-unit: ## only the tests that need no control plane
