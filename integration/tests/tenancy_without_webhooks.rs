@@ -1,11 +1,13 @@
 //! The template rule holds without the webhooks: an admin who switches them off (or an
 //! outage with failurePolicy Ignore) must not open templates to every namespace. No webhook
 //! is registered in this binary; the reconciler alone judges each desk. (The Secret rule
-//! needs the requester's identity, which only admission sees.)
+//! needs the requester's identity, which only admission sees.) The CRD's own rules hold
+//! too: the timeout range, the name that must fit the VM name, and template and user data
+//! that cannot change once set.
 
 use std::time::Duration;
 
-use cyberdesk_integration::cluster::{cluster, namespace};
+use cyberdesk_integration::cluster::{Cluster, cluster, install_apis, namespace};
 use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::{ready_operator, reconciler_only_flags};
@@ -86,4 +88,100 @@ async fn the_reconciler_refuses_a_template_not_allowed_in_the_namespace() {
     Apis::new(&client, &team_a)
         .wait_phase("gpu", "Running", Duration::from_secs(30))
         .await;
+}
+
+fn apply(c: &Cluster, yaml: &str) -> (bool, String) {
+    let out = c.kubectl().apply(yaml, &[]).expect("kubectl");
+    (out.success, format!("{}{}", out.stderr, out.stdout))
+}
+
+/// The apiserver refuses `yaml`, with a message containing `says`.
+fn refused(c: &Cluster, yaml: &str, says: &str) {
+    let (ok, text) = apply(c, yaml);
+    assert!(!ok, "admitted: {yaml}");
+    assert!(text.contains(says), "{says:?} not in: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_webhooks_the_crd_still_refuses_bad_desks() {
+    let c = cluster();
+    install_apis(&c).await;
+    // No webhook configuration exists in this control plane.
+    let hooks = c
+        .kubectl()
+        .run(
+            &[
+                "get",
+                "mutatingwebhookconfigurations,validatingwebhookconfigurations",
+                "-o",
+                "name",
+            ],
+            None,
+        )
+        .expect("kubectl");
+    assert!(hooks.stdout.trim().is_empty(), "{}", hooks.stdout);
+    let ns = namespace(&c.client().await, "crd-rules").await;
+
+    refused(
+        &c,
+        &desk_yaml(&ns, "short", "{timeoutMs: 10}"),
+        "spec.timeoutMs",
+    );
+    refused(
+        &c,
+        &desk_yaml(&ns, &"a".repeat(60), "{timeoutMs: 60000}"),
+        "metadata.name",
+    );
+    let (ok, text) = apply(&c, &desk_yaml(&ns, &"a".repeat(53), "{timeoutMs: 60000}"));
+    assert!(ok, "{text}");
+
+    let first =
+        "{timeoutMs: 60000, template: tmpl-a, userDataSecretRef: {name: s1, key: userdata}}";
+    let (ok, text) = apply(&c, &desk_yaml(&ns, "fixed", first));
+    assert!(ok, "{text}");
+    refused(
+        &c,
+        &desk_yaml(
+            &ns,
+            "fixed",
+            "{timeoutMs: 60000, template: tmpl-b, userDataSecretRef: {name: s1, key: userdata}}",
+        ),
+        "spec.template is immutable once set",
+    );
+    refused(
+        &c,
+        &desk_yaml(
+            &ns,
+            "fixed",
+            "{timeoutMs: 60000, userDataSecretRef: {name: s1, key: userdata}}",
+        ),
+        "spec.template is immutable once set",
+    );
+    refused(
+        &c,
+        &desk_yaml(
+            &ns,
+            "fixed",
+            "{timeoutMs: 60000, template: tmpl-a, userDataSecretRef: {name: s2, key: userdata}}",
+        ),
+        "spec.userDataSecretRef is immutable once set",
+    );
+    // What may change still does: the timeout.
+    let (ok, text) = apply(
+        &c,
+        &desk_yaml(
+            &ns,
+            "fixed",
+            "{timeoutMs: 120000, template: tmpl-a, userDataSecretRef: {name: s1, key: userdata}}",
+        ),
+    );
+    assert!(ok, "{text}");
+    // A desk without a template may get one.
+    let (ok, text) = apply(&c, &desk_yaml(&ns, "open", "{timeoutMs: 60000}"));
+    assert!(ok, "{text}");
+    let (ok, text) = apply(
+        &c,
+        &desk_yaml(&ns, "open", "{timeoutMs: 60000, template: tmpl-a}"),
+    );
+    assert!(ok, "{text}");
 }

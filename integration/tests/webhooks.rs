@@ -51,7 +51,7 @@ async fn bad_specs_name_every_field_and_dry_run_agrees() {
     let ns = namespace(&client, "invalid").await;
     wait_webhooks_active(&c, &ns).await;
     // Passes the CRD's schema and rules (a name too long for the VM is the CRD's to
-    // refuse: crd_rules.rs); only the webhook can see what is wrong with it.
+    // refuse: tenancy_without_webhooks.rs); only the webhook can see what is wrong with it.
     let bad = desk_yaml(
         &ns,
         "bad-spec",
