@@ -63,3 +63,20 @@ pub fn operator_flags(objects: &[Value]) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// The platform overlay (`manifests/overlays/platform`) installed as its tests need it: the
+/// APIs, the desk and VM namespaces, and the overlay's RBAC as rendered. Returns the
+/// operator flags its Deployment gives, without `--ready-url` (each test points that at
+/// its own recording server, or leaves it out).
+pub async fn install_platform(c: &Cluster) -> Vec<String> {
+    crate::cluster::install_apis(c).await;
+    for ns in ["cyberdesk-system", "kubevirt"] {
+        let _ = c.kubectl().run(&["create", "namespace", ns], None);
+    }
+    let objects = render(c, "manifests/overlays/platform");
+    install_rbac(c, &objects);
+    operator_flags(&objects)
+        .into_iter()
+        .filter(|f| !f.starts_with("--ready-url="))
+        .collect()
+}

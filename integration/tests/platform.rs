@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::cluster::{Cluster, cluster, install_apis};
+use cyberdesk_integration::cluster::{Cluster, cluster};
 use cyberdesk_integration::desks::{Apis, desk_yaml, epoch_ms, events_about, jsonpath, now_ms};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorHandle, SimulatorOptions};
 use cyberdesk_integration::operator::{
@@ -63,24 +63,16 @@ async fn platform() -> (Cluster, SharedOperator) {
     let c = cluster();
     let flags = INSTALLED
         .get_or_init(|| async {
-            install_apis(&c).await;
-            for ns in [DESK_NS, VM_NS] {
-                let _ = c.kubectl().run(&["create", "namespace", ns], None);
-            }
-            let objects = overlay::render(&c, OVERLAY);
-            overlay::install_rbac(&c, &objects);
+            let flags = overlay::install_platform(&c).await;
             simulator();
-            overlay::operator_flags(&objects)
+            flags
         })
         .await
         .clone();
     let op = OPERATOR.get_or_init(|| {
         let c = c.clone();
         // The overlay's flags, with the gateway's address replaced by the recorder's.
-        let mut flags: Vec<String> = flags
-            .into_iter()
-            .filter(|f| !f.starts_with("--ready-url="))
-            .collect();
+        let mut flags = flags;
         flags.extend([
             "--leader-election=false".to_string(),
             "--policy-dir=/nonexistent".to_string(),

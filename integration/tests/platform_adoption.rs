@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use cyberdesk_integration::cluster::{Cluster, cluster, install_apis};
+use cyberdesk_integration::cluster::{Cluster, cluster};
 use cyberdesk_integration::desks::{Apis, epoch_ms, events_about, jsonpath, now_ms};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::{OperatorProcess, free_addr};
@@ -67,12 +67,7 @@ fn versions(c: &Cluster) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_old_operators_desk_is_adopted_with_its_vm_and_expiry() {
     let c = cluster();
-    install_apis(&c).await;
-    for ns in [DESK_NS, VM_NS] {
-        let _ = c.kubectl().run(&["create", "namespace", ns], None);
-    }
-    let objects = overlay::render(&c, "manifests/overlays/platform");
-    overlay::install_rbac(&c, &objects);
+    let mut flags = overlay::install_platform(&c).await;
     let client = c.client().await;
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(VM_NS));
     let desks = Apis::new(&client, DESK_NS);
@@ -146,10 +141,6 @@ async fn the_old_operators_desk_is_adopted_with_its_vm_and_expiry() {
     assert_eq!(versions(&c), before, "the dry run changed something");
 
     // The operator starts and takes over.
-    let mut flags: Vec<String> = overlay::operator_flags(&objects)
-        .into_iter()
-        .filter(|f| !f.starts_with("--ready-url="))
-        .collect();
     flags.extend([
         "--manage-webhook-config=false".into(),
         "--policy-dir=/nonexistent".into(),

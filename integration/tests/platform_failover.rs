@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::cluster::{cluster, install_apis};
+use cyberdesk_integration::cluster::cluster;
 use cyberdesk_integration::desks::{Apis, desk_yaml, jsonpath};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions, StartFault};
 use cyberdesk_integration::operator::{OperatorProcess, Scrape, free_addr, metric_sample};
@@ -20,19 +20,10 @@ const VM_NS: &str = "kubevirt";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_as_the_vmi_turns_ready_leaves_exactly_one_ready_call() {
     let c = cluster();
-    install_apis(&c).await;
-    for ns in [DESK_NS, VM_NS] {
-        let _ = c.kubectl().run(&["create", "namespace", ns], None);
-    }
-    let objects = overlay::render(&c, "manifests/overlays/platform");
-    overlay::install_rbac(&c, &objects);
-    let gateway = Recorder::start();
     // The overlay's flags, the gateway's address replaced; no webhooks (the reconciler
     // adds its finalizer itself).
-    let mut flags: Vec<String> = overlay::operator_flags(&objects)
-        .into_iter()
-        .filter(|f| !f.starts_with("--ready-url="))
-        .collect();
+    let mut flags = overlay::install_platform(&c).await;
+    let gateway = Recorder::start();
     flags.extend([
         format!(
             "--ready-url={}/cyberdesk/{{name}}/ready",

@@ -12,6 +12,7 @@ pub mod own_writes;
 pub mod plan;
 pub mod reconcile;
 pub mod status;
+pub mod takeover;
 pub mod template;
 
 use std::sync::{Arc, Mutex};

@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
-use crate::controller::adoption;
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{Caches, trim_desk, trim_vm};
 use crate::controller::error::Error;
@@ -27,6 +26,7 @@ use crate::controller::plan::{
     self, Announcement, CleanupStep, Observation, Outcome, Reason, Settlement, Step, Wake,
 };
 use crate::controller::status::RenderProblem;
+use crate::controller::takeover::{claim_vm, find_legacy_vm, take_over_finalizer};
 use crate::controller::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateVars};
 use crate::metrics::Metrics;
 use crate::model::placement::vm_labels;
@@ -75,7 +75,7 @@ fn pp() -> PatchParams {
     PatchParams::apply(names::FIELD_MANAGER).force()
 }
 
-fn plain_pp() -> PatchParams {
+pub(super) fn plain_pp() -> PatchParams {
     PatchParams {
         field_manager: Some(names::FIELD_MANAGER.into()),
         ..Default::default()
@@ -187,88 +187,23 @@ async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<Cyberd
         .await?)
 }
 
-/// Replaces kopf's finalizer with this operator's in one patch guarded by the
-/// resourceVersion the pass read; the desk as stored.
-async fn take_over_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<Cyberdesk, Error> {
-    let rv = cd.resource_version().unwrap_or_default();
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-        {"op": "replace", "path": "/metadata/finalizers", "value": adoption::swapped_finalizers(cd)},
-    ]))
-    .map_err(|source| Error::Serialization {
-        what: "finalizer patch",
-        source,
-    })?;
-    Ok(api
-        .patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
-        .await?)
-}
-
-/// The previous operator's VM of a legacy desk, read live: by the name the desk recorded
-/// (else this operator's VM name), else the one VM labelled `cyberdesk-instance=<desk>`.
-async fn find_legacy_vm(
-    vms: &Api<VirtualMachine>,
-    cd: &Cyberdesk,
-    vm_name: &str,
-) -> Result<Option<VirtualMachine>, Error> {
-    let by_name = adoption::recorded_vm_name(cd).unwrap_or(vm_name);
-    if let Some(vm) = vms.get_opt(by_name).await? {
-        return Ok(Some(vm));
-    }
-    let selector = format!("{}={}", names::LABEL_INSTANCE, cd.name_any());
-    let mut found = vms
-        .list(&kube::api::ListParams::default().labels(&selector))
-        .await?
-        .items;
-    // Several VMs claiming one desk: adopt none of them.
-    Ok(if found.len() == 1 { found.pop() } else { None })
-}
-
-/// Claims the previous operator's VM: this operator's labels, and the ownerReference when
-/// it lives beside the desk; guarded by the VM's resourceVersion.
-async fn claim_vm(
-    vms: &Api<VirtualMachine>,
-    vm: &VirtualMachine,
+/// The ownerReference a VM of this desk carries: none when it lives in another namespace
+/// (`--vm-namespace`), where Kubernetes would take it for a missing owner.
+pub(super) fn owner_reference(
     cd: &Cyberdesk,
     ctx: &Context,
     ns: &str,
-) -> Result<VirtualMachine, Error> {
-    let uid = cd.uid().ok_or(Error::NoUid)?;
-    let owner = if ctx.cfg.placement.elsewhere(ns) {
-        None
-    } else {
-        let owner = cd.controller_owner_ref(&()).ok_or(Error::NoUid)?;
-        Some(
-            serde_json::to_value(owner).map_err(|source| Error::Serialization {
-                what: "ownerReference",
-                source,
-            })?,
-        )
-    };
-    let labels = vm_labels(ns, &cd.name_any(), &uid);
-    let ops = adoption::claim_patch(vm, &labels, owner.as_ref());
-    let patch: json_patch::Patch =
-        serde_json::from_value(ops).map_err(|source| Error::Serialization {
-            what: "adoption patch",
-            source,
-        })?;
-    let claimed = vms
-        .patch(&vm.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
-        .await?;
-    // The running VMI got its labels from the template before: label it too, so its watch
-    // sees it and maps it to the desk.
-    let vm_ns = claimed.namespace().unwrap_or_default();
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &vm_ns);
-    let merge = json!({"metadata": {"labels": labels}});
-    match vmis
-        .patch(&claimed.name_any(), &plain_pp(), &Patch::Merge(merge))
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
+) -> Result<Option<Value>, Error> {
+    if ctx.cfg.placement.elsewhere(ns) {
+        return Ok(None);
     }
-    Ok(claimed)
+    let owner = cd.controller_owner_ref(&()).ok_or(Error::NoUid)?;
+    serde_json::to_value(owner)
+        .map(Some)
+        .map_err(|source| Error::Serialization {
+            what: "ownerReference",
+            source,
+        })
 }
 
 async fn remove_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Error> {
@@ -384,17 +319,7 @@ async fn render_vm(
         ))));
     }
     let uid = cd.uid().ok_or(Error::NoUid)?;
-    let owner_reference = if placement.elsewhere(ns) {
-        None
-    } else {
-        let owner = cd.controller_owner_ref(&()).ok_or(Error::NoUid)?;
-        Some(
-            serde_json::to_value(owner).map_err(|source| Error::Serialization {
-                what: "ownerReference",
-                source,
-            })?,
-        )
-    };
+    let owner_reference = owner_reference(cd, ctx, ns)?;
     let name = cd.name_any();
     let ownership = Ownership {
         owner_reference,
