@@ -1,17 +1,21 @@
 //! The webhook server under hostile clients, as an attacker on the pod network would try it:
 //! thousands of connections that send half a request header, and more idle connections
 //! than the server admits. The leader keeps its Lease meanwhile, a well-formed review is
-//! answered at once, and the process stays up within its memory limit.
+//! answered at once, and the process stays up within its memory limit. Also the serving
+//! certificate's renewal under live admissions (files mode, as with cert-manager).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cyberdesk_integration::cluster::{Cluster, cluster};
+use cyberdesk_integration::cluster::{Cluster, cluster, namespace};
+use cyberdesk_integration::controlplane::{PemPair, TestCa};
+use cyberdesk_integration::desks::{desk_yaml, wait_webhooks_active};
 use cyberdesk_integration::operator::{Scrape, ready_operator, reconciler_only_flags};
 use cyberdesk_integration::wait::eventually;
-use cyberdesk_integration::webhook_tls::webhook_tls_client;
+use cyberdesk_integration::webhook_tls::{served_leaf, webhook_tls_client};
+use cyberdesk_integration::workspace::operator_output;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -338,4 +342,129 @@ async fn a_request_still_open_when_the_drain_runs_out_exits_1() {
         op.log()
     );
     drop(stalled);
+}
+
+/// The layout the kubelet gives a Secret volume: the files are symlinks through `..data`,
+/// and an update swaps `..data` to a new directory in one rename.
+fn publish_secret_volume(dir: &std::path::Path, generation: u32, pair: &PemPair) {
+    let data = dir.join(format!("..gen{generation}"));
+    std::fs::create_dir_all(&data).expect("volume data dir");
+    std::fs::write(data.join("tls.crt"), &pair.cert_pem).expect("tls.crt");
+    std::fs::write(data.join("tls.key"), &pair.key_pem).expect("tls.key");
+    let staged = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&staged);
+    std::os::unix::fs::symlink(format!("..gen{generation}"), &staged).expect("..data_tmp");
+    std::fs::rename(&staged, dir.join("..data")).expect("swap ..data");
+    for file in ["tls.crt", "tls.key"] {
+        let link = dir.join(file);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{file}"), &link).expect("file link");
+        }
+    }
+}
+
+fn leaf_der(pem: &str) -> Vec<u8> {
+    cyberdesk_operator::certs::tls::certs_from_pem(pem)
+        .expect("leaf PEM")
+        .remove(0)
+        .to_vec()
+}
+
+/// What the cert-manager overlay relies on: caBundle holds a CA, and a renewed serving
+/// certificate from the same CA is swapped in under live traffic without one failed
+/// admission. The files change the way a Secret volume changes (one `..data` rename).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewed_leaf_of_the_same_ca_is_served_without_a_failed_admission() {
+    let _alone = SERIAL.lock().await;
+    let c = cluster();
+    let ca = TestCa::new("cyberdesk-webhook-ca").expect("CA");
+    let sans = ["cyberdesk-operator.cyberdesk-system.svc", "127.0.0.1"];
+    let first = ca.issue_server("cyberdesk-operator", &sans).expect("leaf");
+    let renewed = ca.issue_server("cyberdesk-operator", &sans).expect("leaf");
+    let volume = c.dir.join("renewal-tls");
+    publish_secret_volume(&volume, 1, &first);
+
+    let mut flags = reconciler_only_flags(false);
+    flags.extend([
+        "--tls-mode=files".to_string(),
+        format!("--tls-cert-file={}", volume.join("tls.crt").display()),
+        format!("--tls-key-file={}", volume.join("tls.key").display()),
+        // The apiserver keeps its connection to a webhook open while it is busy; closing
+        // each one after a second idle makes every admission below a fresh TLS handshake,
+        // so each one checks the leaf served at that moment against caBundle.
+        "--webhook-idle-timeout-secs=1".to_string(),
+    ]);
+    let op = ready_operator(&c, "renewal", &flags).await;
+    // The admin's install: both configurations with the CA (not the leaf) as caBundle, as
+    // the cainjector writes it from `inject-ca-from: .../cyberdesk-webhook-ca`.
+    let ca_file = c.dir.join("renewal-ca.crt");
+    std::fs::write(&ca_file, ca.cert_pem()).expect("CA file");
+    let config = operator_output(&[
+        "webhook-config",
+        &format!("--url=https://{}", op.webhook),
+        &format!("--ca-file={}", ca_file.display()),
+    ]);
+    assert!(config.status.success(), "{config:?}");
+    let applied = c
+        .kubectl()
+        .apply(&String::from_utf8_lossy(&config.stdout), &["--server-side"])
+        .expect("kubectl")
+        .ok();
+    assert!(applied.is_ok(), "{applied:?}");
+    let ns = namespace(&c.client().await, "renewal").await;
+    wait_webhooks_active(&c, &ns).await;
+    assert_eq!(
+        served_leaf(ca.cert_pem(), op.webhook).await,
+        Ok(leaf_der(&first.cert_pem))
+    );
+
+    // Admissions, each on a new connection, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (kubectl, stop) = (c.kubectl(), stop.clone());
+        let desk = desk_yaml(&ns, "renewal", "{}");
+        std::thread::spawn(move || {
+            let mut outcomes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let out = kubectl
+                    .apply(&desk, &["--dry-run=server", "-o", "json"])
+                    .expect("kubectl");
+                // The finalizer is the mutating webhook's mark: this admission went through
+                // the webhook server, not around it.
+                let admitted = out.success && out.stdout.contains("vm-cleanup");
+                outcomes.push((admitted, out.stderr));
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            outcomes
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    publish_secret_volume(&volume, 2, &renewed);
+    let renewed_der = leaf_der(&renewed.cert_pem);
+    eventually(
+        Duration::from_secs(20),
+        "the renewed leaf served",
+        || async {
+            (served_leaf(ca.cert_pem(), op.webhook).await.ok()? == renewed_der).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let outcomes = traffic.join().expect("traffic thread");
+
+    let failed: Vec<&String> = outcomes
+        .iter()
+        .filter(|(admitted, _)| !admitted)
+        .map(|(_, stderr)| stderr)
+        .collect();
+    eprintln!(
+        "{} admissions across the renewal, {} failed",
+        outcomes.len(),
+        failed.len()
+    );
+    assert!(outcomes.len() >= 6, "only {} admissions", outcomes.len());
+    assert!(failed.is_empty(), "failed admissions: {failed:?}");
+    let log = op.log();
+    assert!(!log.contains("refusing changed certificate files"), "{log}");
 }
