@@ -5,7 +5,8 @@ FROM rust:1-bookworm AS builder
 RUN apt-get update \
     && apt-get install -y --no-install-recommends musl-tools \
     && rm -rf /var/lib/apt/lists/*
-RUN rustup target add x86_64-unknown-linux-musl
+# The musl target of the platform being built (x86_64 or aarch64: both are also Rust's names).
+RUN rustup target add "$(uname -m)-unknown-linux-musl"
 WORKDIR /src
 # The whole workspace: integration/ is a workspace member, so cargo needs its manifest and
 # sources to load the workspace even though only the operator is built.
@@ -20,8 +21,9 @@ ARG REVISION=unknown
 # of the cached target directory in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    CYBERDESK_REVISION="$REVISION" cargo build --release --locked --target x86_64-unknown-linux-musl -p cyberdesk-operator \
-    && cp target/x86_64-unknown-linux-musl/release/cyberdesk-operator /cyberdesk-operator
+    target="$(uname -m)-unknown-linux-musl" \
+    && CYBERDESK_REVISION="$REVISION" cargo build --release --locked --target "$target" -p cyberdesk-operator \
+    && cp "target/$target/release/cyberdesk-operator" /cyberdesk-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=builder /cyberdesk-operator /cyberdesk-operator

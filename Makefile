@@ -2,11 +2,17 @@
 # `make test` and `make demo` build everything they need themselves.
 
 SHELL := /bin/bash
+comma := ,
 CARGO ?= cargo
 CACHE_DIR ?= $(or $(CYBERDESK_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cyberdesk-operator)
 export CYBERDESK_CONTROLPLANE_BIN ?= $(CACHE_DIR)/controlplane/bin
 
-.PHONY: help build release controlplane cluster tools test test-unit demo fmt lint crd certs bench fuzz clean
+# kubectl for kustomize: the one `make controlplane` builds unless another is given.
+KUBECTL ?= $(CYBERDESK_CONTROLPLANE_BIN)/kubectl
+DIST ?= dist
+IMAGE ?= ghcr.io/cyberdesk/cyberdesk-operator
+
+.PHONY: help build release release-manifests controlplane cluster tools test test-unit demo fmt lint crd certs bench fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -16,6 +22,18 @@ build: ## build the operator and the test tools (debug)
 
 release: ## build the release binary
 	$(CARGO) build --release --locked -p cyberdesk-operator
+
+release-manifests: $(if $(filter $(CYBERDESK_CONTROLPLANE_BIN)/kubectl,$(KUBECTL)),controlplane) ## render DIST/cyberdesk-operator-VERSION.yaml (VERSION=x.y.z [DIGEST=sha256:...])
+	@[[ "$(VERSION)" =~ ^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$$ ]] || { echo "VERSION=x.y.z is required (got '$(VERSION)')" >&2; exit 2; }
+	@[[ -z "$(DIGEST)" || "$(DIGEST)" =~ ^sha256:[0-9a-f]{64}$$ ]] || { echo "DIGEST must be sha256:<64 hex> (got '$(DIGEST)')" >&2; exit 2; }
+	@set -euo pipefail; mkdir -p "$(DIST)"; work=$$(mktemp -d -p "$(CURDIR)" .release.XXXXXX); trap 'rm -rf "$$work"' EXIT; \
+	{ echo "apiVersion: kustomize.config.k8s.io/v1beta1"; echo "kind: Kustomization"; \
+	  echo "resources: [\"../manifests/base\"]"; \
+	  echo "images: [{name: \"$(IMAGE)\", newTag: \"$(VERSION)\"$(if $(DIGEST),$(comma) digest: \"$(DIGEST)\")}]"; } > "$$work/kustomization.yaml"; \
+	{ echo "# cyberdesk-operator $(VERSION): kubectl apply --server-side -f cyberdesk-operator-$(VERSION).yaml"; \
+	  "$(KUBECTL)" kustomize "$$work"; } > "$(DIST)/cyberdesk-operator-$(VERSION).yaml.tmp"; \
+	mv "$(DIST)/cyberdesk-operator-$(VERSION).yaml.tmp" "$(DIST)/cyberdesk-operator-$(VERSION).yaml"; \
+	echo "$(DIST)/cyberdesk-operator-$(VERSION).yaml"
 
 controlplane: ## build kube-apiserver, etcd and kubectl from Go modules (cached)
 	./integration/controlplane/build.sh

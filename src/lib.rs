@@ -12,6 +12,8 @@ pub mod controller;
 pub mod crd;
 pub mod fuzzing;
 pub mod leader;
+#[cfg(test)]
+mod manifest_pins;
 pub mod metrics;
 pub mod migrate;
 pub mod model;

@@ -52,6 +52,11 @@ impl Kubectl {
         }
     }
 
+    /// The kubectl binary (for tools that shell out to it, such as `make release-manifests`).
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
     }

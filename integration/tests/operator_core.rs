@@ -243,3 +243,67 @@ async fn kustomize_base_and_overlays_pass_a_server_side_dry_run() {
         assert!(passed, "{dir} failed a server-side dry run: {last}");
     }
 }
+
+/// `make release-manifests VERSION=0.2.0` writes one file, and the apiserver accepts all of
+/// it in a server-side dry run; the operator's image carries the version's tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_manifests_render_one_file_the_apiserver_accepts() {
+    let c = cluster();
+    install_crd(&c).await;
+    let kubectl = c.kubectl();
+    let dist = c.dir.join("dist");
+    let make = std::process::Command::new("make")
+        .current_dir(repo_path(""))
+        .args(["-s", "release-manifests", "VERSION=0.2.0"])
+        .arg(format!("DIST={}", dist.display()))
+        .arg(format!("KUBECTL={}", kubectl.binary().display()))
+        .output()
+        .expect("make");
+    assert!(
+        make.status.success(),
+        "make release-manifests: {}",
+        String::from_utf8_lossy(&make.stderr)
+    );
+    let file = dist.join("cyberdesk-operator-0.2.0.yaml");
+    let rendered = std::fs::read_to_string(&file).expect("the release manifest");
+    assert!(
+        rendered.contains("image: ghcr.io/cyberdesk/cyberdesk-operator:0.2.0\n"),
+        "{rendered}"
+    );
+    let _ = kubectl.run(&["create", "namespace", "cyberdesk-system"], None);
+    let path = file.display().to_string();
+    let mut last = String::new();
+    for _ in 0..30 {
+        let out = kubectl
+            .run(&["apply", "--dry-run=server", "-f", &path], None)
+            .expect("kubectl");
+        if out.success {
+            return;
+        }
+        last = out.stderr;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("the release manifest failed a server-side dry run: {last}");
+}
+
+/// A release needs a version: `make release-manifests` without one writes nothing.
+#[test]
+fn release_manifests_refuse_a_missing_or_malformed_version() {
+    for version in ["", "latest", "v0.2.0"] {
+        let dist = std::env::temp_dir().join(format!("cyberdesk-dist-{}", std::process::id()));
+        let make = std::process::Command::new("make")
+            .current_dir(repo_path(""))
+            .args(["-s", "release-manifests"])
+            .arg(format!("VERSION={version}"))
+            .arg(format!("DIST={}", dist.display()))
+            .arg("KUBECTL=/nonexistent/kubectl")
+            .output()
+            .expect("make");
+        assert_eq!(make.status.code(), Some(2), "VERSION={version:?}");
+        assert!(
+            !dist.exists(),
+            "VERSION={version:?} wrote {}",
+            dist.display()
+        );
+    }
+}
