@@ -47,8 +47,12 @@ tools: ## promtool for the alert tests: Debian's prometheus package (installed w
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "promtool is missing: install Debian's prometheus package (apt-get install prometheus)" >&2; exit 1; fi; }
 
+E2E_JOBS ?= 2
+
 test: controlplane tools ## unit, handler and end-to-end tests against the real control plane
-	$(CARGO) test --workspace --locked --no-fail-fast
+	$(CARGO) test --workspace --locked --no-fail-fast --lib --bins
+	$(CARGO) test --workspace --locked --doc
+	E2E_JOBS=$(E2E_JOBS) CARGO=$(CARGO) ./integration/run-e2e.sh
 
 test-unit: ## only the tests that need no control plane
 	$(CARGO) test --locked -p cyberdesk-operator
