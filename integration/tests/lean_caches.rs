@@ -1,6 +1,6 @@
-//! The controller's caches hold trimmed objects: a tenant's 200 KB annotation, every
-//! object's managedFields and a VM's template never enter them, while what a reconcile
-//! reads stays. Exercised with the controller's own watch builder against the real
+//! The controller's caches hold trimmed desks and compact VM records: a tenant's 200 KB
+//! annotation, every object's managedFields and a VM's template never enter them, while
+//! what a reconcile reads stays. Exercised with the controller's own watch builder against the real
 //! apiserver.
 
 use std::time::Duration;
@@ -13,7 +13,8 @@ use cyberdesk_integration::cluster::{cluster, install_everything, namespace};
 use cyberdesk_integration::desks::desk_yaml;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::wait::eventually;
-use cyberdesk_operator::controller::cache::{trim_desk, trim_vm, trimmed_watch, unlabel};
+use cyberdesk_operator::controller::cache::{recorded_watch, trim_desk, trim_vm, trimmed_watch};
+use cyberdesk_operator::controller::records::VmRecord;
 use cyberdesk_operator::model::{Cyberdesk, VirtualMachine};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +54,6 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
         Api::<Cyberdesk>::namespaced(client.clone(), &ns),
         watcher::Config::default(),
         trim_desk,
-        None,
     );
     tokio::spawn(events.for_each(|_| async {}));
     let cached = eventually(Duration::from_secs(20), "the desk in the cache", || {
@@ -87,11 +87,10 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
         .apply(&vm_yaml, &["--server-side"])
         .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
-    let (vms, events) = trimmed_watch(
+    let (vms, events) = recorded_watch::<VmRecord>(
         Api::<VirtualMachine>::namespaced(client.clone(), &ns),
         watcher::Config::default(),
         trim_vm,
-        Some(unlabel::<VirtualMachine>),
     );
     // The trigger carries the desk label (it maps the VM to its desk); the cache does not.
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
@@ -105,10 +104,9 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
         Duration::from_secs(20),
         "the VM running in the cache",
         || {
-            let found = vms.state().into_iter().find(|v| {
-                v.metadata.name.as_deref() == Some("vm-fat")
-                    && v.printable_status() == Some("Running")
-            });
+            let found = vms
+                .get(&ns, "vm-fat")
+                .filter(|v| v.printable_status() == Some("Running"));
             std::future::ready(found)
         },
     )

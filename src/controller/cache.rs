@@ -3,11 +3,13 @@
 //! size of their templates, user data or a tenant's annotations.
 //!
 //! Trimmed: `managedFields` and annotations everywhere (the reconciler reads neither). From
-//! VMs and VMIs also every label but `cyberdesk-instance`, which maps an event to its desk
-//! and is then dropped from the cached copy, and every spec field but a VM's `runStrategy`
-//! and `running`. Of a VM's status only `printableStatus`, `ready` and `created` stay; of a
-//! VMI's, the phase, the `Ready` condition's type and status, and each interface's name
-//! and addresses. A VMI's owner references go too (its desk is found by label).
+//! VMs and VMIs also every label but the desk labels, which map an event to its desk, and
+//! every spec field but a VM's `runStrategy` and `running`. Of a VM's status only
+//! `printableStatus`, `ready` and `created` stay; of a VMI's, the phase, the `Ready`
+//! condition's type and status, and each interface's name and addresses. A VMI's owner
+//! references go too (its desk is found by label). Desks are cached as trimmed objects
+//! (kube's controller takes their store); VMs and VMIs as compact records
+//! ([`super::records`]), from the same trimmed objects.
 
 use futures::{Stream, TryStreamExt};
 use kube::Api;
@@ -15,6 +17,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
+use super::records::{Record, RecordStore, VmRecord, VmiRecord, record_store};
 use crate::backoff::watch_backoff;
 use crate::model::kubevirt::KubevirtCondition;
 use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
@@ -86,39 +89,13 @@ pub fn trim_vmi(vmi: &mut VirtualMachineInstance) {
     }
 }
 
-/// Drops a VM's or VMI's labels from the copy kept in the cache: the desk labels map an
-/// event to its desk on the way through; a pass finds the VM by name. A label map costs
-/// a B-tree node (about 540 bytes) even for one label.
-pub fn unlabel<K: kube::Resource>(obj: &mut K) {
-    obj.meta_mut().labels = None;
-}
-
-/// As [`unlabel`], but a VM without owner references (one in another namespace than its
-/// desk, `--vm-namespace`) keeps its desk-uid label: that label is its ownership.
-pub fn unlabel_vm(vm: &mut VirtualMachine) {
-    let owned_by_reference = vm
-        .metadata
-        .owner_references
-        .as_ref()
-        .is_some_and(|o| !o.is_empty());
-    let uid = vm
-        .metadata
-        .labels
-        .take()
-        .and_then(|mut l| l.remove_entry(names::LABEL_DESK_UID))
-        .filter(|_| !owned_by_reference);
-    vm.metadata.labels = uid.map(|entry| [entry].into());
-}
-
 /// A watch of `api` (with `config`) that trims each object with `trim`, keeps the trimmed
-/// copies (after `for_store`, when given) in the returned store, and yields each object it
-/// touched, trimmed (the controller's trigger). Watch errors back off like every other
-/// watch of the operator.
+/// copies in the returned store, and yields each object it touched, trimmed (the
+/// controller's trigger). Watch errors back off like every other watch of the operator.
 pub fn trimmed_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     trim: fn(&mut K),
-    for_store: Option<fn(&mut K)>,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -132,10 +109,33 @@ where
         .backoff(watch_backoff())
         .modify(trim)
         .map_ok(move |event| {
-            match for_store {
-                Some(f) => writer.apply_watcher_event(&event.clone().modify(f)),
-                None => writer.apply_watcher_event(&event),
-            }
+            writer.apply_watcher_event(&event);
+            event
+        })
+        .touched_objects();
+    (store, stream)
+}
+
+/// As [`trimmed_watch`], keeping a compact record of each object instead of the object.
+pub fn recorded_watch<R>(
+    api: Api<R::Kind>,
+    config: watcher::Config,
+    trim: fn(&mut R::Kind),
+) -> (
+    RecordStore<R>,
+    impl Stream<Item = Result<R::Kind, watcher::Error>> + Send + 'static,
+)
+where
+    R: Record,
+    R::Kind: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    R::Kind: Send + Sync + 'static,
+{
+    let (store, mut writer) = record_store::<R>();
+    let stream = watcher(api, config)
+        .backoff(watch_backoff())
+        .modify(trim)
+        .map_ok(move |event| {
+            writer.apply(&event);
             event
         })
         .touched_objects();
@@ -146,37 +146,17 @@ where
 #[derive(Clone)]
 pub struct Caches {
     pub desks: Store<Cyberdesk>,
-    pub vms: Store<VirtualMachine>,
-    pub vmis: Store<VirtualMachineInstance>,
-    /// True once the VM and VMI watches have listed once.
-    filled: tokio::sync::watch::Receiver<bool>,
+    pub vms: RecordStore<VmRecord>,
+    pub vmis: RecordStore<VmiRecord>,
 }
 
 impl Caches {
-    /// Starts the task that marks the caches filled once the VM and VMI watches have
-    /// listed once.
     pub fn new(
         desks: Store<Cyberdesk>,
-        vms: Store<VirtualMachine>,
-        vmis: Store<VirtualMachineInstance>,
+        vms: RecordStore<VmRecord>,
+        vmis: RecordStore<VmiRecord>,
     ) -> Self {
-        let (tx, filled) = tokio::sync::watch::channel(false);
-        let (vm_store, vmi_store) = (vms.clone(), vmis.clone());
-        // A store's own readiness wakes only one waiter (it wraps a oneshot channel); this
-        // task is that one waiter and passes it on to every pass through a watch channel.
-        tokio::spawn(async move {
-            if vm_store.wait_until_ready().await.is_ok()
-                && vmi_store.wait_until_ready().await.is_ok()
-            {
-                let _ = tx.send(true);
-            }
-        });
-        Self {
-            desks,
-            vms,
-            vmis,
-            filled,
-        }
+        Self { desks, vms, vmis }
     }
 
     /// Waits until the VM and VMI watches have listed once. A pass before that would take
@@ -184,20 +164,18 @@ impl Caches {
     /// nothing): after a restart, the desks arrive before their VMs. `Err` when the
     /// watches stopped first.
     pub async fn wait_filled(&self) -> Result<(), tokio::sync::watch::error::RecvError> {
-        let mut filled = self.filled.clone();
-        filled.wait_for(|f| *f).await.map(drop)
+        self.vms.wait_until_ready().await?;
+        self.vmis.wait_until_ready().await
     }
 
-    /// The cached VM `name` in `ns`, owned copy.
+    /// The cached VM `name` in `ns`, rebuilt from its record.
     pub fn vm(&self, ns: &str, name: &str) -> Option<VirtualMachine> {
-        let key = reflector::ObjectRef::new(name).within(ns);
-        self.vms.get(&key).map(|vm| (*vm).clone())
+        self.vms.get(ns, name)
     }
 
-    /// The cached VMI `name` in `ns`, owned copy.
+    /// The cached VMI `name` in `ns`, rebuilt from its record.
     pub fn vmi(&self, ns: &str, name: &str) -> Option<VirtualMachineInstance> {
-        let key = reflector::ObjectRef::new(name).within(ns);
-        self.vmis.get(&key).map(|vmi| (*vmi).clone())
+        self.vmis.get(ns, name)
     }
 }
 
@@ -293,57 +271,13 @@ mod tests {
             .map(String::as_str)
     }
 
-    #[test]
-    fn a_vm_elsewhere_keeps_its_ownership_label_in_the_store() {
-        let labelled = |owned: bool| -> VirtualMachine {
-            let mut meta = json!({"name": "a", "namespace": "kubevirt", "labels": {
-                names::LABEL_INSTANCE: "a", names::LABEL_DESK_NAMESPACE: "team-a",
-                names::LABEL_DESK_UID: "u-1", "app": "cyberdesk"}});
-            if owned {
-                meta["ownerReferences"] = json!([{"apiVersion": "cyberdesk.io/v1alpha1",
-                    "kind": "Cyberdesk", "name": "a", "uid": "u-1"}]);
-            }
-            serde_json::from_value(json!({"apiVersion": "kubevirt.io/v1",
-                "kind": "VirtualMachine", "metadata": meta, "spec": {}}))
-            .expect("vm")
-        };
-        // The trigger copy keeps the three desk labels, so the event maps to its desk.
-        let mut trigger = labelled(false);
-        trim_vm(&mut trigger);
-        let keys: Vec<&str> = trigger
-            .metadata
-            .labels
-            .as_ref()
-            .expect("labels")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(
-            keys,
-            [
-                names::LABEL_INSTANCE,
-                names::LABEL_DESK_NAMESPACE,
-                names::LABEL_DESK_UID
-            ]
-        );
-        // The stored copy keeps only the uid, and only without an ownerReference.
-        unlabel_vm(&mut trigger);
-        let stored = trigger.metadata.labels.expect("labels");
-        assert_eq!(stored.len(), 1);
-        assert_eq!(stored[names::LABEL_DESK_UID], "u-1");
-        let mut owned = labelled(true);
-        trim_vm(&mut owned);
-        unlabel_vm(&mut owned);
-        assert!(owned.metadata.labels.is_none());
-    }
-
     #[tokio::test]
     async fn every_waiting_pass_wakes_when_the_caches_fill() {
         let (desks, _) = reflector::store::<Cyberdesk>();
-        let (vms, mut vm_writer) = reflector::store::<VirtualMachine>();
-        let (vmis, mut vmi_writer) = reflector::store::<VirtualMachineInstance>();
+        let (vms, mut vm_writer) = record_store::<VmRecord>();
+        let (vmis, mut vmi_writer) = record_store::<VmiRecord>();
         let caches = Caches::new(desks, vms, vmis);
-        // More waiters than a store's own readiness would wake (it wakes one).
+        // Many waiters: every one must wake (kube's own store readiness wakes one).
         let waiters: Vec<_> = (0..40)
             .map(|_| {
                 let caches = caches.clone();
@@ -351,8 +285,8 @@ mod tests {
             })
             .collect();
         tokio::task::yield_now().await;
-        vm_writer.apply_watcher_event(&watcher::Event::InitDone);
-        vmi_writer.apply_watcher_event(&watcher::Event::InitDone);
+        vm_writer.apply(&watcher::Event::InitDone);
+        vmi_writer.apply(&watcher::Event::InitDone);
         for waiter in waiters {
             let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
             assert!(matches!(woke, Ok(Ok(Ok(())))), "a pass was left waiting");

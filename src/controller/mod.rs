@@ -11,6 +11,7 @@ pub mod orphans;
 pub mod own_writes;
 pub mod plan;
 pub mod reconcile;
+pub mod records;
 pub mod status;
 pub mod takeover;
 pub mod template;
@@ -30,10 +31,11 @@ use crate::backoff::watch_backoff;
 use crate::catalog::Catalog;
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{
-    Caches, trim_desk, trim_vm, trim_vmi, trimmed_watch, unlabel, unlabel_vm,
+    Caches, recorded_watch, trim_desk, trim_vm, trim_vmi, trimmed_watch,
 };
+use crate::controller::records::{VmRecord, VmiRecord};
 use crate::metrics::Metrics;
-use crate::model::{Cyberdesk, CyberdeskPhase, Placement, VirtualMachineInstance, names};
+use crate::model::{Cyberdesk, CyberdeskPhase, Placement, names};
 pub use reconcile::{Context, ControllerConfig};
 
 /// Longest wait for in-flight reconciles after the stop signal.
@@ -99,19 +101,16 @@ pub async fn run(
         Api::<Cyberdesk>::all(client.clone()),
         watcher::Config::default().any_semantic(),
         trim_desk,
-        None,
     );
-    let (vms, vm_events) = trimmed_watch(
+    let (vms, vm_events) = recorded_watch::<VmRecord>(
         kubevirt_api(&client, &cfg.placement),
         watcher::Config::default().labels(&selector).any_semantic(),
         trim_vm,
-        Some(unlabel_vm),
     );
-    let (vmis, vmi_events) = trimmed_watch(
+    let (vmis, vmi_events) = recorded_watch::<VmiRecord>(
         kubevirt_api(&client, &cfg.placement),
         watcher::Config::default().labels(&selector).any_semantic(),
         trim_vmi,
-        Some(unlabel::<VirtualMachineInstance>),
     );
     let caches = Caches::new(desks.clone(), vms, vmis);
     // Bounded, so a thousand desks falling due do not mean a thousand requests in flight.
@@ -204,7 +203,7 @@ const GAUGE_PERIOD: Duration = Duration::from_secs(5);
 /// without a request to the apiserver.
 async fn count_from_caches(caches: Caches, metrics: Metrics, stop: CancellationToken) {
     loop {
-        let vms = caches.vms.state().len() as i64;
+        let vms = caches.vms.len() as i64;
         metrics.active_vms.set(vms);
         metrics.active_vm_count.set(vms);
         let mut by_phase = [0i64; CyberdeskPhase::ALL.len()];

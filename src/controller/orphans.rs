@@ -108,12 +108,8 @@ pub async fn sweep(
             .iter()
             .filter_map(|d| d.uid())
             .collect();
-        let vms = caches.vms.state();
-        let due = suspicion.due(
-            suspects(vms.iter().map(|vm| vm.as_ref()), &desks),
-            Instant::now(),
-            grace,
-        );
+        let vms = caches.vms.all();
+        let due = suspicion.due(suspects(&vms, &desks), Instant::now(), grace);
         for suspect in due {
             match remove_if_orphaned(&client, &suspect, &announcer).await {
                 Ok(true) => {
