@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod caches;
 mod scale;
 
 use bytes::Bytes;
@@ -41,7 +42,8 @@ use cyberdesk_operator::server;
 #[derive(Parser)]
 #[command(about = "Benchmarks for cyberdesk-operator (figures, not pass/fail)")]
 struct Args {
-    /// Sections to run: admission, controlplane, operator, apply, desks, scale (default: all).
+    /// Sections to run: admission, caches, controlplane, operator, apply, desks, scale
+    /// (default: all).
     sections: Vec<String>,
     /// Desks for the scale section.
     #[arg(long, default_value_t = 1000)]
@@ -533,6 +535,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     if want("admission") {
         runtime.block_on(bench_admission())?;
+    }
+    if want("caches") {
+        caches::run(args.scale_desks);
     }
     if want("controlplane") {
         bench_controlplane()?;
