@@ -29,7 +29,7 @@ release-manifests: $(if $(filter $(CYBERDESK_CONTROLPLANE_BIN)/kubectl,$(KUBECTL
 	@set -euo pipefail; mkdir -p "$(DIST)"; work=$$(mktemp -d -p "$(CURDIR)" .release.XXXXXX); trap 'rm -rf "$$work"' EXIT; \
 	{ echo "apiVersion: kustomize.config.k8s.io/v1beta1"; echo "kind: Kustomization"; \
 	  echo "resources: [\"../manifests/base\"]"; \
-	  echo "images: [{name: \"$(IMAGE)\", newTag: \"$(VERSION)\"$(if $(DIGEST),$(comma) digest: \"$(DIGEST)\")}]"; } > "$$work/kustomization.yaml"; \
+	  echo "images: [{name: \"ghcr.io/cyberdesk/cyberdesk-operator\", newName: \"$(IMAGE)\", newTag: \"$(VERSION)\"$(if $(DIGEST),$(comma) digest: \"$(DIGEST)\")}]"; } > "$$work/kustomization.yaml"; \
 	{ echo "# cyberdesk-operator $(VERSION): kubectl apply --server-side -f cyberdesk-operator-$(VERSION).yaml"; \
 	  "$(KUBECTL)" kustomize "$$work"; } > "$(DIST)/cyberdesk-operator-$(VERSION).yaml.tmp"; \
 	mv "$(DIST)/cyberdesk-operator-$(VERSION).yaml.tmp" "$(DIST)/cyberdesk-operator-$(VERSION).yaml"; \

@@ -442,7 +442,19 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
             }
             Step::Adopt(announcement) => {
                 let Some(found) = &obs.vm else { break };
-                match claim_vm(&vms, found, cd, ctx, ns).await {
+                // The claim keeps the VM's labels and its template's, and is guarded by its
+                // resourceVersion: none of them is in the cache, so claim what a live read
+                // returns (adoption happens once per desk).
+                let Some(mut live) = vms.get_opt(&found.name_any()).await? else {
+                    return Ok((Action::requeue(plan::CLEANUP_RECHECK), Outcome::Requeue));
+                };
+                if !crate::controller::adoption::adoptable(&live, cd) {
+                    // Not what the cache suggested: plan again on the live VM.
+                    trim_vm(&mut live);
+                    obs.vm = Some(live);
+                    continue;
+                }
+                match claim_vm(&vms, &live, cd, ctx, ns).await {
                     Ok(mut claimed) => {
                         tracing::info!(vm = %claimed.name_any(), "adopted the previous operator's VirtualMachine");
                         ctx.announce(cd, announcement);
