@@ -177,6 +177,16 @@ async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<Cyberd
         json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
                {"op": "add", "path": "/metadata/finalizers/-", "value": names::FINALIZER}])
     };
+    patch_finalizers(api, cd, ops).await
+}
+
+/// Sends a JSON patch of the desk's finalizers (its first op tests the resourceVersion);
+/// the desk as stored.
+pub(super) async fn patch_finalizers(
+    api: &Api<Cyberdesk>,
+    cd: &Cyberdesk,
+    ops: serde_json::Value,
+) -> Result<Cyberdesk, Error> {
     let patch: json_patch::Patch =
         serde_json::from_value(ops).map_err(|source| Error::Serialization {
             what: "finalizer patch",

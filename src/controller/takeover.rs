@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::controller::adoption;
 use crate::controller::error::Error;
-use crate::controller::reconcile::{Context, owner_reference, plain_pp};
+use crate::controller::reconcile::{Context, owner_reference, patch_finalizers, plain_pp};
 use crate::model::placement::vm_labels;
 use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
 
@@ -19,17 +19,11 @@ pub(super) async fn take_over_finalizer(
     cd: &Cyberdesk,
 ) -> Result<Cyberdesk, Error> {
     let rv = cd.resource_version().unwrap_or_default();
-    let patch: json_patch::Patch = serde_json::from_value(json!([
+    let ops = json!([
         {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
         {"op": "replace", "path": "/metadata/finalizers", "value": adoption::swapped_finalizers(cd)},
-    ]))
-    .map_err(|source| Error::Serialization {
-        what: "finalizer patch",
-        source,
-    })?;
-    Ok(api
-        .patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
-        .await?)
+    ]);
+    patch_finalizers(api, cd, ops).await
 }
 
 /// The previous operator's VM of a legacy desk, read live: by the name the desk recorded

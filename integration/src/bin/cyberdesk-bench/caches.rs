@@ -7,7 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 
 use cyberdesk_operator::controller::cache::{trim_desk, trim_vm, trim_vmi};
-use cyberdesk_operator::controller::records::{VmRecord, VmiRecord, record_store};
+use cyberdesk_operator::controller::records::{Record, VmRecord, VmiRecord, record_store};
 use cyberdesk_operator::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance};
 use kube::runtime::{reflector, watcher};
 use serde_json::json;
@@ -131,13 +131,7 @@ pub fn run(n: usize) {
     };
     report(
         "desk in kube's store (object and key)",
-        per_object(n, || {
-            let (store, mut writer) = reflector::store::<Cyberdesk>();
-            for d in &desks {
-                writer.apply_watcher_event(&watcher::Event::Apply(d.clone()));
-            }
-            Box::new((store, writer))
-        }),
+        per_object(n, || in_kube_store(&desks)),
     );
     report(
         "desk key alone (an ObjectRef, as in the store and the scheduler)",
@@ -150,48 +144,52 @@ pub fn run(n: usize) {
             )
         }),
     );
-    report(
-        "VM record",
-        per_object(n, || {
-            let (store, mut writer) = record_store::<VmRecord>();
-            for v in &vms {
-                writer.apply(&watcher::Event::Apply(v.clone()));
-            }
-            Box::new((store, writer))
-        }),
-    );
+    report("VM record", per_object(n, || in_records::<VmRecord>(&vms)));
     report(
         "VM as a trimmed object in kube's store (before records)",
-        per_object(n, || {
-            let (store, mut writer) = reflector::store::<VirtualMachine>();
-            for v in &vms {
-                let mut v = v.clone();
-                v.metadata.labels = None;
-                writer.apply_watcher_event(&watcher::Event::Apply(v));
-            }
-            Box::new((store, writer))
-        }),
+        per_object(n, || in_kube_store(&unlabelled(&vms))),
     );
     report(
         "VMI record",
-        per_object(n, || {
-            let (store, mut writer) = record_store::<VmiRecord>();
-            for v in &vmis {
-                writer.apply(&watcher::Event::Apply(v.clone()));
-            }
-            Box::new((store, writer))
-        }),
+        per_object(n, || in_records::<VmiRecord>(&vmis)),
     );
     report(
         "VMI as a trimmed object in kube's store (before records)",
-        per_object(n, || {
-            let (store, mut writer) = reflector::store::<VirtualMachineInstance>();
-            for v in &vmis {
-                let mut v = v.clone();
-                v.metadata.labels = None;
-                writer.apply_watcher_event(&watcher::Event::Apply(v));
-            }
-            Box::new((store, writer))
-        }),
+        per_object(n, || in_kube_store(&unlabelled(&vmis))),
     );
+}
+
+/// The objects without labels, as the VM and VMI stores kept them before records.
+fn unlabelled<K: kube::Resource + Clone>(objs: &[K]) -> Vec<K> {
+    objs.iter()
+        .cloned()
+        .map(|mut o| {
+            o.meta_mut().labels = None;
+            o
+        })
+        .collect()
+}
+
+/// `objs` in a kube reflector store, as the store and its writer.
+fn in_kube_store<K>(objs: &[K]) -> Box<dyn std::any::Any>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (store, mut writer) = reflector::store::<K>();
+    for o in objs {
+        writer.apply_watcher_event(&watcher::Event::Apply(o.clone()));
+    }
+    Box::new((store, writer))
+}
+
+/// `objs` as records in a record store, as the store and its writer.
+fn in_records<R: Record>(objs: &[R::Kind]) -> Box<dyn std::any::Any>
+where
+    R::Kind: Clone,
+{
+    let (store, mut writer) = record_store::<R>();
+    for o in objs {
+        writer.apply(&watcher::Event::Apply(o.clone()));
+    }
+    Box::new((store, writer))
 }
