@@ -18,7 +18,18 @@ pub const OPERATIONS: &[&str] = &[
     "delete_vm",
     "update_status",
     "reconcile",
+    "claim_vm",
+    "reconcile_pool",
 ];
+
+/// `cyberdesk_pool_claims_total{result}`: a desk got a pool VM (hit), found none ready
+/// (miss, then boots its own), or lost a VM to another desk's claim (conflict, then tries
+/// the next).
+pub const CLAIM_RESULTS: &[&str] = &["hit", "miss", "conflict"];
+/// `cyberdesk_pool_vms{state}`.
+pub const POOL_STATES: &[&str] = &["ready", "booting", "claimed", "desired"];
+/// `cyberdesk_desk_start_seconds{source}`: cold desks of no pool are `none`.
+pub const START_SOURCES: &[&str] = &["pool", "cold", "none"];
 pub const WEBHOOKS: &[&str] = &["mutate", "validate"];
 pub const ADMISSION_OPERATIONS: &[&str] = &["CREATE", "UPDATE", "DELETE", "CONNECT"];
 /// `allowed` label: true, false, or error (the review could not be processed).
@@ -53,7 +64,13 @@ pub const FAMILIES: &[&str] = &[
     "cyberdesk_webhook_connections_open",
     "cyberdesk_orphan_vms_deleted_total",
     "cyberdesk_notifications_total",
+    "cyberdesk_pool_claims_total",
+    "cyberdesk_pool_vms",
+    "cyberdesk_desk_start_seconds",
 ];
+
+/// Families labelled by pool: they appear with the first pool the leader sees.
+pub const PER_POOL: &[&str] = &["cyberdesk_pool_vms"];
 
 /// Why the webhook server gave up on a connection or request
 /// (`cyberdesk_webhook_connections_rejected_total{reason}`).
@@ -92,6 +109,9 @@ pub struct Metrics {
     pub events_dropped: IntCounter,
     pub orphans_deleted: IntCounter,
     pub notifications: IntCounterVec,
+    pub pool_claims: IntCounterVec,
+    pub pool_vms: IntGaugeVec,
+    pub desk_start: HistogramVec,
 }
 
 impl Metrics {
@@ -223,9 +243,39 @@ impl Metrics {
                 ),
                 &["sink", "result"],
             )?,
+            pool_claims: IntCounterVec::new(
+                Opts::new(
+                    "cyberdesk_pool_claims_total",
+                    "Claims of warm-pool VMs by desks, by result (hit, miss, conflict)",
+                ),
+                &["result"],
+            )?,
+            pool_vms: IntGaugeVec::new(
+                Opts::new(
+                    "cyberdesk_pool_vms",
+                    "VMs of each warm pool by state (ready, booting, claimed) and its desired size, as the leader last saw them",
+                ),
+                &["namespace", "pool", "state"],
+            )?,
+            desk_start: HistogramVec::new(
+                HistogramOpts::new(
+                    "cyberdesk_desk_start_seconds",
+                    "Time from a Cyberdesk's creation to its first Running, by where its VM came from (pool, cold, none)",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+                ]),
+                &["source"],
+            )?,
             registry,
         };
         m.register_all()?;
+        for result in CLAIM_RESULTS {
+            m.pool_claims.with_label_values(&[result]);
+        }
+        for source in START_SOURCES {
+            m.desk_start.with_label_values(&[source]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CYBERDESK_REVISION")])
             .set(1);
@@ -299,6 +349,9 @@ impl Metrics {
         r.register(Box::new(self.events_dropped.clone()))?;
         r.register(Box::new(self.orphans_deleted.clone()))?;
         r.register(Box::new(self.notifications.clone()))?;
+        r.register(Box::new(self.pool_claims.clone()))?;
+        r.register(Box::new(self.pool_vms.clone()))?;
+        r.register(Box::new(self.desk_start.clone()))?;
         Ok(())
     }
 
@@ -316,7 +369,7 @@ mod tests {
     fn every_family_is_exported_from_the_start() {
         let m = Metrics::new("pod-a", &["kube"]).expect("metrics");
         let text = m.render().expect("render");
-        for family in FAMILIES {
+        for family in FAMILIES.iter().filter(|f| !PER_POOL.contains(f)) {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),
                 "missing {family}"

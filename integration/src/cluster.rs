@@ -197,6 +197,7 @@ pub async fn install_apis(c: &Cluster) {
                 "wait",
                 "--for=condition=Established",
                 "crd/cyberdesks.cyberdesk.io",
+                "crd/cyberdeskpools.cyberdesk.io",
             ],
             None,
         )

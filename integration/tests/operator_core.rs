@@ -28,6 +28,7 @@ async fn install_crd(c: &Cluster) {
                     "--for=condition=Established",
                     "--timeout=60s",
                     "crd/cyberdesks.cyberdesk.io",
+                    "crd/cyberdeskpools.cyberdesk.io",
                 ],
                 None,
             )

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use super::records::{Record, RecordStore, VmRecord, VmiRecord, record_store};
 use crate::backoff::watch_backoff;
 use crate::model::kubevirt::KubevirtCondition;
-use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
+use crate::model::{Cyberdesk, CyberdeskPool, VirtualMachine, VirtualMachineInstance, names};
 
 /// Drops what no reconcile reads from any object's metadata.
 fn trim_metadata(meta: &mut kube::api::ObjectMeta) {
@@ -28,16 +28,24 @@ fn trim_metadata(meta: &mut kube::api::ObjectMeta) {
     meta.annotations = None;
 }
 
-/// Labels that tie a VM or VMI to its desk; every other label is dropped.
-const DESK_LABELS: [&str; 3] = [
+/// Labels that tie a VM or VMI to its desk or its warm pool; every other label is dropped.
+const DESK_LABELS: [&str; 5] = [
     names::LABEL_INSTANCE,
     names::LABEL_DESK_NAMESPACE,
     names::LABEL_DESK_UID,
+    names::LABEL_POOL,
+    names::LABEL_POOL_STATE,
 ];
 
-/// Keeps of a VM's or VMI's metadata what maps it to its desk.
+/// Keeps of a VM's or VMI's metadata what maps it to its desk or pool, and when a pool VM
+/// was claimed.
 fn trim_kubevirt_metadata(meta: &mut kube::api::ObjectMeta) {
+    let claimed_at = meta
+        .annotations
+        .as_mut()
+        .and_then(|a| a.remove_entry(names::ANNOTATION_CLAIMED_AT));
     trim_metadata(meta);
+    meta.annotations = claimed_at.map(|entry| [entry].into());
     meta.labels = meta.labels.take().and_then(|mut labels| {
         let kept: std::collections::BTreeMap<_, _> = DESK_LABELS
             .iter()
@@ -50,6 +58,11 @@ fn trim_kubevirt_metadata(meta: &mut kube::api::ObjectMeta) {
 /// A desk as the reconciler reads it: spec, status and metadata without annotations.
 pub fn trim_desk(desk: &mut Cyberdesk) {
     trim_metadata(&mut desk.metadata);
+}
+
+/// A pool as the pool controller and a claiming desk read it.
+pub fn trim_pool(pool: &mut CyberdeskPool) {
+    trim_metadata(&mut pool.metadata);
 }
 
 /// A VM as the reconciler reads it: name, times, owners, desk label, run strategy, status.
@@ -148,6 +161,8 @@ pub struct Caches {
     pub desks: Store<Cyberdesk>,
     pub vms: RecordStore<VmRecord>,
     pub vmis: RecordStore<VmiRecord>,
+    /// Warm pools (`None` where pools are not served: VMs in another namespace).
+    pub pools: Option<Store<CyberdeskPool>>,
 }
 
 impl Caches {
@@ -156,7 +171,39 @@ impl Caches {
         vms: RecordStore<VmRecord>,
         vmis: RecordStore<VmiRecord>,
     ) -> Self {
-        Self { desks, vms, vmis }
+        Self {
+            desks,
+            vms,
+            vmis,
+            pools: None,
+        }
+    }
+
+    /// These caches, with the warm pools' store.
+    pub fn with_pools(mut self, pools: Store<CyberdeskPool>) -> Self {
+        self.pools = Some(pools);
+        self
+    }
+
+    /// The cached pool `name` in `ns`.
+    pub fn pool(&self, ns: &str, name: &str) -> Option<std::sync::Arc<CyberdeskPool>> {
+        self.pools
+            .as_ref()?
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+    }
+
+    /// The VMs in `ns` booted for pool `pool` (claimed or not).
+    pub fn pool_vms(&self, ns: &str, pool: &str) -> Vec<VirtualMachine> {
+        self.vms.select(ns, |r| r.pool() == Some(pool))
+    }
+
+    /// The pool VM in `ns` claimed by the desk called `desk` (by label; ownership is for the
+    /// caller to check).
+    pub fn claimed_by(&self, ns: &str, desk: &str) -> Option<VirtualMachine> {
+        self.vms
+            .select(ns, |r| r.claimed_by() == Some(desk))
+            .into_iter()
+            .next()
     }
 
     /// Waits until the VM and VMI watches have listed once. A pass before that would take

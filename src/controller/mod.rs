@@ -5,11 +5,14 @@
 pub mod adoption;
 pub mod announcer;
 pub mod cache;
+pub mod claim;
 pub mod error;
 pub mod expiry;
 pub mod orphans;
 pub mod own_writes;
 pub mod plan;
+pub mod pool;
+pub mod pool_plan;
 pub mod reconcile;
 pub mod records;
 pub mod status;
@@ -19,8 +22,9 @@ pub mod template;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::Api;
+use kube::ResourceExt;
 use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
@@ -31,13 +35,17 @@ use crate::backoff::watch_backoff;
 use crate::catalog::Catalog;
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{
-    Caches, recorded_watch, trim_desk, trim_vm, trim_vmi, trimmed_watch,
+    Caches, recorded_watch, trim_desk, trim_pool, trim_vm, trim_vmi, trimmed_watch,
 };
 use crate::controller::records::{VmRecord, VmiRecord};
 use crate::metrics::Metrics;
-use crate::model::{Cyberdesk, CyberdeskPhase, Placement, names};
+use crate::model::{
+    Cyberdesk, CyberdeskPhase, CyberdeskPool, Placement, VirtualMachineInstance, names,
+};
 pub use reconcile::{Context, ControllerConfig};
 
+/// Pool passes in flight at once (pools are few; each pass may boot several VMs).
+const POOL_CONCURRENCY: u16 = 4;
 /// Longest wait for in-flight reconciles after the stop signal.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// Longest wait, after the controller stopped, for queued events to be published.
@@ -112,7 +120,39 @@ pub async fn run(
         watcher::Config::default().labels(&selector).any_semantic(),
         trim_vmi,
     );
-    let caches = Caches::new(desks.clone(), vms, vmis);
+    let mut caches = Caches::new(desks.clone(), vms, vmis);
+    // Warm pools: their VMs live beside the pool and its desks, so they are served only
+    // where every VM lives beside its desk.
+    let (pool_triggers, pool_watch) = if cfg.placement.namespace.is_none() {
+        let (pools, pool_events) = trimmed_watch(
+            Api::<CyberdeskPool>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            trim_pool,
+        );
+        caches = caches.with_pools(pools.clone());
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        (Some(tx), Some((pools, pool_events, rx)))
+    } else {
+        (None, None)
+    };
+    // A pool VM's event (booted, claimed, gone) is its pool's business too.
+    let vm_events = vm_events.inspect_ok(move |vm| {
+        if let (Some(tx), Some(pool), Some(ns)) = (&pool_triggers, vm.pool(), vm.namespace()) {
+            let _ = tx.unbounded_send(ObjectRef::new(pool).within(&ns));
+        }
+    });
+    // A claimed pool VM's VMI was started before the claim and carries no desk label: map
+    // it through its VM, which does.
+    let vm_records = caches.vms.clone();
+    let vmi_desk = move |vmi: VirtualMachineInstance| {
+        let ns = vmi.namespace()?;
+        let name = vmi.name_any();
+        owner_desk(vmi).or_else(|| {
+            let vm = vm_records.get(&ns, &name)?;
+            vm.pool()?;
+            owner_desk(vm)
+        })
+    };
     // Bounded, so a thousand desks falling due do not mean a thousand requests in flight.
     let concurrency = cfg.max_concurrent_reconciles;
     let (announcer, event_lanes) =
@@ -159,14 +199,18 @@ pub async fn run(
         caches: caches.clone(),
         own_writes: Default::default(),
         failures: Mutex::new(Default::default()),
+        pool_vms: Default::default(),
+        pool_failures: Mutex::new(Default::default()),
+        pool_writes: Default::default(),
     });
     let gauges = tokio::spawn(count_from_caches(caches, metrics, stop.clone()));
+    let pool_ctx = ctx.clone();
 
     let controller = Controller::for_stream(desk_events, desks)
         .with_config(ControllerRuntimeConfig::default().concurrency(concurrency))
         .trigger_backoff(watch_backoff())
         .watches_stream(vm_events, owner_desk)
-        .watches_stream(vmi_events, owner_desk)
+        .watches_stream(vmi_events, vmi_desk)
         .reconcile_all_on(template_changes)
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -181,8 +225,25 @@ pub async fn run(
         stop.cancelled().await;
         tokio::time::sleep(DRAIN_LIMIT).await;
     };
+    let pools = async {
+        let Some((store, events, triggers)) = pool_watch else {
+            return;
+        };
+        Controller::for_stream(events, store)
+            .with_config(ControllerRuntimeConfig::default().concurrency(POOL_CONCURRENCY))
+            .trigger_backoff(watch_backoff())
+            .reconcile_on(triggers)
+            .graceful_shutdown_on(stop.clone().cancelled_owned())
+            .run(pool::reconcile, pool::error_policy, pool_ctx)
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "pool controller event");
+                }
+            })
+            .await;
+    };
     tokio::select! {
-        _ = controller => {}
+        _ = futures::future::join(controller, pools) => {}
         _ = drain_limit => tracing::warn!(limit = ?DRAIN_LIMIT, "controller did not drain in time; stopping anyway"),
     }
     gauges.abort();

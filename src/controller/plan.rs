@@ -46,6 +46,8 @@ pub struct Observation<'a> {
     pub refused: Option<RenderProblem>,
     /// The previous operator's VM of this (legacy) desk was looked for live.
     pub searched_legacy: bool,
+    /// The desk's pool was asked for a VM in this pass (and had none to give).
+    pub pool_tried: bool,
     pub default_timeout_ms: i64,
     /// Keep the previous operator's status block in step (`--legacy-status`).
     pub legacy_status: bool,
@@ -60,6 +62,7 @@ pub struct Observation<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     VirtualMachineCreated,
+    VirtualMachineClaimed,
     VirtualMachineAdopted,
     VirtualMachineConflict,
     TimedOut,
@@ -77,6 +80,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::VirtualMachineCreated => "VirtualMachineCreated",
+            Reason::VirtualMachineClaimed => "VirtualMachineClaimed",
             Reason::VirtualMachineAdopted => "VirtualMachineAdopted",
             Reason::VirtualMachineConflict => "VirtualMachineConflict",
             Reason::TimedOut => "TimedOut",
@@ -95,7 +99,7 @@ impl Reason {
     pub fn action(self) -> &'static str {
         match self {
             Reason::TimedOut => "Stop",
-            Reason::Ready => "Start",
+            Reason::Ready | Reason::VirtualMachineClaimed => "Start",
             Reason::Deleting | Reason::DeletingVirtualMachine | Reason::CleanedUp => "Delete",
             _ => "Create",
         }
@@ -190,6 +194,9 @@ pub enum Step {
         lag: Duration,
         announce: Announcement,
     },
+    /// Take a booted VM from the desk's warm pool (`spec.pool`); when none is ready the
+    /// pass goes on to render a VM of its own from the pool's template.
+    Claim,
     /// Render the VM from the template (reads the user-data Secret for inline templates).
     Render,
     /// Create the rendered VM.
@@ -210,6 +217,9 @@ pub struct Settlement {
     pub call_ready: bool,
     /// The desk's platform state differs from the one recorded: write it.
     pub platform_state: Option<&'static str>,
+    /// The desk runs for the first time: how long after its creation, and where its VM
+    /// came from (`pool`, `cold`, or `none` for a desk without a pool).
+    pub started: Option<(Duration, &'static str)>,
     pub wake: Wake,
     pub outcome: Outcome,
 }
@@ -331,6 +341,12 @@ pub fn plan(obs: &Observation<'_>) -> Step {
         };
     }
     if obs.vm.is_none() && !timed_out && obs.refused.is_none() {
+        // A desk claims from its pool only before it ever had a VM: the source recorded
+        // in its status says it had one, which must not be replaced by a second claim.
+        let never_had_vm = desk.status.as_ref().and_then(|s| s.source).is_none();
+        if desk.spec.pool.is_some() && !obs.pool_tried && never_had_vm && obs.rendered.is_none() {
+            return Step::Claim;
+        }
         match &obs.rendered {
             None => return Step::Render,
             Some(Ok(vm)) => return Step::Create(vm.clone()),
@@ -372,7 +388,13 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
         }
     }
     let was_running = before.and_then(|s| s.phase) == Some(CyberdeskPhase::Running);
+    let mut started = None;
     if desired.phase == Some(CyberdeskPhase::Running) && !was_running {
+        let created = desk.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let after = created
+            .and_then(|c| Duration::try_from(obs.now.duration_since(c)).ok())
+            .unwrap_or_default();
+        started = Some((after, desired.source.map_or("none", |s| s.as_str())));
         let ip = desired.ip_address.as_deref().unwrap_or_default();
         announce.push(Announcement::new(
             Reason::Ready,
@@ -410,6 +432,7 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
         delete_desk,
         call_ready,
         platform_state,
+        started,
         wake,
         outcome,
     }

@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{Caches, trim_desk, trim_vm};
+use crate::controller::claim::{self, Claimed, PoolVms};
 use crate::controller::error::Error;
 use crate::controller::own_writes::OwnWrites;
 use crate::controller::plan::{
@@ -30,7 +31,10 @@ use crate::controller::takeover::{claim_vm, find_legacy_vm, take_over_finalizer}
 use crate::controller::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateVars};
 use crate::metrics::Metrics;
 use crate::model::placement::vm_labels;
-use crate::model::{Cyberdesk, Placement, VirtualMachine, VirtualMachineInstance, names};
+use crate::model::{
+    Cyberdesk, CyberdeskPool, Placement, SecretKeyRef, VirtualMachine, VirtualMachineInstance,
+    VmSource, names,
+};
 
 /// A failed pass is retried after 0.5 s, doubling up to 5 min per desk.
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -69,6 +73,12 @@ pub struct Context {
     pub notifier: Option<crate::notify::Notifier>,
     /// Consecutive failures per desk, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<Cyberdesk>, u32>>,
+    /// The VMs pooled desks got, until the caches show them.
+    pub pool_vms: PoolVms,
+    /// Consecutive failures per warm pool.
+    pub pool_failures: Mutex<HashMap<ObjectRef<CyberdeskPool>, u32>>,
+    /// VMs the pool controller created or deleted, until the cache shows it.
+    pub pool_writes: crate::controller::pool::PoolWrites,
 }
 
 fn pp() -> PatchParams {
@@ -100,7 +110,7 @@ impl Context {
         self.announcer.announce(cd.object_ref(&()), event);
     }
 
-    fn time<T>(&self, operation: &str, start: Instant, value: T) -> T {
+    pub(super) fn time<T>(&self, operation: &str, start: Instant, value: T) -> T {
         self.metrics
             .operation_duration
             .with_label_values(&[operation])
@@ -187,13 +197,25 @@ pub(super) async fn patch_finalizers(
     cd: &Cyberdesk,
     ops: serde_json::Value,
 ) -> Result<Cyberdesk, Error> {
+    patch_finalizers_of(api, &cd.name_any(), ops).await
+}
+
+/// Sends a JSON patch of an object's finalizers; the object as stored.
+pub(super) async fn patch_finalizers_of<K>(
+    api: &Api<K>,
+    name: &str,
+    ops: serde_json::Value,
+) -> Result<K, Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let patch: json_patch::Patch =
         serde_json::from_value(ops).map_err(|source| Error::Serialization {
             what: "finalizer patch",
             source,
         })?;
     Ok(api
-        .patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
+        .patch(name, &plain_pp(), &Patch::<()>::Json(patch))
         .await?)
 }
 
@@ -241,16 +263,23 @@ async fn remove_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Er
     }
 }
 
-/// The template for this desk, parsed; refused like the webhook refuses it, because the
-/// webhooks can be switched off.
-fn load_template(
-    cd: &Cyberdesk,
+/// Where a VM's template and user data come from: the desk's spec, or its pool's.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Recipe<'a> {
+    pub template: Option<&'a str>,
+    pub user_data: Option<&'a SecretKeyRef>,
+}
+
+/// The template, parsed; refused like the webhook refuses it, because the webhooks can be
+/// switched off.
+pub(super) fn load_template(
+    template: Option<&str>,
     ctx: &Context,
     ns: &str,
 ) -> Result<(ResolvedTemplate, Value), RenderProblem> {
     let resolved = ctx
         .templates
-        .resolve(cd.spec.template.as_deref(), ns)
+        .resolve(template, ns)
         .map_err(|refusal| match refusal {
             TemplateRefusal::NotAllowed { .. } => {
                 RenderProblem::TemplateNotAllowed(refusal.to_string())
@@ -266,12 +295,12 @@ fn load_template(
 /// reads it), its value base64 for `${user_data_base64}` (read, which needs the opt-in RBAC).
 /// API failures other than not-found/forbidden are errors (retried), not problems.
 async fn user_data_vars(
-    cd: &Cyberdesk,
+    user_data: Option<&SecretKeyRef>,
     resolved: &ResolvedTemplate,
     ctx: &Context,
     ns: &str,
 ) -> Result<Result<(String, String), RenderProblem>, Error> {
-    let Some(r) = &cd.spec.user_data_secret_ref else {
+    let Some(r) = user_data else {
         return Ok(Ok((B64.encode(EMPTY_CLOUD_CONFIG), String::new())));
     };
     if let Some(problem) = resolved.secret_key_problem(&r.key) {
@@ -302,19 +331,66 @@ async fn user_data_vars(
     }
 }
 
+/// The desk's VM source: its own spec, or, for a desk from a pool, the pool's (read from
+/// the cache; a missing pool is a problem reported on the desk and retried).
+fn desk_source<'a>(
+    cd: &'a Cyberdesk,
+    pool: Option<&'a CyberdeskPool>,
+) -> Result<Recipe<'a>, RenderProblem> {
+    match (&cd.spec.pool, pool) {
+        (None, _) => Ok(Recipe {
+            template: cd.spec.template.as_deref(),
+            user_data: cd.spec.user_data_secret_ref.as_ref(),
+        }),
+        (Some(_), Some(pool)) => Ok(Recipe {
+            template: pool.spec.template.as_deref(),
+            user_data: pool.spec.user_data_secret_ref.as_ref(),
+        }),
+        (Some(name), None) => Err(RenderProblem::Template(format!(
+            "CyberdeskPool {name} not found in namespace {}",
+            cd.namespace().unwrap_or_default()
+        ))),
+    }
+}
+
 async fn render_vm(
     cd: &Cyberdesk,
     ctx: &Context,
     ns: &str,
 ) -> Result<Result<Value, RenderProblem>, Error> {
-    let (resolved, template) = match load_template(cd, ctx, ns) {
+    let pool = cd.spec.pool.as_deref().and_then(|p| ctx.caches.pool(ns, p));
+    let source = match desk_source(cd, pool.as_deref()) {
+        Ok(source) => source,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let uid = cd.uid().ok_or(Error::NoUid)?;
+    let name = cd.name_any();
+    let ownership = Ownership {
+        owner_reference: owner_reference(cd, ctx, ns)?,
+        labels: vm_labels(ns, &name, &uid),
+    };
+    let vm_name = ctx.cfg.placement.vm_name(&name);
+    render_from(source, vm_name, name, &ownership, ctx, ns).await
+}
+
+/// Renders a VM named `vm_name` from `source` for `cyberdesk_name` (a desk, or the VM
+/// itself for a pool VM, whose desk is not known at boot).
+pub(super) async fn render_from(
+    source: Recipe<'_>,
+    vm_name: String,
+    cyberdesk_name: String,
+    ownership: &Ownership,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<Value, RenderProblem>, Error> {
+    let (resolved, template) = match load_template(source.template, ctx, ns) {
         Ok(t) => t,
         Err(problem) => return Ok(Err(problem)),
     };
     let placement = &ctx.cfg.placement;
     let vm_ns = placement.vm_namespace(ns);
     let (user_data_base64, user_data_secret_name) =
-        match user_data_vars(cd, &resolved, ctx, ns).await? {
+        match user_data_vars(source.user_data, &resolved, ctx, ns).await? {
             Ok(u) => u,
             Err(problem) => return Ok(Err(problem)),
         };
@@ -328,21 +404,14 @@ async fn render_vm(
             resolved.describe()
         ))));
     }
-    let uid = cd.uid().ok_or(Error::NoUid)?;
-    let owner_reference = owner_reference(cd, ctx, ns)?;
-    let name = cd.name_any();
-    let ownership = Ownership {
-        owner_reference,
-        labels: vm_labels(ns, &name, &uid),
-    };
     let vars = TemplateVars {
-        vm_name: placement.vm_name(&name),
+        vm_name,
         namespace: vm_ns.into(),
-        cyberdesk_name: name,
+        cyberdesk_name,
         user_data_base64,
         user_data_secret_name,
     };
-    Ok(template::render(&template, &vars, &ownership)
+    Ok(template::render(&template, &vars, ownership)
         .map_err(|e| RenderProblem::Template(e.to_string())))
 }
 
@@ -410,19 +479,82 @@ fn changed_meanwhile(e: &kube::Error) -> bool {
 /// cache was behind: the pass reads that VM live once and plans again. So a stale cache
 /// costs one GET, and a fresh one none; a VM is never created twice or halted twice.
 async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outcome), Error> {
+    let vm_ns = ctx.cfg.placement.vm_namespace(ns);
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), vm_ns);
+    let (vm_name, vm) = desk_vm(cd, ctx, vm_ns, &vms).await?;
+    apply_on(cd, ctx, ns, vm_name, vm).await
+}
+
+/// The desk's VM name and its VM, if any: `cyberdesk-<desk>` (or the platform's name),
+/// from the cache. A desk from a pool may instead have the pool VM it claimed: the one
+/// this process remembers or its status records (read live when the cache does not show
+/// the claim yet), else the one the cache shows claimed by it (a claim whose status write
+/// never happened: the operator was stopped in between).
+async fn desk_vm(
+    cd: &Cyberdesk,
+    ctx: &Context,
+    vm_ns: &str,
+    vms: &Api<VirtualMachine>,
+) -> Result<(String, Option<VirtualMachine>), Error> {
+    let name = cd.name_any();
+    let default = ctx.cfg.placement.vm_name(&name);
+    let cached = ctx.caches.vm(vm_ns, &default);
+    if cd.spec.pool.is_none() || cached.is_some() {
+        return Ok((default, cached));
+    }
+    let uid = cd.uid().unwrap_or_default();
+    let recorded = cd
+        .status
+        .as_ref()
+        .filter(|s| s.source == Some(VmSource::Pool))
+        .and_then(|s| s.virtual_machine_ref.clone());
+    if let Some(known) = ctx.pool_vms.of_desk(&uid).or(recorded) {
+        if let Some(vm) = ctx
+            .caches
+            .vm(vm_ns, &known)
+            .filter(|vm| plan::owned_by(vm, cd))
+        {
+            return Ok((known, Some(vm)));
+        }
+        match vms.get_opt(&known).await? {
+            Some(mut vm) if plan::owned_by(&vm, cd) => {
+                trim_vm(&mut vm);
+                return Ok((known, Some(vm)));
+            }
+            _ => ctx.pool_vms.forget(&uid),
+        }
+    }
+    if let Some(vm) = ctx
+        .caches
+        .claimed_by(vm_ns, &name)
+        .filter(|vm| plan::owned_by(vm, cd))
+    {
+        return Ok((vm.name_any(), Some(vm)));
+    }
+    Ok((default, None))
+}
+
+/// Carries out the plan for the desk whose VM is (or would be) `vm_name`.
+async fn apply_on(
+    cd: &Cyberdesk,
+    ctx: &Context,
+    ns: &str,
+    vm_name: String,
+    vm: Option<VirtualMachine>,
+) -> Result<(Action, Outcome), Error> {
     let name = cd.name_any();
     let api: Api<Cyberdesk> = Api::namespaced(ctx.client.clone(), ns);
     let vm_ns = ctx.cfg.placement.vm_namespace(ns);
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), vm_ns);
-    let vm_name = ctx.cfg.placement.vm_name(&name);
     let mut obs = Observation {
         desk: cd,
         vm_name: &vm_name,
-        vm: ctx.caches.vm(vm_ns, &vm_name),
         vmi: ctx.caches.vmi(vm_ns, &vm_name),
+        vm,
         rendered: None,
         refused: None,
         searched_legacy: false,
+        pool_tried: false,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         legacy_status: ctx.cfg.legacy_status,
         calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
@@ -504,6 +636,12 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                 ctx.announce(cd, announce);
                 return Ok((Action::requeue(plan::HALT_FOLLOW_UP), Outcome::Success));
             }
+            Step::Claim => {
+                obs.pool_tried = true;
+                if let Some((claimed_name, claimed)) = claim_from_pool(cd, ctx, ns, &vms).await? {
+                    return Box::pin(apply_on(cd, ctx, ns, claimed_name, Some(claimed))).await;
+                }
+            }
             Step::Render => obs.rendered = Some(render_vm(cd, ctx, ns).await?),
             Step::Create(rendered) => {
                 let vm: VirtualMachine =
@@ -516,6 +654,11 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
                 match ctx.time("create_vm", t, created) {
                     Ok(mut created) => {
                         ctx.metrics.vm_created.inc();
+                        if cd.spec.pool.is_some() {
+                            // Until the cache shows it: this desk has a VM, claim no other.
+                            ctx.pool_vms
+                                .record(&cd.uid().unwrap_or_default(), &created.name_any());
+                        }
                         tracing::info!(vm = %vm_name, "created VirtualMachine");
                         let note = format!("created VirtualMachine {vm_name}");
                         ctx.announce(cd, Announcement::new(Reason::VirtualMachineCreated, note));
@@ -542,6 +685,59 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
         }
     }
     Err(Error::Unsettled)
+}
+
+/// Claims a ready VM of the desk's pool, if one is left; the VM's name and the VM.
+async fn claim_from_pool(
+    cd: &Cyberdesk,
+    ctx: &Context,
+    ns: &str,
+    vms: &Api<VirtualMachine>,
+) -> Result<Option<(String, VirtualMachine)>, Error> {
+    let Some(pool_name) = cd.spec.pool.as_deref() else {
+        return Ok(None);
+    };
+    let count = |result: &str, n: u64| {
+        ctx.metrics
+            .pool_claims
+            .with_label_values(&[result])
+            .inc_by(n);
+    };
+    // A pool being deleted hands out nothing; neither does one that is not served here.
+    let pool = ctx
+        .caches
+        .pool(ns, pool_name)
+        .filter(|p| p.metadata.deletion_timestamp.is_none());
+    let (Some(pool), Some(owner)) = (pool, owner_reference(cd, ctx, ns)?) else {
+        count("miss", 1);
+        return Ok(None);
+    };
+    let vm_ns = ctx.cfg.placement.vm_namespace(ns);
+    let members = ctx.caches.pool_vms(vm_ns, pool_name);
+    let t = Instant::now();
+    let claimed = claim::claim(vms, cd, &pool, &members, &owner, &ctx.pool_vms).await;
+    match ctx.time("claim_vm", t, claimed)? {
+        Claimed::Hit(mut vm) => {
+            count("hit", 1);
+            let vm_name = vm.name_any();
+            tracing::info!(vm = %vm_name, pool = %pool_name, "claimed a VirtualMachine from the pool");
+            ctx.announce(
+                cd,
+                Announcement::new(
+                    Reason::VirtualMachineClaimed,
+                    format!("claimed VirtualMachine {vm_name} from pool {pool_name}"),
+                ),
+            );
+            trim_vm(&mut vm);
+            Ok(Some((vm_name, *vm)))
+        }
+        Claimed::Miss { conflicts } => {
+            count("conflict", conflicts as u64);
+            count("miss", 1);
+            tracing::info!(pool = %pool_name, conflicts, "no ready VM in the pool; booting one for the desk");
+            Ok(None)
+        }
+    }
 }
 
 fn create_params() -> kube::api::PostParams {
@@ -577,6 +773,12 @@ async fn settle(
     for announcement in settlement.announce {
         ctx.announce(cd, announcement);
     }
+    if let Some((after, source)) = settlement.started {
+        ctx.metrics
+            .desk_start
+            .with_label_values(&[source])
+            .observe(after.as_secs_f64());
+    }
     if let Some(notifier) = &ctx.notifier {
         let uid = cd.uid().unwrap_or_default();
         if settlement.call_ready {
@@ -608,19 +810,30 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
     let vm_ns = ctx.cfg.placement.vm_namespace(ns);
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), vm_ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), vm_ns);
-    let vm_name = ctx.cfg.placement.vm_name(&name);
+    let mut vm_name = ctx.cfg.placement.vm_name(&name);
+    // Only the desk's own VM: another owner's VM by the same name is never deleted.
+    let mut vm = vms
+        .get_opt(&vm_name)
+        .await?
+        .filter(|vm| plan::owned_by(vm, cd));
+    if vm.is_none() && cd.spec.pool.is_some() {
+        // The pool VM it claimed, by its labels.
+        let selector = format!("{}={name},{}", names::LABEL_INSTANCE, names::LABEL_POOL);
+        let claimed = vms.list(&ListParams::default().labels(&selector)).await?;
+        if let Some(found) = claimed.items.into_iter().find(|vm| plan::owned_by(vm, cd)) {
+            vm_name = found.name_any();
+            vm = Some(found);
+        }
+    }
     let mut obs = Observation {
         desk: cd,
         vm_name: &vm_name,
-        // Only the desk's own VM: another owner's VM by the same name is never deleted.
-        vm: vms
-            .get_opt(&vm_name)
-            .await?
-            .filter(|vm| plan::owned_by(vm, cd)),
+        vm,
         vmi: None,
         rendered: None,
         refused: None,
         searched_legacy: false,
+        pool_tried: false,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         legacy_status: ctx.cfg.legacy_status,
         calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
@@ -666,6 +879,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
             CleanupStep::Release(announcement) => {
                 remove_finalizer(&api, cd).await?;
                 ctx.own_writes.forget(cd);
+                ctx.pool_vms.forget(&cd.uid().unwrap_or_default());
                 if let (Some(notifier), Some(uid)) = (&ctx.notifier, cd.uid()) {
                     notifier.forget(&uid);
                 }

@@ -58,6 +58,51 @@ pub struct VmRecord {
     printable_status: Option<Box<str>>,
     ready: Option<bool>,
     created: Option<bool>,
+    /// Only for a VM booted for a warm pool (`None` for every other VM, at no cost).
+    pooled: Option<Box<Pooled>>,
+}
+
+/// What the pool controller and a claiming desk read of a pool VM.
+#[derive(Clone, Debug, PartialEq)]
+struct Pooled {
+    pool: Box<str>,
+    state: Option<Box<str>>,
+    /// The claiming desk's name (its instance label), once claimed.
+    instance: Option<Box<str>>,
+    claimed_at: Option<Box<str>>,
+}
+
+impl Pooled {
+    fn of(meta: &ObjectMeta) -> Option<Self> {
+        let labels = meta.labels.as_ref()?;
+        let label = |key: &str| labels.get(key).map(|v| Box::from(v.as_str()));
+        Some(Self {
+            pool: label(names::LABEL_POOL)?,
+            state: label(names::LABEL_POOL_STATE),
+            instance: label(names::LABEL_INSTANCE),
+            claimed_at: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(names::ANNOTATION_CLAIMED_AT))
+                .map(|v| Box::from(v.as_str())),
+        })
+    }
+
+    /// Puts the labels and annotation back on a rebuilt VM.
+    fn restore(&self, meta: &mut ObjectMeta) {
+        let labels = meta.labels.get_or_insert_with(Default::default);
+        labels.insert(names::LABEL_POOL.into(), self.pool.to_string());
+        if let Some(state) = &self.state {
+            labels.insert(names::LABEL_POOL_STATE.into(), state.to_string());
+        }
+        if let Some(instance) = &self.instance {
+            labels.insert(names::LABEL_INSTANCE.into(), instance.to_string());
+        }
+        if let Some(at) = &self.claimed_at {
+            meta.annotations =
+                Some([(names::ANNOTATION_CLAIMED_AT.to_string(), at.to_string())].into());
+        }
+    }
 }
 
 impl Record for VmRecord {
@@ -92,6 +137,7 @@ impl Record for VmRecord {
             printable_status: status.and_then(|s| boxed(&s.printable_status)),
             ready: status.and_then(|s| s.ready),
             created: status.and_then(|s| s.created),
+            pooled: Pooled::of(meta).map(Box::new),
         }
     }
 
@@ -129,6 +175,9 @@ impl Record for VmRecord {
             labels,
             ..Default::default()
         };
+        if let Some(pooled) = &self.pooled {
+            pooled.restore(&mut vm.metadata);
+        }
         let has_status =
             self.printable_status.is_some() || self.ready.is_some() || self.created.is_some();
         vm.status = has_status.then(|| VirtualMachineStatus {
@@ -138,6 +187,18 @@ impl Record for VmRecord {
             ..Default::default()
         });
         vm
+    }
+}
+
+impl VmRecord {
+    /// The warm pool the VM was booted for.
+    pub fn pool(&self) -> Option<&str> {
+        self.pooled.as_ref().map(|p| &*p.pool)
+    }
+
+    /// The desk that claimed this pool VM, by name.
+    pub fn claimed_by(&self) -> Option<&str> {
+        self.pooled.as_ref()?.instance.as_deref()
     }
 }
 
@@ -304,6 +365,18 @@ impl<R: Record> RecordStore<R> {
             .filter_map(|(k, r)| {
                 let (namespace, name) = k.split_once('/')?;
                 Some(r.rebuild(namespace, name))
+            })
+            .collect()
+    }
+
+    /// The objects in `namespace` whose record `keep` accepts, rebuilt; only those are.
+    pub fn select(&self, namespace: &str, keep: impl Fn(&R) -> bool) -> Vec<R::Kind> {
+        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        maps.current
+            .iter()
+            .filter_map(|(k, r)| {
+                let (ns, name) = k.split_once('/')?;
+                (ns == namespace && keep(r)).then(|| r.rebuild(ns, name))
             })
             .collect()
     }

@@ -7,11 +7,11 @@ use crate::controller::{adoption, expiry};
 use crate::model::conditions::{self, Condition, ConditionStatus, set_condition};
 use crate::model::{
     Cyberdesk, CyberdeskPhase, CyberdeskStatus, LegacyStatus, VirtualMachine,
-    VirtualMachineInstance,
+    VirtualMachineInstance, VmSource,
 };
 
 /// printableStatus values that mean the desktop cannot come up without help.
-const VM_ERROR_STATES: &[&str] = &[
+pub(crate) const VM_ERROR_STATES: &[&str] = &[
     "CrashLoopBackOff",
     "ErrorUnschedulable",
     "ErrImagePull",
@@ -72,7 +72,23 @@ pub fn start_time(
         .and_then(expiry::parse);
     recorded
         .or_else(|| adoption::legacy_start(cd, cd.effective_timeout_ms(default_timeout_ms)))
-        .or_else(|| vm?.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .or_else(|| {
+            let vm = vm?;
+            // A pool VM booted long before its desk: the desk's time starts at the claim.
+            vm.claimed_at()
+                .or_else(|| vm.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        })
+}
+
+/// Where a pooled desk's VM came from: a VM booted for a pool was claimed; any other was
+/// booted for the desk. `None` for a desk without a pool, or before it has a VM.
+pub fn source(cd: &Cyberdesk, vm: Option<&VirtualMachine>) -> Option<VmSource> {
+    cd.spec.pool.as_ref()?;
+    Some(if vm?.pool().is_some() {
+        VmSource::Pool
+    } else {
+        VmSource::Cold
+    })
 }
 
 /// `startTime + spec.timeoutMs`; moves when timeoutMs changes.
@@ -307,6 +323,7 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
         expiry_time,
         message: Some(message),
         observed_generation: obs.cyberdesk.metadata.generation,
+        source: source(obs.cyberdesk, obs.vm).or(current.source),
         conditions: conds,
         legacy,
         // The notifier's records, carried over so that they never read as a change.

@@ -43,7 +43,11 @@ pub const DEFAULT_TIMEOUT_MS: i64 = 3_600_000;
     {"rule": "!has(oldSelf.template) || (has(self.template) && self.template == oldSelf.template)",
      "message": "spec.template is immutable once set"},
     {"rule": "!has(oldSelf.userDataSecretRef) || (has(self.userDataSecretRef) && self.userDataSecretRef == oldSelf.userDataSecretRef)",
-     "message": "spec.userDataSecretRef is immutable once set"}
+     "message": "spec.userDataSecretRef is immutable once set"},
+    {"rule": "has(self.pool) == has(oldSelf.pool) && (!has(self.pool) || self.pool == oldSelf.pool)",
+     "message": "spec.pool is immutable"},
+    {"rule": "!has(self.pool) || (!has(self.template) && !has(self.userDataSecretRef))",
+     "message": "a desk from a pool takes the pool's template and user data: spec.pool excludes spec.template and spec.userDataSecretRef"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct CyberdeskSpec {
@@ -69,6 +73,31 @@ pub struct CyberdeskSpec {
     /// the VM base64-encoded. Immutable once set. Never put secrets inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data_secret_ref: Option<SecretKeyRef>,
+
+    /// Name of a CyberdeskPool in the same namespace: the desk takes one of its booted VMs
+    /// at once, or, when none is ready, gets a VM of its own from the pool's template.
+    /// Excludes template and userDataSecretRef (the pool's apply). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub pool: Option<String>,
+}
+
+/// Where a pooled desk's VM came from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum VmSource {
+    /// A booted VM claimed from the pool.
+    Pool,
+    /// No pool VM was ready: booted for the desk from the pool's template.
+    Cold,
+}
+
+impl VmSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmSource::Pool => "pool",
+            VmSource::Cold => "cold",
+        }
+    }
 }
 
 /// What to do with a desktop whose time is up.
@@ -178,6 +207,9 @@ pub struct CyberdeskStatus {
     /// The .metadata.generation the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// For a desk with spec.pool: Pool (a booted VM was claimed) or Cold (booted for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<VmSource>,
     /// Ready, VirtualMachineCreated, TimedOut and TemplateValid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -8,6 +8,8 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::names;
+
 /// `kubevirt.io/v1` VirtualMachine. Only its spec.runStrategy is ours to set; the rest of
 /// the spec comes from the rendered template.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -151,6 +153,42 @@ impl VirtualMachine {
 
     pub fn run_strategy(&self) -> Option<&str> {
         self.spec.run_strategy.as_deref()
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.metadata.labels.as_ref()?.get(key).map(String::as_str)
+    }
+
+    /// The warm pool this VM was booted for, if any.
+    pub fn pool(&self) -> Option<&str> {
+        self.label(names::LABEL_POOL)
+    }
+
+    /// A pool VM no desk has claimed yet.
+    pub fn is_available_in_pool(&self) -> bool {
+        self.pool().is_some()
+            && self.label(names::LABEL_POOL_STATE) == Some(names::POOL_STATE_AVAILABLE)
+    }
+
+    /// A pool VM that a desk claimed.
+    pub fn is_claimed_from_pool(&self) -> bool {
+        self.pool().is_some()
+            && self.label(names::LABEL_POOL_STATE) == Some(names::POOL_STATE_CLAIMED)
+    }
+
+    /// When a desk claimed this pool VM (its lifetime starts there).
+    pub fn claimed_at(&self) -> Option<jiff::Timestamp> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(names::ANNOTATION_CLAIMED_AT)?
+            .parse()
+            .ok()
+    }
+
+    /// The desk (by name) a VM belongs to by its instance label.
+    pub fn instance(&self) -> Option<&str> {
+        self.label(names::LABEL_INSTANCE)
     }
 }
 

@@ -6,11 +6,13 @@ pub mod cyberdesk;
 pub mod kubevirt;
 pub mod names;
 pub mod placement;
+pub mod pool;
 
 pub use conditions::{Condition, ConditionStatus};
 pub use cyberdesk::{
     Cyberdesk, CyberdeskPhase, CyberdeskSpec, CyberdeskStatus, Delivery, DeliveryOutcome,
-    LegacyStatus, Notifications, SecretKeyRef, TimeoutAction,
+    LegacyStatus, Notifications, SecretKeyRef, TimeoutAction, VmSource,
 };
 pub use kubevirt::{VirtualMachine, VirtualMachineInstance};
 pub use placement::Placement;
+pub use pool::{CyberdeskPool, CyberdeskPoolSpec, CyberdeskPoolStatus};

@@ -38,3 +38,16 @@ pub const LABEL_DESK_UID: &str = "cyberdesk.io/desk-uid";
 pub const LABEL_MANAGED_BY: &str = "managed-by";
 pub const LABEL_K8S_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "cyberdesk-operator";
+
+/// Warm pools: the pool a VM was booted for, on the VM and its template (so on the VMI).
+/// It stays after a desk claims the VM, so the pool can count what it handed out.
+pub const LABEL_POOL: &str = "cyberdesk.io/pool";
+/// A pool VM's state: [`POOL_STATE_AVAILABLE`] until one desk claims it, then
+/// [`POOL_STATE_CLAIMED`] for good. The claim tests the old value in the same write.
+pub const LABEL_POOL_STATE: &str = "cyberdesk.io/pool-state";
+pub const POOL_STATE_AVAILABLE: &str = "available";
+pub const POOL_STATE_CLAIMED: &str = "claimed";
+/// When a desk claimed a pool VM (RFC 3339): the desk's lifetime counts from here.
+pub const ANNOTATION_CLAIMED_AT: &str = "cyberdesk.io/claimed-at";
+/// Keeps a CyberdeskPool until its unclaimed VMs are gone.
+pub const POOL_FINALIZER: &str = "cyberdesk.io/pool-cleanup";

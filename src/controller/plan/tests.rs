@@ -62,6 +62,7 @@ fn observe(desk: &Cyberdesk) -> Observation<'_> {
         rendered: None,
         refused: None,
         searched_legacy: false,
+        pool_tried: false,
         default_timeout_ms: 3_600_000,
         legacy_status: false,
         calls_ready: false,

@@ -1,0 +1,525 @@
+//! The warm-pool controller (leader only, beside the desk controller): keeps every
+//! CyberdeskPool at its size, with the decisions of `pool_plan.rs`. Pool VMs are rendered
+//! from the pool's template like a desk's, owned by the pool and labelled as its members;
+//! a desk's claim (`claim.rs`) moves one to the desk.
+//!
+//! Deleting a pool deletes its unclaimed VMs (its finalizer holds it until they are
+//! going); claimed VMs stay with their desks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use crate::controller::error::Error;
+use crate::controller::plan::RENDER_RETRY;
+use crate::controller::pool_plan::{Member, MemberState, member_state, plan_pool};
+use crate::controller::reconcile::{
+    Context, Recipe, load_template, patch_finalizers_of, render_from,
+};
+use crate::controller::status::RenderProblem;
+use crate::controller::template::Ownership;
+use crate::model::{CyberdeskPool, VirtualMachine, names};
+
+/// A failed pool pass is retried after 1 s, doubling up to 5 min.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// While VMs boot, a pool is looked at again this often even without a watch event.
+const BOOTING_RECHECK: Duration = Duration::from_secs(30);
+/// How long a VM this process created or deleted is counted as such while the cache does
+/// not show it yet.
+const OWN_WRITE_MEMORY: Duration = Duration::from_secs(60);
+/// While a pool drains, it is looked at again this often.
+const DRAIN_RECHECK: Duration = Duration::from_secs(2);
+
+/// VMs the pool controller created or deleted, until the cache shows it: without this a
+/// pass triggered by the first new VM's event would see the others missing and boot
+/// them again.
+#[derive(Default)]
+pub struct PoolWrites {
+    inner: Mutex<HashMap<String, PendingWrites>>,
+}
+
+#[derive(Default)]
+struct PendingWrites {
+    created: HashMap<String, Instant>,
+    deleted: HashMap<String, Instant>,
+}
+
+impl PoolWrites {
+    fn created(&self, pool_uid: &str, vm: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let entry = inner.entry(pool_uid.into()).or_default();
+            entry.created.insert(vm.into(), Instant::now());
+        }
+    }
+
+    fn deleted(&self, pool_uid: &str, vm: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let entry = inner.entry(pool_uid.into()).or_default();
+            entry.deleted.insert(vm.into(), Instant::now());
+        }
+    }
+
+    fn forget(&self, pool_uid: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.remove(pool_uid);
+        }
+    }
+
+    /// `members` as the cache shows them, corrected by this process's own recent writes.
+    fn correct(&self, pool_uid: &str, members: &mut Vec<Member>) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let Some(pending) = inner.get_mut(pool_uid) else {
+            return;
+        };
+        let fresh = |at: &Instant| at.elapsed() < OWN_WRITE_MEMORY;
+        pending
+            .created
+            .retain(|name, at| fresh(at) && !members.iter().any(|m| &m.name == name));
+        pending.deleted.retain(|name, at| {
+            fresh(at)
+                && members
+                    .iter()
+                    .any(|m| &m.name == name && m.state != MemberState::Deleting)
+        });
+        for name in pending.created.keys() {
+            members.push(Member {
+                name: name.clone(),
+                state: MemberState::Booting,
+                created: Some(Timestamp::now()),
+            });
+        }
+        for member in members.iter_mut() {
+            if pending.deleted.contains_key(&member.name) {
+                member.state = MemberState::Deleting;
+            }
+        }
+    }
+}
+
+pub async fn reconcile(pool: Arc<CyberdeskPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let ns = pool.namespace().unwrap_or_default();
+    let span = tracing::info_span!("reconcile_pool", pool = %pool.name_any(), namespace = %ns);
+    let result = async {
+        ctx.caches
+            .wait_filled()
+            .await
+            .map_err(|_| Error::CachesGone)?;
+        if ns.is_empty() {
+            Err(Error::NoNamespace)
+        } else if pool.metadata.deletion_timestamp.is_some() {
+            drain(&pool, &ctx, &ns).await
+        } else {
+            keep(&pool, &ctx, &ns).await
+        }
+    }
+    .instrument(span)
+    .await;
+    let result = ctx.time("reconcile_pool", start, result);
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.pool_failures.lock()
+    {
+        failures.remove(&ObjectRef::from(pool.as_ref()));
+    }
+    result
+}
+
+/// Retries a failed pool pass with exponential backoff.
+pub fn error_policy(pool: Arc<CyberdeskPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[error.metric_label()])
+        .inc();
+    let attempts = match ctx.pool_failures.lock() {
+        Ok(mut failures) => {
+            let n = failures.entry(ObjectRef::from(pool.as_ref())).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = crate::backoff::nth_delay(RETRY_MIN, RETRY_MAX, attempts);
+    tracing::warn!(pool = %pool.name_any(), namespace = ?pool.namespace(), %error, attempts, ?delay, "pool reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+fn has_finalizer(pool: &CyberdeskPool) -> bool {
+    pool.finalizers().iter().any(|f| f == names::POOL_FINALIZER)
+}
+
+/// The pool's members as the cache shows them, corrected by this process's own writes.
+fn members(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Vec<Member> {
+    let uid = pool.uid().unwrap_or_default();
+    let mut members: Vec<Member> = ctx
+        .caches
+        .pool_vms(ns, &pool.name_any())
+        .iter()
+        .filter_map(|vm| {
+            Some(Member {
+                name: vm.metadata.name.clone()?,
+                state: member_state(vm, &uid)?,
+                created: vm.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            })
+        })
+        .collect();
+    ctx.pool_writes.correct(&uid, &mut members);
+    members
+}
+
+/// Why the pool's VMs cannot be rendered, if they cannot (checked without rendering).
+fn template_problem(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Option<String> {
+    let (resolved, _) = match load_template(pool.spec.template.as_deref(), ctx, ns) {
+        Ok(loaded) => loaded,
+        Err(problem) => return Some(problem.message().to_string()),
+    };
+    let key = &pool.spec.user_data_secret_ref.as_ref()?.key;
+    resolved.secret_key_problem(key)
+}
+
+async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, Error> {
+    let api: Api<CyberdeskPool> = Api::namespaced(ctx.client.clone(), ns);
+    let stored;
+    let pool = if has_finalizer(pool) {
+        pool
+    } else {
+        let rv = pool.resource_version().unwrap_or_default();
+        let ops = if pool.metadata.finalizers.is_none() {
+            json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                   {"op": "add", "path": "/metadata/finalizers", "value": [names::POOL_FINALIZER]}])
+        } else {
+            json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                   {"op": "add", "path": "/metadata/finalizers/-", "value": names::POOL_FINALIZER}])
+        };
+        stored = patch_finalizers_of(&api, &pool.name_any(), ops).await?;
+        &stored
+    };
+    let uid = pool.uid().ok_or(Error::NoUid)?;
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
+    let members = members(pool, ctx, ns);
+    let mut problem = template_problem(pool, ctx, ns);
+    let mut plan = plan_pool(pool, &members, problem.as_deref(), Timestamp::now());
+
+    for name in &plan.delete {
+        delete_unclaimed(&vms, name, &uid).await?;
+        ctx.pool_writes.deleted(&uid, name);
+    }
+    for _ in 0..plan.create {
+        match create_member(pool, ctx, ns, &vms).await? {
+            Ok(name) => ctx.pool_writes.created(&uid, &name),
+            Err(refused) => {
+                problem = Some(refused.message().to_string());
+                plan = plan_pool(pool, &members, problem.as_deref(), Timestamp::now());
+                break;
+            }
+        }
+    }
+    if plan.create > 0 {
+        tracing::info!(created = plan.create, "booting VMs for the pool");
+    }
+    if let Some(status) = &plan.status {
+        let body = json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "CyberdeskPool", "status": status});
+        api.patch_status(
+            &pool.name_any(),
+            &PatchParams::apply(names::FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    }
+    let status = plan.status.clone().or_else(|| pool.status.clone());
+    if let Some(status) = status {
+        let name = pool.name_any();
+        let gauge = |state: &str, n: i32| {
+            ctx.metrics
+                .pool_vms
+                .with_label_values(&[ns, &name, state])
+                .set(i64::from(n));
+        };
+        gauge("ready", status.ready);
+        gauge("booting", status.booting);
+        gauge("claimed", status.claimed);
+        gauge("desired", pool.spec.size);
+    }
+    let booting = members.iter().any(|m| m.state == MemberState::Booting) || plan.create > 0;
+    Ok(if problem.is_some() {
+        Action::requeue(RENDER_RETRY)
+    } else if booting {
+        Action::requeue(BOOTING_RECHECK)
+    } else {
+        Action::await_change()
+    })
+}
+
+/// Deletes pool VM `name` if it is still unclaimed and this pool's, guarded by the
+/// resourceVersion read: a desk's claim in between makes the delete fail, not the VM go.
+async fn delete_unclaimed(
+    vms: &Api<VirtualMachine>,
+    name: &str,
+    pool_uid: &str,
+) -> Result<bool, Error> {
+    let Some(vm) = vms.get_opt(name).await? else {
+        return Ok(false);
+    };
+    if member_state(&vm, pool_uid).is_none_or(|s| s == MemberState::Claimed) {
+        return Ok(false);
+    }
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: vm.metadata.uid.clone(),
+            resource_version: vm.metadata.resource_version.clone(),
+        }),
+        ..Default::default()
+    };
+    match vms.delete(name, &dp).await {
+        Ok(_) => {
+            tracing::info!(vm = %name, "deleted an unclaimed pool VM");
+            Ok(true)
+        }
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Five random characters from [a-z0-9], for a pool VM's name.
+fn suffix() -> String {
+    use ring::rand::SecureRandom;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 5];
+    // On the off chance the system RNG fails, a name from the clock still differs.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = Timestamp::now().as_nanosecond().unsigned_abs();
+        bytes = (nanos as u64).to_le_bytes()[..5]
+            .try_into()
+            .unwrap_or([0; 5]);
+    }
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+/// The labels of a pool VM and its template: the operator's, and pool membership.
+fn member_labels(pool: &str) -> std::collections::BTreeMap<String, String> {
+    [
+        (names::LABEL_APP, names::LABEL_APP_VALUE),
+        (names::LABEL_MANAGED_BY, names::MANAGED_BY_VALUE),
+        (names::LABEL_K8S_MANAGED_BY, names::MANAGED_BY_VALUE),
+        (names::LABEL_POOL, pool),
+        (names::LABEL_POOL_STATE, names::POOL_STATE_AVAILABLE),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// A rendered VM made a pool member: no desk labels (a template may set them; the claim
+/// adds the desk's), and an annotation map the claim can add its time to.
+pub fn as_pool_member(vm: &mut Value, pool: &str) {
+    const DESK_LABELS: [&str; 3] = [
+        names::LABEL_INSTANCE,
+        names::LABEL_DESK_NAMESPACE,
+        names::LABEL_DESK_UID,
+    ];
+    for at in ["/metadata/labels", "/spec/template/metadata/labels"] {
+        if let Some(Value::Object(labels)) = vm.pointer_mut(at) {
+            for key in DESK_LABELS {
+                labels.remove(key);
+            }
+        }
+    }
+    if let Some(Value::Object(meta)) = vm.pointer_mut("/metadata") {
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+        if let Value::Object(annotations) = annotations {
+            annotations.insert(names::LABEL_POOL.into(), json!(pool));
+        }
+    }
+}
+
+/// Renders and creates one VM for the pool: its name, or why it cannot be made.
+async fn create_member(
+    pool: &CyberdeskPool,
+    ctx: &Context,
+    ns: &str,
+    vms: &Api<VirtualMachine>,
+) -> Result<Result<String, RenderProblem>, Error> {
+    let pool_name = pool.name_any();
+    let vm_name = format!("{}pool-{pool_name}-{}", ctx.cfg.placement.prefix, suffix());
+    let owner = pool.controller_owner_ref(&()).ok_or(Error::NoUid)?;
+    let ownership = Ownership {
+        owner_reference: Some(serde_json::to_value(owner).map_err(|source| {
+            Error::Serialization {
+                what: "ownerReference",
+                source,
+            }
+        })?),
+        labels: member_labels(&pool_name),
+    };
+    let recipe = Recipe {
+        template: pool.spec.template.as_deref(),
+        user_data: pool.spec.user_data_secret_ref.as_ref(),
+    };
+    let mut rendered = match render_from(
+        recipe,
+        vm_name.clone(),
+        vm_name.clone(),
+        &ownership,
+        ctx,
+        ns,
+    )
+    .await?
+    {
+        Ok(vm) => vm,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    as_pool_member(&mut rendered, &pool_name);
+    let vm: VirtualMachine =
+        serde_json::from_value(rendered).map_err(|source| Error::Serialization {
+            what: "rendered VirtualMachine",
+            source,
+        })?;
+    let params = kube::api::PostParams {
+        dry_run: false,
+        field_manager: Some(names::FIELD_MANAGER.into()),
+    };
+    let t = Instant::now();
+    let created = vms.create(&params, &vm).await;
+    match ctx.time("create_vm", t, created) {
+        Ok(_) => {
+            ctx.metrics.vm_created.inc();
+            Ok(Ok(vm_name))
+        }
+        // A name taken already: the next pass picks another.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(vm_name)),
+        Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
+            Ok(Err(RenderProblem::Rejected(format!(
+                "the apiserver rejected pool VirtualMachine {vm_name}: {}",
+                e.message
+            ))))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A pool being deleted: delete its unclaimed VMs, then let it go. Read live: a stale
+/// "none left" would release the pool while VMs it owns still boot.
+async fn drain(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, Error> {
+    if !has_finalizer(pool) {
+        return Ok(Action::await_change());
+    }
+    let name = pool.name_any();
+    let uid = pool.uid().unwrap_or_default();
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{}={name}", names::LABEL_POOL);
+    let listed = vms.list(&ListParams::default().labels(&selector)).await?;
+    let mut left = 0;
+    for vm in &listed.items {
+        match member_state(vm, &uid) {
+            Some(MemberState::Claimed) | None => {}
+            Some(MemberState::Deleting) => {}
+            Some(_) => {
+                left += 1;
+                delete_unclaimed(&vms, &vm.name_any(), &uid).await?;
+            }
+        }
+    }
+    if left > 0 {
+        return Ok(Action::requeue(DRAIN_RECHECK));
+    }
+    let api: Api<CyberdeskPool> = Api::namespaced(ctx.client.clone(), ns);
+    let remaining: Vec<&String> = pool
+        .finalizers()
+        .iter()
+        .filter(|f| *f != names::POOL_FINALIZER)
+        .collect();
+    let rv = pool.resource_version().unwrap_or_default();
+    let ops = json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+        {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
+    ]);
+    match patch_finalizers_of(&api, &name, ops).await {
+        Ok(_) => {}
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => {}
+        Err(e) => return Err(e),
+    }
+    ctx.pool_writes.forget(&uid);
+    for state in ["ready", "booting", "claimed", "desired"] {
+        let _ = ctx
+            .metrics
+            .pool_vms
+            .remove_label_values(&[ns, &name, state]);
+    }
+    tracing::info!("pool drained; finalizer released");
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_member_carries_no_desk_labels_and_has_annotations() {
+        let mut vm = json!({
+            "metadata": {"name": "v", "labels": {"cyberdesk-instance": "v", "app": "cyberdesk", "cyberdesk.io/pool": "warm"}},
+            "spec": {"template": {"metadata": {"labels": {"cyberdesk-instance": "v", "cyberdesk.io/desk-uid": "x"}}}}
+        });
+        as_pool_member(&mut vm, "warm");
+        assert!(vm.pointer("/metadata/labels/cyberdesk-instance").is_none());
+        assert!(
+            vm.pointer("/spec/template/metadata/labels/cyberdesk-instance")
+                .is_none()
+        );
+        assert!(
+            vm.pointer("/spec/template/metadata/labels/cyberdesk.io~1desk-uid")
+                .is_none()
+        );
+        assert_eq!(vm["metadata"]["labels"]["app"], "cyberdesk");
+        assert_eq!(vm["metadata"]["annotations"]["cyberdesk.io/pool"], "warm");
+    }
+
+    #[test]
+    fn member_names_are_distinct_and_valid() {
+        let a = suffix();
+        let b = suffix();
+        assert_eq!(a.len(), 5);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
+        assert_ne!(a, b, "two random suffixes collided (1 in 60 million)");
+    }
+
+    #[test]
+    fn own_writes_count_until_the_cache_shows_them() {
+        let writes = PoolWrites::default();
+        writes.created("p", "vm-new");
+        writes.deleted("p", "vm-old");
+        let mut members = vec![Member {
+            name: "vm-old".into(),
+            state: MemberState::Ready,
+            created: None,
+        }];
+        writes.correct("p", &mut members);
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].state, MemberState::Deleting);
+        assert_eq!(members[1].name, "vm-new");
+        assert_eq!(members[1].state, MemberState::Booting);
+        // The cache caught up: the new VM is there, the old one gone.
+        let mut caught_up = vec![Member {
+            name: "vm-new".into(),
+            state: MemberState::Booting,
+            created: None,
+        }];
+        writes.correct("p", &mut caught_up);
+        assert_eq!(caught_up.len(), 1);
+    }
+}

@@ -1,0 +1,239 @@
+//! What a warm pool needs, decided from its VMs as the cache shows them (pure).
+//!
+//! The pool keeps `spec.size` booted VMs no desk has claimed. It boots at most
+//! `maxBooting` at once, replaces VMs that failed, and scales down by deleting unclaimed
+//! VMs, those still booting first. Claimed VMs belong to their desks: the pool only counts
+//! them.
+
+use jiff::Timestamp;
+
+use crate::controller::expiry;
+use crate::controller::status::VM_ERROR_STATES;
+use crate::model::conditions::{self, Condition, ConditionStatus, set_condition};
+use crate::model::{CyberdeskPool, CyberdeskPoolStatus, VirtualMachine};
+
+/// Where one of the pool's VMs stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// Unclaimed, not ready yet.
+    Booting,
+    /// Unclaimed, running and ready: a desk may claim it.
+    Ready,
+    /// Unclaimed and in an error state: replaced.
+    Failed,
+    /// Handed to a desk; no longer the pool's to manage.
+    Claimed,
+    /// Being deleted.
+    Deleting,
+}
+
+/// One VM of the pool, as far as the plan reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub state: MemberState,
+    pub created: Option<Timestamp>,
+}
+
+/// The state of `vm` in the pool with uid `pool_uid`; `None` when the VM is not this
+/// pool's (an earlier pool of the same name, or no pool at all).
+pub fn member_state(vm: &VirtualMachine, pool_uid: &str) -> Option<MemberState> {
+    vm.pool()?;
+    if vm.is_claimed_from_pool() {
+        return Some(if vm.metadata.deletion_timestamp.is_some() {
+            MemberState::Deleting
+        } else {
+            MemberState::Claimed
+        });
+    }
+    let ours = vm
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == pool_uid);
+    if !ours || !vm.is_available_in_pool() {
+        return None;
+    }
+    if vm.metadata.deletion_timestamp.is_some() {
+        return Some(MemberState::Deleting);
+    }
+    let printable = vm.printable_status();
+    Some(if printable.is_some_and(|s| VM_ERROR_STATES.contains(&s)) {
+        MemberState::Failed
+    } else if printable == Some("Running") && vm.is_ready() {
+        MemberState::Ready
+    } else {
+        MemberState::Booting
+    })
+}
+
+/// What one pass over a pool does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolPlan {
+    /// How many VMs to boot now.
+    pub create: usize,
+    /// Unclaimed VMs to delete (failed ones, then the surplus).
+    pub delete: Vec<String>,
+    /// The status to write, when it differs from the stored one.
+    pub status: Option<CyberdeskPoolStatus>,
+}
+
+fn count(members: &[Member], state: MemberState) -> usize {
+    members.iter().filter(|m| m.state == state).count()
+}
+
+/// Newest first: the VM with the least boot time spent goes first.
+fn newest_first(members: &[Member], state: MemberState) -> Vec<&Member> {
+    let mut of: Vec<&Member> = members.iter().filter(|m| m.state == state).collect();
+    of.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.name.cmp(&b.name)));
+    of
+}
+
+/// The plan for `pool` with `members`. `template_problem`: why the pool's VMs cannot be
+/// rendered, if they cannot (nothing is booted then; the pool reports it).
+pub fn plan_pool(
+    pool: &CyberdeskPool,
+    members: &[Member],
+    template_problem: Option<&str>,
+    now: Timestamp,
+) -> PoolPlan {
+    let size = usize::try_from(pool.spec.size).unwrap_or(0);
+    let max_booting = usize::try_from(pool.max_booting()).unwrap_or(1);
+    let ready = count(members, MemberState::Ready);
+    let booting = count(members, MemberState::Booting);
+    let claimed = count(members, MemberState::Claimed);
+
+    let mut delete: Vec<String> = newest_first(members, MemberState::Failed)
+        .into_iter()
+        .map(|m| m.name.clone())
+        .collect();
+    let live = ready + booting;
+    let create = if live > size {
+        let surplus = live - size;
+        let booting_first = newest_first(members, MemberState::Booting)
+            .into_iter()
+            .chain(newest_first(members, MemberState::Ready));
+        delete.extend(booting_first.take(surplus).map(|m| m.name.clone()));
+        0
+    } else if template_problem.is_some() {
+        0
+    } else {
+        (size - live).min(max_booting.saturating_sub(booting))
+    };
+
+    let desired = desired_status(pool, ready, booting, claimed, template_problem, now);
+    PoolPlan {
+        create,
+        delete,
+        status: (pool.status.as_ref() != Some(&desired)).then_some(desired),
+    }
+}
+
+fn condition(
+    pool: &CyberdeskPool,
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time: expiry::format(now),
+        observed_generation: pool.metadata.generation,
+    }
+}
+
+fn desired_status(
+    pool: &CyberdeskPool,
+    ready: usize,
+    booting: usize,
+    claimed: usize,
+    template_problem: Option<&str>,
+    now: Timestamp,
+) -> CyberdeskPoolStatus {
+    let current = pool.status.clone().unwrap_or_default();
+    let mut conds = current.conditions;
+    let size = usize::try_from(pool.spec.size).unwrap_or(0);
+    let full = if ready >= size {
+        condition(
+            pool,
+            conditions::READY,
+            ConditionStatus::True,
+            "Filled",
+            format!("{ready} of {size} VMs ready"),
+            now,
+        )
+    } else {
+        condition(
+            pool,
+            conditions::READY,
+            ConditionStatus::False,
+            if template_problem.is_some() {
+                "TemplateInvalid"
+            } else {
+                "Filling"
+            },
+            format!("{ready} of {size} VMs ready, {booting} booting"),
+            now,
+        )
+    };
+    set_condition(&mut conds, full);
+    let template = match template_problem {
+        Some(problem) => condition(
+            pool,
+            conditions::TEMPLATE_VALID,
+            ConditionStatus::False,
+            "TemplateInvalid",
+            problem.to_string(),
+            now,
+        ),
+        None => condition(
+            pool,
+            conditions::TEMPLATE_VALID,
+            ConditionStatus::True,
+            "TemplateRendered",
+            "the VM template renders".into(),
+            now,
+        ),
+    };
+    set_condition(&mut conds, template);
+    let to_i32 = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    CyberdeskPoolStatus {
+        ready: to_i32(ready),
+        booting: to_i32(booting),
+        claimed: to_i32(claimed),
+        observed_generation: pool.metadata.generation,
+        conditions: conds,
+    }
+}
+
+/// The pool's ready VMs a desk may try to claim, in the order to try them: rotated by
+/// `seed` (the desk's), so desks claiming at the same moment mostly try different VMs.
+/// `taken`: VMs this process is claiming or has claimed (the cache may not show it yet).
+pub fn claim_order(
+    members: &[VirtualMachine],
+    pool_uid: &str,
+    taken: impl Fn(&str) -> bool,
+    seed: u64,
+) -> Vec<String> {
+    let mut ready: Vec<String> = members
+        .iter()
+        .filter(|vm| member_state(vm, pool_uid) == Some(MemberState::Ready))
+        .filter_map(|vm| vm.metadata.name.clone())
+        .filter(|name| !taken(name))
+        .collect();
+    ready.sort();
+    if !ready.is_empty() {
+        let start = (seed % ready.len() as u64) as usize;
+        ready.rotate_left(start);
+    }
+    ready
+}
+
+#[cfg(test)]
+mod tests;
