@@ -12,7 +12,7 @@ KUBECTL ?= $(CYBERDESK_CONTROLPLANE_BIN)/kubectl
 DIST ?= dist
 IMAGE ?= ghcr.io/cyberdesk/cyberdesk-operator
 
-.PHONY: help build release release-manifests controlplane cluster tools test test-unit demo fmt lint crd certs bench fuzz clean
+.PHONY: help build release release-manifests controlplane cluster tools test test-unit demo demo-pool fmt lint crd certs bench fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -60,6 +60,10 @@ test-unit: ## only the tests that need no control plane
 demo: controlplane ## local control plane + operator + a sample Cyberdesk, until Ctrl-C
 	$(CARGO) build --locked -q -p cyberdesk-operator
 	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-demo
+
+demo-pool: controlplane ## as demo, but the desk claims a VM from a warm pool booted first
+	$(CARGO) build --locked -q -p cyberdesk-operator
+	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-demo -- --pool
 
 crd: ## regenerate manifests/base/crd.yaml from the Rust types
 	$(CARGO) run --locked -q -p cyberdesk-operator -- crd > manifests/base/crd.yaml

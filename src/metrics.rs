@@ -255,7 +255,7 @@ impl Metrics {
                     "cyberdesk_pool_vms",
                     "VMs of each warm pool by state (ready, booting, claimed) and its desired size, as the leader last saw them",
                 ),
-                &["namespace", "pool", "state"],
+                &["pool_namespace", "pool", "state"],
             )?,
             desk_start: HistogramVec::new(
                 HistogramOpts::new(

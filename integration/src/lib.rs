@@ -5,6 +5,7 @@
 //! - [`cluster`]: the shared control plane, namespaces, installing the shipped manifests;
 //! - [`operator`]: the operator as a child process (ServiceAccount, RBAC, webhooks);
 //! - [`overlay`]: a shipped kustomize overlay: its render, RBAC and operator flags;
+//! - [`pools`]: warm-pool YAML, waits and the ownership audit pool tests share;
 //! - [`recorder`]: an HTTP server standing in for the platform's endpoints;
 //! - [`desks`]: typed desk APIs, desk YAML, events and times as a user sees them;
 //! - [`wait`]: the one poller every wait is built on;
@@ -19,6 +20,7 @@ pub mod kubectl;
 pub mod kubevirt;
 pub mod operator;
 pub mod overlay;
+pub mod pools;
 pub mod recorder;
 pub mod wait;
 pub mod webhook_tls;

@@ -1,6 +1,7 @@
 //! `make demo`: a local control plane, KubeVirt's CRDs with the simulator playing
 //! virt-controller, the operator (as its ServiceAccount under the shipped RBAC, webhooks
-//! registered over TLS, leader election on) and examples/cyberdesk.yaml, watched with
+//! registered over TLS, leader election on) and examples/cyberdesk.yaml (with `--pool`: the
+//! warm pool of examples/pool.yaml, then a desk from it), watched with
 //! `kubectl get cyberdesks -w` until Ctrl-C.
 
 use std::process::{Command, Stdio};
@@ -25,6 +26,10 @@ struct Args {
     /// Delay between VMI phases in the simulator, in milliseconds (to watch them go by).
     #[arg(long, default_value_t = 1500)]
     phase_delay_ms: u64,
+    /// Start from a warm pool: apply examples/pool.yaml, wait until its VMs are booted,
+    /// then apply examples/pool-desk.yaml, whose desk claims one of them.
+    #[arg(long)]
+    pool: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,15 +59,42 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let kubectl = cluster.kubectl();
-    let example = std::fs::read_to_string(repo_path("examples/cyberdesk.yaml"))?;
     // The apiserver picks up the webhook configuration a moment after it is written.
-    let applied = runtime
-        .block_on(until(Duration::from_secs(20), || {
-            let out = kubectl.apply(&example, &[]);
-            std::future::ready(out.ok().filter(|o| o.success).map(|o| o.stdout))
-        }))
-        .ok_or_else(|| anyhow::anyhow!("could not apply examples/cyberdesk.yaml"))?;
-    eprint!("{applied}");
+    let apply = |path: &str| -> anyhow::Result<()> {
+        let example = std::fs::read_to_string(repo_path(path))?;
+        let applied = runtime
+            .block_on(until(Duration::from_secs(20), || {
+                let out = kubectl.apply(&example, &[]);
+                std::future::ready(out.ok().filter(|o| o.success).map(|o| o.stdout))
+            }))
+            .ok_or_else(|| anyhow::anyhow!("could not apply {path}"))?;
+        eprint!("{applied}");
+        Ok(())
+    };
+    if args.pool {
+        apply("examples/pool.yaml")?;
+        eprintln!("==> waiting for the pool's VMs to boot");
+        let waited = kubectl.run(
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "cyberdeskpool/warm",
+                "-n",
+                "desks",
+                "--timeout=120s",
+            ],
+            None,
+        )?;
+        if !waited.success {
+            anyhow::bail!("the pool did not fill: {}", waited.stderr);
+        }
+        let _ = kubectl
+            .run(&["get", "cyberdeskpools", "-n", "desks"], None)
+            .map(|out| eprint!("{}", out.stdout));
+        apply("examples/pool-desk.yaml")?;
+    } else {
+        apply("examples/cyberdesk.yaml")?;
+    }
 
     let kc = cluster.kubeconfig.display().to_string();
     let kubectl_path = cluster.kubectl.display().to_string();
@@ -102,6 +134,21 @@ fn main() -> anyhow::Result<()> {
             )?;
             if phase.stdout.trim() == "TimedOut" {
                 eprintln!("\n==> the demo desk timed out");
+                if args.pool {
+                    let source = kubectl.run(
+                        &[
+                            "get",
+                            "cd",
+                            "demo",
+                            "-n",
+                            "desks",
+                            "-o",
+                            "jsonpath={.status.source}",
+                        ],
+                        None,
+                    )?;
+                    eprintln!("==> the demo desk's VM came from: {}", source.stdout.trim());
+                }
                 break;
             }
         }

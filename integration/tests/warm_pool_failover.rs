@@ -1,0 +1,102 @@
+//! Claims across a leader killed mid-claim: fifty desks arrive at once against a pool of
+//! twenty ready VMs, and the operator is SIGKILLed as soon as the first claim lands, while
+//! other claims and cold creations are in flight. The next operator finishes the work:
+//! still no VM with two desks, no desk with two VMs, no VM left without an owner, and
+//! every desk runs. Operators run one after another as the ServiceAccount, no webhooks.
+
+use std::time::Duration;
+
+use cyberdesk_integration::cluster::{cluster, install_everything, namespace};
+use cyberdesk_integration::desks::Apis;
+use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
+use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};
+use cyberdesk_integration::pools::{apply, audit, pool_vms, pool_yaml, wait_pool_ready};
+use cyberdesk_integration::wait::eventually;
+use cyberdesk_operator::model::{Cyberdesk, CyberdeskPool};
+use kube::Api;
+use kube::api::PostParams;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_claim_leaves_no_double_claim_and_no_leak() {
+    let c = cluster();
+    install_everything(&c).await;
+    let client = c.client().await;
+    let ns = namespace(&client, "pool-kill").await;
+    let _sim = Simulator::start(
+        client.clone(),
+        SimulatorOptions::default()
+            .with_phase_delay(Duration::from_secs(2))
+            .within(&ns),
+    );
+    let apis = Apis::new(&client, &ns);
+    let pools: Api<CyberdeskPool> = Api::namespaced(client.clone(), &ns);
+    let flags = reconciler_only_flags(false);
+
+    let first = OperatorProcess::start(&c, "first", &flags);
+    assert!(
+        first.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        first.log()
+    );
+    apply(&c, &pool_yaml(&ns, "warm", "{size: 20, maxBooting: 20}"));
+    wait_pool_ready(&pools, "warm", 20, Duration::from_secs(90)).await;
+
+    let creates = (0..50).map(|i| {
+        let desks = apis.desks.clone();
+        async move {
+            let desk: Cyberdesk = serde_json::from_value(serde_json::json!({
+                "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+                "metadata": {"name": format!("d{i:02}")},
+                "spec": {"timeoutMs": 600000, "pool": "warm"}
+            }))
+            .expect("desk");
+            desks.create(&PostParams::default(), &desk).await
+        }
+    });
+    let created = tokio::spawn(futures::future::join_all(creates));
+    // Kill the leader the moment the first claim is visible: the rest are mid-flight.
+    eventually(Duration::from_secs(30), "a first claim", || async {
+        let vms = pool_vms(&apis, "warm").await;
+        vms.iter().any(|vm| vm.is_claimed_from_pool()).then_some(())
+    })
+    .await;
+    first.signal(libc::SIGKILL);
+    let claimed_before = pool_vms(&apis, "warm")
+        .await
+        .iter()
+        .filter(|vm| vm.is_claimed_from_pool())
+        .count();
+    drop(first);
+    for desk in created.await.expect("creates") {
+        desk.expect("create desk");
+    }
+
+    let second = OperatorProcess::start(&c, "second", &flags);
+    assert!(
+        second.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        second.log()
+    );
+    eventually(Duration::from_secs(120), "50 desks Running", || async {
+        (apis.count_in_phase("Running").await == 50).then_some(())
+    })
+    .await;
+    let (pooled, cold) = audit(&apis).await;
+    assert_eq!(pooled + cold, 50);
+    assert!(
+        pooled >= claimed_before,
+        "{claimed_before} claims before the kill, {pooled} desks from the pool after"
+    );
+    // Nothing was claimed that no desk uses: the audit checked every claimed VM is a
+    // desk's VM. And nothing is left over: every VM is a desk's or the pool's.
+    let claimed = pool_vms(&apis, "warm")
+        .await
+        .iter()
+        .filter(|vm| vm.is_claimed_from_pool())
+        .count();
+    assert_eq!(claimed, pooled);
+    wait_pool_ready(&pools, "warm", 20, Duration::from_secs(90)).await;
+    eprintln!(
+        "claims before the kill: {claimed_before}; after: {pooled} from the pool, {cold} cold"
+    );
+}
