@@ -5,6 +5,7 @@ pub mod authz;
 pub mod mutate;
 pub mod tenancy;
 pub mod validate;
+pub mod validate_pool;
 pub mod verdict;
 
 #[cfg(test)]
@@ -32,6 +33,8 @@ use crate::policy::PolicyStore;
 const API_VERSION: &str = "admission.k8s.io/v1";
 const GROUP: &str = "cyberdesk.io";
 const KIND: &str = "Cyberdesk";
+/// Reviewed by the validating webhook only: a pool has nothing to default.
+const POOL_KIND: &str = "CyberdeskPool";
 /// Longest message echoed back; hostile input must not become a huge response.
 const MAX_ECHO: usize = 200;
 
@@ -189,9 +192,15 @@ impl Admission {
         req: &AdmissionRequest<DynamicObject>,
     ) -> AdmissionResponse {
         let resp = AdmissionResponse::from(req);
-        if req.kind.group != GROUP || req.kind.kind != KIND {
+        let pool = webhook == Webhook::Validate && req.kind.kind == POOL_KIND;
+        if req.kind.group != GROUP || (req.kind.kind != KIND && !pool) {
             return resp.deny(format!(
-                "this webhook admits only {GROUP} {KIND}, not {}/{}",
+                "this webhook admits only {GROUP} {KIND}{}, not {}/{}",
+                if webhook == Webhook::Validate {
+                    " and CyberdeskPool"
+                } else {
+                    ""
+                },
                 truncate(&req.kind.group),
                 truncate(&req.kind.kind)
             ));
@@ -270,6 +279,11 @@ impl Admission {
             object,
             old_object: old,
         };
+        let pool = req.kind.kind == POOL_KIND;
+        if pool && policies_only {
+            // The policies judge desks; a pool's metadata is its owner's business.
+            return resp;
+        }
         if policies_only {
             let outcome = policies.evaluate(namespace, operation, object);
             let verdict = Verdict {
@@ -278,7 +292,11 @@ impl Admission {
             };
             return respond(resp, name, verdict);
         }
-        let mut verdict = validate::validate(&input, &self.validate, &policies);
+        let mut verdict = if pool {
+            validate_pool::validate_pool(operation, name, object, old)
+        } else {
+            validate::validate(&input, &self.validate, &policies)
+        };
         let facts = self.tenancy_facts(req, namespace, object, old).await;
         let user = req.user_info.username.as_deref().unwrap_or("");
         tenancy::judge(&facts, user, namespace, object, &mut verdict);

@@ -39,11 +39,12 @@ const MAX_ECHO_CHARS: usize = 63;
 const DNS1123_SUBDOMAIN_MAX: usize = 253;
 const SECRET_KEY_MAX: usize = 253;
 const ACTIONS: [&str; 2] = ["Delete", "Stop"];
-const SPEC_FIELDS: [&str; 4] = [
+const SPEC_FIELDS: [&str; 5] = [
     "timeoutMs",
     "timeoutAction",
     "template",
     "userDataSecretRef",
+    "pool",
 ];
 const SECRET_REF_FIELDS: [&str; 2] = ["name", "key"];
 /// Unknown fields listed one by one; the rest are counted.
@@ -171,7 +172,7 @@ fn check_name(name: &str, prefix: &str, verdict: &mut Verdict) {
 }
 
 /// Why `s` is not a DNS-1123 label (ignoring length), in words; empty when it is one.
-fn label_problems(s: &str) -> Vec<String> {
+pub(super) fn label_problems(s: &str) -> Vec<String> {
     let mut problems = Vec::new();
     if s.chars().any(|c| c.is_ascii_uppercase()) {
         problems.push("it has uppercase letters".to_string());
@@ -194,7 +195,7 @@ fn label_problems(s: &str) -> Vec<String> {
 
 /// Why `s` is not a DNS-1123 subdomain (what Kubernetes requires of ConfigMap and Secret
 /// names); `None` when it is one.
-fn subdomain_problem(s: &str) -> Option<String> {
+pub(super) fn subdomain_problem(s: &str) -> Option<String> {
     if s.is_empty() {
         return Some("must not be empty".into());
     }
@@ -290,13 +291,52 @@ fn check_spec(
             ),
         ),
     }
+    check_pool(spec, verdict);
     timeout
+}
+
+/// `spec.pool` names a CyberdeskPool of the desk's namespace, whose template and user data
+/// the desk takes: it cannot name its own as well.
+fn check_pool(spec: &Map<String, Value>, verdict: &mut Verdict) {
+    match spec.get("pool") {
+        None | Some(Value::Null) => return,
+        Some(Value::String(s)) => {
+            let problems = label_problems(s);
+            if s.is_empty() || s.len() > 63 || !problems.is_empty() {
+                verdict.deny(
+                    "spec.pool",
+                    format!(
+                        "must name a CyberdeskPool in the desk's namespace (lowercase letters, digits and '-', at most 63 characters), got {}",
+                        echo(s)
+                    ),
+                );
+            }
+        }
+        Some(other) => {
+            verdict.deny(
+                "spec.pool",
+                format!(
+                    "must be the name of a CyberdeskPool (a string), got {}",
+                    describe(other)
+                ),
+            );
+            return;
+        }
+    }
+    for field in ["template", "userDataSecretRef"] {
+        if spec.get(field).is_some_and(|v| !v.is_null()) {
+            verdict.deny(
+                &format!("spec.{field}"),
+                format!("must not be set with spec.pool: a desk from a pool gets the pool's template and user data; set {field} on the CyberdeskPool"),
+            );
+        }
+    }
 }
 
 /// The apiserver prunes fields its schema does not know, so one arriving here means the CRD
 /// and the operator disagree (or pruning is off): refuse it rather than ignore a setting the
 /// user believes is in force. A misspelt `timeoutMS` would otherwise silently mean "default".
-fn check_known_fields(
+pub(super) fn check_known_fields(
     prefix: &str,
     object: &Map<String, Value>,
     known: &[&str],
@@ -386,7 +426,7 @@ fn check_timeout(value: Option<&Value>, cfg: &ValidateConfig) -> Result<Option<i
     Ok(Some(ms))
 }
 
-fn check_secret_ref(r: &Map<String, Value>, verdict: &mut Verdict) {
+pub(super) fn check_secret_ref(r: &Map<String, Value>, verdict: &mut Verdict) {
     check_known_fields("spec.userDataSecretRef", r, &SECRET_REF_FIELDS, verdict);
     const NAME: &str = "spec.userDataSecretRef.name";
     const KEY: &str = "spec.userDataSecretRef.key";
@@ -470,6 +510,12 @@ fn check_update(
     let old_field = |key: &str| old_spec.and_then(|s| s.get(key)).filter(|v| !v.is_null());
     let new_field = |key: &str| spec.get(key).filter(|v| !v.is_null());
 
+    if old_field("pool") != new_field("pool") {
+        verdict.deny(
+            "spec.pool",
+            "spec.pool cannot change: create a new Cyberdesk to take a VM from another pool",
+        );
+    }
     if vm_exists(old) {
         if old_field("template") != new_field("template") {
             let was = match old_field("template") {
@@ -549,7 +595,7 @@ fn vm_exists(old: &Value) -> bool {
 }
 
 /// A user-supplied string quoted for a message, cut so a 10 KB name is not echoed back.
-fn echo(s: &str) -> String {
+pub(super) fn echo(s: &str) -> String {
     let count = s.chars().count();
     if count <= MAX_ECHO_CHARS {
         format!("{s:?}")
@@ -560,7 +606,7 @@ fn echo(s: &str) -> String {
 }
 
 /// A JSON value as a message names it: its type, and the value when short.
-fn describe(value: &Value) -> String {
+pub(super) fn describe(value: &Value) -> String {
     match value {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("a boolean ({b})"),
@@ -706,6 +752,32 @@ mod tests {
                    "userDataSecretRef": {"name": "alice.user-data", "key": "user_data.yaml"}}),
         );
         assert_eq!(create(&full), Verdict::default());
+    }
+
+    #[test]
+    fn a_pool_desk_names_its_pool_and_nothing_the_pool_provides() {
+        assert_eq!(
+            create(&desk("a", json!({"timeoutMs": 60000, "pool": "warm"}))),
+            Verdict::default()
+        );
+        let both = create(&desk(
+            "a",
+            json!({"pool": "warm", "template": "t", "userDataSecretRef": {"name": "s", "key": "userdata"}}),
+        ));
+        assert_eq!(fields(&both), ["spec.template", "spec.userDataSecretRef"]);
+        assert!(message_for(&both, "spec.template").contains("set template on the CyberdeskPool"));
+        let bad = create(&desk("a", json!({"pool": "Warm_Pool"})));
+        assert_eq!(fields(&bad), ["spec.pool"]);
+        let changed = update(
+            &running(json!({"pool": "warm"})),
+            &desk("alice", json!({"pool": "cold"})),
+        );
+        assert_eq!(fields(&changed), ["spec.pool"]);
+        let added = update(
+            &desk("alice", json!({})),
+            &desk("alice", json!({"pool": "warm"})),
+        );
+        assert_eq!(fields(&added), ["spec.pool"]);
     }
 
     #[test]

@@ -73,14 +73,14 @@ fn client_config(target: &WebhookTarget, path: &str, ca_pem: Option<&str>) -> Va
 fn webhook(
     name: &str,
     path: &str,
-    operations: &[&str],
+    (resources, operations): (&[&str], &[&str]),
     params: &WebhookConfigParams,
     ca_pem: Option<&str>,
 ) -> Value {
     json!({
         "name": name,
         "rules": [{
-            "apiGroups": ["cyberdesk.io"], "apiVersions": ["v1alpha1"], "resources": ["cyberdesks"],
+            "apiGroups": ["cyberdesk.io"], "apiVersions": ["v1alpha1"], "resources": resources,
             "operations": operations, "scope": "Namespaced",
         }],
         "clientConfig": client_config(&params.target, path, ca_pem),
@@ -98,7 +98,13 @@ fn metadata(name: &str) -> Value {
 
 /// The mutating configuration as JSON (with `caBundle` when given).
 pub fn mutating(params: &WebhookConfigParams, ca_pem: Option<&str>) -> Value {
-    let mut hook = webhook(MUTATING_WEBHOOK, "/mutate", &["CREATE"], params, ca_pem);
+    let mut hook = webhook(
+        MUTATING_WEBHOOK,
+        "/mutate",
+        (&["cyberdesks"], &["CREATE"]),
+        params,
+        ca_pem,
+    );
     hook["reinvocationPolicy"] = json!("Never");
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -114,7 +120,13 @@ pub fn validating(params: &WebhookConfigParams, ca_pem: Option<&str>) -> Value {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": metadata(names::VALIDATING_WEBHOOK_CONFIG),
-        "webhooks": [webhook(VALIDATING_WEBHOOK, "/validate", &["CREATE", "UPDATE"], params, ca_pem)],
+        "webhooks": [webhook(
+            VALIDATING_WEBHOOK,
+            "/validate",
+            (&["cyberdesks", "cyberdeskpools"], &["CREATE", "UPDATE"]),
+            params,
+            ca_pem,
+        )],
     })
 }
 

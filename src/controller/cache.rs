@@ -161,7 +161,7 @@ pub struct Caches {
     pub desks: Store<Cyberdesk>,
     pub vms: RecordStore<VmRecord>,
     pub vmis: RecordStore<VmiRecord>,
-    /// Warm pools (`None` where pools are not served: VMs in another namespace).
+    /// Warm pools (`None` only where no pool watch runs: tests and benches).
     pub pools: Option<Store<CyberdeskPool>>,
 }
 

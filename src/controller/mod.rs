@@ -120,20 +120,19 @@ pub async fn run(
         watcher::Config::default().labels(&selector).any_semantic(),
         trim_vmi,
     );
-    let mut caches = Caches::new(desks.clone(), vms, vmis);
-    // Warm pools: their VMs live beside the pool and its desks, so they are served only
-    // where every VM lives beside its desk.
+    // Warm pools. Desks read them (a cold VM comes from its pool's template); the pool
+    // controller runs only where every VM lives beside its desk, as pool VMs do.
+    let (pools, pool_events) = trimmed_watch(
+        Api::<CyberdeskPool>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+        trim_pool,
+    );
+    let caches = Caches::new(desks.clone(), vms, vmis).with_pools(pools.clone());
     let (pool_triggers, pool_watch) = if cfg.placement.namespace.is_none() {
-        let (pools, pool_events) = trimmed_watch(
-            Api::<CyberdeskPool>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-            trim_pool,
-        );
-        caches = caches.with_pools(pools.clone());
         let (tx, rx) = futures::channel::mpsc::unbounded();
-        (Some(tx), Some((pools, pool_events, rx)))
+        (Some(tx), Ok((pools, pool_events, rx)))
     } else {
-        (None, None)
+        (None, Err(pool_events))
     };
     // A pool VM's event (booted, claimed, gone) is its pool's business too.
     let vm_events = vm_events.inspect_ok(move |vm| {
@@ -226,8 +225,13 @@ pub async fn run(
         tokio::time::sleep(DRAIN_LIMIT).await;
     };
     let pools = async {
-        let Some((store, events, triggers)) = pool_watch else {
-            return;
+        let (store, events, triggers) = match pool_watch {
+            Ok(controlled) => controlled,
+            // No pool controller: the watch only keeps the store the desks read.
+            Err(events) => {
+                events.for_each(|_| async {}).await;
+                return;
+            }
         };
         Controller::for_stream(events, store)
             .with_config(ControllerRuntimeConfig::default().concurrency(POOL_CONCURRENCY))

@@ -703,11 +703,13 @@ async fn claim_from_pool(
             .with_label_values(&[result])
             .inc_by(n);
     };
-    // A pool being deleted hands out nothing; neither does one that is not served here.
+    // A pool being deleted hands out nothing; pools are not served where VMs live in
+    // another namespace (`--vm-namespace`).
     let pool = ctx
         .caches
         .pool(ns, pool_name)
-        .filter(|p| p.metadata.deletion_timestamp.is_none());
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|_| ctx.cfg.placement.namespace.is_none());
     let (Some(pool), Some(owner)) = (pool, owner_reference(cd, ctx, ns)?) else {
         count("miss", 1);
         return Ok(None);

@@ -1,0 +1,207 @@
+//! Validation of a CyberdeskPool's CREATE and UPDATE (pure), in the same shape as a desk's:
+//! every problem at once, each with its field path. The tenant rules for its template and
+//! user-data Secret are the desk's (`tenancy.rs`), applied by the caller.
+
+use serde_json::{Map, Value};
+
+use crate::admission::validate::{
+    check_known_fields, check_secret_ref, describe, echo, label_problems, subdomain_problem,
+};
+use crate::admission::verdict::{Operation, Verdict};
+use crate::model::pool::{MAX_POOL_NAME, MAX_POOL_SIZE};
+
+const SPEC_FIELDS: [&str; 4] = ["size", "maxBooting", "template", "userDataSecretRef"];
+const MAX_BOOTING_LIMIT: i64 = 100;
+
+pub fn validate_pool(
+    operation: Operation,
+    name: &str,
+    object: &Value,
+    old: Option<&Value>,
+) -> Verdict {
+    let mut verdict = Verdict::default();
+    check_name(name, &mut verdict);
+    let Some(spec) = object.get("spec").and_then(Value::as_object) else {
+        verdict.deny("spec", "spec is required, with at least size");
+        return verdict;
+    };
+    check_known_fields("spec", spec, &SPEC_FIELDS, &mut verdict);
+    check_count(
+        spec,
+        "size",
+        0,
+        i64::from(MAX_POOL_SIZE),
+        true,
+        &mut verdict,
+    );
+    check_count(
+        spec,
+        "maxBooting",
+        1,
+        MAX_BOOTING_LIMIT,
+        false,
+        &mut verdict,
+    );
+    match spec.get("template") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            if let Some(problem) = subdomain_problem(s) {
+                verdict.deny("spec.template", format!("must name a ConfigMap: {problem}"));
+            }
+        }
+        Some(other) => verdict.deny(
+            "spec.template",
+            format!(
+                "must be the name of a ConfigMap (a string), got {}",
+                describe(other)
+            ),
+        ),
+    }
+    match spec.get("userDataSecretRef") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(r)) => check_secret_ref(r, &mut verdict),
+        Some(other) => verdict.deny(
+            "spec.userDataSecretRef",
+            format!(
+                "must be an object with the Secret's name and key, got {}",
+                describe(other)
+            ),
+        ),
+    }
+    if operation == Operation::Update
+        && let Some(old_spec) = old.and_then(|o| o.get("spec"))
+    {
+        for field in ["template", "userDataSecretRef"] {
+            let before = old_spec.get(field).filter(|v| !v.is_null());
+            let after = spec.get(field).filter(|v| !v.is_null());
+            if before.is_some() && before != after {
+                verdict.deny(
+                    &format!("spec.{field}"),
+                    format!("spec.{field} cannot change: the pool's VMs were booted with it; create another pool"),
+                );
+            }
+        }
+    }
+    verdict
+}
+
+/// Pool VMs are named `cyberdesk-pool-<name>-<5 characters>`: a DNS-1123 label of 63.
+fn check_name(name: &str, verdict: &mut Verdict) {
+    const FIELD: &str = "metadata.name";
+    let length = name.chars().count();
+    if length == 0 {
+        verdict.deny(FIELD, "a name is required");
+        return;
+    }
+    if length > MAX_POOL_NAME {
+        verdict.deny(
+            FIELD,
+            format!("must be no more than {MAX_POOL_NAME} characters, so that its VMs' names (cyberdesk-pool-<name>-<5 characters>) fit in 63; this name is {length} characters"),
+        );
+    }
+    let problems = label_problems(name);
+    if !problems.is_empty() {
+        verdict.deny(
+            FIELD,
+            format!(
+                "{} is not a valid pool name: {}. Use lowercase letters (a-z), digits and '-', starting and ending with a letter or digit",
+                echo(name),
+                problems.join(", ")
+            ),
+        );
+    }
+}
+
+fn check_count(
+    spec: &Map<String, Value>,
+    key: &str,
+    min: i64,
+    max: i64,
+    required: bool,
+    verdict: &mut Verdict,
+) {
+    let field = format!("spec.{key}");
+    match spec.get(key) {
+        None | Some(Value::Null) if required => {
+            verdict.deny(
+                &field,
+                format!("is required: a whole number from {min} to {max}"),
+            );
+        }
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_i64() {
+            Some(n) if (min..=max).contains(&n) => {}
+            _ => verdict.deny(
+                &field,
+                format!(
+                    "must be a whole number from {min} to {max}, got {}",
+                    describe(v)
+                ),
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pool(name: &str, spec: Value) -> Value {
+        json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "CyberdeskPool",
+               "metadata": {"name": name}, "spec": spec})
+    }
+
+    fn fields(verdict: &Verdict) -> Vec<&str> {
+        verdict
+            .violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_good_pool_passes() {
+        let p = pool(
+            "warm",
+            json!({"size": 5, "maxBooting": 2, "template": "t",
+                                     "userDataSecretRef": {"name": "s", "key": "userdata"}}),
+        );
+        assert_eq!(
+            validate_pool(Operation::Create, "warm", &p, None),
+            Verdict::default()
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named_at_once() {
+        let long = "p".repeat(MAX_POOL_NAME + 1);
+        let p = pool(
+            &long,
+            json!({"size": 501, "maxBooting": 0, "template": "Bad_Name", "sise": 1}),
+        );
+        let verdict = validate_pool(Operation::Create, &long, &p, None);
+        assert_eq!(
+            fields(&verdict),
+            [
+                "metadata.name",
+                "spec.sise",
+                "spec.size",
+                "spec.maxBooting",
+                "spec.template"
+            ]
+        );
+        let missing = validate_pool(Operation::Create, "p", &pool("p", json!({})), None);
+        assert_eq!(fields(&missing), ["spec.size"]);
+    }
+
+    #[test]
+    fn template_and_user_data_are_immutable_and_size_is_not() {
+        let old = pool("p", json!({"size": 1, "template": "a"}));
+        let resized = pool("p", json!({"size": 3, "template": "a"}));
+        assert!(validate_pool(Operation::Update, "p", &resized, Some(&old)).allowed());
+        let moved = pool("p", json!({"size": 1, "template": "b"}));
+        let verdict = validate_pool(Operation::Update, "p", &moved, Some(&old));
+        assert_eq!(fields(&verdict), ["spec.template"]);
+    }
+}
