@@ -1,14 +1,15 @@
 //! `make bench`: figures, not pass/fail. Prints one line per measurement; docs/benchmarks.md
 //! records them with the machine they came from.
 //!
-//! Sections (all by default, or name some): admission, controlplane, operator, apply,
-//! desks, scale.
+//! Sections (all by default, or name some): admission, caches, controlplane, operator,
+//! apply, desks, pool, scale.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod caches;
+mod pool;
 mod scale;
 
 use bytes::Bytes;
@@ -42,7 +43,7 @@ use cyberdesk_operator::server;
 #[derive(Parser)]
 #[command(about = "Benchmarks for cyberdesk-operator (figures, not pass/fail)")]
 struct Args {
-    /// Sections to run: admission, caches, controlplane, operator, apply, desks, scale
+    /// Sections to run: admission, caches, controlplane, operator, apply, desks, pool, scale
     /// (default: all).
     sections: Vec<String>,
     /// Desks for the scale section.
@@ -542,7 +543,7 @@ fn main() -> anyhow::Result<()> {
     if want("controlplane") {
         bench_controlplane()?;
     }
-    if want("operator") || want("apply") || want("desks") || want("scale") {
+    if want("operator") || want("apply") || want("desks") || want("pool") || want("scale") {
         let cp = ControlPlane::start(&Options {
             audit_log: true,
             profiling: true,
@@ -558,6 +559,9 @@ fn main() -> anyhow::Result<()> {
         }
         if want("desks") {
             runtime.block_on(bench_desks(&c))?;
+        }
+        if want("pool") {
+            runtime.block_on(pool::run(&c))?;
         }
         if want("scale") {
             let scale = scale::Scale {
