@@ -275,3 +275,78 @@ async fn a_claimed_desk_times_out_counted_from_its_claim() {
         "halted at {halted_at}, expiry {expiry}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_validating_webhook_reviews_pools_and_pool_desks() {
+    let (c, _op) = setup().await;
+    let (ns, _apis, _sim) = desk_namespace(&c, "pool-admit", SimulatorOptions::default()).await;
+    // What the schema cannot know: whether the template exists and may be used here.
+    let out = c
+        .kubectl()
+        .apply(
+            &pool_yaml(&ns, "nowhere", "{size: 1, template: no-such-template}"),
+            &["--dry-run=server"],
+        )
+        .expect("kubectl");
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("validate.cyberdesk.io"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("spec.template"), "{}", out.stderr);
+    assert!(out.stderr.contains("no-such-template"), "{}", out.stderr);
+    let fine = c
+        .kubectl()
+        .apply(&pool_yaml(&ns, "fine", "{size: 1}"), &["--dry-run=server"])
+        .expect("kubectl");
+    assert!(fine.success, "{}", fine.stderr);
+    // A pool desk names nothing the pool provides.
+    let out = c
+        .kubectl()
+        .apply(
+            &desk_yaml(&ns, "both", "{pool: fine, template: cyberdesk-vm-template}"),
+            &["--dry-run=server"],
+        )
+        .expect("kubectl");
+    assert!(!out.success, "{}", out.stdout);
+    assert!(out.stderr.contains("spec.pool"), "{}", out.stderr);
+}
+
+/// The VMI of a pool VM was started before any desk claimed the VM, so it carries no desk
+/// label: its changes must still reach the desk that claimed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_vms_instance_keeps_reporting_to_its_desk() {
+    let (c, _op) = setup().await;
+    let (ns, apis, sim) = desk_namespace(&c, "pool-vmi", SimulatorOptions::default()).await;
+    let pools: Api<CyberdeskPool> = Api::namespaced(c.client().await, &ns);
+    apply(&c, &pool_yaml(&ns, "warm", "{size: 1}"));
+    wait_pool_ready(&pools, "warm", 1, Duration::from_secs(60)).await;
+    apply(
+        &c,
+        &desk_yaml(&ns, "moved", "{timeoutMs: 600000, pool: warm}"),
+    );
+    let desk = apis
+        .wait_phase("moved", "Running", Duration::from_secs(30))
+        .await;
+    let status = desk.status.expect("status");
+    let vm_name = status.virtual_machine_ref.expect("ref");
+    let vmi = apis.vmis.get(&vm_name).await.expect("vmi");
+    let vmi_labels = vmi.metadata.labels.clone().unwrap_or_default();
+    assert!(
+        !vmi_labels.contains_key(names::LABEL_INSTANCE),
+        "{vmi_labels:?}"
+    );
+
+    let new_ip = sim.change_ip(&ns, &vm_name).await.expect("new address");
+    assert_ne!(status.ip_address.as_deref(), Some(new_ip.as_str()));
+    eventually(
+        Duration::from_secs(20),
+        "the desk showing the new address",
+        || async {
+            let ip = apis.desks.get("moved").await.ok()?.status?.ip_address?;
+            (ip == new_ip).then_some(())
+        },
+    )
+    .await;
+}

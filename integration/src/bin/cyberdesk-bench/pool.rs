@@ -105,14 +105,18 @@ pub async fn run(c: &Cluster) -> anyhow::Result<()> {
     wait_pool_ready(&pools, "warm", POOL_SIZE as i32, Duration::from_secs(120)).await;
     println!("pool: {POOL_SIZE} VMs ready after {}", ms(t.elapsed()));
 
-    // Hits, one desk at a time; before each, a ready VM (the refill is not timed).
+    // Hits, one desk at a time; before each, a ready VM (the refill is not timed), as the
+    // pool's status shows once it counts every earlier claim.
     let mut hits = Vec::new();
     for i in 0..DESKS {
         let name = format!("hit{i:03}");
         let ready = until_every(
             Duration::from_secs(60),
             Duration::from_millis(20),
-            || async { (pools.get("warm").await.ok()?.status?.ready > 0).then_some(()) },
+            || async {
+                let status = pools.get("warm").await.ok()?.status?;
+                (status.claimed >= i as i32 && status.ready > 0).then_some(())
+            },
         );
         anyhow::ensure!(ready.await.is_some(), "the pool did not refill");
         let t = Instant::now();
