@@ -289,11 +289,14 @@ async fn the_validating_webhook_reviews_pools_and_pool_desks() {
         )
         .expect("kubectl");
     assert!(!out.success, "{}", out.stdout);
+    // The apiserver's own schema check would name no template: this is the webhook's.
     assert!(
-        out.stderr.contains("validate.cyberdesk.io"),
+        out.stderr
+            .contains("VM template no-such-template not found"),
         "{}",
         out.stderr
     );
+    assert!(out.stderr.contains("cyberdeskpools"), "{}", out.stderr);
     assert!(out.stderr.contains("spec.template"), "{}", out.stderr);
     assert!(out.stderr.contains("no-such-template"), "{}", out.stderr);
     let fine = c

@@ -290,7 +290,7 @@ impl Admission {
                 violations: outcome.violations,
                 warnings: outcome.warnings,
             };
-            return respond(resp, name, verdict);
+            return respond(resp, DESK, name, verdict);
         }
         let mut verdict = if pool {
             validate_pool::validate_pool(operation, name, object, old)
@@ -300,7 +300,7 @@ impl Admission {
         let facts = self.tenancy_facts(req, namespace, object, old).await;
         let user = req.user_info.username.as_deref().unwrap_or("");
         tenancy::judge(&facts, user, namespace, object, &mut verdict);
-        respond(resp, name, verdict)
+        respond(resp, if pool { POOL } else { DESK }, name, verdict)
     }
 
     /// Looks up what the tenant rules need: a SubjectAccessReview for a new or changed
@@ -381,7 +381,17 @@ pub fn review_json(mut review: AdmissionReview<DynamicObject>) -> serde_json::Re
 
 /// Turns a verdict into a response: 422 Invalid with one cause per violation (what kubectl
 /// prints as field errors), and warnings either way.
-fn respond(mut resp: AdmissionResponse, name: &str, verdict: Verdict) -> AdmissionResponse {
+/// The kind a review is about, as the denial names it: (kind, plural).
+type Reviewed = (&'static str, &'static str);
+const DESK: Reviewed = (KIND, "cyberdesks");
+const POOL: Reviewed = (POOL_KIND, "cyberdeskpools");
+
+fn respond(
+    mut resp: AdmissionResponse,
+    (kind, plural): Reviewed,
+    name: &str,
+    verdict: Verdict,
+) -> AdmissionResponse {
     if !verdict.warnings.is_empty() {
         resp.warnings = Some(verdict.warnings);
     }
@@ -400,7 +410,7 @@ fn respond(mut resp: AdmissionResponse, name: &str, verdict: Verdict) -> Admissi
         })
         .collect();
     let message = format!(
-        "{KIND}.{GROUP} \"{}\" is invalid: {}",
+        "{kind}.{GROUP} \"{}\" is invalid: {}",
         truncate(name),
         summary.join(", ")
     );
@@ -419,7 +429,7 @@ fn respond(mut resp: AdmissionResponse, name: &str, verdict: Verdict) -> Admissi
         .with_details(StatusDetails {
             name: truncate(name),
             group: GROUP.into(),
-            kind: "cyberdesks".into(),
+            kind: plural.into(),
             uid: String::new(),
             causes,
             retry_after_seconds: 0,
@@ -448,7 +458,7 @@ mod tests {
             ],
             warnings: vec!["careful".into()],
         };
-        let resp = respond(base, "desk", verdict);
+        let resp = respond(base, DESK, "desk", verdict);
         assert!(!resp.allowed);
         assert_eq!(resp.result.code, 422);
         let details = resp.result.details.as_ref().expect("details");
