@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use cyberdesk_integration::cluster::{cluster, install_everything, namespace};
-use cyberdesk_integration::desks::Apis;
+use cyberdesk_integration::desks::{Apis, in_phase};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};
 use cyberdesk_integration::pools::{apply, audit, pool_vms, pool_yaml, wait_pool_ready};
-use cyberdesk_integration::wait::eventually;
+use cyberdesk_integration::wait::{eventually, until};
 use cyberdesk_operator::model::{Cyberdesk, CyberdeskPool};
 use kube::Api;
 use kube::api::PostParams;
@@ -77,10 +77,25 @@ async fn a_leader_killed_mid_claim_leaves_no_double_claim_and_no_leak() {
         "{}",
         second.log()
     );
-    eventually(Duration::from_secs(120), "50 desks Running", || async {
+    let all_running = until(Duration::from_secs(120), || async {
         (apis.count_in_phase("Running").await == 50).then_some(())
     })
     .await;
+    if all_running.is_none() {
+        let desks = apis.desks.list(&Default::default()).await.expect("desks");
+        let stuck: Vec<String> = desks
+            .items
+            .iter()
+            .filter(|d| !in_phase(d, "Running"))
+            .map(|d| format!("{:?}: {:?}", d.metadata.name, d.status))
+            .collect();
+        let log = second.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        panic!(
+            "not every desk runs; stuck: {stuck:#?}\nsecond operator's log (last lines, newest first):\n{}",
+            tail.join("\n")
+        );
+    }
     let (pooled, cold) = audit(&apis).await;
     assert_eq!(pooled + cold, 50);
     assert!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cyberdesk_integration::cluster::Cluster;
 use cyberdesk_integration::desks::{desk_namespace, desk_yaml, epoch_ms, now_ms};
 use cyberdesk_integration::kubevirt::SimulatorOptions;
-use cyberdesk_integration::operator::{SharedOperator, webhook_operator};
+use cyberdesk_integration::operator::{Scrape, SharedOperator, metric_sample, webhook_operator};
 use cyberdesk_integration::pools::{apply, audit, pool_vms, pool_yaml, wait_pool_ready};
 use cyberdesk_integration::wait::eventually;
 use cyberdesk_operator::model::{Cyberdesk, CyberdeskPool, VmSource, names};
@@ -28,7 +28,7 @@ fn booting_slowly() -> SimulatorOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_desk_from_a_full_pool_runs_before_a_cold_one_could_boot() {
-    let (c, _op) = setup().await;
+    let (c, op) = setup().await;
     let (ns, apis, _sim) = desk_namespace(&c, "pool-hit", booting_slowly()).await;
     let pools: Api<CyberdeskPool> = Api::namespaced(c.client().await, &ns);
     apply(&c, &pool_yaml(&ns, "warm", "{size: 5, maxBooting: 5}"));
@@ -90,6 +90,28 @@ async fn a_desk_from_a_full_pool_runs_before_a_cold_one_could_boot() {
     let pool = pools.get("warm").await.expect("pool");
     assert_eq!(pool.status.expect("status").claimed, 1);
     assert_eq!(audit(&apis).await, (1, 1));
+
+    // What Prometheus sees (the operator is shared by this binary's tests: at least).
+    let gauge = |state: &str| {
+        format!(r#"cyberdesk_pool_vms{{pool="warm",pool_namespace="{ns}",state="{state}"}}"#)
+    };
+    let text = eventually(Duration::from_secs(30), "the pool gauges", || async {
+        let text = op.metrics();
+        (metric_sample(&text, &gauge("ready")) == Some(5.0)).then_some(text)
+    })
+    .await;
+    assert_eq!(metric_sample(&text, &gauge("claimed")), Some(1.0), "{text}");
+    assert_eq!(metric_sample(&text, &gauge("desired")), Some(5.0), "{text}");
+    let hits = metric_sample(&text, r#"cyberdesk_pool_claims_total{result="hit"}"#);
+    assert!(hits.is_some_and(|n| n >= 1.0), "{text}");
+    let started = |source: &str| {
+        metric_sample(
+            &text,
+            &format!(r#"cyberdesk_desk_start_seconds_count{{source="{source}"}}"#),
+        )
+    };
+    assert!(started("pool").is_some_and(|n| n >= 1.0), "{text}");
+    assert!(started("cold").is_some_and(|n| n >= 1.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,16 +117,40 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     K: Send + Sync + 'static,
 {
+    let (store, stream, _) = trimmed_watch_with_ready(api, config, trim);
+    (store, stream)
+}
+
+/// As [`trimmed_watch`], with a signal that turns true once the store has listed. Any
+/// number of passes may wait on it; kube's `Store::wait_until_ready` wakes only the last
+/// of several tasks waiting at once.
+pub fn trimmed_watch_with_ready<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    tokio::sync::watch::Receiver<bool>,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+{
     let (store, mut writer) = reflector::store();
+    let (listed, ready) = tokio::sync::watch::channel(false);
     let stream = watcher(api, config)
         .backoff(watch_backoff())
         .modify(trim)
         .map_ok(move |event| {
             writer.apply_watcher_event(&event);
+            if matches!(event, watcher::Event::InitDone) {
+                listed.send_replace(true);
+            }
             event
         })
         .touched_objects();
-    (store, stream)
+    (store, stream, ready)
 }
 
 /// As [`trimmed_watch`], keeping a compact record of each object instead of the object.
@@ -155,14 +179,19 @@ where
     (store, stream)
 }
 
+/// A watch behind the caches stopped before it had listed once (at shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachesGone;
+
 /// What a reconcile reads from the caches instead of the apiserver.
 #[derive(Clone)]
 pub struct Caches {
     pub desks: Store<Cyberdesk>,
     pub vms: RecordStore<VmRecord>,
     pub vmis: RecordStore<VmiRecord>,
-    /// Warm pools (`None` only where no pool watch runs: tests and benches).
-    pub pools: Option<Store<CyberdeskPool>>,
+    /// Warm pools (`None` only where no pool watch runs: tests and benches), and whether
+    /// their watch has listed.
+    pub pools: Option<(Store<CyberdeskPool>, tokio::sync::watch::Receiver<bool>)>,
 }
 
 impl Caches {
@@ -179,17 +208,20 @@ impl Caches {
         }
     }
 
-    /// These caches, with the warm pools' store.
-    pub fn with_pools(mut self, pools: Store<CyberdeskPool>) -> Self {
-        self.pools = Some(pools);
+    /// These caches, with the warm pools' store and its listed signal.
+    pub fn with_pools(
+        mut self,
+        pools: Store<CyberdeskPool>,
+        listed: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        self.pools = Some((pools, listed));
         self
     }
 
     /// The cached pool `name` in `ns`.
     pub fn pool(&self, ns: &str, name: &str) -> Option<std::sync::Arc<CyberdeskPool>> {
-        self.pools
-            .as_ref()?
-            .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+        let (pools, _) = self.pools.as_ref()?;
+        pools.get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
     }
 
     /// The VMs in `ns` booted for pool `pool` (claimed or not).
@@ -197,22 +229,24 @@ impl Caches {
         self.vms.select(ns, |r| r.pool() == Some(pool))
     }
 
-    /// The pool VM in `ns` claimed by the desk called `desk` (by label; ownership is for the
-    /// caller to check).
-    pub fn claimed_by(&self, ns: &str, desk: &str) -> Option<VirtualMachine> {
-        self.vms
-            .select(ns, |r| r.claimed_by() == Some(desk))
-            .into_iter()
-            .next()
+    /// The pool VMs in `ns` claimed by a desk called `desk` (by label: an earlier desk of
+    /// that name may have one still; ownership is for the caller to check).
+    pub fn claimed_by(&self, ns: &str, desk: &str) -> Vec<VirtualMachine> {
+        self.vms.select(ns, |r| r.claimed_by() == Some(desk))
     }
 
-    /// Waits until the VM and VMI watches have listed once. A pass before that would take
-    /// every VM for missing (a 409 saves the VM, but the status would be written from
-    /// nothing): after a restart, the desks arrive before their VMs. `Err` when the
-    /// watches stopped first.
-    pub async fn wait_filled(&self) -> Result<(), tokio::sync::watch::error::RecvError> {
-        self.vms.wait_until_ready().await?;
-        self.vmis.wait_until_ready().await
+    /// Waits until the VM, VMI and pool watches have listed once. A pass before that would
+    /// take every VM for missing (a 409 saves the VM, but the status would be written from
+    /// nothing), or a pooled desk's pool: after a restart, the desks arrive before their
+    /// VMs. `Err` when the watches stopped first.
+    pub async fn wait_filled(&self) -> Result<(), CachesGone> {
+        self.vms.wait_until_ready().await.map_err(|_| CachesGone)?;
+        self.vmis.wait_until_ready().await.map_err(|_| CachesGone)?;
+        if let Some((_, listed)) = &self.pools {
+            let mut listed = listed.clone();
+            listed.wait_for(|l| *l).await.map_err(|_| CachesGone)?;
+        }
+        Ok(())
     }
 
     /// The cached VM `name` in `ns`, rebuilt from its record.
@@ -323,7 +357,9 @@ mod tests {
         let (desks, _) = reflector::store::<Cyberdesk>();
         let (vms, mut vm_writer) = record_store::<VmRecord>();
         let (vmis, mut vmi_writer) = record_store::<VmiRecord>();
-        let caches = Caches::new(desks, vms, vmis);
+        let (pools, _) = reflector::store::<CyberdeskPool>();
+        let (pools_listed, listed) = tokio::sync::watch::channel(false);
+        let caches = Caches::new(desks, vms, vmis).with_pools(pools, listed);
         // Many waiters: every one must wake (kube's own store readiness wakes one).
         let waiters: Vec<_> = (0..40)
             .map(|_| {
@@ -334,6 +370,11 @@ mod tests {
         tokio::task::yield_now().await;
         vm_writer.apply(&watcher::Event::InitDone);
         vmi_writer.apply(&watcher::Event::InitDone);
+        // Let every waiter get as far as the pools before they are listed.
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        pools_listed.send_replace(true);
         for waiter in waiters {
             let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
             assert!(matches!(woke, Ok(Ok(Ok(())))), "a pass was left waiting");

@@ -10,16 +10,20 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
+use std::time::Instant;
+
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, Patch};
+use kube::api::{Api, ListParams, Patch};
 use serde_json::{Value, json};
 
+use crate::controller::cache::trim_vm;
 use crate::controller::error::Error;
 use crate::controller::expiry;
+use crate::controller::plan::{self, Announcement, Reason};
 use crate::controller::pool_plan::claim_order;
-use crate::controller::reconcile::plain_pp;
-use crate::model::{Cyberdesk, CyberdeskPool, VirtualMachine, names};
+use crate::controller::reconcile::{Context, load_template, owner_reference, plain_pp};
+use crate::model::{Cyberdesk, CyberdeskPool, VirtualMachine, VmSource, names};
 
 /// Most VMs one pass tries before it gives up on the pool and boots a VM of its own.
 const MAX_TRIES: usize = 5;
@@ -94,6 +98,8 @@ pub fn claim_patch(desk: &Cyberdesk, owner_reference: &Value, now: Timestamp) ->
     let uid = desk.uid().unwrap_or_default();
     json!([
         {"op": "test", "path": label(names::LABEL_POOL_STATE), "value": names::POOL_STATE_AVAILABLE},
+        // Nor one someone is deleting (a missing member tests equal to null).
+        {"op": "test", "path": "/metadata/deletionTimestamp", "value": null},
         {"op": "replace", "path": label(names::LABEL_POOL_STATE), "value": names::POOL_STATE_CLAIMED},
         {"op": "add", "path": label(names::LABEL_INSTANCE), "value": desk.name_any()},
         {"op": "add", "path": label(names::LABEL_DESK_NAMESPACE), "value": ns},
@@ -154,13 +160,136 @@ pub async fn claim(
                 memory.release(&name);
                 conflicts += 1;
             }
+            // The claim may have landed without its answer reaching us: remember the VM
+            // for the desk, so that the next pass reads it live before claiming again.
             Err(e) => {
-                memory.release(&name);
+                memory.record(&desk.uid().unwrap_or_default(), &name);
                 return Err(e.into());
             }
         }
     }
     Ok(Claimed::Miss { conflicts })
+}
+
+/// The desk's VM name and its VM, if any: `cyberdesk-<desk>` (or the platform's name),
+/// from the cache. A desk from a pool may instead have the pool VM it claimed: the one
+/// this process remembers or its status records (read live when the cache does not show
+/// the claim yet), else the one the cache shows claimed by it (a claim whose status write
+/// never happened: the operator was stopped in between).
+pub(super) async fn desk_vm(
+    cd: &Cyberdesk,
+    ctx: &Context,
+    vm_ns: &str,
+    vms: &Api<VirtualMachine>,
+) -> Result<(String, Option<VirtualMachine>), Error> {
+    let name = cd.name_any();
+    let default = ctx.cfg.placement.vm_name(&name);
+    let cached = ctx.caches.vm(vm_ns, &default);
+    if cd.spec.pool.is_none() || cached.is_some() {
+        return Ok((default, cached));
+    }
+    let uid = cd.uid().unwrap_or_default();
+    let recorded = cd
+        .status
+        .as_ref()
+        .filter(|s| s.source == Some(VmSource::Pool))
+        .and_then(|s| s.virtual_machine_ref.clone());
+    if let Some(known) = ctx.pool_vms.of_desk(&uid).or(recorded) {
+        if let Some(vm) = ctx
+            .caches
+            .vm(vm_ns, &known)
+            .filter(|vm| plan::owned_by(vm, cd))
+        {
+            return Ok((known, Some(vm)));
+        }
+        match vms.get_opt(&known).await? {
+            Some(mut vm) if plan::owned_by(&vm, cd) => {
+                trim_vm(&mut vm);
+                return Ok((known, Some(vm)));
+            }
+            _ => ctx.pool_vms.forget(&uid),
+        }
+    }
+    if let Some(vm) = ctx
+        .caches
+        .claimed_by(vm_ns, &name)
+        .into_iter()
+        .find(|vm| plan::owned_by(vm, cd))
+    {
+        return Ok((vm.name_any(), Some(vm)));
+    }
+    Ok((default, None))
+}
+
+/// Claims a ready VM of the desk's pool, if one is left; the VM's name and the VM.
+pub(super) async fn claim_from_pool(
+    cd: &Cyberdesk,
+    ctx: &Context,
+    ns: &str,
+    vms: &Api<VirtualMachine>,
+) -> Result<Option<(String, VirtualMachine)>, Error> {
+    let Some(pool_name) = cd.spec.pool.as_deref() else {
+        return Ok(None);
+    };
+    let count = |result: &str, n: u64| {
+        ctx.metrics
+            .pool_claims
+            .with_label_values(&[result])
+            .inc_by(n);
+    };
+    // A pool being deleted hands out nothing; pools are not served where VMs live in
+    // another namespace (`--vm-namespace`).
+    let pool = ctx
+        .caches
+        .pool(ns, pool_name)
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|_| ctx.cfg.placement.namespace.is_none());
+    let (Some(pool), Some(owner)) = (pool, owner_reference(cd, ctx, ns)?) else {
+        count("miss", 1);
+        return Ok(None);
+    };
+    // The pool's template must still be usable here (its allowed namespaces may have
+    // changed since the VMs booted); if not, the cold render reports why.
+    if load_template(pool.spec.template.as_deref(), ctx, ns).is_err() {
+        count("miss", 1);
+        return Ok(None);
+    }
+    // A claim of an earlier pass (or leader) the cache does not show yet: read live, once
+    // per desk, so that a desk never claims a second VM.
+    let selector = format!("{}={}", names::LABEL_DESK_UID, cd.uid().unwrap_or_default());
+    let mine = vms.list(&ListParams::default().labels(&selector)).await?;
+    if let Some(mut vm) = mine.items.into_iter().find(|vm| plan::owned_by(vm, cd)) {
+        trim_vm(&mut vm);
+        let vm_name = vm.name_any();
+        ctx.pool_vms.record(&cd.uid().unwrap_or_default(), &vm_name);
+        return Ok(Some((vm_name, vm)));
+    }
+    let vm_ns = ctx.cfg.placement.vm_namespace(ns);
+    let members = ctx.caches.pool_vms(vm_ns, pool_name);
+    let t = Instant::now();
+    let claimed = claim(vms, cd, &pool, &members, &owner, &ctx.pool_vms).await;
+    match ctx.time("claim_vm", t, claimed)? {
+        Claimed::Hit(mut vm) => {
+            count("hit", 1);
+            let vm_name = vm.name_any();
+            tracing::info!(vm = %vm_name, pool = %pool_name, "claimed a VirtualMachine from the pool");
+            ctx.announce(
+                cd,
+                Announcement::new(
+                    Reason::VirtualMachineClaimed,
+                    format!("claimed VirtualMachine {vm_name} from pool {pool_name}"),
+                ),
+            );
+            trim_vm(&mut vm);
+            Ok(Some((vm_name, *vm)))
+        }
+        Claimed::Miss { conflicts } => {
+            count("conflict", conflicts as u64);
+            count("miss", 1);
+            tracing::info!(pool = %pool_name, conflicts, "no ready VM in the pool; booting one for the desk");
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -179,8 +308,11 @@ mod tests {
         assert_eq!(ops[0]["op"], "test");
         assert_eq!(ops[0]["path"], "/metadata/labels/cyberdesk.io~1pool-state");
         assert_eq!(ops[0]["value"], "available");
-        assert_eq!(ops[1]["value"], "claimed");
-        let added: Vec<(&str, &Value)> = ops[2..]
+        assert_eq!(ops[1]["op"], "test");
+        assert_eq!(ops[1]["path"], "/metadata/deletionTimestamp");
+        assert_eq!(ops[1]["value"], Value::Null);
+        assert_eq!(ops[2]["value"], "claimed");
+        let added: Vec<(&str, &Value)> = ops[3..]
             .iter()
             .filter_map(|op| Some((op["path"].as_str()?, &op["value"])))
             .collect();

@@ -13,6 +13,7 @@ pub mod own_writes;
 pub mod plan;
 pub mod pool;
 pub mod pool_plan;
+pub mod pool_writes;
 pub mod reconcile;
 pub mod records;
 pub mod status;
@@ -36,6 +37,7 @@ use crate::catalog::Catalog;
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{
     Caches, recorded_watch, trim_desk, trim_pool, trim_vm, trim_vmi, trimmed_watch,
+    trimmed_watch_with_ready,
 };
 use crate::controller::records::{VmRecord, VmiRecord};
 use crate::metrics::Metrics;
@@ -94,8 +96,9 @@ pub async fn run(
         _ = stop.cancelled() => return,
         _ = templates.wait_synced() => {}
     }
-    // Any change to a template may fix (or break) a desk: re-check all desks.
+    // Any change to a template may fix (or break) a desk or pool: re-check them all.
     let template_changes = templates.changes();
+    let pool_template_changes = templates.changes();
 
     let reporter = Reporter {
         controller: names::FIELD_MANAGER.into(),
@@ -122,12 +125,12 @@ pub async fn run(
     );
     // Warm pools. Desks read them (a cold VM comes from its pool's template); the pool
     // controller runs only where every VM lives beside its desk, as pool VMs do.
-    let (pools, pool_events) = trimmed_watch(
+    let (pools, pool_events, pools_listed) = trimmed_watch_with_ready(
         Api::<CyberdeskPool>::all(client.clone()),
         watcher::Config::default().any_semantic(),
         trim_pool,
     );
-    let caches = Caches::new(desks.clone(), vms, vmis).with_pools(pools.clone());
+    let caches = Caches::new(desks.clone(), vms, vmis).with_pools(pools.clone(), pools_listed);
     let (pool_triggers, pool_watch) = if cfg.placement.namespace.is_none() {
         let (tx, rx) = futures::channel::mpsc::unbounded();
         (Some(tx), Ok((pools, pool_events, rx)))
@@ -229,7 +232,10 @@ pub async fn run(
             Ok(controlled) => controlled,
             // No pool controller: the watch only keeps the store the desks read.
             Err(events) => {
-                events.for_each(|_| async {}).await;
+                events
+                    .take_until(stop.cancelled())
+                    .for_each(|_| async {})
+                    .await;
                 return;
             }
         };
@@ -237,6 +243,7 @@ pub async fn run(
             .with_config(ControllerRuntimeConfig::default().concurrency(POOL_CONCURRENCY))
             .trigger_backoff(watch_backoff())
             .reconcile_on(triggers)
+            .reconcile_all_on(pool_template_changes)
             .graceful_shutdown_on(stop.clone().cancelled_owned())
             .run(pool::reconcile, pool::error_policy, pool_ctx)
             .for_each(|result| async move {

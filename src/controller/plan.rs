@@ -217,8 +217,8 @@ pub struct Settlement {
     pub call_ready: bool,
     /// The desk's platform state differs from the one recorded: write it.
     pub platform_state: Option<&'static str>,
-    /// The desk runs for the first time: how long after its creation, and where its VM
-    /// came from (`pool`, `cold`, or `none` for a desk without a pool).
+    /// The desk turned `Running` (first, or again after a restart): how long after its
+    /// creation, and where its VM came from (`pool`, `cold`, or `none` without a pool).
     pub started: Option<(Duration, &'static str)>,
     pub wake: Wake,
     pub outcome: Outcome,

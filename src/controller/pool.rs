@@ -6,12 +6,11 @@
 //! Deleting a pool deletes its unclaimed VMs (its finalizer holds it until they are
 //! going); claimed VMs stay with their desks.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -22,7 +21,7 @@ use crate::controller::error::Error;
 use crate::controller::plan::RENDER_RETRY;
 use crate::controller::pool_plan::{Member, MemberState, member_state, plan_pool};
 use crate::controller::reconcile::{
-    Context, Recipe, load_template, patch_finalizers_of, render_from,
+    Context, Recipe, load_template, patch_finalizers_of, plain_pp, render_from,
 };
 use crate::controller::status::RenderProblem;
 use crate::controller::template::Ownership;
@@ -33,79 +32,8 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 /// While VMs boot, a pool is looked at again this often even without a watch event.
 const BOOTING_RECHECK: Duration = Duration::from_secs(30);
-/// How long a VM this process created or deleted is counted as such while the cache does
-/// not show it yet.
-const OWN_WRITE_MEMORY: Duration = Duration::from_secs(60);
-/// While a pool drains, it is looked at again this often.
+/// While a pool drains, it is looked at again this often (to see its VMs gone).
 const DRAIN_RECHECK: Duration = Duration::from_secs(2);
-
-/// VMs the pool controller created or deleted, until the cache shows it: without this a
-/// pass triggered by the first new VM's event would see the others missing and boot
-/// them again.
-#[derive(Default)]
-pub struct PoolWrites {
-    inner: Mutex<HashMap<String, PendingWrites>>,
-}
-
-#[derive(Default)]
-struct PendingWrites {
-    created: HashMap<String, Instant>,
-    deleted: HashMap<String, Instant>,
-}
-
-impl PoolWrites {
-    fn created(&self, pool_uid: &str, vm: &str) {
-        if let Ok(mut inner) = self.inner.lock() {
-            let entry = inner.entry(pool_uid.into()).or_default();
-            entry.created.insert(vm.into(), Instant::now());
-        }
-    }
-
-    fn deleted(&self, pool_uid: &str, vm: &str) {
-        if let Ok(mut inner) = self.inner.lock() {
-            let entry = inner.entry(pool_uid.into()).or_default();
-            entry.deleted.insert(vm.into(), Instant::now());
-        }
-    }
-
-    fn forget(&self, pool_uid: &str) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.remove(pool_uid);
-        }
-    }
-
-    /// `members` as the cache shows them, corrected by this process's own recent writes.
-    fn correct(&self, pool_uid: &str, members: &mut Vec<Member>) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        let Some(pending) = inner.get_mut(pool_uid) else {
-            return;
-        };
-        let fresh = |at: &Instant| at.elapsed() < OWN_WRITE_MEMORY;
-        pending
-            .created
-            .retain(|name, at| fresh(at) && !members.iter().any(|m| &m.name == name));
-        pending.deleted.retain(|name, at| {
-            fresh(at)
-                && members
-                    .iter()
-                    .any(|m| &m.name == name && m.state != MemberState::Deleting)
-        });
-        for name in pending.created.keys() {
-            members.push(Member {
-                name: name.clone(),
-                state: MemberState::Booting,
-                created: Some(Timestamp::now()),
-            });
-        }
-        for member in members.iter_mut() {
-            if pending.deleted.contains_key(&member.name) {
-                member.state = MemberState::Deleting;
-            }
-        }
-    }
-}
 
 pub async fn reconcile(pool: Arc<CyberdeskPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
@@ -210,13 +138,21 @@ async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, E
     let mut problem = template_problem(pool, ctx, ns);
     let mut plan = plan_pool(pool, &members, problem.as_deref(), Timestamp::now());
 
+    for name in &plan.retire {
+        if retire(&vms, name).await? {
+            ctx.pool_writes.deleted(&uid, name);
+        }
+    }
     for name in &plan.delete {
-        delete_unclaimed(&vms, name, &uid).await?;
-        ctx.pool_writes.deleted(&uid, name);
+        if delete(&vms, name).await? {
+            ctx.pool_writes.deleted(&uid, name);
+        }
     }
     for _ in 0..plan.create {
         match create_member(pool, ctx, ns, &vms).await? {
-            Ok(name) => ctx.pool_writes.created(&uid, &name),
+            Ok(Some(name)) => ctx.pool_writes.created(&uid, &name),
+            // A name taken already: the next pass boots this one under another.
+            Ok(None) => {}
             Err(refused) => {
                 problem = Some(refused.message().to_string());
                 plan = plan_pool(pool, &members, problem.as_deref(), Timestamp::now());
@@ -260,32 +196,42 @@ async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, E
     })
 }
 
-/// Deletes pool VM `name` if it is still unclaimed and this pool's, guarded by the
-/// resourceVersion read: a desk's claim in between makes the delete fail, not the VM go.
-async fn delete_unclaimed(
-    vms: &Api<VirtualMachine>,
-    name: &str,
-    pool_uid: &str,
-) -> Result<bool, Error> {
-    let Some(vm) = vms.get_opt(name).await? else {
-        return Ok(false);
-    };
-    if member_state(&vm, pool_uid).is_none_or(|s| s == MemberState::Claimed) {
-        return Ok(false);
+/// Takes the unclaimed pool VM `name` back and deletes it: first a patch that tests it is
+/// still `available` and marks it `retiring`, so that a desk's claim, which tests the same
+/// label, and the retirement never both succeed; then the delete. `false` when a desk was
+/// faster or the VM is gone.
+async fn retire(vms: &Api<VirtualMachine>, name: &str) -> Result<bool, Error> {
+    let state = format!(
+        "/metadata/labels/{}",
+        names::LABEL_POOL_STATE.replace('/', "~1")
+    );
+    let ops = json!([
+        {"op": "test", "path": state, "value": names::POOL_STATE_AVAILABLE},
+        {"op": "replace", "path": state, "value": names::POOL_STATE_RETIRING},
+    ]);
+    let patch: json_patch::Patch =
+        serde_json::from_value(ops).map_err(|source| Error::Serialization {
+            what: "retire patch",
+            source,
+        })?;
+    match vms
+        .patch(name, &plain_pp(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => delete(vms, name).await,
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    let dp = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: vm.metadata.uid.clone(),
-            resource_version: vm.metadata.resource_version.clone(),
-        }),
-        ..Default::default()
-    };
-    match vms.delete(name, &dp).await {
+}
+
+/// Deletes a retired pool VM; `false` when it was gone already.
+async fn delete(vms: &Api<VirtualMachine>, name: &str) -> Result<bool, Error> {
+    match vms.delete(name, &DeleteParams::default()).await {
         Ok(_) => {
             tracing::info!(vm = %name, "deleted an unclaimed pool VM");
             Ok(true)
         }
-        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => Ok(false),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -345,15 +291,16 @@ pub fn as_pool_member(vm: &mut Value, pool: &str) {
     }
 }
 
-/// Renders and creates one VM for the pool: its name, or why it cannot be made.
+/// Renders and creates one VM for the pool: its name (`None`: the name was taken), or why
+/// it cannot be made.
 async fn create_member(
     pool: &CyberdeskPool,
     ctx: &Context,
     ns: &str,
     vms: &Api<VirtualMachine>,
-) -> Result<Result<String, RenderProblem>, Error> {
+) -> Result<Result<Option<String>, RenderProblem>, Error> {
     let pool_name = pool.name_any();
-    let vm_name = format!("{}pool-{pool_name}-{}", ctx.cfg.placement.prefix, suffix());
+    let vm_name = format!("{}{pool_name}-{}", names::POOL_VM_PREFIX, suffix());
     let owner = pool.controller_owner_ref(&()).ok_or(Error::NoUid)?;
     let ownership = Ownership {
         owner_reference: Some(serde_json::to_value(owner).map_err(|source| {
@@ -396,10 +343,9 @@ async fn create_member(
     match ctx.time("create_vm", t, created) {
         Ok(_) => {
             ctx.metrics.vm_created.inc();
-            Ok(Ok(vm_name))
+            Ok(Ok(Some(vm_name)))
         }
-        // A name taken already: the next pass picks another.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(vm_name)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(None)),
         Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
             Ok(Err(RenderProblem::Rejected(format!(
                 "the apiserver rejected pool VirtualMachine {vm_name}: {}",
@@ -423,12 +369,16 @@ async fn drain(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, 
     let listed = vms.list(&ListParams::default().labels(&selector)).await?;
     let mut left = 0;
     for vm in &listed.items {
+        let name = vm.name_any();
         match member_state(vm, &uid) {
-            Some(MemberState::Claimed) | None => {}
-            Some(MemberState::Deleting) => {}
-            Some(_) => {
+            Some(MemberState::Claimed | MemberState::Deleting) | None => {}
+            Some(MemberState::Retiring) => {
                 left += 1;
-                delete_unclaimed(&vms, &vm.name_any(), &uid).await?;
+                delete(&vms, &name).await?;
+            }
+            Some(MemberState::Ready | MemberState::Booting | MemberState::Failed) => {
+                left += 1;
+                retire(&vms, &name).await?;
             }
         }
     }
@@ -496,30 +446,5 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         );
         assert_ne!(a, b, "two random suffixes collided (1 in 60 million)");
-    }
-
-    #[test]
-    fn own_writes_count_until_the_cache_shows_them() {
-        let writes = PoolWrites::default();
-        writes.created("p", "vm-new");
-        writes.deleted("p", "vm-old");
-        let mut members = vec![Member {
-            name: "vm-old".into(),
-            state: MemberState::Ready,
-            created: None,
-        }];
-        writes.correct("p", &mut members);
-        assert_eq!(members.len(), 2);
-        assert_eq!(members[0].state, MemberState::Deleting);
-        assert_eq!(members[1].name, "vm-new");
-        assert_eq!(members[1].state, MemberState::Booting);
-        // The cache caught up: the new VM is there, the old one gone.
-        let mut caught_up = vec![Member {
-            name: "vm-new".into(),
-            state: MemberState::Booting,
-            created: None,
-        }];
-        writes.correct("p", &mut caught_up);
-        assert_eq!(caught_up.len(), 1);
     }
 }

@@ -21,6 +21,8 @@ pub enum MemberState {
     Ready,
     /// Unclaimed and in an error state: replaced.
     Failed,
+    /// Taken back by the pool, to be deleted (a pass stopped between the two steps).
+    Retiring,
     /// Handed to a desk; no longer the pool's to manage.
     Claimed,
     /// Being deleted.
@@ -52,14 +54,22 @@ pub fn member_state(vm: &VirtualMachine, pool_uid: &str) -> Option<MemberState> 
         .iter()
         .flatten()
         .any(|o| o.uid == pool_uid);
-    if !ours || !vm.is_available_in_pool() {
+    if !ours {
         return None;
     }
     if vm.metadata.deletion_timestamp.is_some() {
         return Some(MemberState::Deleting);
     }
+    if vm.is_retiring_from_pool() {
+        return Some(MemberState::Retiring);
+    }
+    if !vm.is_available_in_pool() {
+        return None;
+    }
     let printable = vm.printable_status();
-    Some(if printable.is_some_and(|s| VM_ERROR_STATES.contains(&s)) {
+    // No node fits: capacity may come back, and a new VM would wait just the same.
+    let failed = printable.is_some_and(|s| VM_ERROR_STATES.contains(&s) && s != UNSCHEDULABLE);
+    Some(if failed {
         MemberState::Failed
     } else if printable == Some("Running") && vm.is_ready() {
         MemberState::Ready
@@ -68,12 +78,17 @@ pub fn member_state(vm: &VirtualMachine, pool_uid: &str) -> Option<MemberState> 
     })
 }
 
+/// A VM KubeVirt cannot schedule yet; it stays in the pool as booting.
+const UNSCHEDULABLE: &str = "ErrorUnschedulable";
+
 /// What one pass over a pool does.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolPlan {
     /// How many VMs to boot now.
     pub create: usize,
-    /// Unclaimed VMs to delete (failed ones, then the surplus).
+    /// Unclaimed VMs to take back and delete (failed ones, then the surplus).
+    pub retire: Vec<String>,
+    /// VMs taken back earlier whose delete did not happen yet.
     pub delete: Vec<String>,
     /// The status to write, when it differs from the stored one.
     pub status: Option<CyberdeskPoolStatus>,
@@ -104,7 +119,11 @@ pub fn plan_pool(
     let booting = count(members, MemberState::Booting);
     let claimed = count(members, MemberState::Claimed);
 
-    let mut delete: Vec<String> = newest_first(members, MemberState::Failed)
+    let mut retire: Vec<String> = newest_first(members, MemberState::Failed)
+        .into_iter()
+        .map(|m| m.name.clone())
+        .collect();
+    let delete = newest_first(members, MemberState::Retiring)
         .into_iter()
         .map(|m| m.name.clone())
         .collect();
@@ -114,7 +133,7 @@ pub fn plan_pool(
         let booting_first = newest_first(members, MemberState::Booting)
             .into_iter()
             .chain(newest_first(members, MemberState::Ready));
-        delete.extend(booting_first.take(surplus).map(|m| m.name.clone()));
+        retire.extend(booting_first.take(surplus).map(|m| m.name.clone()));
         0
     } else if template_problem.is_some() {
         0
@@ -125,6 +144,7 @@ pub fn plan_pool(
     let desired = desired_status(pool, ready, booting, claimed, template_problem, now);
     PoolPlan {
         create,
+        retire,
         delete,
         status: (pool.status.as_ref() != Some(&desired)).then_some(desired),
     }

@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{Caches, trim_desk, trim_vm};
-use crate::controller::claim::{self, Claimed, PoolVms};
+use crate::controller::claim::{PoolVms, claim_from_pool, desk_vm};
 use crate::controller::error::Error;
 use crate::controller::own_writes::OwnWrites;
 use crate::controller::plan::{
@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::model::placement::vm_labels;
 use crate::model::{
     Cyberdesk, CyberdeskPool, Placement, SecretKeyRef, VirtualMachine, VirtualMachineInstance,
-    VmSource, names,
+    names,
 };
 
 /// A failed pass is retried after 0.5 s, doubling up to 5 min per desk.
@@ -78,7 +78,7 @@ pub struct Context {
     /// Consecutive failures per warm pool.
     pub pool_failures: Mutex<HashMap<ObjectRef<CyberdeskPool>, u32>>,
     /// VMs the pool controller created or deleted, until the cache shows it.
-    pub pool_writes: crate::controller::pool::PoolWrites,
+    pub pool_writes: crate::controller::pool_writes::PoolWrites,
 }
 
 fn pp() -> PatchParams {
@@ -94,7 +94,7 @@ pub(super) fn plain_pp() -> PatchParams {
 
 impl Context {
     /// Queues an event about the desk; publishing happens off the pass.
-    fn announce(&self, cd: &Cyberdesk, announcement: Announcement) {
+    pub(super) fn announce(&self, cd: &Cyberdesk, announcement: Announcement) {
         let reason = announcement.reason;
         let event = Event {
             type_: if reason.is_warning() {
@@ -485,55 +485,6 @@ async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outco
     apply_on(cd, ctx, ns, vm_name, vm).await
 }
 
-/// The desk's VM name and its VM, if any: `cyberdesk-<desk>` (or the platform's name),
-/// from the cache. A desk from a pool may instead have the pool VM it claimed: the one
-/// this process remembers or its status records (read live when the cache does not show
-/// the claim yet), else the one the cache shows claimed by it (a claim whose status write
-/// never happened: the operator was stopped in between).
-async fn desk_vm(
-    cd: &Cyberdesk,
-    ctx: &Context,
-    vm_ns: &str,
-    vms: &Api<VirtualMachine>,
-) -> Result<(String, Option<VirtualMachine>), Error> {
-    let name = cd.name_any();
-    let default = ctx.cfg.placement.vm_name(&name);
-    let cached = ctx.caches.vm(vm_ns, &default);
-    if cd.spec.pool.is_none() || cached.is_some() {
-        return Ok((default, cached));
-    }
-    let uid = cd.uid().unwrap_or_default();
-    let recorded = cd
-        .status
-        .as_ref()
-        .filter(|s| s.source == Some(VmSource::Pool))
-        .and_then(|s| s.virtual_machine_ref.clone());
-    if let Some(known) = ctx.pool_vms.of_desk(&uid).or(recorded) {
-        if let Some(vm) = ctx
-            .caches
-            .vm(vm_ns, &known)
-            .filter(|vm| plan::owned_by(vm, cd))
-        {
-            return Ok((known, Some(vm)));
-        }
-        match vms.get_opt(&known).await? {
-            Some(mut vm) if plan::owned_by(&vm, cd) => {
-                trim_vm(&mut vm);
-                return Ok((known, Some(vm)));
-            }
-            _ => ctx.pool_vms.forget(&uid),
-        }
-    }
-    if let Some(vm) = ctx
-        .caches
-        .claimed_by(vm_ns, &name)
-        .filter(|vm| plan::owned_by(vm, cd))
-    {
-        return Ok((vm.name_any(), Some(vm)));
-    }
-    Ok((default, None))
-}
-
 /// Carries out the plan for the desk whose VM is (or would be) `vm_name`.
 async fn apply_on(
     cd: &Cyberdesk,
@@ -685,61 +636,6 @@ async fn apply_on(
         }
     }
     Err(Error::Unsettled)
-}
-
-/// Claims a ready VM of the desk's pool, if one is left; the VM's name and the VM.
-async fn claim_from_pool(
-    cd: &Cyberdesk,
-    ctx: &Context,
-    ns: &str,
-    vms: &Api<VirtualMachine>,
-) -> Result<Option<(String, VirtualMachine)>, Error> {
-    let Some(pool_name) = cd.spec.pool.as_deref() else {
-        return Ok(None);
-    };
-    let count = |result: &str, n: u64| {
-        ctx.metrics
-            .pool_claims
-            .with_label_values(&[result])
-            .inc_by(n);
-    };
-    // A pool being deleted hands out nothing; pools are not served where VMs live in
-    // another namespace (`--vm-namespace`).
-    let pool = ctx
-        .caches
-        .pool(ns, pool_name)
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|_| ctx.cfg.placement.namespace.is_none());
-    let (Some(pool), Some(owner)) = (pool, owner_reference(cd, ctx, ns)?) else {
-        count("miss", 1);
-        return Ok(None);
-    };
-    let vm_ns = ctx.cfg.placement.vm_namespace(ns);
-    let members = ctx.caches.pool_vms(vm_ns, pool_name);
-    let t = Instant::now();
-    let claimed = claim::claim(vms, cd, &pool, &members, &owner, &ctx.pool_vms).await;
-    match ctx.time("claim_vm", t, claimed)? {
-        Claimed::Hit(mut vm) => {
-            count("hit", 1);
-            let vm_name = vm.name_any();
-            tracing::info!(vm = %vm_name, pool = %pool_name, "claimed a VirtualMachine from the pool");
-            ctx.announce(
-                cd,
-                Announcement::new(
-                    Reason::VirtualMachineClaimed,
-                    format!("claimed VirtualMachine {vm_name} from pool {pool_name}"),
-                ),
-            );
-            trim_vm(&mut vm);
-            Ok(Some((vm_name, *vm)))
-        }
-        Claimed::Miss { conflicts } => {
-            count("conflict", conflicts as u64);
-            count("miss", 1);
-            tracing::info!(pool = %pool_name, conflicts, "no ready VM in the pool; booting one for the desk");
-            Ok(None)
-        }
-    }
 }
 
 fn create_params() -> kube::api::PostParams {

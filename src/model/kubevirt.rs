@@ -170,6 +170,12 @@ impl VirtualMachine {
             && self.label(names::LABEL_POOL_STATE) == Some(names::POOL_STATE_AVAILABLE)
     }
 
+    /// A pool VM the pool is taking back to delete it.
+    pub fn is_retiring_from_pool(&self) -> bool {
+        self.pool().is_some()
+            && self.label(names::LABEL_POOL_STATE) == Some(names::POOL_STATE_RETIRING)
+    }
+
     /// A pool VM that a desk claimed.
     pub fn is_claimed_from_pool(&self) -> bool {
         self.pool().is_some()

@@ -47,6 +47,11 @@ pub const LABEL_POOL: &str = "cyberdesk.io/pool";
 pub const LABEL_POOL_STATE: &str = "cyberdesk.io/pool-state";
 pub const POOL_STATE_AVAILABLE: &str = "available";
 pub const POOL_STATE_CLAIMED: &str = "claimed";
+/// A pool VM the pool took back to delete it (scale-down, failure, the pool deleted): set
+/// by a patch that tests `available`, so a claim and a retirement never both succeed.
+pub const POOL_STATE_RETIRING: &str = "retiring";
+/// Pool VMs are named `cyberdesk-pool-<pool>-<5 characters>`, whatever `--vm-name-prefix`.
+pub const POOL_VM_PREFIX: &str = "cyberdesk-pool-";
 /// When a desk claimed a pool VM (RFC 3339): the desk's lifetime counts from here.
 pub const ANNOTATION_CLAIMED_AT: &str = "cyberdesk.io/claimed-at";
 /// Keeps a CyberdeskPool until its unclaimed VMs are gone.

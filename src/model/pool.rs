@@ -28,7 +28,8 @@ pub const DEFAULT_MAX_BOOTING: i32 = 10;
     namespaced,
     status = "CyberdeskPoolStatus",
     shortname = "cdp",
-    category = "cyberdesk",
+    // No category: kubectl expands a category before a singular name, and the desks'
+    // category is "cyberdesk", their singular; sharing it would break `kubectl get cyberdesk X`.
     doc = "VMs booted ahead of time for the Cyberdesks of this namespace that name the pool.",
     printcolumn = r#"{"name": "Ready", "type": "integer", "jsonPath": ".status.ready", "description": "Booted VMs waiting for a desk"}"#,
     printcolumn = r#"{"name": "Booting", "type": "integer", "jsonPath": ".status.booting", "description": "VMs still booting"}"#,
@@ -118,6 +119,10 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(columns, ["Ready", "Booting", "Claimed", "Desired", "Age"]);
+        assert_eq!(
+            crd.spec.names.categories, None,
+            "see the comment on the kube attribute"
+        );
         let json = serde_json::to_value(&crd).expect("crd serializes");
         let spec = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(

@@ -79,7 +79,7 @@ fn now() -> Timestamp {
 fn an_empty_pool_boots_no_more_than_max_booting_at_once() {
     let plan = plan_pool(&pool(20, Some(5)), &[], None, now());
     assert_eq!(plan.create, 5);
-    assert!(plan.delete.is_empty());
+    assert!(plan.retire.is_empty());
     let status = plan.status.expect("a first status");
     assert_eq!((status.ready, status.booting, status.claimed), (0, 0, 0));
 }
@@ -106,7 +106,7 @@ fn a_full_pool_does_nothing_and_writes_nothing_the_second_time() {
     let mut p = pool(2, None);
     let first = plan_pool(&p, &members(&vms), None, now());
     assert_eq!(first.create, 0);
-    assert!(first.delete.is_empty());
+    assert!(first.retire.is_empty());
     p.status = first.status;
     let ready_cond = p
         .status
@@ -134,7 +134,7 @@ fn claimed_vms_are_counted_but_neither_kept_nor_deleted() {
     let vms = [ready("a", 60), claimed];
     let plan = plan_pool(&pool(2, None), &members(&vms), None, now());
     assert_eq!(plan.create, 1, "the claimed VM no longer fills the pool");
-    assert!(plan.delete.is_empty());
+    assert!(plan.retire.is_empty());
     assert_eq!(plan.status.expect("status").claimed, 1);
 }
 
@@ -148,7 +148,7 @@ fn scaling_down_deletes_booting_vms_first_then_the_newest_ready_ones() {
     ];
     let plan = plan_pool(&pool(1, None), &members(&vms), None, now());
     assert_eq!(plan.create, 0);
-    assert_eq!(plan.delete, ["boot", "new", "mid"]);
+    assert_eq!(plan.retire, ["boot", "new", "mid"]);
 }
 
 #[test]
@@ -164,7 +164,34 @@ fn failed_vms_are_replaced() {
         ),
     ];
     let plan = plan_pool(&pool(2, None), &members(&vms), None, now());
-    assert_eq!(plan.delete, ["f"]);
+    assert_eq!(plan.retire, ["f"]);
+    assert_eq!(plan.create, 1);
+}
+
+#[test]
+fn an_unschedulable_vm_waits_in_the_pool_instead_of_being_replaced() {
+    let vms = [vm(
+        "u",
+        names::POOL_STATE_AVAILABLE,
+        "ErrorUnschedulable",
+        false,
+        60,
+    )];
+    let plan = plan_pool(&pool(1, None), &members(&vms), None, now());
+    assert!(plan.retire.is_empty());
+    assert_eq!(plan.create, 0);
+    assert_eq!(plan.status.expect("status").booting, 1);
+}
+
+#[test]
+fn a_vm_taken_back_earlier_is_deleted_and_not_counted() {
+    let vms = [
+        ready("a", 60),
+        vm("r", names::POOL_STATE_RETIRING, "Running", true, 60),
+    ];
+    let plan = plan_pool(&pool(2, None), &members(&vms), None, now());
+    assert_eq!(plan.delete, ["r"]);
+    assert!(plan.retire.is_empty());
     assert_eq!(plan.create, 1);
 }
 
