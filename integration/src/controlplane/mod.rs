@@ -65,6 +65,14 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// A process could not bind its port: someone took it after it was chosen.
+    fn port_taken(&self) -> bool {
+        matches!(self, Error::Exited { tail, .. } | Error::NotReady { tail, .. }
+            if tail.contains("address already in use"))
+    }
+}
+
 /// The user the operator authenticates as: its ServiceAccount in the shipped manifests.
 /// Tests run the operator under this name so the shipped RBAC, not `system:masters`,
 /// decides what it may do.
@@ -241,7 +249,31 @@ impl ControlPlane {
     ///
     /// Call it from a thread that outlives the control plane: the children are killed when
     /// the thread that spawned them exits.
+    /// Starts etcd and kube-apiserver on free ports. A port is free when chosen and bound
+    /// by the process a moment later; another process on the machine (a parallel test
+    /// binary) may take it in between, so a start that fails on a taken port is tried
+    /// again on new ports, up to three times.
     pub fn start(opts: &Options) -> Result<Self, Error> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(opts) {
+                Err(e)
+                    if attempt < 3
+                        && e.port_taken()
+                        && opts.apiserver_port.is_none()
+                        && opts.etcd_port.is_none() =>
+                {
+                    eprintln!(
+                        "control plane: a port was taken during start-up; trying again ({e})"
+                    );
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(opts: &Options) -> Result<Self, Error> {
         let apiserver_bin = binary(&opts.bin_dir, "kube-apiserver")?;
         let etcd_bin = binary(&opts.bin_dir, "etcd")?;
         let kubectl = binary(&opts.bin_dir, "kubectl")?;
