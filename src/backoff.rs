@@ -50,6 +50,37 @@ pub fn nth_delay(min: Duration, max: Duration, attempt: u32) -> Duration {
     min.saturating_mul(1u32 << doublings).min(max)
 }
 
+/// Consecutive failures per object, for [`nth_delay`]; a success clears the count.
+pub struct Failures<K> {
+    counts: std::sync::Mutex<std::collections::HashMap<K, u32>>,
+}
+
+impl<K> Default for Failures<K> {
+    fn default() -> Self {
+        Self {
+            counts: Default::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Failures<K> {
+    /// Counts one more failure of `key`; the count so far (1 for the first).
+    pub fn record(&self, key: K) -> u32 {
+        let Ok(mut counts) = self.counts.lock() else {
+            return 1;
+        };
+        let n = counts.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    pub fn clear(&self, key: &K) {
+        if let Ok(mut counts) = self.counts.lock() {
+            counts.remove(key);
+        }
+    }
+}
+
 /// The backoff every watch uses.
 pub fn watch_backoff() -> ExponentialBackoff {
     ExponentialBackoff::default()

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use cyberdesk_operator::model::{CyberdeskPool, VirtualMachine, VmSource, names};
+use cyberdesk_operator::model::{Cyberdesk, CyberdeskPool, VirtualMachine, VmSource, names};
 use kube::Api;
 use kube::api::ListParams;
 
@@ -41,6 +41,27 @@ pub async fn pool_vms(apis: &Apis, pool: &str) -> Vec<VirtualMachine> {
         .await
         .expect("list VMs")
         .items
+}
+
+/// Creates desks `d00`, `d01`, … (`n` of them) naming `pool`, all at once, as a
+/// platform's API would send them.
+pub async fn create_pool_desks(apis: &Apis, n: usize, pool: &str) -> Result<(), kube::Error> {
+    let creates = (0..n).map(|i| {
+        let desks = apis.desks.clone();
+        async move {
+            let desk: Cyberdesk = serde_json::from_value(serde_json::json!({
+                "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+                "metadata": {"name": format!("d{i:02}")},
+                "spec": {"timeoutMs": 600000, "pool": pool}
+            }))
+            .expect("a desk");
+            desks.create(&Default::default(), &desk).await
+        }
+    });
+    for created in futures::future::join_all(creates).await {
+        created?;
+    }
+    Ok(())
 }
 
 /// What the desks of a namespace got, checked against the VMs there: every desk has its

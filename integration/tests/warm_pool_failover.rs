@@ -10,11 +10,12 @@ use cyberdesk_integration::cluster::{cluster, install_everything, namespace};
 use cyberdesk_integration::desks::{Apis, in_phase};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};
-use cyberdesk_integration::pools::{apply, audit, pool_vms, pool_yaml, wait_pool_ready};
+use cyberdesk_integration::pools::{
+    apply, audit, create_pool_desks, pool_vms, pool_yaml, wait_pool_ready,
+};
 use cyberdesk_integration::wait::{eventually, until};
-use cyberdesk_operator::model::{Cyberdesk, CyberdeskPool};
+use cyberdesk_operator::model::CyberdeskPool;
 use kube::Api;
-use kube::api::PostParams;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_mid_claim_leaves_no_double_claim_and_no_leak() {
@@ -41,19 +42,10 @@ async fn a_leader_killed_mid_claim_leaves_no_double_claim_and_no_leak() {
     apply(&c, &pool_yaml(&ns, "warm", "{size: 20, maxBooting: 20}"));
     wait_pool_ready(&pools, "warm", 20, Duration::from_secs(90)).await;
 
-    let creates = (0..50).map(|i| {
-        let desks = apis.desks.clone();
-        async move {
-            let desk: Cyberdesk = serde_json::from_value(serde_json::json!({
-                "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
-                "metadata": {"name": format!("d{i:02}")},
-                "spec": {"timeoutMs": 600000, "pool": "warm"}
-            }))
-            .expect("desk");
-            desks.create(&PostParams::default(), &desk).await
-        }
+    let created = tokio::spawn({
+        let apis = Apis::new(&client, &ns);
+        async move { create_pool_desks(&apis, 50, "warm").await }
     });
-    let created = tokio::spawn(futures::future::join_all(creates));
     // Kill the leader the moment the first claim is visible: the rest are mid-flight.
     eventually(Duration::from_secs(30), "a first claim", || async {
         let vms = pool_vms(&apis, "warm").await;
@@ -67,9 +59,7 @@ async fn a_leader_killed_mid_claim_leaves_no_double_claim_and_no_leak() {
         .filter(|vm| vm.is_claimed_from_pool())
         .count();
     drop(first);
-    for desk in created.await.expect("creates") {
-        desk.expect("create desk");
-    }
+    created.await.expect("creates").expect("create desks");
 
     let second = OperatorProcess::start(&c, "second", &flags);
     assert!(

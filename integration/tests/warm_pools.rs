@@ -8,11 +8,13 @@ use cyberdesk_integration::cluster::Cluster;
 use cyberdesk_integration::desks::{desk_namespace, desk_yaml, epoch_ms, now_ms};
 use cyberdesk_integration::kubevirt::SimulatorOptions;
 use cyberdesk_integration::operator::{Scrape, SharedOperator, metric_sample, webhook_operator};
-use cyberdesk_integration::pools::{apply, audit, pool_vms, pool_yaml, wait_pool_ready};
+use cyberdesk_integration::pools::{
+    apply, audit, create_pool_desks, pool_vms, pool_yaml, wait_pool_ready,
+};
 use cyberdesk_integration::wait::eventually;
-use cyberdesk_operator::model::{Cyberdesk, CyberdeskPool, VmSource, names};
+use cyberdesk_operator::model::{CyberdeskPool, VmSource, names};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 
 /// Each of the simulator's three steps to Running: a boot takes three times this.
 const STEP: Duration = Duration::from_secs(2);
@@ -124,21 +126,9 @@ async fn fifty_desks_at_once_against_twenty_ready_vms_make_twenty_claims_and_thi
 
     // All at once, as a platform's API would send them. The refill takes a boot, longer
     // than it takes to admit and place fifty desks, so exactly twenty find a ready VM.
-    let creates = (0..50).map(|i| {
-        let desks = apis.desks.clone();
-        async move {
-            let desk: Cyberdesk = serde_json::from_value(serde_json::json!({
-                "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
-                "metadata": {"name": format!("d{i:02}")},
-                "spec": {"timeoutMs": 600000, "pool": "warm"}
-            }))
-            .expect("desk");
-            desks.create(&PostParams::default(), &desk).await
-        }
-    });
-    for created in futures::future::join_all(creates).await {
-        created.expect("create desk");
-    }
+    create_pool_desks(&apis, 50, "warm")
+        .await
+        .expect("create desks");
     eventually(Duration::from_secs(120), "50 desks Running", || async {
         (apis.count_in_phase("Running").await == 50).then_some(())
     })

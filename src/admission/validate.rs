@@ -195,7 +195,7 @@ pub(super) fn label_problems(s: &str) -> Vec<String> {
 
 /// Why `s` is not a DNS-1123 subdomain (what Kubernetes requires of ConfigMap and Secret
 /// names); `None` when it is one.
-pub(super) fn subdomain_problem(s: &str) -> Option<String> {
+fn subdomain_problem(s: &str) -> Option<String> {
     if s.is_empty() {
         return Some("must not be empty".into());
     }
@@ -256,6 +256,13 @@ fn check_spec(
         }
     }
 
+    check_template_and_user_data(spec, verdict);
+    check_pool(spec, verdict);
+    timeout
+}
+
+/// `spec.template` and `spec.userDataSecretRef`, as a desk and a pool both have them.
+pub(super) fn check_template_and_user_data(spec: &Map<String, Value>, verdict: &mut Verdict) {
     match spec.get("template") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s.is_empty() => {
@@ -291,8 +298,6 @@ fn check_spec(
             ),
         ),
     }
-    check_pool(spec, verdict);
-    timeout
 }
 
 /// `spec.pool` names a CyberdeskPool of the desk's namespace, whose template and user data
@@ -426,7 +431,7 @@ fn check_timeout(value: Option<&Value>, cfg: &ValidateConfig) -> Result<Option<i
     Ok(Some(ms))
 }
 
-pub(super) fn check_secret_ref(r: &Map<String, Value>, verdict: &mut Verdict) {
+fn check_secret_ref(r: &Map<String, Value>, verdict: &mut Verdict) {
     check_known_fields("spec.userDataSecretRef", r, &SECRET_REF_FIELDS, verdict);
     const NAME: &str = "spec.userDataSecretRef.name";
     const KEY: &str = "spec.userDataSecretRef.key";

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::admission::validate::{
-    check_known_fields, check_secret_ref, describe, echo, label_problems, subdomain_problem,
+    check_known_fields, check_template_and_user_data, describe, echo, label_problems,
 };
 use crate::admission::verdict::{Operation, Verdict};
 use crate::model::pool::{MAX_POOL_NAME, MAX_POOL_SIZE};
@@ -42,32 +42,7 @@ pub fn validate_pool(
         false,
         &mut verdict,
     );
-    match spec.get("template") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            if let Some(problem) = subdomain_problem(s) {
-                verdict.deny("spec.template", format!("must name a ConfigMap: {problem}"));
-            }
-        }
-        Some(other) => verdict.deny(
-            "spec.template",
-            format!(
-                "must be the name of a ConfigMap (a string), got {}",
-                describe(other)
-            ),
-        ),
-    }
-    match spec.get("userDataSecretRef") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(r)) => check_secret_ref(r, &mut verdict),
-        Some(other) => verdict.deny(
-            "spec.userDataSecretRef",
-            format!(
-                "must be an object with the Secret's name and key, got {}",
-                describe(other)
-            ),
-        ),
-    }
+    check_template_and_user_data(spec, &mut verdict);
     if operation == Operation::Update
         && let Some(old_spec) = old.and_then(|o| o.get("spec"))
     {

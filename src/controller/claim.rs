@@ -22,7 +22,8 @@ use crate::controller::error::Error;
 use crate::controller::expiry;
 use crate::controller::plan::{self, Announcement, Reason};
 use crate::controller::pool_plan::claim_order;
-use crate::controller::reconcile::{Context, load_template, owner_reference, plain_pp};
+use crate::controller::reconcile::{Context, owner_reference, plain_pp};
+use crate::controller::render::load_template;
 use crate::model::{Cyberdesk, CyberdeskPool, VirtualMachine, VmSource, names};
 
 /// Most VMs one pass tries before it gives up on the pool and boots a VM of its own.

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod claim;
 pub mod error;
 pub mod expiry;
+pub mod finalizers;
 pub mod orphans;
 pub mod own_writes;
 pub mod plan;
@@ -16,11 +17,12 @@ pub mod pool_plan;
 pub mod pool_writes;
 pub mod reconcile;
 pub mod records;
+pub mod render;
 pub mod status;
 pub mod takeover;
 pub mod template;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -200,9 +202,9 @@ pub async fn run(
         cfg,
         caches: caches.clone(),
         own_writes: Default::default(),
-        failures: Mutex::new(Default::default()),
+        failures: Default::default(),
         pool_vms: Default::default(),
-        pool_failures: Mutex::new(Default::default()),
+        pool_failures: Default::default(),
         pool_writes: Default::default(),
     });
     let gauges = tokio::spawn(count_from_caches(caches, metrics, stop.clone()));

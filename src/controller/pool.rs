@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::controller::error::Error;
+use crate::controller::finalizers;
 use crate::controller::plan::RENDER_RETRY;
 use crate::controller::pool_plan::{Member, MemberState, member_state, plan_pool};
-use crate::controller::reconcile::{
-    Context, Recipe, load_template, patch_finalizers_of, plain_pp, render_from,
-};
+use crate::controller::reconcile::{Context, create_params, plain_pp};
+use crate::controller::render::{Recipe, load_template, render_from};
 use crate::controller::status::RenderProblem;
 use crate::controller::template::Ownership;
 use crate::model::{CyberdeskPool, VirtualMachine, names};
@@ -55,10 +55,8 @@ pub async fn reconcile(pool: Arc<CyberdeskPool>, ctx: Arc<Context>) -> Result<Ac
     .instrument(span)
     .await;
     let result = ctx.time("reconcile_pool", start, result);
-    if result.is_ok()
-        && let Ok(mut failures) = ctx.pool_failures.lock()
-    {
-        failures.remove(&ObjectRef::from(pool.as_ref()));
+    if result.is_ok() {
+        ctx.pool_failures.clear(&ObjectRef::from(pool.as_ref()));
     }
     result
 }
@@ -69,14 +67,7 @@ pub fn error_policy(pool: Arc<CyberdeskPool>, error: &Error, ctx: Arc<Context>) 
         .reconcile_errors
         .with_label_values(&[error.metric_label()])
         .inc();
-    let attempts = match ctx.pool_failures.lock() {
-        Ok(mut failures) => {
-            let n = failures.entry(ObjectRef::from(pool.as_ref())).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        }
-        Err(_) => 1,
-    };
+    let attempts = ctx.pool_failures.record(ObjectRef::from(pool.as_ref()));
     let delay = crate::backoff::nth_delay(RETRY_MIN, RETRY_MAX, attempts);
     tracing::warn!(pool = %pool.name_any(), namespace = ?pool.namespace(), %error, attempts, ?delay, "pool reconcile failed; retrying");
     Action::requeue(delay)
@@ -121,15 +112,7 @@ async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, E
     let pool = if has_finalizer(pool) {
         pool
     } else {
-        let rv = pool.resource_version().unwrap_or_default();
-        let ops = if pool.metadata.finalizers.is_none() {
-            json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-                   {"op": "add", "path": "/metadata/finalizers", "value": [names::POOL_FINALIZER]}])
-        } else {
-            json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-                   {"op": "add", "path": "/metadata/finalizers/-", "value": names::POOL_FINALIZER}])
-        };
-        stored = patch_finalizers_of(&api, &pool.name_any(), ops).await?;
+        stored = finalizers::add(&api, pool, names::POOL_FINALIZER).await?;
         &stored
     };
     let uid = pool.uid().ok_or(Error::NoUid)?;
@@ -334,12 +317,8 @@ async fn create_member(
             what: "rendered VirtualMachine",
             source,
         })?;
-    let params = kube::api::PostParams {
-        dry_run: false,
-        field_manager: Some(names::FIELD_MANAGER.into()),
-    };
     let t = Instant::now();
-    let created = vms.create(&params, &vm).await;
+    let created = vms.create(&create_params(), &vm).await;
     match ctx.time("create_vm", t, created) {
         Ok(_) => {
             ctx.metrics.vm_created.inc();
@@ -386,21 +365,7 @@ async fn drain(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, 
         return Ok(Action::requeue(DRAIN_RECHECK));
     }
     let api: Api<CyberdeskPool> = Api::namespaced(ctx.client.clone(), ns);
-    let remaining: Vec<&String> = pool
-        .finalizers()
-        .iter()
-        .filter(|f| *f != names::POOL_FINALIZER)
-        .collect();
-    let rv = pool.resource_version().unwrap_or_default();
-    let ops = json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-        {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
-    ]);
-    match patch_finalizers_of(&api, &name, ops).await {
-        Ok(_) => {}
-        Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => {}
-        Err(e) => return Err(e),
-    }
+    finalizers::release(&api, pool, names::POOL_FINALIZER).await?;
     ctx.pool_writes.forget(&uid);
     for state in ["ready", "booting", "claimed", "desired"] {
         let _ = ctx

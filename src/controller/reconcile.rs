@@ -1,14 +1,10 @@
 //! One level-triggered reconcile pass for a Cyberdesk: read the world, make it right, write
 //! only what changed. Running it twice in a row changes nothing.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -17,23 +13,23 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use crate::catalog::{Catalog, ResolvedTemplate, TemplateRefusal};
+use crate::backoff::Failures;
+use crate::catalog::Catalog;
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{Caches, trim_desk, trim_vm};
 use crate::controller::claim::{PoolVms, claim_from_pool, desk_vm};
 use crate::controller::error::Error;
+use crate::controller::finalizers;
 use crate::controller::own_writes::OwnWrites;
 use crate::controller::plan::{
     self, Announcement, CleanupStep, Observation, Outcome, Reason, Settlement, Step, Wake,
 };
+use crate::controller::render::render_vm;
 use crate::controller::status::RenderProblem;
 use crate::controller::takeover::{claim_vm, find_legacy_vm, take_over_finalizer};
-use crate::controller::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateVars};
 use crate::metrics::Metrics;
-use crate::model::placement::vm_labels;
 use crate::model::{
-    Cyberdesk, CyberdeskPool, Placement, SecretKeyRef, VirtualMachine, VirtualMachineInstance,
-    names,
+    Cyberdesk, CyberdeskPool, Placement, VirtualMachine, VirtualMachineInstance, names,
 };
 
 /// A failed pass is retried after 0.5 s, doubling up to 5 min per desk.
@@ -72,11 +68,11 @@ pub struct Context {
     /// Tells the platform about desks, off the pass (`None`: nothing configured).
     pub notifier: Option<crate::notify::Notifier>,
     /// Consecutive failures per desk, for exponential backoff.
-    pub failures: Mutex<HashMap<ObjectRef<Cyberdesk>, u32>>,
+    pub failures: Failures<ObjectRef<Cyberdesk>>,
     /// The VMs pooled desks got, until the caches show them.
     pub pool_vms: PoolVms,
     /// Consecutive failures per warm pool.
-    pub pool_failures: Mutex<HashMap<ObjectRef<CyberdeskPool>, u32>>,
+    pub pool_failures: Failures<ObjectRef<CyberdeskPool>>,
     /// VMs the pool controller created or deleted, until the cache shows it.
     pub pool_writes: crate::controller::pool_writes::PoolWrites,
 }
@@ -152,9 +148,7 @@ pub async fn reconcile(cd: Arc<Cyberdesk>, ctx: Arc<Context>) -> Result<Action, 
         .with_label_values(&[label])
         .inc();
     let (action, _) = result?;
-    if let Ok(mut failures) = ctx.failures.lock() {
-        failures.remove(&ObjectRef::from(cd.as_ref()));
-    }
+    ctx.failures.clear(&ObjectRef::from(cd.as_ref()));
     Ok(action)
 }
 
@@ -164,59 +158,10 @@ pub fn error_policy(cd: Arc<Cyberdesk>, error: &Error, ctx: Arc<Context>) -> Act
         .reconcile_errors
         .with_label_values(&[error.metric_label()])
         .inc();
-    let attempts = match ctx.failures.lock() {
-        Ok(mut failures) => {
-            let n = failures.entry(ObjectRef::from(cd.as_ref())).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        }
-        Err(_) => 1,
-    };
+    let attempts = ctx.failures.record(ObjectRef::from(cd.as_ref()));
     let delay = crate::backoff::nth_delay(RETRY_MIN, RETRY_MAX, attempts);
     tracing::warn!(cyberdesk = %cd.name_any(), namespace = ?cd.namespace(), %error, attempts, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
-}
-
-/// Adds the finalizer, guarded by the resourceVersion the pass read; the desk as stored.
-async fn ensure_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<Cyberdesk, Error> {
-    let rv = cd.resource_version().unwrap_or_default();
-    let ops = if cd.metadata.finalizers.is_none() {
-        json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-               {"op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER]}])
-    } else {
-        json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-               {"op": "add", "path": "/metadata/finalizers/-", "value": names::FINALIZER}])
-    };
-    patch_finalizers(api, cd, ops).await
-}
-
-/// Sends a JSON patch of the desk's finalizers (its first op tests the resourceVersion);
-/// the desk as stored.
-pub(super) async fn patch_finalizers(
-    api: &Api<Cyberdesk>,
-    cd: &Cyberdesk,
-    ops: serde_json::Value,
-) -> Result<Cyberdesk, Error> {
-    patch_finalizers_of(api, &cd.name_any(), ops).await
-}
-
-/// Sends a JSON patch of an object's finalizers; the object as stored.
-pub(super) async fn patch_finalizers_of<K>(
-    api: &Api<K>,
-    name: &str,
-    ops: serde_json::Value,
-) -> Result<K, Error>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let patch: json_patch::Patch =
-        serde_json::from_value(ops).map_err(|source| Error::Serialization {
-            what: "finalizer patch",
-            source,
-        })?;
-    Ok(api
-        .patch(name, &plain_pp(), &Patch::<()>::Json(patch))
-        .await?)
 }
 
 /// The ownerReference a VM of this desk carries: none when it lives in another namespace
@@ -236,183 +181,6 @@ pub(super) fn owner_reference(
             what: "ownerReference",
             source,
         })
-}
-
-async fn remove_finalizer(api: &Api<Cyberdesk>, cd: &Cyberdesk) -> Result<(), Error> {
-    let remaining: Vec<&String> = cd
-        .finalizers()
-        .iter()
-        .filter(|f| *f != names::FINALIZER)
-        .collect();
-    let rv = cd.resource_version().unwrap_or_default();
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-        {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
-    ]))
-    .map_err(|source| Error::Serialization {
-        what: "finalizer patch",
-        source,
-    })?;
-    match api
-        .patch(&cd.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Where a VM's template and user data come from: the desk's spec, or its pool's.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Recipe<'a> {
-    pub template: Option<&'a str>,
-    pub user_data: Option<&'a SecretKeyRef>,
-}
-
-/// The template, parsed; refused like the webhook refuses it, because the webhooks can be
-/// switched off.
-pub(super) fn load_template(
-    template: Option<&str>,
-    ctx: &Context,
-    ns: &str,
-) -> Result<(ResolvedTemplate, Value), RenderProblem> {
-    let resolved = ctx
-        .templates
-        .resolve(template, ns)
-        .map_err(|refusal| match refusal {
-            TemplateRefusal::NotAllowed { .. } => {
-                RenderProblem::TemplateNotAllowed(refusal.to_string())
-            }
-            _ => RenderProblem::Template(refusal.to_string()),
-        })?;
-    let parsed = template::parse(&resolved.text)
-        .map_err(|e| RenderProblem::Template(format!("{}: {e}", resolved.describe())))?;
-    Ok((resolved, parsed))
-}
-
-/// The user data the template asks for: the Secret's name for a `secretRef` (not read: KubeVirt
-/// reads it), its value base64 for `${user_data_base64}` (read, which needs the opt-in RBAC).
-/// API failures other than not-found/forbidden are errors (retried), not problems.
-async fn user_data_vars(
-    user_data: Option<&SecretKeyRef>,
-    resolved: &ResolvedTemplate,
-    ctx: &Context,
-    ns: &str,
-) -> Result<Result<(String, String), RenderProblem>, Error> {
-    let Some(r) = user_data else {
-        return Ok(Ok((B64.encode(EMPTY_CLOUD_CONFIG), String::new())));
-    };
-    if let Some(problem) = resolved.secret_key_problem(&r.key) {
-        return Ok(Err(RenderProblem::UserData(problem)));
-    }
-    if !resolved.uses(template::USER_DATA_BASE64) {
-        return Ok(Ok((String::new(), r.name.clone())));
-    }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    match secrets.get_opt(&r.name).await {
-        Ok(Some(secret)) => match secret.data.as_ref().and_then(|d| d.get(&r.key)) {
-            Some(bytes) => Ok(Ok((B64.encode(&bytes.0), r.name.clone()))),
-            None => Ok(Err(RenderProblem::UserData(format!(
-                "Secret {} has no key {}",
-                r.name, r.key
-            )))),
-        },
-        Ok(None) => Ok(Err(RenderProblem::UserData(format!(
-            "Secret {} not found in namespace {ns}",
-            r.name
-        )))),
-        Err(kube::Error::Api(e)) if e.code == 403 => Ok(Err(RenderProblem::UserData(format!(
-            "{} puts the user data inline (${{user_data_base64}}), but the operator may not get Secret {} in namespace {ns}; install the inline-user-data component (manifests/components/inline-user-data) or use a template with ${{user_data_secret_name}}",
-            resolved.describe(),
-            r.name
-        )))),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The desk's VM source: its own spec, or, for a desk from a pool, the pool's (read from
-/// the cache; a missing pool is a problem reported on the desk and retried).
-fn desk_source<'a>(
-    cd: &'a Cyberdesk,
-    pool: Option<&'a CyberdeskPool>,
-) -> Result<Recipe<'a>, RenderProblem> {
-    match (&cd.spec.pool, pool) {
-        (None, _) => Ok(Recipe {
-            template: cd.spec.template.as_deref(),
-            user_data: cd.spec.user_data_secret_ref.as_ref(),
-        }),
-        (Some(_), Some(pool)) => Ok(Recipe {
-            template: pool.spec.template.as_deref(),
-            user_data: pool.spec.user_data_secret_ref.as_ref(),
-        }),
-        (Some(name), None) => Err(RenderProblem::Template(format!(
-            "CyberdeskPool {name} not found in namespace {}",
-            cd.namespace().unwrap_or_default()
-        ))),
-    }
-}
-
-async fn render_vm(
-    cd: &Cyberdesk,
-    ctx: &Context,
-    ns: &str,
-) -> Result<Result<Value, RenderProblem>, Error> {
-    let pool = cd.spec.pool.as_deref().and_then(|p| ctx.caches.pool(ns, p));
-    let source = match desk_source(cd, pool.as_deref()) {
-        Ok(source) => source,
-        Err(problem) => return Ok(Err(problem)),
-    };
-    let uid = cd.uid().ok_or(Error::NoUid)?;
-    let name = cd.name_any();
-    let ownership = Ownership {
-        owner_reference: owner_reference(cd, ctx, ns)?,
-        labels: vm_labels(ns, &name, &uid),
-    };
-    let vm_name = ctx.cfg.placement.vm_name(&name);
-    render_from(source, vm_name, name, &ownership, ctx, ns).await
-}
-
-/// Renders a VM named `vm_name` from `source` for `cyberdesk_name` (a desk, or the VM
-/// itself for a pool VM, whose desk is not known at boot).
-pub(super) async fn render_from(
-    source: Recipe<'_>,
-    vm_name: String,
-    cyberdesk_name: String,
-    ownership: &Ownership,
-    ctx: &Context,
-    ns: &str,
-) -> Result<Result<Value, RenderProblem>, Error> {
-    let (resolved, template) = match load_template(source.template, ctx, ns) {
-        Ok(t) => t,
-        Err(problem) => return Ok(Err(problem)),
-    };
-    let placement = &ctx.cfg.placement;
-    let vm_ns = placement.vm_namespace(ns);
-    let (user_data_base64, user_data_secret_name) =
-        match user_data_vars(source.user_data, &resolved, ctx, ns).await? {
-            Ok(u) => u,
-            Err(problem) => return Ok(Err(problem)),
-        };
-    if !user_data_secret_name.is_empty()
-        && !resolved.uses(template::USER_DATA_BASE64)
-        && placement.elsewhere(ns)
-    {
-        // KubeVirt reads a secretRef in the VM's namespace, where the desk's Secret is not.
-        return Ok(Err(RenderProblem::UserData(format!(
-            "{} hands KubeVirt the user-data Secret by name, but VMs live in namespace {vm_ns} (--vm-namespace), where KubeVirt cannot read Secret {user_data_secret_name} of namespace {ns}; use a template with ${{user_data_base64}}",
-            resolved.describe()
-        ))));
-    }
-    let vars = TemplateVars {
-        vm_name,
-        namespace: vm_ns.into(),
-        cyberdesk_name,
-        user_data_base64,
-        user_data_secret_name,
-    };
-    Ok(template::render(&template, &vars, ownership)
-        .map_err(|e| RenderProblem::Template(e.to_string())))
 }
 
 /// Halts the VM with a guarded JSON patch (the same change `virtctl stop` makes).
@@ -521,7 +289,7 @@ async fn apply_on(
             Step::AddFinalizer => {
                 // Carry on with the desk as stored: one pass adds the finalizer and
                 // creates the VM.
-                let stored = remember(ctx, cd, ensure_finalizer(&api, cd).await?);
+                let stored = remember(ctx, cd, finalizers::add(&api, cd, names::FINALIZER).await?);
                 return Box::pin(apply(&stored, ctx, ns)).await;
             }
             Step::TakeOverFinalizer => {
@@ -638,7 +406,7 @@ async fn apply_on(
     Err(Error::Unsettled)
 }
 
-fn create_params() -> kube::api::PostParams {
+pub(super) fn create_params() -> kube::api::PostParams {
     kube::api::PostParams {
         dry_run: false,
         field_manager: Some(names::FIELD_MANAGER.into()),
@@ -775,7 +543,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
                 return Ok((Action::requeue(plan::CLEANUP_RECHECK), Outcome::Requeue));
             }
             CleanupStep::Release(announcement) => {
-                remove_finalizer(&api, cd).await?;
+                finalizers::release(&api, cd, names::FINALIZER).await?;
                 ctx.own_writes.forget(cd);
                 ctx.pool_vms.forget(&cd.uid().unwrap_or_default());
                 if let (Some(notifier), Some(uid)) = (&ctx.notifier, cd.uid()) {

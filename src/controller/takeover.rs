@@ -8,7 +8,8 @@ use serde_json::json;
 
 use crate::controller::adoption;
 use crate::controller::error::Error;
-use crate::controller::reconcile::{Context, owner_reference, patch_finalizers, plain_pp};
+use crate::controller::finalizers;
+use crate::controller::reconcile::{Context, owner_reference, plain_pp};
 use crate::model::placement::vm_labels;
 use crate::model::{Cyberdesk, VirtualMachine, VirtualMachineInstance, names};
 
@@ -18,12 +19,8 @@ pub(super) async fn take_over_finalizer(
     api: &Api<Cyberdesk>,
     cd: &Cyberdesk,
 ) -> Result<Cyberdesk, Error> {
-    let rv = cd.resource_version().unwrap_or_default();
-    let ops = json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-        {"op": "replace", "path": "/metadata/finalizers", "value": adoption::swapped_finalizers(cd)},
-    ]);
-    patch_finalizers(api, cd, ops).await
+    let ops = finalizers::replacing(cd, &adoption::swapped_finalizers(cd));
+    finalizers::patch(api, cd, ops).await
 }
 
 /// The previous operator's VM of a legacy desk, read live: by the name the desk recorded
