@@ -113,11 +113,17 @@ pub async fn audit(apis: &Apis) -> (usize, usize) {
                 vm.instance(),
                 "claimed VM {name}'s owner and label disagree"
             );
-            assert!(refs.contains(&name), "claimed VM {name} is no desk's VM");
+            assert!(
+                refs.contains(name.as_str()),
+                "claimed VM {name} is no desk's VM"
+            );
         } else if vm.pool().is_some() {
             assert_eq!(owners[0].kind, "CyberdeskPool", "pool VM {name}");
         } else {
-            assert!(refs.contains(&name), "cold VM {name} is no desk's VM");
+            assert!(
+                refs.contains(name.as_str()),
+                "cold VM {name} is no desk's VM"
+            );
         }
     }
     (pooled, cold)

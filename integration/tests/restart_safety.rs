@@ -93,7 +93,9 @@ async fn sigkill_during_creation_leaves_exactly_one_vm_per_desk() {
 
     let (vm_uids, vm_watch) = record(apis.vms.clone(), |vm| vm.meta().uid.clone());
     let (start_times, desk_watch) = record(apis.desks.clone(), |d| {
-        d.status.as_ref().and_then(|s| s.start_time.clone())
+        d.status
+            .as_ref()
+            .and_then(|s| s.start_time.as_deref().map(String::from))
     });
 
     let mut generation = 0;

@@ -194,7 +194,7 @@ pub(super) async fn desk_vm(
         .status
         .as_ref()
         .filter(|s| s.source == Some(VmSource::Pool))
-        .and_then(|s| s.virtual_machine_ref.clone());
+        .and_then(|s| s.virtual_machine_ref.as_deref().map(String::from));
     if let Some(known) = ctx.pool_vms.of_desk(&uid).or(recorded) {
         if let Some(vm) = ctx
             .caches

@@ -162,8 +162,8 @@ fn condition(
         type_: type_.into(),
         status,
         reason: reason.into(),
-        message,
-        last_transition_time: expiry::format(now),
+        message: message.into(),
+        last_transition_time: expiry::format(now).into(),
         observed_generation: pool.metadata.generation,
     }
 }

@@ -1,6 +1,7 @@
 //! VM/VMI → Cyberdesk status (pure). Computed from scratch every pass; equal inputs give an
 //! equal status, so an unchanged world means no status write.
 
+use compact_str::CompactString;
 use jiff::Timestamp;
 
 use crate::controller::{adoption, expiry};
@@ -115,8 +116,8 @@ fn condition(
         type_: type_.into(),
         status,
         reason: reason.into(),
-        message,
-        last_transition_time: expiry::format(obs.now),
+        message: message.into(),
+        last_transition_time: expiry::format(obs.now).into(),
         observed_generation: obs.cyberdesk.metadata.generation,
     }
 }
@@ -295,20 +296,21 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
     let expiry = expiry_time(obs.cyberdesk, obs.vm, obs.default_timeout_ms);
     let virtual_machine_ref = obs
         .vm
-        .and_then(|vm| vm.metadata.name.clone())
+        .and_then(|vm| vm.metadata.name.as_deref().map(CompactString::from))
         .or(current.virtual_machine_ref);
-    let vmi_phase = obs.vmi.and_then(|v| v.phase().map(str::to_string));
-    let start_time = start.map(expiry::format);
-    let expiry_time = expiry.map(expiry::format);
+    let vmi_phase = obs.vmi.and_then(|v| v.phase().map(CompactString::from));
+    let start_time = start.map(|t| CompactString::from(expiry::format(t)));
+    let expiry_time = expiry.map(|t| CompactString::from(expiry::format(t)));
     // Without the flag a block someone else wrote is carried over as it is: dropping it
     // would make every pass see a change and write.
     let legacy = if obs.legacy {
         Some(Box::new(LegacyStatus {
-            virtual_machine_ref: virtual_machine_ref.clone(),
-            start_time: start_time.clone(),
-            expiry_time: expiry_time.clone(),
+            virtual_machine_ref: virtual_machine_ref.as_deref().map(String::from),
+            start_time: start_time.as_deref().map(String::from),
+            expiry_time: expiry_time.as_deref().map(String::from),
             last_phase: vmi_phase
-                .clone()
+                .as_deref()
+                .map(String::from)
                 .or_else(|| current.legacy.and_then(|l| l.last_phase)),
         }))
     } else {
@@ -318,10 +320,12 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
         phase: Some(phase),
         virtual_machine_ref,
         vmi_phase,
-        ip_address: obs.vmi.and_then(|v| v.ip_address().map(str::to_string)),
+        ip_address: obs
+            .vmi
+            .and_then(|v| v.ip_address().map(CompactString::from)),
         start_time,
         expiry_time,
-        message: Some(message),
+        message: Some(message.into()),
         observed_generation: obs.cyberdesk.metadata.generation,
         source: source(obs.cyberdesk, obs.vm).or(current.source),
         conditions: conds,
@@ -505,7 +509,7 @@ mod tests {
             legacy.virtual_machine_ref.as_deref(),
             Some("cyberdesk-alice")
         );
-        assert_eq!(legacy.start_time, status.start_time);
+        assert_eq!(legacy.start_time.as_deref(), status.start_time.as_deref());
         assert_eq!(legacy.expiry_time.as_deref(), Some("2026-01-01T00:01:00Z"));
         assert_eq!(legacy.last_phase.as_deref(), Some("Running"));
         let json = serde_json::to_value(&status).expect("json");

@@ -1,6 +1,7 @@
 //! Conditions in the shape of `metav1.Condition`, plus the helpers that keep
 //! `lastTransitionTime` honest (it moves only when the status flips).
 
+use compact_str::CompactString;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,22 +12,28 @@ pub enum ConditionStatus {
     Unknown,
 }
 
+// `CompactString`s: the type, reason and time fit inline, so a cached desk's conditions
+// cost no allocations but their messages.
 /// One observation about a Cyberdesk (`metav1.Condition` shape).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Kind of condition: Ready, VirtualMachineCreated, TimedOut or TemplateValid.
     #[serde(rename = "type")]
-    pub type_: String,
+    #[schemars(with = "String")]
+    pub type_: CompactString,
     /// True, False or Unknown.
     pub status: ConditionStatus,
     /// Machine-readable CamelCase reason for the last transition.
-    pub reason: String,
+    #[schemars(with = "String")]
+    pub reason: CompactString,
     /// Human-readable details.
     #[serde(default)]
-    pub message: String,
+    #[schemars(with = "String")]
+    pub message: CompactString,
     /// When the status last changed (RFC 3339).
-    pub last_transition_time: String,
+    #[schemars(with = "String")]
+    pub last_transition_time: CompactString,
     /// The .metadata.generation this condition was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -64,7 +71,7 @@ mod tests {
             type_: READY.into(),
             status,
             reason: reason.into(),
-            message: String::new(),
+            message: CompactString::default(),
             last_transition_time: time.into(),
             observed_generation: Some(1),
         }

@@ -1,5 +1,6 @@
 //! The `Cyberdesk` custom resource (cyberdesk.io/v1alpha1).
 
+use compact_str::CompactString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -177,6 +178,8 @@ impl CyberdeskPhase {
     }
 }
 
+// The short strings (phase, times, address) are `CompactString`s, kept inline in the cache
+// of every desk.
 /// Observed state of a Cyberdesk, written only by the operator.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -186,24 +189,30 @@ pub struct CyberdeskStatus {
     pub phase: Option<CyberdeskPhase>,
     /// Name of the VirtualMachine (and VirtualMachineInstance) in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_machine_ref: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub virtual_machine_ref: Option<CompactString>,
     /// Phase of the VirtualMachineInstance as KubeVirt reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vmi_phase: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub vmi_phase: Option<CompactString>,
     /// First IP address of the VMI's first interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_address: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub ip_address: Option<CompactString>,
     /// When the lifetime started (RFC 3339): when the VM was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
-    pub start_time: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub start_time: Option<CompactString>,
     /// startTime + spec.timeoutMs (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
-    pub expiry_time: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub expiry_time: Option<CompactString>,
     /// Human-readable explanation of the current phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub message: Option<CompactString>,
     /// The .metadata.generation the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -104,7 +104,7 @@ mod tests {
     fn status(phase: CyberdeskPhase, vmi: Option<&str>) -> CyberdeskStatus {
         CyberdeskStatus {
             phase: Some(phase),
-            vmi_phase: vmi.map(str::to_string),
+            vmi_phase: vmi.map(Into::into),
             ..Default::default()
         }
     }
