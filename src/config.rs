@@ -20,6 +20,17 @@ pub enum TlsMode {
     Files,
 }
 
+/// How the controller's caches fill when their watches start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitialList {
+    /// Stream when the apiserver accepts a streaming watch at start, else pages.
+    Auto,
+    /// A streaming watch (`sendInitialEvents`; Kubernetes' WatchList feature).
+    Stream,
+    /// Pages of a LIST, then a watch.
+    List,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -108,6 +119,12 @@ pub struct RunConfig {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub max_concurrent_reconciles: u16,
+
+    /// How the desk, VM, VMI and pool caches fill when their watches start: `stream` has the
+    /// apiserver send the objects one at a time (WatchList; far less memory than pages of a
+    /// LIST), `list` reads pages, `auto` streams when the apiserver accepts it at start.
+    #[arg(long, env = "CYBERDESK_INITIAL_LIST", value_enum, default_value_t = InitialList::Auto)]
+    pub initial_list: InitialList,
 
     /// One namespace for every desk's VM (the platform's layout: kubevirt). Unset or empty,
     /// each VM lives beside its desk. A VM in another namespace than its desk cannot carry an

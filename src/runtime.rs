@@ -344,6 +344,7 @@ async fn run_controller(
     let controller_cfg = ControllerConfig {
         default_timeout_ms: cfg.default_timeout_ms,
         max_concurrent_reconciles: cfg.max_concurrent_reconciles,
+        initial_list: cfg.initial_list,
         placement: cfg.placement(),
         orphan_grace: Duration::from_secs(cfg.orphan_grace_secs),
         legacy_status: cfg.legacy_status,

@@ -9,6 +9,7 @@ pub mod claim;
 pub mod error;
 pub mod expiry;
 pub mod finalizers;
+pub mod initial_list;
 pub mod orphans;
 pub mod own_writes;
 pub mod plan;
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::watch_backoff;
 use crate::catalog::Catalog;
+use crate::config::InitialList;
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{
     Caches, recorded_watch, trim_desk, trim_pool, trim_vm, trim_vmi, trimmed_watch,
@@ -107,29 +109,32 @@ pub async fn run(
         instance: Some(identity),
     };
     // One watch per kind, trimmed before it is cached; reconciles read these stores.
-    // The list calls use the apiserver's watch cache (`any_semantic`): the stores only
-    // need to be consistent with the watch that follows, not with etcd at this instant.
+    let desk_api = Api::<Cyberdesk>::all(client.clone());
+    let streaming = match cfg.initial_list {
+        InitialList::Auto => initial_list::apiserver_streams(&desk_api).await,
+        flag => initial_list::streams(flag, || false),
+    };
+    let strategy = if streaming { "stream" } else { "list" };
+    tracing::info!(initial_list = %strategy, "the caches fill by this initial list");
+    let config = |base| initial_list::configure(base, streaming);
     let selector = managed_selector();
-    let (desks, desk_events) = trimmed_watch(
-        Api::<Cyberdesk>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-        trim_desk,
-    );
+    let (desks, desk_events) =
+        trimmed_watch(desk_api, config(watcher::Config::default()), trim_desk);
     let (vms, vm_events) = recorded_watch::<VmRecord>(
         kubevirt_api(&client, &cfg.placement),
-        watcher::Config::default().labels(&selector).any_semantic(),
+        config(watcher::Config::default().labels(&selector)),
         trim_vm,
     );
     let (vmis, vmi_events) = recorded_watch::<VmiRecord>(
         kubevirt_api(&client, &cfg.placement),
-        watcher::Config::default().labels(&selector).any_semantic(),
+        config(watcher::Config::default().labels(&selector)),
         trim_vmi,
     );
     // Warm pools. Desks read them (a cold VM comes from its pool's template); the pool
     // controller runs only where every VM lives beside its desk, as pool VMs do.
     let (pools, pool_events, pools_listed) = trimmed_watch_with_ready(
         Api::<CyberdeskPool>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+        config(watcher::Config::default()),
         trim_pool,
     );
     let caches = Caches::new(desks.clone(), vms, vmis).with_pools(pools.clone(), pools_listed);

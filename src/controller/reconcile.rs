@@ -43,6 +43,8 @@ pub struct ControllerConfig {
     pub default_timeout_ms: i64,
     /// Passes in flight at once.
     pub max_concurrent_reconciles: u16,
+    /// How the caches fill when their watches start.
+    pub initial_list: crate::config::InitialList,
     /// Where VMs live and how they are named.
     pub placement: Placement,
     /// How long a VM in the VM namespace whose desk is gone stays before it is deleted.

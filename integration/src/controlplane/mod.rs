@@ -120,6 +120,8 @@ pub struct Options {
     pub audit_log: bool,
     /// Serve the apiserver's `/debug/pprof` (benchmarks read where its CPU goes).
     pub profiling: bool,
+    /// The apiserver's `--feature-gates` (e.g. `WatchList=false`, as Kubernetes 1.33 ships).
+    pub feature_gates: Vec<String>,
 }
 
 impl Default for Options {
@@ -131,6 +133,7 @@ impl Default for Options {
             ready_timeout: Duration::from_secs(90),
             audit_log: false,
             profiling: false,
+            feature_gates: Vec::new(),
         }
     }
 }
@@ -353,6 +356,9 @@ impl ControlPlane {
             format!("--profiling={}", opts.profiling),
         ];
         let mut api_args = api_args;
+        if !opts.feature_gates.is_empty() {
+            api_args.push(format!("--feature-gates={}", opts.feature_gates.join(",")));
+        }
         if opts.audit_log {
             let policy = write(dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
             api_args.extend([

@@ -309,6 +309,14 @@ pub async fn run(c: &Cluster, args: &Scale) -> anyhow::Result<()> {
         audit::writes(&after),
         show(&after, 1)
     );
+    // The same desks in a process that only listed them: what they cost without the
+    // allocator's history of the convergence above.
+    println!(
+        "  restarted operator RSS: {} MiB (anonymous {} MiB, file-backed {} MiB)",
+        status_kib(op.pid(), "VmRSS:") / 1024,
+        status_kib(op.pid(), "RssAnon:") / 1024,
+        status_kib(op.pid(), "RssFile:") / 1024
+    );
 
     // N desks expiring in the same second.
     let list = desks.list(&ListParams::default().match_any()).await?;
