@@ -50,7 +50,7 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
         "the apiserver stores the annotation; only the cache drops it"
     );
 
-    let (desks, events) = trimmed_watch(
+    let (desks, events, _) = trimmed_watch(
         Api::<Cyberdesk>::namespaced(client.clone(), &ns),
         watcher::Config::default(),
         trim_desk,
@@ -87,7 +87,7 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
         .apply(&vm_yaml, &["--server-side"])
         .expect("kubectl");
     assert!(out.success, "{}", out.stderr);
-    let (vms, events) = recorded_watch::<VmRecord>(
+    let (vms, events, _) = recorded_watch::<VmRecord>(
         Api::<VirtualMachine>::namespaced(client.clone(), &ns),
         watcher::Config::default(),
         trim_vm,

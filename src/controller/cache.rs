@@ -102,9 +102,50 @@ pub fn trim_vmi(vmi: &mut VirtualMachineInstance) {
     }
 }
 
+/// How many initial lists a watch has completed. The first fills its cache; each later one
+/// (a relist, after the watch fell too far behind: across an apiserver restart, say) swaps
+/// a fresh cache in. kube's controller reads a desk from the cache when its reconcile runs,
+/// and the objects a relist touches are queued before the fresh cache is swapped in: a desk
+/// created during the gap finds no cached object, its reconcile is dropped and nothing
+/// queues it again. So a relist is followed by a reconcile of everything ([`Lists::relists`]).
+#[derive(Clone)]
+pub struct Lists(tokio::sync::watch::Receiver<u64>);
+
+impl Lists {
+    /// A count at zero, and what counts.
+    pub fn new() -> (tokio::sync::watch::Sender<u64>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        (tx, Self(rx))
+    }
+
+    /// Waits for the first list. Any number of passes may wait; kube's
+    /// `Store::wait_until_ready` wakes only the last of several tasks waiting at once.
+    pub async fn wait_listed(&self) -> Result<(), CachesGone> {
+        let mut lists = self.0.clone();
+        lists
+            .wait_for(|n| *n > 0)
+            .await
+            .map(drop)
+            .map_err(|_| CachesGone)
+    }
+
+    /// Yields after each relist; relists close together may yield once.
+    pub fn relists(&self) -> impl Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.0.clone(), |mut lists| async move {
+            loop {
+                lists.changed().await.ok()?;
+                if *lists.borrow_and_update() > 1 {
+                    return Some(((), lists));
+                }
+            }
+        })
+    }
+}
+
 /// A watch of `api` (with `config`) that trims each object with `trim`, keeps the trimmed
 /// copies in the returned store, and yields each object it touched, trimmed (the
-/// controller's trigger). Watch errors back off like every other watch of the operator.
+/// controller's trigger), and the count of its initial lists. Watch errors back off like
+/// every other watch of the operator.
 pub fn trimmed_watch<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -112,45 +153,26 @@ pub fn trimmed_watch<K>(
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    K: Send + Sync + 'static,
-{
-    let (store, stream, _) = trimmed_watch_with_ready(api, config, trim);
-    (store, stream)
-}
-
-/// As [`trimmed_watch`], with a signal that turns true once the store has listed. Any
-/// number of passes may wait on it; kube's `Store::wait_until_ready` wakes only the last
-/// of several tasks waiting at once.
-pub fn trimmed_watch_with_ready<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    trim: fn(&mut K),
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-    tokio::sync::watch::Receiver<bool>,
+    Lists,
 )
 where
     K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     K: Send + Sync + 'static,
 {
     let (store, mut writer) = reflector::store();
-    let (listed, ready) = tokio::sync::watch::channel(false);
+    let (listed, lists) = Lists::new();
     let stream = watcher(api, config)
         .backoff(watch_backoff())
         .modify(trim)
         .map_ok(move |event| {
             writer.apply_watcher_event(&event);
             if matches!(event, watcher::Event::InitDone) {
-                listed.send_replace(true);
+                listed.send_modify(|n| *n += 1);
             }
             event
         })
         .touched_objects();
-    (store, stream, ready)
+    (store, stream, lists)
 }
 
 /// As [`trimmed_watch`], keeping a compact record of each object instead of the object.
@@ -161,6 +183,7 @@ pub fn recorded_watch<R>(
 ) -> (
     RecordStore<R>,
     impl Stream<Item = Result<R::Kind, watcher::Error>> + Send + 'static,
+    Lists,
 )
 where
     R: Record,
@@ -168,15 +191,19 @@ where
     R::Kind: Send + Sync + 'static,
 {
     let (store, mut writer) = record_store::<R>();
+    let (listed, lists) = Lists::new();
     let stream = watcher(api, config)
         .backoff(watch_backoff())
         .modify(trim)
         .map_ok(move |event| {
             writer.apply(&event);
+            if matches!(event, watcher::Event::InitDone) {
+                listed.send_modify(|n| *n += 1);
+            }
             event
         })
         .touched_objects();
-    (store, stream)
+    (store, stream, lists)
 }
 
 /// A watch behind the caches stopped before it had listed once (at shutdown).
@@ -191,7 +218,7 @@ pub struct Caches {
     pub vmis: RecordStore<VmiRecord>,
     /// Warm pools (`None` only where no pool watch runs: tests and benches), and whether
     /// their watch has listed.
-    pub pools: Option<(Store<CyberdeskPool>, tokio::sync::watch::Receiver<bool>)>,
+    pub pools: Option<(Store<CyberdeskPool>, Lists)>,
 }
 
 impl Caches {
@@ -208,13 +235,9 @@ impl Caches {
         }
     }
 
-    /// These caches, with the warm pools' store and its listed signal.
-    pub fn with_pools(
-        mut self,
-        pools: Store<CyberdeskPool>,
-        listed: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        self.pools = Some((pools, listed));
+    /// These caches, with the warm pools' store and the count of its lists.
+    pub fn with_pools(mut self, pools: Store<CyberdeskPool>, lists: Lists) -> Self {
+        self.pools = Some((pools, lists));
         self
     }
 
@@ -242,9 +265,8 @@ impl Caches {
     pub async fn wait_filled(&self) -> Result<(), CachesGone> {
         self.vms.wait_until_ready().await.map_err(|_| CachesGone)?;
         self.vmis.wait_until_ready().await.map_err(|_| CachesGone)?;
-        if let Some((_, listed)) = &self.pools {
-            let mut listed = listed.clone();
-            listed.wait_for(|l| *l).await.map_err(|_| CachesGone)?;
+        if let Some((_, lists)) = &self.pools {
+            lists.wait_listed().await?;
         }
         Ok(())
     }
@@ -353,13 +375,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_a_list_after_the_first_asks_for_a_pass_over_everything() {
+        use futures::{FutureExt, StreamExt};
+        let (count, lists) = Lists::new();
+        let mut relists = Box::pin(lists.relists());
+        assert_eq!(relists.next().now_or_never(), None);
+        count.send_modify(|n| *n += 1);
+        lists.wait_listed().await.expect("listed");
+        // The first list fills the cache; the reconciles it queued run after it.
+        assert_eq!(relists.next().now_or_never(), None);
+        count.send_modify(|n| *n += 1);
+        assert_eq!(relists.next().now_or_never(), Some(Some(())));
+        assert_eq!(relists.next().now_or_never(), None);
+        count.send_modify(|n| *n += 1);
+        assert_eq!(relists.next().now_or_never(), Some(Some(())));
+        drop(count);
+        assert_eq!(relists.next().await, None);
+        assert_eq!(lists.wait_listed().await, Ok(()));
+    }
+
+    #[tokio::test]
     async fn every_waiting_pass_wakes_when_the_caches_fill() {
         let (desks, _) = reflector::store::<Cyberdesk>();
         let (vms, mut vm_writer) = record_store::<VmRecord>();
         let (vmis, mut vmi_writer) = record_store::<VmiRecord>();
         let (pools, _) = reflector::store::<CyberdeskPool>();
-        let (pools_listed, listed) = tokio::sync::watch::channel(false);
-        let caches = Caches::new(desks, vms, vmis).with_pools(pools, listed);
+        let (pools_listed, lists) = Lists::new();
+        let caches = Caches::new(desks, vms, vmis).with_pools(pools, lists);
         // Many waiters: every one must wake (kube's own store readiness wakes one).
         let waiters: Vec<_> = (0..40)
             .map(|_| {
@@ -374,7 +416,7 @@ mod tests {
         for _ in 0..5 {
             tokio::task::yield_now().await;
         }
-        pools_listed.send_replace(true);
+        pools_listed.send_replace(1);
         for waiter in waiters {
             let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
             assert!(matches!(woke, Ok(Ok(Ok(())))), "a pass was left waiting");

@@ -41,7 +41,6 @@ use crate::config::InitialList;
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{
     Caches, recorded_watch, trim_desk, trim_pool, trim_vm, trim_vmi, trimmed_watch,
-    trimmed_watch_with_ready,
 };
 use crate::controller::records::{VmRecord, VmiRecord};
 use crate::metrics::Metrics;
@@ -118,26 +117,34 @@ pub async fn run(
     tracing::info!(initial_list = %strategy, "the caches fill by this initial list");
     let config = |base| initial_list::configure(base, streaming);
     let selector = managed_selector();
-    let (desks, desk_events) =
+    let (desks, desk_events, desk_lists) =
         trimmed_watch(desk_api, config(watcher::Config::default()), trim_desk);
-    let (vms, vm_events) = recorded_watch::<VmRecord>(
+    let (vms, vm_events, vm_lists) = recorded_watch::<VmRecord>(
         kubevirt_api(&client, &cfg.placement),
         config(watcher::Config::default().labels(&selector)),
         trim_vm,
     );
-    let (vmis, vmi_events) = recorded_watch::<VmiRecord>(
+    let (vmis, vmi_events, vmi_lists) = recorded_watch::<VmiRecord>(
         kubevirt_api(&client, &cfg.placement),
         config(watcher::Config::default().labels(&selector)),
         trim_vmi,
     );
     // Warm pools. Desks read them (a cold VM comes from its pool's template); the pool
     // controller runs only where every VM lives beside its desk, as pool VMs do.
-    let (pools, pool_events, pools_listed) = trimmed_watch_with_ready(
+    let (pools, pool_events, pool_lists) = trimmed_watch(
         Api::<CyberdeskPool>::all(client.clone()),
         config(watcher::Config::default()),
         trim_pool,
     );
-    let caches = Caches::new(desks.clone(), vms, vmis).with_pools(pools.clone(), pools_listed);
+    let caches =
+        Caches::new(desks.clone(), vms, vmis).with_pools(pools.clone(), pool_lists.clone());
+    // A relist is followed by a pass over everything its fresh cache holds (`cache::Lists`
+    // says why). Desks read desks, VMs and VMIs; pools read pools and VMs.
+    let desk_relists = futures::stream::select(
+        desk_lists.relists(),
+        futures::stream::select(vm_lists.relists(), vmi_lists.relists()),
+    );
+    let pool_relists = futures::stream::select(pool_lists.relists(), vm_lists.relists());
     let (pool_triggers, pool_watch) = if cfg.placement.namespace.is_none() {
         let (tx, rx) = futures::channel::mpsc::unbounded();
         (Some(tx), Ok((pools, pool_events, rx)))
@@ -221,6 +228,7 @@ pub async fn run(
         .watches_stream(vm_events, owner_desk)
         .watches_stream(vmi_events, vmi_desk)
         .reconcile_all_on(template_changes)
+        .reconcile_all_on(desk_relists)
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
@@ -251,6 +259,7 @@ pub async fn run(
             .trigger_backoff(watch_backoff())
             .reconcile_on(triggers)
             .reconcile_all_on(pool_template_changes)
+            .reconcile_all_on(pool_relists)
             .graceful_shutdown_on(stop.clone().cancelled_owned())
             .run(pool::reconcile, pool::error_policy, pool_ctx)
             .for_each(|result| async move {
