@@ -133,6 +133,12 @@ const OPERATOR_RBAC: [&str; 3] = [
     "manifests/base/rbac-kubevirt.yaml",
 ];
 
+/// `kubectl apply` of `yaml` as the cluster admin; panics with kubectl's words when refused.
+pub fn apply(c: &Cluster, yaml: &str) {
+    let out = c.kubectl().apply(yaml, &[]).expect("kubectl");
+    assert!(out.success, "kubectl apply failed: {}", out.stderr);
+}
+
 /// `kubectl apply --server-side` of one manifest file as the admin. `path` is relative to
 /// the repository root (or absolute): tests apply the files exactly as they ship.
 pub fn apply_file(c: &Cluster, path: impl AsRef<Path>) -> Result<String, String> {

@@ -8,7 +8,6 @@ use cyberdesk_operator::model::{Cyberdesk, CyberdeskPool, VirtualMachine, VmSour
 use kube::Api;
 use kube::api::ListParams;
 
-use crate::cluster::Cluster;
 use crate::desks::Apis;
 use crate::wait::eventually;
 
@@ -16,11 +15,6 @@ pub fn pool_yaml(ns: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: cyberdesk.io/v1alpha1\nkind: CyberdeskPool\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec: {spec}\n"
     )
-}
-
-pub fn apply(c: &Cluster, yaml: &str) {
-    let out = c.kubectl().apply(yaml, &[]).expect("kubectl");
-    assert!(out.success, "kubectl apply failed: {}", out.stderr);
 }
 
 /// Waits until the pool's status shows `ready` ready VMs and none booting.

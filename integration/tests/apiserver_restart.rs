@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::cluster::{Cluster, install_everything, namespace};
+use cyberdesk_integration::cluster::{Cluster, apply, install_everything, namespace};
 use cyberdesk_integration::controlplane::{ControlPlane, Options};
 use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
@@ -25,16 +25,11 @@ async fn the_operator_recovers_from_an_apiserver_restart() {
     let mut op = OperatorProcess::start(&c, "api-restart", &args);
     assert!(op.wait_ready(Duration::from_secs(60)).await, "{}", op.log());
 
-    let apply = |yaml: String| {
-        let out = c.kubectl().apply(&yaml, &[]).expect("kubectl");
-        assert!(out.success, "{}", out.stderr);
-    };
-    apply(desk_yaml(&ns, "before", "{timeoutMs: 600000}"));
-    apply(desk_yaml(
-        &ns,
-        "expires",
-        "{timeoutMs: 600000, timeoutAction: Stop}",
-    ));
+    apply(&c, &desk_yaml(&ns, "before", "{timeoutMs: 600000}"));
+    apply(
+        &c,
+        &desk_yaml(&ns, "expires", "{timeoutMs: 600000, timeoutAction: Stop}"),
+    );
     apis.wait_phase("before", "Running", Duration::from_secs(30))
         .await;
     apis.wait_phase("expires", "Running", Duration::from_secs(30))
@@ -54,7 +49,7 @@ async fn the_operator_recovers_from_an_apiserver_restart() {
     cp.start_apiserver().expect("apiserver restarts");
     // Created while the operator's watches still back off: they resume with a relist, and
     // this desk is in the list, not a watch event after it.
-    apply(desk_yaml(&ns, "after", "{timeoutMs: 600000}"));
+    apply(&c, &desk_yaml(&ns, "after", "{timeoutMs: 600000}"));
 
     apis.wait_phase("expires", "TimedOut", Duration::from_secs(90))
         .await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::cluster::{Cluster, cluster, install_everything, namespace};
+use cyberdesk_integration::cluster::{Cluster, apply, cluster, install_everything, namespace};
 use cyberdesk_integration::controlplane::{ControlPlane, Options};
 use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
@@ -19,11 +19,7 @@ async fn a_desk_runs(c: &Cluster, identity: &str) -> String {
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let op = OperatorProcess::start(c, identity, &reconciler_only_flags(false));
     assert!(op.wait_ready(Duration::from_secs(60)).await, "{}", op.log());
-    let out = c
-        .kubectl()
-        .apply(&desk_yaml(&ns, "one", "{timeoutMs: 600000}"), &[])
-        .expect("kubectl");
-    assert!(out.success, "{}", out.stderr);
+    apply(c, &desk_yaml(&ns, "one", "{timeoutMs: 600000}"));
     Apis::new(&client, &ns)
         .wait_phase("one", "Running", Duration::from_secs(60))
         .await;

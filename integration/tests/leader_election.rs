@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cyberdesk_integration::cluster::{Cluster, cluster, install_everything, namespace};
+use cyberdesk_integration::cluster::{Cluster, apply, cluster, install_everything, namespace};
 use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::{OperatorProcess, Scrape};
@@ -63,11 +63,7 @@ async fn only_the_leader_reconciles_and_failover_is_quick() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!is_leader(&b), "two leaders at once");
 
-    let out = c
-        .kubectl()
-        .apply(&desk_yaml(&ns, "one", "{timeoutMs: 600000}"), &[])
-        .expect("kubectl");
-    assert!(out.success, "{}", out.stderr);
+    apply(&c, &desk_yaml(&ns, "one", "{timeoutMs: 600000}"));
     apis.wait_phase("one", "Running", Duration::from_secs(30))
         .await;
     assert!(reconciles(&a) > 0.0);
@@ -94,11 +90,7 @@ async fn only_the_leader_reconciles_and_failover_is_quick() {
         "took {sigkill_takeover:?}"
     );
 
-    let out = c
-        .kubectl()
-        .apply(&desk_yaml(&ns, "two", "{timeoutMs: 600000}"), &[])
-        .expect("kubectl");
-    assert!(out.success);
+    apply(&c, &desk_yaml(&ns, "two", "{timeoutMs: 600000}"));
     apis.wait_phase("two", "Running", Duration::from_secs(30))
         .await;
 

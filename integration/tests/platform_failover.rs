@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::cluster::cluster;
+use cyberdesk_integration::cluster::{apply, cluster};
 use cyberdesk_integration::desks::{Apis, desk_yaml, jsonpath};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions, StartFault};
 use cyberdesk_integration::operator::{OperatorProcess, Scrape, free_addr, metric_sample};
@@ -49,11 +49,7 @@ async fn a_leader_killed_as_the_vmi_turns_ready_leaves_exactly_one_ready_call() 
     );
     // Hold the VMI before it runs, so the leader can be frozen in time.
     sim.hold_start(VM_NS, id, StartFault::Unschedulable);
-    let out = c
-        .kubectl()
-        .apply(&desk_yaml(DESK_NS, id, "{timeoutMs: 600000}"), &[])
-        .expect("kubectl");
-    assert!(out.success, "{}", out.stderr);
+    apply(&c, &desk_yaml(DESK_NS, id, "{timeoutMs: 600000}"));
     eventually(
         Duration::from_secs(30),
         "the VMI held in Scheduling",

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cyberdesk_integration::cluster::{cluster, namespace};
+use cyberdesk_integration::cluster::{apply, cluster, namespace};
 use cyberdesk_integration::controlplane::http_get;
 use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
@@ -112,11 +112,7 @@ async fn prometheus_scrapes_the_operator_and_the_down_alert_fires_only_when_it_i
     let ns = namespace(&client, "scrape").await;
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
-    let out = c
-        .kubectl()
-        .apply(&desk_yaml(&ns, "watched", "{timeoutMs: 600000}"), &[])
-        .expect("kubectl");
-    assert!(out.success, "{}", out.stderr);
+    apply(&c, &desk_yaml(&ns, "watched", "{timeoutMs: 600000}"));
     apis.wait_phase("watched", "Running", Duration::from_secs(30))
         .await;
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cyberdesk_integration::cluster::{Cluster, cluster, install_everything, namespace};
+use cyberdesk_integration::cluster::{Cluster, apply, cluster, install_everything, namespace};
 use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};
@@ -141,11 +141,7 @@ async fn a_quiet_world_gets_no_writes() {
 
     // Alive and reacting: a new desk runs, a deleted one goes.
     assert!(op.wait_ready(Duration::from_secs(1)).await, "{}", op.log());
-    let out = c
-        .kubectl()
-        .apply(&desk_yaml(&ns, "after", "{timeoutMs: 3600000}"), &[])
-        .expect("kubectl");
-    assert!(out.success, "{}", out.stderr);
+    apply(&c, &desk_yaml(&ns, "after", "{timeoutMs: 3600000}"));
     apis.wait_phase("after", "Running", Duration::from_secs(30))
         .await;
     let out = c

@@ -6,12 +6,13 @@
 
 use std::time::Duration;
 
+use cyberdesk_integration::cluster::apply;
 use cyberdesk_integration::cluster::{cluster, install_everything, namespace};
 use cyberdesk_integration::desks::{Apis, in_phase};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};
 use cyberdesk_integration::pools::{
-    apply, audit, create_pool_desks, pool_vms, pool_yaml, wait_pool_ready,
+    audit, create_pool_desks, pool_vms, pool_yaml, wait_pool_ready,
 };
 use cyberdesk_integration::wait::{eventually, until};
 use cyberdesk_operator::model::CyberdeskPool;

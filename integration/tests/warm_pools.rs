@@ -5,11 +5,12 @@
 use std::time::{Duration, Instant};
 
 use cyberdesk_integration::cluster::Cluster;
+use cyberdesk_integration::cluster::apply;
 use cyberdesk_integration::desks::{desk_namespace, desk_yaml, epoch_ms, now_ms};
 use cyberdesk_integration::kubevirt::SimulatorOptions;
 use cyberdesk_integration::operator::{Scrape, SharedOperator, metric_sample, webhook_operator};
 use cyberdesk_integration::pools::{
-    apply, audit, create_pool_desks, pool_vms, pool_yaml, wait_pool_ready,
+    audit, create_pool_desks, pool_vms, pool_yaml, wait_pool_ready,
 };
 use cyberdesk_integration::wait::eventually;
 use cyberdesk_operator::model::{CyberdeskPool, VmSource, names};

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch};
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
 use crate::controller::cache::trim_vm;
@@ -22,7 +22,7 @@ use crate::controller::error::Error;
 use crate::controller::expiry;
 use crate::controller::plan::{self, Announcement, Reason};
 use crate::controller::pool_plan::claim_order;
-use crate::controller::reconcile::{Context, owner_reference, plain_pp};
+use crate::controller::reconcile::{Context, owner_reference};
 use crate::controller::render::load_template;
 use crate::model::{Cyberdesk, CyberdeskPool, VirtualMachine, VmSource, names};
 
@@ -141,31 +141,27 @@ pub async fn claim(
         if !memory.reserve(&name) {
             continue;
         }
-        let patch: json_patch::Patch =
-            serde_json::from_value(claim_patch(desk, owner_reference, Timestamp::now())).map_err(
-                |source| Error::Serialization {
-                    what: "claim patch",
-                    source,
-                },
-            )?;
-        match vms
-            .patch(&name, &plain_pp(), &Patch::<()>::Json(patch))
-            .await
-        {
+        let ops = claim_patch(desk, owner_reference, Timestamp::now());
+        match super::patch::json(vms, &name, ops, "claim patch").await {
             Ok(vm) => {
                 memory.record(&desk.uid().unwrap_or_default(), &name);
                 return Ok(Claimed::Hit(Box::new(vm)));
             }
             // Another desk's claim went first (the test failed), or the VM is gone.
-            Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => {
+            Err(Error::Kube(kube::Error::Api(e))) if matches!(e.code, 404 | 409 | 422) => {
                 memory.release(&name);
                 conflicts += 1;
+            }
+            // Nothing was sent.
+            Err(e @ Error::Serialization { .. }) => {
+                memory.release(&name);
+                return Err(e);
             }
             // The claim may have landed without its answer reaching us: remember the VM
             // for the desk, so that the next pass reads it live before claiming again.
             Err(e) => {
                 memory.record(&desk.uid().unwrap_or_default(), &name);
-                return Err(e.into());
+                return Err(e);
             }
         }
     }

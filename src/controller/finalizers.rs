@@ -2,12 +2,11 @@
 //! operation tests the resourceVersion the pass read, so a stale read is refused rather
 //! than overwriting someone else's finalizer list.
 
-use kube::api::{Api, Patch};
+use kube::api::Api;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::controller::error::Error;
-use crate::controller::reconcile::plain_pp;
 
 fn test_version<K: Resource>(obj: &K) -> Value {
     json!({"op": "test", "path": "/metadata/resourceVersion", "value": obj.resource_version().unwrap_or_default()})
@@ -43,14 +42,7 @@ pub async fn patch<K>(api: &Api<K>, obj: &K, ops: Value) -> Result<K, Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let patch: json_patch::Patch =
-        serde_json::from_value(ops).map_err(|source| Error::Serialization {
-            what: "finalizer patch",
-            source,
-        })?;
-    Ok(api
-        .patch(&obj.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
-        .await?)
+    super::patch::json(api, &obj.name_any(), ops, "finalizer patch").await
 }
 
 /// Adds `finalizer`; the object as stored.

@@ -22,13 +22,16 @@ const PROBE_LIMIT: Duration = Duration::from_secs(10);
 /// A label no object carries: the probe's stream starts with its end-of-list bookmark.
 const MATCHES_NOTHING: &str = "cyberdesk.io/initial-list-probe=none";
 
-/// Whether the watches stream their initial lists, from the flag and (for `auto`) whether
-/// the apiserver accepted a streaming watch.
-pub fn streams(flag: InitialList, apiserver_streams: impl FnOnce() -> bool) -> bool {
+/// Whether the watches stream their initial lists, from the flag and (for `auto` only)
+/// whether the apiserver accepted a streaming watch.
+pub async fn streams<F>(flag: InitialList, apiserver_streams: impl FnOnce() -> F) -> bool
+where
+    F: std::future::Future<Output = bool>,
+{
     match flag {
         InitialList::Stream => true,
         InitialList::List => false,
-        InitialList::Auto => apiserver_streams(),
+        InitialList::Auto => apiserver_streams().await,
     }
 }
 
@@ -64,12 +67,13 @@ pub async fn apiserver_streams(desks: &Api<Cyberdesk>) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_flag_decides_unless_it_is_auto() {
-        assert!(streams(InitialList::Stream, || false));
-        assert!(!streams(InitialList::List, || true));
-        assert!(streams(InitialList::Auto, || true));
-        assert!(!streams(InitialList::Auto, || false));
+    #[tokio::test]
+    async fn the_flag_decides_unless_it_is_auto() {
+        let never = || async { panic!("probed although the flag decides") };
+        assert!(streams(InitialList::Stream, never).await);
+        assert!(!streams(InitialList::List, never).await);
+        assert!(streams(InitialList::Auto, || async { true }).await);
+        assert!(!streams(InitialList::Auto, || async { false }).await);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod finalizers;
 pub mod initial_list;
 pub mod orphans;
 pub mod own_writes;
+pub mod patch;
 pub mod plan;
 pub mod pool;
 pub mod pool_plan;
@@ -37,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::watch_backoff;
 use crate::catalog::Catalog;
-use crate::config::InitialList;
 use crate::controller::announcer::Announcer;
 use crate::controller::cache::{
     Caches, recorded_watch, trim_desk, trim_pool, trim_vm, trim_vmi, trimmed_watch,
@@ -109,10 +109,10 @@ pub async fn run(
     };
     // One watch per kind, trimmed before it is cached; reconciles read these stores.
     let desk_api = Api::<Cyberdesk>::all(client.clone());
-    let streaming = match cfg.initial_list {
-        InitialList::Auto => initial_list::apiserver_streams(&desk_api).await,
-        flag => initial_list::streams(flag, || false),
-    };
+    let streaming = initial_list::streams(cfg.initial_list, || {
+        initial_list::apiserver_streams(&desk_api)
+    })
+    .await;
     let strategy = if streaming { "stream" } else { "list" };
     tracing::info!(initial_list = %strategy, "the caches fill by this initial list");
     let config = |base| initial_list::configure(base, streaming);

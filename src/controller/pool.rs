@@ -21,7 +21,7 @@ use crate::controller::error::Error;
 use crate::controller::finalizers;
 use crate::controller::plan::RENDER_RETRY;
 use crate::controller::pool_plan::{Member, MemberState, member_state, plan_pool};
-use crate::controller::reconcile::{Context, create_params, plain_pp};
+use crate::controller::reconcile::{Context, create_params};
 use crate::controller::render::{Recipe, load_template, render_from};
 use crate::controller::status::RenderProblem;
 use crate::controller::template::Ownership;
@@ -192,18 +192,10 @@ async fn retire(vms: &Api<VirtualMachine>, name: &str) -> Result<bool, Error> {
         {"op": "test", "path": state, "value": names::POOL_STATE_AVAILABLE},
         {"op": "replace", "path": state, "value": names::POOL_STATE_RETIRING},
     ]);
-    let patch: json_patch::Patch =
-        serde_json::from_value(ops).map_err(|source| Error::Serialization {
-            what: "retire patch",
-            source,
-        })?;
-    match vms
-        .patch(name, &plain_pp(), &Patch::<()>::Json(patch))
-        .await
-    {
+    match super::patch::json(vms, name, ops, "retire patch").await {
         Ok(_) => delete(vms, name).await,
-        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(Error::Kube(kube::Error::Api(e))) if matches!(e.code, 404 | 409 | 422) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -193,14 +193,7 @@ async fn halt(vms: &Api<VirtualMachine>, vm: &VirtualMachine) -> Result<VirtualM
                                 {"op": "replace", "path": "/spec/runStrategy", "value": "Halted"}]),
         None => json!([{"op": "add", "path": "/spec/runStrategy", "value": "Halted"}]),
     };
-    let patch: json_patch::Patch =
-        serde_json::from_value(ops).map_err(|source| Error::Serialization {
-            what: "halt patch",
-            source,
-        })?;
-    Ok(vms
-        .patch(&name, &plain_pp(), &Patch::<()>::Json(patch))
-        .await?)
+    super::patch::json(vms, &name, ops, "halt patch").await
 }
 
 /// Writes the status; the desk as stored after it.

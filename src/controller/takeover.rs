@@ -56,14 +56,7 @@ pub(super) async fn claim_vm(
     let owner = owner_reference(cd, ctx, ns)?;
     let labels = vm_labels(ns, &cd.name_any(), &uid);
     let ops = adoption::claim_patch(vm, &labels, owner.as_ref());
-    let patch: json_patch::Patch =
-        serde_json::from_value(ops).map_err(|source| Error::Serialization {
-            what: "adoption patch",
-            source,
-        })?;
-    let claimed = vms
-        .patch(&vm.name_any(), &plain_pp(), &Patch::<()>::Json(patch))
-        .await?;
+    let claimed = super::patch::json(vms, &vm.name_any(), ops, "adoption patch").await?;
     // The running VMI got its labels from the template before: label it too, so its watch
     // sees it and maps it to the desk.
     let vm_ns = claimed.namespace().unwrap_or_default();

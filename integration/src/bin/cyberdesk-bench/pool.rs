@@ -13,11 +13,12 @@ use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
+use cyberdesk_integration::cluster::apply;
 use cyberdesk_integration::cluster::{Cluster, namespace};
 use cyberdesk_integration::desks::in_phase;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::OperatorProcess;
-use cyberdesk_integration::pools::{apply, pool_yaml, wait_pool_ready};
+use cyberdesk_integration::pools::{pool_yaml, wait_pool_ready};
 use cyberdesk_integration::wait::until_every;
 use cyberdesk_operator::model::{Cyberdesk, CyberdeskPool, VmSource};
 
