@@ -11,6 +11,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod fuzzing;
+pub mod heap;
 pub mod leader;
 #[cfg(test)]
 mod manifest_pins;

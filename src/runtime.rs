@@ -97,6 +97,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     tracing::info!(addr = %admin_addr, "admin server listening");
 
     let cache_task = tokio::spawn(sync_caches(client.clone(), readiness.clone(), stop.clone()));
+    // Ends with `stop`; nothing waits for it.
+    tokio::spawn(crate::heap::trim_periodically(stop.clone()));
     // One watch of the template ConfigMaps, for the webhook and (on the leader) the controller.
     let (templates, templates_task) = catalog::start(
         client.clone(),
