@@ -21,6 +21,7 @@ pub mod kubevirt;
 pub mod operator;
 pub mod overlay;
 pub mod pools;
+pub mod ports;
 pub mod recorder;
 pub mod wait;
 pub mod webhook_tls;

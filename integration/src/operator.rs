@@ -2,7 +2,7 @@
 //! would run it (as its ServiceAccount, under the shipped RBAC), and gives tests handles to
 //! signal, kill and inspect it.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -13,9 +13,8 @@ use crate::wait::{blocking, until};
 use crate::workspace::{operator_binary, operator_output};
 
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    let port = crate::ports::unused_port().unwrap_or_else(|e| panic!("no free port: {e}"));
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// Registers both webhook configurations for an operator serving at `webhook`, as the

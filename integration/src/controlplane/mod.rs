@@ -164,7 +164,7 @@ fn loopback(port: u16) -> SocketAddr {
 
 /// A port nobody listens on right now (the kernel's choice).
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind(loopback(0))?.local_addr()?.port())
+    crate::ports::unused_port()
 }
 
 fn claim_port(what: &'static str, wanted: Option<u16>) -> Result<u16, Error> {
