@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use cyberdesk_integration::cluster::apply;
-use cyberdesk_integration::cluster::{cluster, install_everything, namespace};
+use cyberdesk_integration::cluster::{apply, cluster, install_everything, namespace};
 use cyberdesk_integration::desks::{Apis, in_phase};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};

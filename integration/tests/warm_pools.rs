@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cyberdesk_integration::cluster::Cluster;
-use cyberdesk_integration::cluster::apply;
+use cyberdesk_integration::cluster::{Cluster, apply};
 use cyberdesk_integration::desks::{desk_namespace, desk_yaml, epoch_ms, now_ms};
 use cyberdesk_integration::kubevirt::SimulatorOptions;
 use cyberdesk_integration::operator::{Scrape, SharedOperator, metric_sample, webhook_operator};

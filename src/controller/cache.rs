@@ -160,18 +160,9 @@ where
     K: Send + Sync + 'static,
 {
     let (store, mut writer) = reflector::store();
-    let (listed, lists) = Lists::new();
-    let stream = watcher(api, config)
-        .backoff(watch_backoff())
-        .modify(trim)
-        .map_ok(move |event| {
-            writer.apply_watcher_event(&event);
-            if matches!(event, watcher::Event::InitDone) {
-                listed.send_modify(|n| *n += 1);
-            }
-            event
-        })
-        .touched_objects();
+    let (stream, lists) = cached_watch(api, config, trim, move |event| {
+        writer.apply_watcher_event(event)
+    });
     (store, stream, lists)
 }
 
@@ -191,19 +182,38 @@ where
     R::Kind: Send + Sync + 'static,
 {
     let (store, mut writer) = record_store::<R>();
+    let (stream, lists) = cached_watch(api, config, trim, move |event| writer.apply(event));
+    (store, stream, lists)
+}
+
+/// The watch behind both: each trimmed event goes to `cache` and is counted when it ends
+/// an initial list; the objects it touched are yielded.
+fn cached_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    mut cache: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> (
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    Lists,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+{
     let (listed, lists) = Lists::new();
     let stream = watcher(api, config)
         .backoff(watch_backoff())
         .modify(trim)
         .map_ok(move |event| {
-            writer.apply(&event);
+            cache(&event);
             if matches!(event, watcher::Event::InitDone) {
                 listed.send_modify(|n| *n += 1);
             }
             event
         })
         .touched_objects();
-    (store, stream, lists)
+    (stream, lists)
 }
 
 /// A watch behind the caches stopped before it had listed once (at shutdown).

@@ -162,18 +162,13 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-/// A port nobody listens on right now (the kernel's choice).
-fn free_port() -> std::io::Result<u16> {
-    crate::ports::unused_port()
-}
-
 fn claim_port(what: &'static str, wanted: Option<u16>) -> Result<u16, Error> {
     match wanted {
         Some(port) => match TcpListener::bind(loopback(port)) {
             Ok(_) => Ok(port),
             Err(_) => Err(Error::PortInUse { what, port }),
         },
-        None => free_port().map_err(|_| Error::PortInUse { what, port: 0 }),
+        None => crate::ports::unused_port().map_err(|_| Error::PortInUse { what, port: 0 }),
     }
 }
 

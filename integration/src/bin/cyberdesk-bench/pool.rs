@@ -13,8 +13,7 @@ use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
-use cyberdesk_integration::cluster::apply;
-use cyberdesk_integration::cluster::{Cluster, namespace};
+use cyberdesk_integration::cluster::{Cluster, apply, namespace};
 use cyberdesk_integration::desks::in_phase;
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::operator::OperatorProcess;
