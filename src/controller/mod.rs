@@ -139,15 +139,15 @@ pub async fn run(
     let caches =
         Caches::new(desks.clone(), vms, vmis).with_pools(pools.clone(), pool_lists.clone());
     // A relist is followed by a pass over everything its fresh cache holds (`cache::Lists`
-    // says why). Desks read desks, VMs and VMIs; pools read pools and VMs.
+    // says why). Desks read desks, VMs and VMIs; pools (below) read pools and VMs.
     let desk_relists = futures::stream::select(
         desk_lists.relists(),
         futures::stream::select(vm_lists.relists(), vmi_lists.relists()),
     );
-    let pool_relists = futures::stream::select(pool_lists.relists(), vm_lists.relists());
     let (pool_triggers, pool_watch) = if cfg.placement.namespace.is_none() {
         let (tx, rx) = futures::channel::mpsc::unbounded();
-        (Some(tx), Ok((pools, pool_events, rx)))
+        let relists = futures::stream::select(pool_lists.relists(), vm_lists.relists());
+        (Some(tx), Ok((pools, pool_events, rx, relists)))
     } else {
         (None, Err(pool_events))
     };
@@ -243,7 +243,7 @@ pub async fn run(
         tokio::time::sleep(DRAIN_LIMIT).await;
     };
     let pools = async {
-        let (store, events, triggers) = match pool_watch {
+        let (store, events, triggers, relists) = match pool_watch {
             Ok(controlled) => controlled,
             // No pool controller: the watch only keeps the store the desks read.
             Err(events) => {
@@ -259,7 +259,7 @@ pub async fn run(
             .trigger_backoff(watch_backoff())
             .reconcile_on(triggers)
             .reconcile_all_on(pool_template_changes)
-            .reconcile_all_on(pool_relists)
+            .reconcile_all_on(relists)
             .graceful_shutdown_on(stop.clone().cancelled_owned())
             .run(pool::reconcile, pool::error_policy, pool_ctx)
             .for_each(|result| async move {
