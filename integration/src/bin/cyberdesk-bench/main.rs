@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod caches;
+mod floor;
 mod pool;
 mod scale;
 

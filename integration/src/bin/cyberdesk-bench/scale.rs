@@ -81,7 +81,7 @@ fn count_in_phase(store: &Store<Cyberdesk>, phase: &str) -> usize {
 }
 
 /// Runs `make(0..n)` with `concurrency` in flight; how long it took.
-async fn run_all<F, Fut>(n: usize, concurrency: usize, make: F) -> anyhow::Result<Duration>
+pub async fn run_all<F, Fut>(n: usize, concurrency: usize, make: F) -> anyhow::Result<Duration>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -318,6 +318,36 @@ pub async fn run(c: &Cluster, args: &Scale) -> anyhow::Result<()> {
         status_kib(op.pid(), "RssFile:") / 1024
     );
 
+    // What no operator can beat here: the same VMs created directly and run.
+    // Run while the desks are quiet, before their timeouts make the simulator busy.
+    let vm_list = apis.vms.list(&ListParams::default().limit(1)).await?;
+    let Some(like) = vm_list.items.first() else {
+        anyhow::bail!("no VM to copy for the floor");
+    };
+    let before = CpuShares::read(args.control_plane, op.pid());
+    let floor = crate::floor::run(c, like, n, concurrency, &mut log).await?;
+    let floor_shares = CpuShares::read(args.control_plane, op.pid()).since(&before);
+    let floor_writes = audit::writes(&floor.requests) as f64 / n as f64;
+    let floor_rate = n as f64 * floor_writes / floor.to_running.as_secs_f64();
+    println!(
+        "  KubeVirt floor: {n} of the operator's VMs created directly (no operator, no desks) at concurrency {concurrency}: all VMIs Running after {:.1} s = {:.1} VMs/s",
+        floor.to_running.as_secs_f64(),
+        n as f64 / floor.to_running.as_secs_f64(),
+    );
+    println!(
+        "    writes per VM, all clients: {floor_writes:.2} ({floor_rate:.0} writes/s); {}",
+        show(&floor.requests, n)
+    );
+    println!(
+        "    CPU (2 cores = 200 %): {}",
+        floor_shares.show(floor.to_running)
+    );
+    println!(
+        "  desks to Running took {:.2}× the floor; writes per second while converging = {:.0} % of the floor's",
+        to_running.as_secs_f64() / floor.to_running.as_secs_f64(),
+        100.0 * desks_per_s * writes_per_desk / floor_rate
+    );
+
     // N desks expiring in the same second.
     let list = desks.list(&ListParams::default().match_any()).await?;
     // Setting N timeouts takes about 16 ms per desk under this load (3,000 took 49 s).
@@ -395,5 +425,6 @@ pub async fn run(c: &Cluster, args: &Scale) -> anyhow::Result<()> {
             100.0 * desks_per_s * writes_per_desk * took.as_secs_f64() / names.len() as f64
         );
     }
+
     Ok(())
 }
