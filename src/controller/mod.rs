@@ -21,6 +21,7 @@ pub mod reconcile;
 pub mod records;
 pub mod render;
 pub mod status;
+pub mod status_hold;
 pub mod takeover;
 pub mod template;
 
@@ -214,6 +215,7 @@ pub async fn run(
         cfg,
         caches: caches.clone(),
         own_writes: Default::default(),
+        status_clock: Default::default(),
         failures: Default::default(),
         pool_vms: Default::default(),
         pool_failures: Default::default(),

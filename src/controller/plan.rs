@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::controller::adoption;
 use crate::controller::expiry::{self, Deadline};
 use crate::controller::status::{self, RenderProblem};
+use crate::controller::status_hold;
 use crate::model::conditions::{self, ConditionStatus};
 use crate::model::{
     Cyberdesk, CyberdeskPhase, CyberdeskStatus, TimeoutAction, VirtualMachine,
@@ -55,6 +56,9 @@ pub struct Observation<'a> {
     pub calls_ready: bool,
     /// The platform's state table is written (Supabase).
     pub syncs_state: bool,
+    /// How long ago this process wrote the desk's status while it was `Starting`, within
+    /// the status hold (`status_hold`).
+    pub status_written_ago: Option<Duration>,
     pub now: Timestamp,
 }
 
@@ -421,13 +425,21 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
             None => (Wake::OnChange, Outcome::Success),
         }
     };
+    // A starting desk's detail written a moment ago: the newest detail goes later.
+    let held = status_hold::wait_for(before, &desired, obs.status_written_ago)
+        .filter(|_| before != Some(&desired));
+    let wake = match (held, wake) {
+        (Some(hold), Wake::After(wait)) => Wake::After(hold.min(wait)),
+        (Some(hold), Wake::OnChange) => Wake::After(hold),
+        (None, wake) => wake,
+    };
     let call_ready = obs.calls_ready
         && desired.phase == Some(CyberdeskPhase::Running)
         && !ready_call_recorded(desk);
     let platform_state = supabase::platform_state(&desired)
         .filter(|state| obs.syncs_state && platform_state_recorded(desk) != Some(*state));
     Settlement {
-        status: (before != Some(&desired)).then_some(desired),
+        status: (before != Some(&desired) && held.is_none()).then_some(desired),
         announce,
         delete_desk,
         call_ready,

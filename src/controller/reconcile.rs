@@ -26,6 +26,7 @@ use crate::controller::plan::{
 };
 use crate::controller::render::render_vm;
 use crate::controller::status::RenderProblem;
+use crate::controller::status_hold::StatusClock;
 use crate::controller::takeover::{claim_vm, find_legacy_vm, take_over_finalizer};
 use crate::metrics::Metrics;
 use crate::model::{
@@ -67,6 +68,8 @@ pub struct Context {
     pub caches: Caches,
     /// Status writes the desk cache may not show yet.
     pub own_writes: OwnWrites,
+    /// When each starting desk's status was last written (`status_hold`).
+    pub status_clock: StatusClock,
     /// Tells the platform about desks, off the pass (`None`: nothing configured).
     pub notifier: Option<crate::notify::Notifier>,
     /// Consecutive failures per desk, for exponential backoff.
@@ -273,6 +276,7 @@ async fn apply_on(
         legacy_status: ctx.cfg.legacy_status,
         calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
         syncs_state: ctx.notifier.as_ref().is_some_and(|n| n.syncs_state()),
+        status_written_ago: ctx.status_clock.since(&cd.uid().unwrap_or_default()),
         now: Timestamp::now(),
     };
     let mut read_live = false;
@@ -420,6 +424,8 @@ async fn settle(
         let t = Instant::now();
         let written = write_status(api, cd, desired).await;
         let stored = ctx.time("update_status", t, written)?;
+        ctx.status_clock
+            .wrote(&cd.uid().unwrap_or_default(), desired.phase);
         remember(ctx, cd, stored);
     }
     if settlement.delete_desk {
@@ -499,6 +505,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
         legacy_status: ctx.cfg.legacy_status,
         calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
         syncs_state: ctx.notifier.as_ref().is_some_and(|n| n.syncs_state()),
+        status_written_ago: None,
         now: Timestamp::now(),
     };
     // A VMI left by our VM belongs to it; KubeVirt removes it before the VM.

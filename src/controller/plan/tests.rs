@@ -67,6 +67,7 @@ fn observe(desk: &Cyberdesk) -> Observation<'_> {
         legacy_status: false,
         calls_ready: false,
         syncs_state: false,
+        status_written_ago: None,
         now: NOW.parse().expect("now"),
     }
 }
@@ -494,4 +495,59 @@ fn reasons_are_distinct_and_warnings_are_the_problems() {
     assert_eq!(warnings, 5);
     assert_eq!(Reason::TimedOut.action(), "Stop");
     assert_eq!(Reason::CleanedUp.action(), "Delete");
+}
+
+fn vmi_in(phase: &str) -> VirtualMachineInstance {
+    serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "cyberdesk-alice", "namespace": "ns"}, "spec": {},
+        "status": {"phase": phase},
+    }))
+    .expect("vmi")
+}
+
+/// The desk as a pass that saw its VMI in `vmi_phase` left it.
+fn desk_seen_with(vmi: VirtualMachineInstance) -> Cyberdesk {
+    let d = started_desk(3_600_000, json!({}));
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    o.vmi = Some(vmi);
+    let mut seen = d.clone();
+    seen.status = settled(plan(&o)).status;
+    seen
+}
+
+#[test]
+fn a_starting_desk_written_a_moment_ago_holds_its_next_detail() {
+    let d = desk_seen_with(vmi_in("Pending"));
+    assert_eq!(
+        d.status.as_ref().and_then(|s| s.phase),
+        Some(CyberdeskPhase::Starting)
+    );
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    o.vmi = Some(vmi_in("Scheduling"));
+    o.status_written_ago = Some(Duration::from_millis(200));
+    let held = settled(plan(&o));
+    assert_eq!(held.status, None, "written 200 ms ago: held");
+    assert_eq!(held.wake, Wake::After(Duration::from_millis(800)));
+    // Once the hold is over, the newest detail is written.
+    o.status_written_ago = None;
+    let written = settled(plan(&o));
+    assert_eq!(
+        written.status.and_then(|s| s.vmi_phase).as_deref(),
+        Some("Scheduling")
+    );
+}
+
+#[test]
+fn a_starting_desk_that_turns_running_is_written_at_once() {
+    let d = desk_seen_with(vmi_in("Scheduled"));
+    let mut o = observe(&d);
+    o.vm = Some(vm("desk-uid", "Always"));
+    o.vmi = Some(running_vmi());
+    o.status_written_ago = Some(Duration::from_millis(10));
+    let s = settled(plan(&o));
+    assert_eq!(phase(&s), Some(CyberdeskPhase::Running));
+    assert_eq!(reasons(&s), vec![Reason::Ready]);
 }

@@ -1,0 +1,124 @@
+//! Coalescing a starting desk's status writes. While a desk is `Starting`, its VMI steps
+//! through `Pending`, `Scheduling` and `Scheduled` (and gets its address), and each step
+//! changes only the detail of the status: `vmiPhase`, the message. When those steps come
+//! faster than anyone reads them (many desks starting at once), writing each one costs the
+//! apiserver a write per step. A detail change that comes within [`HOLD`] of this
+//! process's last status write of the desk waits until the hold is over and is then
+//! written as whatever is newest; a change of phase (to `Running`, `Failed`, …) is never
+//! held.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::model::{CyberdeskPhase, CyberdeskStatus};
+
+/// The shortest time between two status writes of one starting desk.
+pub const HOLD: Duration = Duration::from_secs(1);
+
+/// How long `desired` must wait before it is written, when at all: only a change of a
+/// `Starting` desk that keeps it `Starting`, written by this process less than [`HOLD`]
+/// ago (`written_ago`).
+pub fn wait_for(
+    before: Option<&CyberdeskStatus>,
+    desired: &CyberdeskStatus,
+    written_ago: Option<Duration>,
+) -> Option<Duration> {
+    let starting =
+        |s: Option<&CyberdeskStatus>| s.and_then(|s| s.phase) == Some(CyberdeskPhase::Starting);
+    if !starting(before) || !starting(Some(desired)) {
+        return None;
+    }
+    HOLD.checked_sub(written_ago?)
+        .filter(|wait| !wait.is_zero())
+}
+
+/// When this process last wrote each starting desk's status, by desk uid. Only desks
+/// written while `Starting` in the last [`HOLD`] are kept.
+#[derive(Default)]
+pub struct StatusClock {
+    written: Mutex<HashMap<String, Instant>>,
+}
+
+impl StatusClock {
+    /// How long ago the desk's status was last written while `Starting`, within [`HOLD`].
+    pub fn since(&self, uid: &str) -> Option<Duration> {
+        let written = self.written.lock().ok()?;
+        let ago = written.get(uid)?.elapsed();
+        (ago < HOLD).then_some(ago)
+    }
+
+    /// Notes a status write of the desk that left it in `phase`.
+    pub fn wrote(&self, uid: &str, phase: Option<CyberdeskPhase>) {
+        let Ok(mut written) = self.written.lock() else {
+            return;
+        };
+        // Entries past the hold mean nothing any more (a desk deleted while starting
+        // leaves one): drop them, so the map holds only the desks starting right now.
+        written.retain(|_, at| at.elapsed() < HOLD);
+        if phase == Some(CyberdeskPhase::Starting) {
+            written.insert(uid.to_string(), Instant::now());
+        } else {
+            written.remove(uid);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.written.lock().map(|w| w.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(phase: CyberdeskPhase, vmi: &str) -> CyberdeskStatus {
+        CyberdeskStatus {
+            phase: Some(phase),
+            vmi_phase: Some(vmi.into()),
+            ..CyberdeskStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_starting_detail_written_just_now_waits_out_the_hold() {
+        let before = status(CyberdeskPhase::Starting, "Pending");
+        let desired = status(CyberdeskPhase::Starting, "Scheduling");
+        let wait = wait_for(Some(&before), &desired, Some(Duration::from_millis(300)));
+        assert_eq!(wait, Some(Duration::from_millis(700)));
+    }
+
+    #[test]
+    fn nothing_waits_past_the_hold_or_without_a_recent_write() {
+        let before = status(CyberdeskPhase::Starting, "Pending");
+        let desired = status(CyberdeskPhase::Starting, "Scheduling");
+        assert_eq!(wait_for(Some(&before), &desired, Some(HOLD)), None);
+        assert_eq!(wait_for(Some(&before), &desired, None), None);
+    }
+
+    #[test]
+    fn a_change_of_phase_is_never_held() {
+        let recent = Some(Duration::from_millis(10));
+        let starting = status(CyberdeskPhase::Starting, "Scheduled");
+        let running = status(CyberdeskPhase::Running, "Running");
+        let provisioning = status(CyberdeskPhase::Provisioning, "");
+        assert_eq!(wait_for(Some(&starting), &running, recent), None);
+        assert_eq!(wait_for(Some(&provisioning), &starting, recent), None);
+        assert_eq!(wait_for(None, &starting, recent), None);
+        let failed = status(CyberdeskPhase::Failed, "Failed");
+        assert_eq!(wait_for(Some(&starting), &failed, recent), None);
+    }
+
+    #[test]
+    fn the_clock_keeps_only_desks_written_while_starting() {
+        let clock = StatusClock::default();
+        clock.wrote("a", Some(CyberdeskPhase::Starting));
+        assert!(clock.since("a").is_some());
+        clock.wrote("a", Some(CyberdeskPhase::Running));
+        assert_eq!(clock.since("a"), None);
+        assert_eq!(clock.len(), 0);
+        clock.wrote("b", Some(CyberdeskPhase::Provisioning));
+        assert_eq!(clock.since("b"), None);
+    }
+}
