@@ -133,18 +133,20 @@ pub fn writes(requests: &BTreeMap<Request, u64>) -> u64 {
 }
 
 /// `requests` divided by `per` (e.g. desks), as `verb resource: n.nn` lines, largest first.
+/// Requests that round to 0.00 per unit (a watch renewed once over 10,000 desks) are left
+/// out, unless nothing else is there.
 pub fn per_unit(requests: &BTreeMap<Request, u64>, per: usize) -> Vec<String> {
-    let mut rows: Vec<_> = requests.iter().collect();
+    let per = per.max(1);
+    let mut rows: Vec<_> = requests
+        .iter()
+        .filter(|(_, n)| **n as f64 / per as f64 >= 0.005)
+        .collect();
+    if rows.is_empty() {
+        rows = requests.iter().collect();
+    }
     rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     rows.into_iter()
-        .map(|(r, n)| {
-            format!(
-                "{} {}: {:.2}",
-                r.verb,
-                r.resource,
-                *n as f64 / per.max(1) as f64
-            )
-        })
+        .map(|(r, n)| format!("{} {}: {:.2}", r.verb, r.resource, *n as f64 / per as f64))
         .collect()
 }
 
@@ -173,5 +175,17 @@ mod tests {
             per_unit(&op, 2),
             vec!["patch cyberdesks/status: 1.00", "get virtualmachines: 0.50"]
         );
+    }
+
+    #[test]
+    fn requests_that_round_to_nothing_per_unit_are_left_out_unless_alone() {
+        let req = |verb: &str| Request {
+            verb: verb.into(),
+            resource: "cyberdesks".into(),
+        };
+        let mut requests = BTreeMap::from([(req("watch"), 1)]);
+        assert_eq!(per_unit(&requests, 1000), vec!["watch cyberdesks: 0.00"]);
+        requests.insert(req("patch"), 1000);
+        assert_eq!(per_unit(&requests, 1000), vec!["patch cyberdesks: 1.00"]);
     }
 }

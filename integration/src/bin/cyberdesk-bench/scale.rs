@@ -317,6 +317,14 @@ pub async fn run(c: &Cluster, args: &Scale) -> anyhow::Result<()> {
         status_kib(op.pid(), "RssAnon:") / 1024,
         status_kib(op.pid(), "RssFile:") / 1024
     );
+    // Read again once the operator's periodic heap trim (every 15 s) has surely run.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    println!(
+        "  restarted operator RSS 20 s later: {} MiB (anonymous {} MiB), peak {} MiB",
+        status_kib(op.pid(), "VmRSS:") / 1024,
+        status_kib(op.pid(), "RssAnon:") / 1024,
+        status_kib(op.pid(), "VmHWM:") / 1024
+    );
 
     // What no operator can beat here: the same VMs created directly and run.
     // Run while the desks are quiet, before their timeouts make the simulator busy.
