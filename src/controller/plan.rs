@@ -426,8 +426,7 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
         }
     };
     // A starting desk's detail written a moment ago: the newest detail goes later.
-    let held = status_hold::wait_for(before, &desired, obs.status_written_ago)
-        .filter(|_| before != Some(&desired));
+    let held = status_hold::wait_for(before, &desired, obs.status_written_ago);
     let wake = match (held, wake) {
         (Some(hold), Wake::After(wait)) => Wake::After(hold.min(wait)),
         (Some(hold), Wake::OnChange) => Wake::After(hold),

@@ -18,7 +18,7 @@ pub const HOLD: Duration = Duration::from_secs(1);
 
 /// How long `desired` must wait before it is written, when at all: only a change of a
 /// `Starting` desk that keeps it `Starting`, written by this process less than [`HOLD`]
-/// ago (`written_ago`).
+/// ago (`written_ago`). Nothing to write (no change) waits for nothing.
 pub fn wait_for(
     before: Option<&CyberdeskStatus>,
     desired: &CyberdeskStatus,
@@ -26,7 +26,7 @@ pub fn wait_for(
 ) -> Option<Duration> {
     let starting =
         |s: Option<&CyberdeskStatus>| s.and_then(|s| s.phase) == Some(CyberdeskPhase::Starting);
-    if !starting(before) || !starting(Some(desired)) {
+    if before == Some(desired) || !starting(before) || !starting(Some(desired)) {
         return None;
     }
     HOLD.checked_sub(written_ago?)
@@ -95,6 +95,12 @@ mod tests {
         let desired = status(CyberdeskPhase::Starting, "Scheduling");
         assert_eq!(wait_for(Some(&before), &desired, Some(HOLD)), None);
         assert_eq!(wait_for(Some(&before), &desired, None), None);
+        let recent = Some(Duration::from_millis(10));
+        assert_eq!(
+            wait_for(Some(&desired), &desired, recent),
+            None,
+            "no change"
+        );
     }
 
     #[test]

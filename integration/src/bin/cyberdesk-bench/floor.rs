@@ -6,11 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use kube::Api;
 use kube::api::PostParams;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 
 use cyberdesk_integration::audit::{AuditLog, Request};
 use cyberdesk_integration::cluster::{Cluster, namespace};
@@ -18,7 +16,7 @@ use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::wait::until_every;
 use cyberdesk_operator::model::{VirtualMachine, VirtualMachineInstance};
 
-use crate::scale::run_all;
+use crate::scale::{run_all, watched};
 
 /// What the floor run saw.
 pub struct Floor {
@@ -60,14 +58,7 @@ pub async fn run(
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
-    let (store, writer) = reflector::store();
-    tokio::spawn(
-        watcher(vmis, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .applied_objects()
-            .for_each(|_| async {}),
-    );
+    let store = watched(vmis);
     log.mark();
     let t = Instant::now();
     run_all(n, concurrency, |i| {

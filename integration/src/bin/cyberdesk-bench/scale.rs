@@ -63,11 +63,15 @@ fn desk(name: &str) -> anyhow::Result<Cyberdesk> {
     }))?)
 }
 
-/// The desks of `desks` as one watch sees them. Counting phases in it costs the apiserver
+/// The objects of `api` as one watch sees them. Counting phases in it costs the apiserver
 /// one more watcher; a LIST of every desk every look took a tenth of its CPU at 1,000 desks.
-fn watch_desks(desks: Api<Cyberdesk>) -> Store<Cyberdesk> {
+pub fn watched<K>(api: Api<K>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+{
     let (store, writer) = reflector::store();
-    let stream = watcher(desks, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .applied_objects();
@@ -166,7 +170,7 @@ pub async fn run(c: &Cluster, args: &Scale) -> anyhow::Result<()> {
     let _sim = Simulator::start(client.clone(), SimulatorOptions::in_namespace(&ns));
     let apis = Apis::new(&client, &ns);
     let desks = apis.desks.clone();
-    let watched = watch_desks(desks.clone());
+    let watched = watched(desks.clone());
     println!(
         "scale: {n} desks, created through the API at concurrency {concurrency}, no webhooks, zero simulator delay; operator flags {}",
         flags.join(" ")
@@ -433,6 +437,5 @@ pub async fn run(c: &Cluster, args: &Scale) -> anyhow::Result<()> {
             100.0 * desks_per_s * writes_per_desk * took.as_secs_f64() / names.len() as f64
         );
     }
-
     Ok(())
 }
