@@ -26,6 +26,9 @@ pub const OPERATIONS: &[&str] = &[
 /// (miss, then boots its own), or lost a VM to another desk's claim (conflict, then tries
 /// the next).
 pub const CLAIM_RESULTS: &[&str] = &["hit", "miss", "conflict"];
+/// `cyberdesk_pool_vms_replaced_total{reason}`: unclaimed pool VMs taken back and booted
+/// again, because they failed or outlived the pool's `maxIdleMs`.
+pub const REPLACE_REASONS: &[&str] = &["failed", "expired"];
 /// `cyberdesk_pool_vms{state}`.
 pub const POOL_STATES: &[&str] = &["ready", "booting", "claimed", "desired"];
 /// `cyberdesk_desk_start_seconds{source}`: cold desks of no pool are `none`.
@@ -67,6 +70,7 @@ pub const FAMILIES: &[&str] = &[
     "cyberdesk_pool_claims_total",
     "cyberdesk_pool_vms",
     "cyberdesk_desk_start_seconds",
+    "cyberdesk_pool_vms_replaced_total",
 ];
 
 /// Families labelled by pool: they appear with the first pool the leader sees.
@@ -112,6 +116,7 @@ pub struct Metrics {
     pub pool_claims: IntCounterVec,
     pub pool_vms: IntGaugeVec,
     pub desk_start: HistogramVec,
+    pub pool_replaced: IntCounterVec,
 }
 
 impl Metrics {
@@ -267,6 +272,13 @@ impl Metrics {
                 ]),
                 &["source"],
             )?,
+            pool_replaced: IntCounterVec::new(
+                Opts::new(
+                    "cyberdesk_pool_vms_replaced_total",
+                    "Unclaimed warm-pool VMs taken back to be booted afresh, by reason (failed, expired)",
+                ),
+                &["reason"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -275,6 +287,9 @@ impl Metrics {
         }
         for source in START_SOURCES {
             m.desk_start.with_label_values(&[source]);
+        }
+        for reason in REPLACE_REASONS {
+            m.pool_replaced.with_label_values(&[reason]);
         }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CYBERDESK_REVISION")])
@@ -352,6 +367,7 @@ impl Metrics {
         r.register(Box::new(self.pool_claims.clone()))?;
         r.register(Box::new(self.pool_vms.clone()))?;
         r.register(Box::new(self.desk_start.clone()))?;
+        r.register(Box::new(self.pool_replaced.clone()))?;
         Ok(())
     }
 

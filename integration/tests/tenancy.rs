@@ -137,6 +137,70 @@ async fn user_data_only_from_secrets_the_requester_may_read() {
     );
 }
 
+/// A desk from a pool gets the pool's user data: its creator must be granted the pool
+/// (`use` on `cyberdeskpools`), or anyone allowed to create desks would read the pool's
+/// Secret from inside a VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_desk_needs_use_on_its_pool() {
+    let (c, _op) = setup().await;
+    let client = c.client().await;
+    let ns = namespace(&client, "pool-use").await;
+    wait_webhooks_active(&c, &ns).await;
+    let admin = c.kubectl();
+    apply(
+        &admin,
+        &secret_yaml(&ns, "pool-creds", "#cloud-config\npassword: hunter2\n"),
+    );
+    apply(
+        &admin,
+        &format!(
+            "apiVersion: cyberdesk.io/v1alpha1\nkind: CyberdeskPool\nmetadata: {{name: warm, namespace: {ns}}}\nspec: {{size: 0, userDataSecretRef: {{name: pool-creds, key: userdata}}}}\n"
+        ),
+    );
+    apply(&admin, &role_yaml(&ns, "alice-desks", "alice", DESK_RULES));
+    apply(&admin, &role_yaml(&ns, "bob-desks", "bob", DESK_RULES));
+    apply(
+        &admin,
+        &role_yaml(
+            &ns,
+            "bob-pool",
+            "bob",
+            "[{apiGroups: [cyberdesk.io], resources: [cyberdeskpools], resourceNames: [warm], verbs: [use]}]",
+        ),
+    );
+    let alice = c.kubectl().as_user("alice", &["team-a"]);
+    let bob = c.kubectl().as_user("bob", &["team-a"]);
+    // alice may create desks, but neither read pool-creds nor use the pool: denied, the
+    // same under a dry run, and nothing stored.
+    let pooled = |name: &str| desk_yaml(&ns, name, "{pool: warm, timeoutMs: 600000}");
+    for extra in [&[][..], &["--dry-run=server"][..]] {
+        let out = alice.apply(&pooled("borrowed"), extra).expect("kubectl");
+        assert!(!out.success, "alice's pooled desk was admitted ({extra:?})");
+        for part in [
+            "spec.pool",
+            "may not use CyberdeskPool \"warm\"",
+            "\"use\"",
+            "cyberdeskpools",
+            "alice",
+        ] {
+            assert!(
+                out.stderr.contains(part),
+                "{part:?} missing from: {}",
+                out.stderr
+            );
+        }
+    }
+    let stored = admin
+        .run(&["get", "cd", "borrowed", "-n", &ns], None)
+        .expect("kubectl");
+    assert!(
+        !stored.success && stored.stderr.contains("NotFound"),
+        "{stored:?}"
+    );
+    // bob was granted the pool (not its Secret): admitted.
+    apply(&bob, &pooled("granted"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_template_passes_the_secret_by_reference_and_the_operator_cannot_read_it() {
     let (c, _op) = setup().await;

@@ -328,6 +328,95 @@ async fn the_validating_webhook_reviews_pools_and_pool_desks() {
     assert!(out.stderr.contains("spec.pool"), "{}", out.stderr);
 }
 
+/// An unclaimed VM holds the pool's user data: past `maxIdleMs` it is deleted and a fresh
+/// one booted, counted and announced, with no change to the pool to trigger it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclaimed_vm_past_its_maximum_age_is_replaced() {
+    let (c, op) = setup().await;
+    let (ns, apis, _sim) = desk_namespace(&c, "pool-idle", SimulatorOptions::default()).await;
+    let pools: Api<CyberdeskPool> = Api::namespaced(c.client().await, &ns);
+    apply(&c, &pool_yaml(&ns, "warm", "{size: 1, maxIdleMs: 60000}"));
+    wait_pool_ready(&pools, "warm", 1, Duration::from_secs(60)).await;
+    let first = pool_vms(&apis, "warm").await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let old = first[0].metadata.name.clone().expect("name");
+    let born = first[0]
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_millisecond())
+        .expect("creation");
+
+    let fresh = eventually(Duration::from_secs(120), "the old VM replaced", || async {
+        let vms = pool_vms(&apis, "warm").await;
+        let old_gone = vms.iter().all(|vm| {
+            vm.metadata.name.as_deref() != Some(old.as_str())
+                || vm.metadata.deletion_timestamp.is_some()
+        });
+        let status = pools.get("warm").await.ok()?.status?;
+        let fresh = vms
+            .into_iter()
+            .find(|vm| vm.metadata.name.as_deref() != Some(old.as_str()))?;
+        (old_gone && status.ready == 1).then_some(fresh)
+    })
+    .await;
+    let replaced_at = now_ms();
+    assert!(
+        replaced_at - born >= 60_000,
+        "replaced {} ms after its creation",
+        replaced_at - born
+    );
+    let fresh_born = fresh
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_millisecond())
+        .expect("creation");
+    // Creation times are whole seconds.
+    assert!(fresh_born >= born + 59_000, "{fresh_born} vs {born}");
+
+    let text = eventually(
+        Duration::from_secs(10),
+        "the replacement counted",
+        || async {
+            let text = op.metrics();
+            metric_sample(
+                &text,
+                r#"cyberdesk_pool_vms_replaced_total{reason="expired"}"#,
+            )
+            .is_some_and(|n| n >= 1.0)
+            .then_some(text)
+        },
+    )
+    .await;
+    assert!(text.contains("cyberdesk_pool_vms_replaced_total"));
+    let events = eventually(
+        Duration::from_secs(20),
+        "the replacement announced",
+        || async {
+            let out = c
+                .kubectl()
+                .run(
+                    &[
+                        "get",
+                        "events",
+                        "-n",
+                        &ns,
+                        "--field-selector",
+                        "reason=VirtualMachineExpired",
+                        "-o",
+                        "jsonpath={.items[*].message}",
+                    ],
+                    None,
+                )
+                .ok()?;
+            out.stdout.contains(&old).then_some(out.stdout)
+        },
+    )
+    .await;
+    assert!(events.contains("maxIdleMs"), "{events}");
+}
+
 /// The VMI of a pool VM was started before any desk claimed the VM, so it carries no desk
 /// label: its changes must still reach the desk that claimed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,121 @@
 //! Policies judge every change a user makes, not only spec changes: a label a policy
 //! requires cannot be removed after CREATE. The operator's own bookkeeping (finalizer,
-//! status) is never blocked. Its own binary: it owns the policy ConfigMap.
+//! status) is never blocked. Pools are judged by the same policies. Its own binary: it
+//! owns the policy ConfigMap, to which each test adds its own keys.
 
 use std::time::Duration;
 
 use cyberdesk_integration::cluster::namespace;
 use cyberdesk_integration::desks::{desk_yaml, wait_webhooks_active};
+use cyberdesk_integration::kubectl::Kubectl;
 use cyberdesk_integration::operator::webhook_operator;
 use cyberdesk_integration::wait::eventually;
 use serde_json::json;
+
+/// Adds `policy` under `key` to the policy ConfigMap, leaving the other tests' keys alone.
+fn add_policy(admin: &Kubectl, key: &str, policy: &serde_json::Value) {
+    let created = admin
+        .run(
+            &[
+                "create",
+                "configmap",
+                "cyberdesk-policies",
+                "-n",
+                "cyberdesk-system",
+            ],
+            None,
+        )
+        .expect("kubectl");
+    assert!(
+        created.success || created.stderr.contains("AlreadyExists"),
+        "{}",
+        created.stderr
+    );
+    let patch = json!({"data": {key: policy.to_string()}}).to_string();
+    let out = admin
+        .run(
+            &[
+                "patch",
+                "configmap",
+                "cyberdesk-policies",
+                "-n",
+                "cyberdesk-system",
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        )
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+}
+
+fn pool_yaml(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: cyberdesk.io/v1alpha1\nkind: CyberdeskPool\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_on_templates_and_lifetimes_binds_pools() {
+    let (c, _op) = webhook_operator(&[]).await;
+    let client = c.client().await;
+    let ns = namespace(&client, "pool-policy").await;
+    let other = namespace(&client, "pool-policy-free").await;
+    wait_webhooks_active(&c, &ns).await;
+    let admin = c.kubectl();
+    // A template every namespace may use, and a policy that forbids it in `ns` alone.
+    let tpl = format!("gpu-{ns}");
+    let out = admin
+        .apply(
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {tpl}\n  namespace: cyberdesk-system\n  labels: {{cyberdesk.io/template: \"true\"}}\ndata:\n  template.yaml: |\n    apiVersion: kubevirt.io/v1\n    kind: VirtualMachine\n    spec: {{template: {{spec: {{domain: {{devices: {{}}}}}}}}}}\n"
+            ),
+            &[],
+        )
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    let templates = json!({"name": "no-gpu", "match": {"namespaces": [ns]}, "enforcement": "deny",
+        "schema": {"properties": {"spec": {"properties": {"template": {"not": {"const": tpl}}}}}}});
+    add_policy(&admin, "no-gpu.json", &templates);
+    let gpu_pool = |ns: &str| pool_yaml(ns, "gpu", &format!("{{size: 0, template: {tpl}}}"));
+    let denied = eventually(Duration::from_secs(20), "the policy in force", || async {
+        let out = admin.apply(&gpu_pool(&ns), &["--dry-run=server"]).ok()?;
+        (!out.success && out.stderr.contains("no-gpu")).then_some(out.stderr)
+    })
+    .await;
+    assert!(
+        denied.contains("spec.template") && denied.contains("cyberdeskpools"),
+        "{denied}"
+    );
+    // The template itself is fine: where the policy does not match, the pool is admitted.
+    let free = admin
+        .apply(&gpu_pool(&other), &["--dry-run=server"])
+        .expect("kubectl");
+    assert!(free.success, "{}", free.stderr);
+    let stored = admin.apply(&gpu_pool(&ns), &[]).expect("kubectl");
+    assert!(!stored.success, "the pool was stored");
+
+    // A ceiling on desks' timeoutMs caps how long an unclaimed pool VM lives.
+    let ceiling = json!({"name": "one-hour", "match": {"namespaces": [ns]}, "enforcement": "deny",
+        "schema": {"properties": {"spec": {"properties": {"timeoutMs": {"maximum": 3_600_000}}}}}});
+    add_policy(&admin, "one-hour.json", &ceiling);
+    let idle = eventually(Duration::from_secs(20), "the ceiling in force", || async {
+        let out = admin
+            .apply(&pool_yaml(&ns, "idle", "{size: 0}"), &["--dry-run=server"])
+            .ok()?;
+        (!out.success && out.stderr.contains("one-hour")).then_some(out.stderr)
+    })
+    .await;
+    assert!(idle.contains("spec.maxIdleMs"), "{idle}");
+    let short = admin
+        .apply(
+            &pool_yaml(&ns, "idle", "{size: 0, maxIdleMs: 1800000}"),
+            &[],
+        )
+        .expect("kubectl");
+    assert!(short.success, "{}", short.stderr);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_required_label_is_denied_and_deletion_still_completes() {
@@ -20,13 +127,7 @@ async fn removing_a_required_label_is_denied_and_deletion_still_completes() {
     let policy = json!({"name": "team-label", "match": {"namespaces": [ns]}, "enforcement": "deny",
         "schema": {"properties": {"metadata": {"required": ["labels"],
             "properties": {"labels": {"required": ["team"]}}}}}});
-    let configmap = json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "cyberdesk-policies", "namespace": "cyberdesk-system"},
-        "data": {"team-label.json": policy.to_string()}
-    });
-    let out = admin.apply(&configmap.to_string(), &[]).expect("kubectl");
-    assert!(out.success, "{}", out.stderr);
+    add_policy(&admin, "team-label.json", &policy);
     let unlabelled = desk_yaml(&ns, "probe", "{}");
     eventually(Duration::from_secs(20), "the policy in force", || async {
         let out = admin.apply(&unlabelled, &["--dry-run=server"]).ok()?;

@@ -49,6 +49,17 @@ pub trait SecretAccess: Send + Sync {
         namespace: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Access, AccessError>>;
+
+    /// Answers "may this user `use` CyberdeskPool `pool` in `namespace`?". Without an
+    /// apiserver to ask there is no answer, so a pooled desk is refused.
+    fn may_use_pool<'a>(
+        &'a self,
+        _who: &'a UserInfo,
+        _namespace: &'a str,
+        _pool: &'a str,
+    ) -> BoxFuture<'a, Result<Access, AccessError>> {
+        Box::pin(async { Err(AccessError::Unavailable) })
+    }
 }
 
 /// Everything an answer depends on — the whole identity (extra included, since an
@@ -68,6 +79,53 @@ impl CacheKey {
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
         Self(key)
+    }
+}
+
+impl CacheKey {
+    /// The pool question's key: the same identity digest with the question in it, so a
+    /// pool and a Secret of the same name never share an answer.
+    fn for_pool_use(who: &UserInfo, namespace: &str, pool: &str) -> Self {
+        let mut groups = who.groups.clone().unwrap_or_default();
+        groups.sort();
+        let extra: BTreeMap<_, _> = who.extra.clone().unwrap_or_default();
+        let canonical = serde_json::json!([
+            who.username,
+            who.uid,
+            groups,
+            extra,
+            namespace,
+            pool,
+            POOL_USE
+        ]);
+        let digest = ring::digest::digest(&ring::digest::SHA256, canonical.to_string().as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        Self(key)
+    }
+}
+
+/// The verb a pooled desk's creator needs on its pool (`cyberdeskpools/use`): the pool
+/// hands its template and user data to every desk that names it, so naming it is a grant
+/// its owner makes, as RBAC's `bind`/`escalate` and PodSecurityPolicy's `use` are.
+pub const POOL_USE: &str = "use";
+
+/// The pool question, for exactly the identity the apiserver authenticated.
+pub fn pool_use_spec(who: &UserInfo, namespace: &str, pool: &str) -> SubjectAccessReviewSpec {
+    SubjectAccessReviewSpec {
+        user: who.username.clone(),
+        uid: who.uid.clone(),
+        groups: who.groups.clone(),
+        extra: who.extra.clone(),
+        resource_attributes: Some(ResourceAttributes {
+            namespace: Some(namespace.into()),
+            verb: Some(POOL_USE.into()),
+            group: Some("cyberdesk.io".into()),
+            resource: Some("cyberdeskpools".into()),
+            name: Some(pool.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -137,14 +195,9 @@ impl SubjectAccessReviewer {
             .inc();
     }
 
-    async fn ask(
-        &self,
-        who: &UserInfo,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Access, AccessError> {
+    async fn ask(&self, spec: SubjectAccessReviewSpec) -> Result<Access, AccessError> {
         let review = SubjectAccessReview {
-            spec: review_spec(who, namespace, name),
+            spec,
             ..Default::default()
         };
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
@@ -203,7 +256,37 @@ impl SecretAccess for SubjectAccessReviewer {
                 self.count(&result, "cache");
                 return result;
             }
-            let result = self.ask(who, namespace, name).await;
+            let result = self.ask(review_spec(who, namespace, name)).await;
+            self.count(&result, "api");
+            if let Ok(access) = &result
+                && let Ok(mut cache) = self.cache.lock()
+                && !cache.ttl.is_zero()
+            {
+                cache.put(key, access.clone(), Instant::now());
+            }
+            result
+        })
+    }
+
+    fn may_use_pool<'a>(
+        &'a self,
+        who: &'a UserInfo,
+        namespace: &'a str,
+        pool: &'a str,
+    ) -> BoxFuture<'a, Result<Access, AccessError>> {
+        Box::pin(async move {
+            let key = CacheKey::for_pool_use(who, namespace, pool);
+            let cached = self
+                .cache
+                .lock()
+                .ok()
+                .and_then(|mut c| c.get(&key, Instant::now()));
+            if let Some(access) = cached {
+                let result = Ok(access);
+                self.count(&result, "cache");
+                return result;
+            }
+            let result = self.ask(pool_use_spec(who, namespace, pool)).await;
             self.count(&result, "api");
             if let Ok(access) = &result
                 && let Ok(mut cache) = self.cache.lock()
@@ -270,6 +353,23 @@ mod tests {
         assert_ne!(a, CacheKey::new(&user("alice", &["x"]), "ns", "s"));
         assert_ne!(a, CacheKey::new(&user("alice", &["x", "y"]), "other", "s"));
         assert_ne!(a, CacheKey::new(&user("alice", &["x", "y"]), "ns", "t"));
+        // A pool named like the Secret is another question.
+        assert_ne!(
+            a,
+            CacheKey::for_pool_use(&user("alice", &["x", "y"]), "ns", "s")
+        );
+    }
+
+    #[test]
+    fn the_pool_question_is_use_on_that_pool() {
+        let spec = pool_use_spec(&user("alice", &["team-a"]), "team-a", "warm");
+        assert_eq!(spec.user.as_deref(), Some("alice"));
+        let attrs = spec.resource_attributes.expect("resource attributes");
+        assert_eq!(attrs.verb.as_deref(), Some("use"));
+        assert_eq!(attrs.group.as_deref(), Some("cyberdesk.io"));
+        assert_eq!(attrs.resource.as_deref(), Some("cyberdeskpools"));
+        assert_eq!(attrs.name.as_deref(), Some("warm"));
+        assert_eq!(attrs.namespace.as_deref(), Some("team-a"));
     }
 
     #[test]

@@ -22,7 +22,8 @@ use crate::metrics::Metrics;
 use crate::policy::{PolicySet, PolicyStore};
 use crate::server::{MAX_BODY_BYTES, router};
 
-/// Answers from a fixed list: only the Secrets named in `readable` may be read, by anyone.
+/// Answers from a fixed list: only the Secrets (and pools) named in `readable` may be read
+/// (used), by anyone.
 struct ReadableSecrets(&'static [&'static str]);
 
 impl SecretAccess for ReadableSecrets {
@@ -38,6 +39,15 @@ impl SecretAccess for ReadableSecrets {
             Access::Denied(String::new())
         };
         Box::pin(async move { Ok(access) })
+    }
+
+    fn may_use_pool<'a>(
+        &'a self,
+        who: &'a UserInfo,
+        namespace: &'a str,
+        pool: &'a str,
+    ) -> BoxFuture<'a, Result<Access, AccessError>> {
+        self.may_get_secret(who, namespace, pool)
     }
 }
 
@@ -718,4 +728,107 @@ async fn dry_run_gets_the_same_answer_as_a_real_request() {
         assert_eq!(real_body, dry_body, "{path} {real}");
         assert!(real_body["response"].is_object(), "{real_body}");
     }
+}
+
+fn pool_review(operation: &str, object: Value, old: Value) -> Value {
+    let mut r = review(operation, object, old);
+    r["request"]["kind"]["kind"] = json!("CyberdeskPool");
+    r["request"]["resource"]["resource"] = json!("cyberdeskpools");
+    r
+}
+
+fn pool(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "CyberdeskPool",
+           "metadata": {"name": name, "namespace": "team-a"}, "spec": spec})
+}
+
+#[tokio::test]
+async fn a_pooled_desk_needs_use_on_its_pool() {
+    let (_, body) = post(
+        app(),
+        "/validate",
+        review(
+            "CREATE",
+            desk("alice", json!({"pool": "warm"})),
+            Value::Null,
+        )
+        .to_string(),
+    )
+    .await;
+    let r = response(&body);
+    assert_eq!(r["allowed"], false, "{body}");
+    let found = causes(r);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "spec.pool");
+    assert!(
+        found[0].1.contains("may not use CyberdeskPool \"warm\""),
+        "{found:?}"
+    );
+    let (_, body) = post(
+        app(),
+        "/validate",
+        review(
+            "CREATE",
+            desk("alice", json!({"pool": "readable"})),
+            Value::Null,
+        )
+        .to_string(),
+    )
+    .await;
+    assert_eq!(response(&body)["allowed"], true, "{body}");
+    // No apiserver to ask: refused.
+    let (_, body) = post(
+        app_full(PolicyStore::default(), Arc::new(NoAccessReviews), vec![]),
+        "/validate",
+        review(
+            "CREATE",
+            desk("alice", json!({"pool": "readable"})),
+            Value::Null,
+        )
+        .to_string(),
+    )
+    .await;
+    let r = response(&body);
+    assert_eq!(r["allowed"], false, "{body}");
+    assert!(causes(r)[0].1.contains("could not check"), "{r}");
+}
+
+#[tokio::test]
+async fn policies_judge_pools_on_create_and_on_metadata_updates() {
+    let policy = json!({"name": "max-1h", "enforcement": "deny",
+        "schema": {"properties": {"spec": {"properties": {"timeoutMs": {"maximum": 3600000}}}}}});
+    let set = PolicySet::load(&[("test".into(), policy.to_string().into_bytes())]).expect("loads");
+    let store = PolicyStore::new(set);
+    let (_, body) = post(
+        app_with(store.clone()),
+        "/validate",
+        pool_review("CREATE", pool("warm", json!({"size": 1})), Value::Null).to_string(),
+    )
+    .await;
+    let r = response(&body);
+    assert_eq!(r["allowed"], false, "{body}");
+    assert_eq!(causes(r)[0].0, "spec.maxIdleMs", "{body}");
+    assert_eq!(r["status"]["details"]["kind"], "cyberdeskpools", "{body}");
+    let old = pool("warm", json!({"size": 1}));
+    let mut labelled = old.clone();
+    labelled["metadata"]["labels"] = json!({"team": "a"});
+    let (_, body) = post(
+        app_with(store.clone()),
+        "/validate",
+        pool_review("UPDATE", labelled, old).to_string(),
+    )
+    .await;
+    assert_eq!(response(&body)["allowed"], false, "{body}");
+    let (_, body) = post(
+        app_with(store),
+        "/validate",
+        pool_review(
+            "CREATE",
+            pool("warm", json!({"size": 1, "maxIdleMs": 600000})),
+            Value::Null,
+        )
+        .to_string(),
+    )
+    .await;
+    assert_eq!(response(&body)["allowed"], true, "{body}");
 }

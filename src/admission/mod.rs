@@ -67,7 +67,7 @@ pub struct Admission {
     pub metrics: Metrics,
     /// Which templates exist and where they may be used.
     pub templates: Catalog,
-    /// Whether a requester may read the Secret their desk names.
+    /// Whether a requester may read the Secret their desk names, or use its pool.
     pub secret_access: Arc<dyn SecretAccess>,
     /// The operator's own user name (its ServiceAccount): its updates are bookkeeping.
     pub operator_username: String,
@@ -280,20 +280,20 @@ impl Admission {
             old_object: old,
         };
         let pool = req.kind.kind == POOL_KIND;
-        if pool && policies_only {
-            // The policies judge desks; a pool's metadata is its owner's business.
-            return resp;
-        }
         if policies_only {
-            let outcome = policies.evaluate(namespace, operation, object);
+            let outcome = if pool {
+                policies.evaluate_pool(namespace, operation, object)
+            } else {
+                policies.evaluate(namespace, operation, object)
+            };
             let verdict = Verdict {
                 violations: outcome.violations,
                 warnings: outcome.warnings,
             };
-            return respond(resp, DESK, name, verdict);
+            return respond(resp, if pool { POOL } else { DESK }, name, verdict);
         }
         let mut verdict = if pool {
-            validate_pool::validate_pool(operation, name, object, old)
+            validate_pool::validate_pool(operation, name, namespace, object, old, &policies)
         } else {
             validate::validate(&input, &self.validate, &policies)
         };
@@ -338,9 +338,27 @@ impl Admission {
                 Err(refusal) => TemplateFact::Refused(refusal),
             }
         });
+        let pool_use = match tenancy::pool_to_check(old, object) {
+            None => None,
+            Some(pool) => Some(
+                match self
+                    .secret_access
+                    .may_use_pool(&req.user_info, namespace, pool)
+                    .await
+                {
+                    Ok(Access::Allowed) => SecretAccessFact::Allowed,
+                    Ok(Access::Denied(reason)) => SecretAccessFact::Denied(reason),
+                    Err(e) => {
+                        tracing::warn!(error = %e, pool, "SubjectAccessReview failed; denying");
+                        SecretAccessFact::Unknown(format!("SubjectAccessReview failed: {e}"))
+                    }
+                },
+            ),
+        };
         TenancyFacts {
             secret_access,
             template,
+            pool_use,
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::text::truncate;
 pub const SECRET_NAME_FIELD: &str = "spec.userDataSecretRef.name";
 pub const SECRET_KEY_FIELD: &str = "spec.userDataSecretRef.key";
 pub const TEMPLATE_FIELD: &str = "spec.template";
+pub const POOL_FIELD: &str = "spec.pool";
 /// Longest Secret name worth asking about (a DNS-1123 subdomain); validation refuses longer.
 const MAX_SECRET_NAME: usize = 253;
 
@@ -39,6 +40,9 @@ pub enum TemplateFact {
 pub struct TenancyFacts {
     pub secret_access: Option<SecretAccessFact>,
     pub template: Option<TemplateFact>,
+    /// What the apiserver said about the requester using the desk's pool (`use` on
+    /// `cyberdeskpools`): the same three answers as for a Secret.
+    pub pool_use: Option<SecretAccessFact>,
 }
 
 /// Did the value at `pointer` change (always true on CREATE)? Rules are checked again only
@@ -60,6 +64,16 @@ pub fn secret_to_check<'a>(old: Option<&Value>, new: &'a Value) -> Option<&'a st
         .filter(|n| !n.is_empty() && n.len() <= MAX_SECRET_NAME)?;
     (changed(old, new, "/spec/userDataSecretRef") || changed(old, new, "/spec/template"))
         .then_some(name)
+}
+
+/// The pool to ask about: a plausible `spec.pool` that is new or changed. A desk from a
+/// pool gets the pool's template and user data, so naming it needs the pool's `use` verb.
+pub fn pool_to_check<'a>(old: Option<&Value>, new: &'a Value) -> Option<&'a str> {
+    let pool = new
+        .pointer("/spec/pool")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty() && p.len() <= 63)?;
+    changed(old, new, "/spec/pool").then_some(pool)
 }
 
 /// The template to resolve: `Some(requested)` (inner `None` = the default) when the template
@@ -109,6 +123,34 @@ pub fn judge(
             SECRET_NAME_FIELD,
             format!(
                 "could not check that user {user:?} may read Secret {secret:?} in namespace {namespace:?} ({}); refused to be safe, try again",
+                truncate(error, 200)
+            ),
+        ),
+    }
+    let pool = object
+        .pointer("/spec/pool")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let pool = truncate(pool, 63);
+    match &facts.pool_use {
+        None | Some(SecretAccessFact::Allowed) => {}
+        Some(SecretAccessFact::Denied(reason)) => {
+            let why = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", truncate(reason, 200))
+            };
+            verdict.deny(
+                POOL_FIELD,
+                format!(
+                    "user {user:?} may not use CyberdeskPool {pool:?} in namespace {namespace:?}: the permission \"use\" on \"cyberdeskpools\" (resourceName {pool:?}) is missing{why}; a desk from a pool gets the pool's template and user data, which its owner grants with that verb"
+                ),
+            );
+        }
+        Some(SecretAccessFact::Unknown(error)) => verdict.deny(
+            POOL_FIELD,
+            format!(
+                "could not check that user {user:?} may use CyberdeskPool {pool:?} in namespace {namespace:?} ({}); refused to be safe, try again",
                 truncate(error, 200)
             ),
         ),
@@ -194,6 +236,7 @@ mod tests {
             TenancyFacts {
                 secret_access: Some(SecretAccessFact::Denied(String::new())),
                 template: None,
+                pool_use: None,
             },
             json!({"userDataSecretRef": {"name": "creds", "key": "userdata"}}),
         );
@@ -210,11 +253,44 @@ mod tests {
     }
 
     #[test]
+    fn a_pooled_desk_needs_use_on_its_pool() {
+        let d = desk(json!({"pool": "warm", "timeoutMs": 1}));
+        assert_eq!(pool_to_check(None, &d), Some("warm"));
+        assert_eq!(pool_to_check(Some(&d), &d), None);
+        assert_eq!(pool_to_check(None, &desk(json!({}))), None);
+        let v = judged(
+            TenancyFacts {
+                pool_use: Some(SecretAccessFact::Denied(String::new())),
+                ..Default::default()
+            },
+            json!({"pool": "warm"}),
+        );
+        assert_eq!(v.violations.len(), 1);
+        assert_eq!(v.violations[0].field, POOL_FIELD);
+        let m = &v.violations[0].message;
+        assert!(
+            m.contains("may not use CyberdeskPool \"warm\"")
+                && m.contains("\"use\"")
+                && m.contains("alice"),
+            "{m}"
+        );
+        let failed = judged(
+            TenancyFacts {
+                pool_use: Some(SecretAccessFact::Unknown("timed out".into())),
+                ..Default::default()
+            },
+            json!({"pool": "warm"}),
+        );
+        assert_eq!(failed.violations[0].field, POOL_FIELD);
+    }
+
+    #[test]
     fn a_failed_review_fails_closed() {
         let v = judged(
             TenancyFacts {
                 secret_access: Some(SecretAccessFact::Unknown("timed out".into())),
                 template: None,
+                pool_use: None,
             },
             json!({"userDataSecretRef": {"name": "creds", "key": "userdata"}}),
         );
@@ -229,6 +305,7 @@ mod tests {
         let facts = TenancyFacts {
             secret_access: Some(SecretAccessFact::Allowed),
             template: Some(TemplateFact::Resolved(secret_ref_template())),
+            pool_use: None,
         };
         assert!(judged(facts, spec).allowed());
     }
@@ -244,6 +321,7 @@ mod tests {
             TenancyFacts {
                 secret_access: None,
                 template: Some(TemplateFact::Refused(refusal)),
+                pool_use: None,
             },
             json!({"template": "gpu"}),
         );
@@ -253,6 +331,7 @@ mod tests {
             TenancyFacts {
                 secret_access: None,
                 template: Some(TemplateFact::NotLoaded),
+                pool_use: None,
             },
             json!({}),
         );
@@ -264,6 +343,7 @@ mod tests {
         let facts = TenancyFacts {
             secret_access: None,
             template: Some(TemplateFact::Resolved(secret_ref_template())),
+            pool_use: None,
         };
         let v = judged(
             facts.clone(),
@@ -288,6 +368,7 @@ mod tests {
                 configmap: Some("inline".into()),
                 text: "userDataBase64: '${user_data_base64}'".into(),
             })),
+            pool_use: None,
         };
         assert!(
             judged(

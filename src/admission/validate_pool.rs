@@ -1,6 +1,7 @@
 //! Validation of a CyberdeskPool's CREATE and UPDATE (pure), in the same shape as a desk's:
-//! every problem at once, each with its field path. The tenant rules for its template and
-//! user-data Secret are the desk's (`tenancy.rs`), applied by the caller.
+//! every problem at once, each with its field path, then every matching policy, which sees
+//! the pool as the desks it serves (`PolicySet::evaluate_pool`). The tenant rules for its
+//! template and user-data Secret are the desk's (`tenancy.rs`), applied by the caller.
 
 use serde_json::{Map, Value};
 
@@ -8,12 +9,35 @@ use crate::admission::validate::{
     check_known_fields, check_template_and_user_data, describe, echo, label_problems,
 };
 use crate::admission::verdict::{Operation, Verdict};
-use crate::model::pool::{MAX_POOL_NAME, MAX_POOL_SIZE};
+use crate::model::pool::{MAX_MAX_IDLE_MS, MAX_POOL_NAME, MAX_POOL_SIZE, MIN_MAX_IDLE_MS};
+use crate::policy::PolicySet;
 
-const SPEC_FIELDS: [&str; 4] = ["size", "maxBooting", "template", "userDataSecretRef"];
+const SPEC_FIELDS: [&str; 5] = [
+    "size",
+    "maxBooting",
+    "template",
+    "userDataSecretRef",
+    "maxIdleMs",
+];
 const MAX_BOOTING_LIMIT: i64 = 100;
 
 pub fn validate_pool(
+    operation: Operation,
+    name: &str,
+    namespace: &str,
+    object: &Value,
+    old: Option<&Value>,
+    policies: &PolicySet,
+) -> Verdict {
+    let mut verdict = validate_pool_spec(operation, name, object, old);
+    let outcome = policies.evaluate_pool(namespace, operation, object);
+    verdict.violations.extend(outcome.violations);
+    verdict.warnings.extend(outcome.warnings);
+    verdict
+}
+
+/// The built-in rules alone.
+fn validate_pool_spec(
     operation: Operation,
     name: &str,
     object: &Value,
@@ -39,6 +63,14 @@ pub fn validate_pool(
         "maxBooting",
         1,
         MAX_BOOTING_LIMIT,
+        false,
+        &mut verdict,
+    );
+    check_count(
+        spec,
+        "maxIdleMs",
+        MIN_MAX_IDLE_MS,
+        MAX_MAX_IDLE_MS,
         false,
         &mut verdict,
     );
@@ -143,7 +175,7 @@ mod tests {
                                      "userDataSecretRef": {"name": "s", "key": "userdata"}}),
         );
         assert_eq!(
-            validate_pool(Operation::Create, "warm", &p, None),
+            validate_pool_spec(Operation::Create, "warm", &p, None),
             Verdict::default()
         );
     }
@@ -153,9 +185,9 @@ mod tests {
         let long = "p".repeat(MAX_POOL_NAME + 1);
         let p = pool(
             &long,
-            json!({"size": 501, "maxBooting": 0, "template": "Bad_Name", "sise": 1}),
+            json!({"size": 501, "maxBooting": 0, "template": "Bad_Name", "sise": 1, "maxIdleMs": 1000}),
         );
-        let verdict = validate_pool(Operation::Create, &long, &p, None);
+        let verdict = validate_pool_spec(Operation::Create, &long, &p, None);
         assert_eq!(
             fields(&verdict),
             [
@@ -163,10 +195,11 @@ mod tests {
                 "spec.sise",
                 "spec.size",
                 "spec.maxBooting",
+                "spec.maxIdleMs",
                 "spec.template"
             ]
         );
-        let missing = validate_pool(Operation::Create, "p", &pool("p", json!({})), None);
+        let missing = validate_pool_spec(Operation::Create, "p", &pool("p", json!({})), None);
         assert_eq!(fields(&missing), ["spec.size"]);
     }
 
@@ -174,9 +207,23 @@ mod tests {
     fn template_and_user_data_are_immutable_and_size_is_not() {
         let old = pool("p", json!({"size": 1, "template": "a"}));
         let resized = pool("p", json!({"size": 3, "template": "a"}));
-        assert!(validate_pool(Operation::Update, "p", &resized, Some(&old)).allowed());
+        assert!(validate_pool_spec(Operation::Update, "p", &resized, Some(&old)).allowed());
         let moved = pool("p", json!({"size": 1, "template": "b"}));
-        let verdict = validate_pool(Operation::Update, "p", &moved, Some(&old));
+        let verdict = validate_pool_spec(Operation::Update, "p", &moved, Some(&old));
         assert_eq!(fields(&verdict), ["spec.template"]);
+    }
+
+    #[test]
+    fn the_policies_judge_the_pool() {
+        let ceiling = br#"{"name": "ceiling", "schema": {"properties": {"spec": {"properties": {"timeoutMs": {"maximum": 3600000}}}}}}"#;
+        let policies =
+            PolicySet::load(&[("ceiling".into(), ceiling.to_vec())]).expect("policy loads");
+        let p = pool("p", json!({"size": 1}));
+        // The default lifetime (4 h) is over this ceiling: the pool must say less.
+        let verdict = validate_pool(Operation::Create, "p", "ns", &p, None, &policies);
+        assert_eq!(fields(&verdict), ["spec.maxIdleMs"]);
+        assert!(verdict.violations[0].message.contains("ceiling"));
+        let short = pool("p", json!({"size": 1, "maxIdleMs": 600000}));
+        assert!(validate_pool(Operation::Create, "p", "ns", &short, None, &policies).allowed());
     }
 }

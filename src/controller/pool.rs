@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -124,6 +125,9 @@ async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, E
     for name in &plan.retire {
         if retire(&vms, name).await? {
             ctx.pool_writes.deleted(&uid, name);
+            if let Some((_, reason)) = plan.replaced.iter().find(|(n, _)| n == name) {
+                replaced(pool, ctx, name, reason);
+            }
         }
     }
     for name in &plan.delete {
@@ -170,13 +174,60 @@ async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, E
         gauge("desired", pool.spec.size);
     }
     let booting = members.iter().any(|m| m.state == MemberState::Booting) || plan.create > 0;
-    Ok(if problem.is_some() {
-        Action::requeue(RENDER_RETRY)
+    let action = if problem.is_some() {
+        Some(RENDER_RETRY)
     } else if booting {
-        Action::requeue(BOOTING_RECHECK)
+        Some(BOOTING_RECHECK)
     } else {
-        Action::await_change()
+        None
+    };
+    // Back exactly when the next unclaimed VM reaches its maximum age (no polling timer).
+    let expiry = plan.next_expiry.map(|at| {
+        let left = at
+            .duration_since(Timestamp::now())
+            .max(jiff::SignedDuration::ZERO);
+        Duration::try_from(left).unwrap_or(Duration::ZERO) + EXPIRY_SLACK
+    });
+    Ok(match (action, expiry) {
+        (Some(a), Some(e)) => Action::requeue(a.min(e)),
+        (Some(d), None) | (None, Some(d)) => Action::requeue(d),
+        (None, None) => Action::await_change(),
     })
+}
+
+/// A pass for an expiry comes this much after it, so the VM is past its age, not at it.
+const EXPIRY_SLACK: Duration = Duration::from_millis(100);
+
+/// Counts and announces an unclaimed VM taken back to be booted afresh.
+fn replaced(pool: &CyberdeskPool, ctx: &Context, vm: &str, reason: &str) {
+    ctx.metrics.pool_replaced.with_label_values(&[reason]).inc();
+    let (type_, event_reason, note) = if reason == "expired" {
+        let idle = pool.max_idle().as_millis();
+        (
+            EventType::Normal,
+            "VirtualMachineExpired",
+            format!(
+                "replacing unclaimed VirtualMachine {vm}: no desk claimed it within maxIdleMs ({idle} ms)"
+            ),
+        )
+    } else {
+        (
+            EventType::Warning,
+            "VirtualMachineFailed",
+            format!("replacing unclaimed VirtualMachine {vm}: it is in an error state"),
+        )
+    };
+    tracing::info!(vm = %vm, reason, "replacing an unclaimed pool VM");
+    ctx.announcer.announce(
+        pool.object_ref(&()),
+        Event {
+            type_,
+            reason: event_reason.into(),
+            note: Some(note),
+            action: "Replace".into(),
+            secondary: None,
+        },
+    );
 }
 
 /// Takes the unclaimed pool VM `name` back and deletes it: first a patch that tests it is

@@ -1,8 +1,8 @@
 //! What a warm pool needs, decided from its VMs as the cache shows them (pure).
 //!
 //! The pool keeps `spec.size` booted VMs no desk has claimed. It boots at most
-//! `maxBooting` at once, replaces VMs that failed, and scales down by deleting unclaimed
-//! VMs, those still booting first. Claimed VMs belong to their desks: the pool only counts
+//! `maxBooting` at once, replaces VMs that failed or outlived `maxIdleMs` unclaimed, and
+//! scales down by deleting unclaimed VMs, those still booting first. Claimed VMs belong to their desks: the pool only counts
 //! them.
 
 use jiff::Timestamp;
@@ -86,8 +86,13 @@ const UNSCHEDULABLE: &str = "ErrorUnschedulable";
 pub struct PoolPlan {
     /// How many VMs to boot now.
     pub create: usize,
-    /// Unclaimed VMs to take back and delete (failed ones, then the surplus).
+    /// Unclaimed VMs to take back and delete (failed ones, expired ones, then the surplus).
     pub retire: Vec<String>,
+    /// Of `retire`, why each replaced VM goes: (name, `failed` | `expired`); the surplus
+    /// is not replaced and not listed.
+    pub replaced: Vec<(String, &'static str)>,
+    /// When the next unclaimed VM reaches the pool's `maxIdleMs`, if any does.
+    pub next_expiry: Option<Timestamp>,
     /// VMs taken back earlier whose delete did not happen yet.
     pub delete: Vec<String>,
     /// The status to write, when it differs from the stored one.
@@ -115,14 +120,36 @@ pub fn plan_pool(
 ) -> PoolPlan {
     let size = usize::try_from(pool.spec.size).unwrap_or(0);
     let max_booting = usize::try_from(pool.max_booting()).unwrap_or(1);
+    // An unclaimed VM older than maxIdleMs is replaced like a failed one: the pool's user
+    // data never sits in a VM longer than the pool allows.
+    let expires = |m: &Member| {
+        let unclaimed = matches!(m.state, MemberState::Ready | MemberState::Booting);
+        m.created
+            .filter(|_| unclaimed)
+            .and_then(|c| c.checked_add(pool.max_idle()).ok())
+    };
+    let (expired, fresh): (Vec<Member>, Vec<Member>) = members
+        .iter()
+        .cloned()
+        .partition(|m| expires(m).is_some_and(|at| at <= now));
+    let next_expiry = fresh.iter().filter_map(expires).min();
+    let members = fresh.as_slice();
     let ready = count(members, MemberState::Ready);
     let booting = count(members, MemberState::Booting);
     let claimed = count(members, MemberState::Claimed);
 
-    let mut retire: Vec<String> = newest_first(members, MemberState::Failed)
+    let mut replaced: Vec<(String, &'static str)> = newest_first(members, MemberState::Failed)
         .into_iter()
-        .map(|m| m.name.clone())
+        .map(|m| (m.name.clone(), "failed"))
         .collect();
+    let mut oldest_first: Vec<&Member> = expired.iter().collect();
+    oldest_first.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
+    replaced.extend(
+        oldest_first
+            .into_iter()
+            .map(|m| (m.name.clone(), "expired")),
+    );
+    let mut retire: Vec<String> = replaced.iter().map(|(name, _)| name.clone()).collect();
     let delete = newest_first(members, MemberState::Retiring)
         .into_iter()
         .map(|m| m.name.clone())
@@ -145,6 +172,8 @@ pub fn plan_pool(
     PoolPlan {
         create,
         retire,
+        replaced,
+        next_expiry,
         delete,
         status: (pool.status.as_ref() != Some(&desired)).then_some(desired),
     }

@@ -15,6 +15,13 @@ pub const MAX_POOL_NAME: usize = 42;
 pub const MAX_POOL_SIZE: i32 = 500;
 /// VMs a pool boots at once unless `spec.maxBooting` says otherwise.
 pub const DEFAULT_MAX_BOOTING: i32 = 10;
+/// How long an unclaimed pool VM lives unless `spec.maxIdleMs` says otherwise: 4 h. A VM
+/// carrying the pool's user data never waits forever for a desk.
+pub const DEFAULT_MAX_IDLE_MS: i64 = 4 * 3_600_000;
+/// Shortest `spec.maxIdleMs`: 1 min (a VM must have time to boot and be claimed).
+pub const MIN_MAX_IDLE_MS: i64 = 60_000;
+/// Longest `spec.maxIdleMs`: 7 days, the shipped desk ceiling (a policy may cap it lower).
+pub const MAX_MAX_IDLE_MS: i64 = 7 * 86_400_000;
 
 /// A warm pool: the operator keeps `spec.size` VMs booted and ready; a Cyberdesk with
 /// `spec.pool` takes one of them in a single guarded write instead of booting its own.
@@ -69,6 +76,13 @@ pub struct CyberdeskPoolSpec {
     /// namespace. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data_secret_ref: Option<SecretKeyRef>,
+
+    /// Longest an unclaimed VM lives, in milliseconds from its creation (default 14400000,
+    /// 4 h; 60000 to 604800000): an older one, booting or ready, is deleted and a fresh one
+    /// booted. The policies judge it as a desk's timeoutMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60000, max = 604800000))]
+    pub max_idle_ms: Option<i64>,
 }
 
 /// Observed state of a pool, written only by the operator.
@@ -96,6 +110,17 @@ pub struct CyberdeskPoolStatus {
 impl CyberdeskPool {
     pub fn max_booting(&self) -> i32 {
         self.spec.max_booting.unwrap_or(DEFAULT_MAX_BOOTING).max(1)
+    }
+
+    /// How long an unclaimed VM of the pool may live, held to the schema's range (a pool
+    /// stored before the webhook or the range existed gets the nearest bound).
+    pub fn max_idle(&self) -> jiff::SignedDuration {
+        let ms = self
+            .spec
+            .max_idle_ms
+            .unwrap_or(DEFAULT_MAX_IDLE_MS)
+            .clamp(MIN_MAX_IDLE_MS, MAX_MAX_IDLE_MS);
+        jiff::SignedDuration::from_millis(ms)
     }
 }
 
@@ -132,6 +157,14 @@ mod tests {
         assert_eq!(
             spec["x-kubernetes-validations"].as_array().map(Vec::len),
             Some(2)
+        );
+        assert_eq!(
+            spec["properties"]["maxIdleMs"]["minimum"],
+            serde_json::json!(60000.0)
+        );
+        assert_eq!(
+            spec["properties"]["maxIdleMs"]["maximum"],
+            serde_json::json!(604800000.0)
         );
         assert_eq!(MAX_POOL_SIZE, 500);
         assert_eq!(MAX_POOL_NAME, 42);

@@ -8,8 +8,11 @@
 //!  "enforcement": "deny", "schema": { ...JSON Schema applied to the whole Cyberdesk... }}
 //! ```
 //!
-//! Absent or empty `namespaces`/`operations` match everything; `enforcement` defaults to
-//! `deny`. Policies are compiled once at load; a set loads all-or-nothing so that a typo in
+//! Absent or empty `namespaces`/`operations`/`kinds` match everything; `enforcement`
+//! defaults to `deny`. A policy judges desks and pools alike: a pool is judged as the pool
+//! plus the desk fields its VMs stand for ([`pool_subject`]), so a ceiling on
+//! `spec.timeoutMs` caps how long an unclaimed pool VM lives and a rule on `spec.template`
+//! binds the pool's template; `match.kinds` narrows a policy to one of the two. Policies are compiled once at load; a set loads all-or-nothing so that a typo in
 //! one file never silently drops a rule, and the caller keeps the last good set in force.
 //! Schemas must be self-contained: a `$ref` to anything outside the document fails to
 //! compile, and nothing is ever fetched.
@@ -69,6 +72,8 @@ pub enum PolicyErrorReason {
     Operation(String),
     #[error("match.namespaces: {0}")]
     Namespace(String),
+    #[error("match.kinds: {0}")]
+    Kind(String),
     #[error("schema does not compile: {0}")]
     Schema(String),
     #[error("the name is already used by the policy from {0}; policy names must be unique")]
@@ -127,6 +132,58 @@ struct MatchDoc {
     namespaces: Option<Vec<String>>,
     #[serde(default)]
     operations: Option<Vec<String>>,
+    #[serde(default)]
+    kinds: Option<Vec<String>>,
+}
+
+/// What a policy judges: a desk, or a pool (seen through [`pool_subject`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Cyberdesk,
+    CyberdeskPool,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Cyberdesk => "Cyberdesk",
+            Kind::CyberdeskPool => "CyberdeskPool",
+        }
+    }
+}
+
+/// The desk field a pool's `spec.maxIdleMs` stands for, and back: the longest a VM lives
+/// before a desk has it.
+const DESK_TIMEOUT: &str = "timeoutMs";
+const POOL_MAX_IDLE: &str = "maxIdleMs";
+
+/// The document the policies judge for a pool: the pool as it is, with the desk fields its
+/// unclaimed VMs stand for added to `spec` — `timeoutMs`, the longest such a VM lives
+/// (`maxIdleMs` or its default), and `timeoutAction: Delete`, what happens to it then.
+/// `kind` stays `CyberdeskPool`, so a schema can still tell the two apart.
+pub fn pool_subject(pool: &Value) -> Value {
+    let mut subject = pool.clone();
+    if let Some(Value::Object(spec)) = subject.get_mut("spec") {
+        let idle = spec
+            .get(POOL_MAX_IDLE)
+            .filter(|v| !v.is_null())
+            .cloned()
+            .unwrap_or_else(|| Value::from(crate::model::pool::DEFAULT_MAX_IDLE_MS));
+        spec.insert(DESK_TIMEOUT.into(), idle);
+        spec.insert("timeoutAction".into(), Value::from("Delete"));
+    }
+    subject
+}
+
+/// A finding on the pool's stand-in field is reported on the field the pool has.
+fn pool_field(field: String) -> String {
+    let desk = format!("spec.{DESK_TIMEOUT}");
+    match field.strip_prefix(&desk) {
+        Some(rest) if rest.is_empty() || rest.starts_with(['.', '[']) => {
+            format!("spec.{POOL_MAX_IDLE}{rest}")
+        }
+        _ => field,
+    }
 }
 
 /// Refuses every external resource: policies are loaded inside the admission path's
@@ -155,6 +212,8 @@ pub struct Policy {
     namespaces: BTreeSet<String>,
     /// Empty: CREATE and UPDATE.
     operations: Vec<Operation>,
+    /// Empty: desks and pools.
+    kinds: Vec<Kind>,
     enforcement: Enforcement,
     validator: jsonschema::Validator,
 }
@@ -166,6 +225,7 @@ impl fmt::Debug for Policy {
             .field("origin", &self.origin)
             .field("namespaces", &self.namespaces)
             .field("operations", &self.operations)
+            .field("kinds", &self.kinds)
             .field("enforcement", &self.enforcement)
             .finish_non_exhaustive()
     }
@@ -231,7 +291,24 @@ impl Policy {
         let matcher = doc.matcher.unwrap_or(MatchDoc {
             namespaces: None,
             operations: None,
+            kinds: None,
         });
+        let mut kinds = Vec::new();
+        for kind in matcher.kinds.unwrap_or_default() {
+            let parsed = match kind.as_str() {
+                "Cyberdesk" => Kind::Cyberdesk,
+                "CyberdeskPool" => Kind::CyberdeskPool,
+                _ => {
+                    return Err(fail(PolicyErrorReason::Kind(format!(
+                        "unknown kind {:?}; policies apply to \"Cyberdesk\" and/or \"CyberdeskPool\"",
+                        truncate_chars(&kind, 40)
+                    ))));
+                }
+            };
+            if !kinds.contains(&parsed) {
+                kinds.push(parsed);
+            }
+        }
         let mut operations = Vec::new();
         for op in matcher.operations.unwrap_or_default() {
             let parsed = match op.as_str() {
@@ -269,6 +346,7 @@ impl Policy {
             origin: origin.to_string(),
             namespaces,
             operations,
+            kinds,
             enforcement: doc.enforcement.unwrap_or_default(),
             validator,
         })
@@ -295,6 +373,11 @@ impl Policy {
     pub fn applies_to(&self, namespace: &str, operation: Operation) -> bool {
         (self.namespaces.is_empty() || self.namespaces.contains(namespace))
             && (self.operations.is_empty() || self.operations.contains(&operation))
+    }
+
+    /// Whether this policy judges objects of `kind`.
+    pub fn judges(&self, kind: Kind) -> bool {
+        self.kinds.is_empty() || self.kinds.contains(&kind)
     }
 
     /// Every schema error for `object`, at most [`MAX_FINDINGS_PER_POLICY`] of them (plus
@@ -351,6 +434,15 @@ impl Policy {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let kinds = if self.kinds.is_empty() {
+            "Cyberdesk, CyberdeskPool".to_string()
+        } else {
+            self.kinds
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let namespaces = if self.namespaces.is_empty() {
             "all namespaces".to_string()
         } else {
@@ -361,7 +453,7 @@ impl Policy {
                 .join(", ")
         };
         format!(
-            "{}: policy {:?} ok (enforcement {}; operations {operations}; namespaces {namespaces})",
+            "{}: policy {:?} ok (enforcement {}; operations {operations}; kinds {kinds}; namespaces {namespaces})",
             self.origin,
             self.name,
             self.enforcement.as_str()
@@ -422,15 +514,46 @@ impl PolicySet {
         }
     }
 
-    /// Runs every policy that matches `namespace` and `operation` against `object`.
+    /// Runs every policy that matches `namespace` and `operation` against the desk `object`.
     pub fn evaluate(&self, namespace: &str, operation: Operation, object: &Value) -> PolicyOutcome {
+        self.judge(Kind::Cyberdesk, namespace, operation, object, |f| f)
+    }
+
+    /// Runs every policy that matches `namespace` and `operation` against the pool `pool`,
+    /// seen as [`pool_subject`]; findings on its stand-in `spec.timeoutMs` are reported on
+    /// `spec.maxIdleMs`.
+    pub fn evaluate_pool(
+        &self,
+        namespace: &str,
+        operation: Operation,
+        pool: &Value,
+    ) -> PolicyOutcome {
+        let subject = pool_subject(pool);
+        self.judge(
+            Kind::CyberdeskPool,
+            namespace,
+            operation,
+            &subject,
+            pool_field,
+        )
+    }
+
+    fn judge(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        operation: Operation,
+        object: &Value,
+        field: impl Fn(String) -> String,
+    ) -> PolicyOutcome {
         let mut outcome = PolicyOutcome::default();
         for policy in self
             .policies
             .iter()
-            .filter(|p| p.applies_to(namespace, operation))
+            .filter(|p| p.judges(kind) && p.applies_to(namespace, operation))
         {
-            for finding in policy.check(object) {
+            for mut finding in policy.check(object) {
+                finding.field = field(finding.field);
                 match policy.enforcement {
                     Enforcement::Deny => outcome.violations.push(policy.violation(finding)),
                     Enforcement::Warn => outcome.warnings.push(policy.warning(&finding)),
@@ -1180,5 +1303,82 @@ mod tests {
             check_files(&[manifest_dir().join("policies")]).expect("shipped policies check");
         assert!(shipped.iter().any(|l| l.contains("max-timeout-7d")));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn pool(spec: Value) -> Value {
+        json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "CyberdeskPool",
+               "metadata": {"name": "warm"}, "spec": spec})
+    }
+
+    #[test]
+    fn shipped_policies_bind_pools_as_the_desks_they_serve() {
+        let set = PolicySet::load(&load_dir(&manifest_dir().join("policies")).expect("reads"))
+            .expect("loads");
+        // An unclaimed VM may not outlive the desks' ceiling: the finding names maxIdleMs.
+        let long = set.evaluate_pool(
+            "default",
+            Operation::Create,
+            &pool(json!({"size": 1, "maxIdleMs": 604_800_001_i64})),
+        );
+        let fields: Vec<&str> = long.violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["spec.maxIdleMs"], "{long:?}");
+        assert!(long.violations[0].message.contains("max-timeout-7d"));
+        assert!(
+            long.warnings
+                .iter()
+                .any(|w| w.contains("spec.maxIdleMs") && w.contains("long-session-warning-8h")),
+            "{long:?}"
+        );
+        // The default lifetime passes every shipped policy.
+        let default = set.evaluate_pool("default", Operation::Create, &pool(json!({"size": 1})));
+        assert_eq!(default, PolicyOutcome::default());
+        // A namespace's template list binds its pools too.
+        let gpu = set.evaluate_pool(
+            "team-a",
+            Operation::Create,
+            &pool(json!({"size": 1, "template": "other"})),
+        );
+        assert_eq!(gpu.violations.len(), 1, "{gpu:?}");
+        assert_eq!(gpu.violations[0].field, "spec.template");
+        assert!(gpu.violations[0].message.contains("team-a-templates"));
+    }
+
+    #[test]
+    fn match_kinds_narrows_a_policy() {
+        let desks_only = json!({"name": "desks-only", "match": {"kinds": ["Cyberdesk"]},
+            "schema": {"properties": {"spec": {"required": ["timeoutAction"]}}}});
+        let pools_only = json!({"name": "pools-only", "match": {"kinds": ["CyberdeskPool"]},
+            "schema": {"properties": {"spec": {"properties": {"size": {"maximum": 3}}}}}});
+        let set =
+            PolicySet::load(&[source("a", desks_only), source("b", pools_only)]).expect("loads");
+        let p = pool(json!({"size": 5}));
+        let pooled = set.evaluate_pool("ns", Operation::Create, &p);
+        assert_eq!(pooled.violations.len(), 1, "{pooled:?}");
+        assert!(pooled.violations[0].message.contains("pools-only"));
+        let desk = set.evaluate("ns", Operation::Create, &json!({"spec": {"size": 5}}));
+        assert_eq!(desk.violations.len(), 1, "{desk:?}");
+        assert!(desk.violations[0].message.contains("desks-only"));
+        let bad = only_error(PolicySet::load(&[source(
+            "c",
+            json!({"name": "c", "match": {"kinds": ["Pod"]}, "schema": {}}),
+        )]));
+        assert!(bad.to_string().contains("match.kinds"), "{bad}");
+        assert!(bad.to_string().contains("\"Pod\""), "{bad}");
+    }
+
+    #[test]
+    fn a_pool_is_judged_with_the_desk_fields_it_stands_for() {
+        let subject = pool_subject(&pool(json!({"size": 1})));
+        assert_eq!(
+            subject["spec"]["timeoutMs"],
+            json!(crate::model::pool::DEFAULT_MAX_IDLE_MS)
+        );
+        assert_eq!(subject["spec"]["timeoutAction"], "Delete");
+        assert_eq!(subject["kind"], "CyberdeskPool");
+        let set = pool_subject(&pool(json!({"size": 1, "maxIdleMs": 60000})));
+        assert_eq!(set["spec"]["timeoutMs"], 60000);
+        assert_eq!(pool_field("spec.timeoutMs".into()), "spec.maxIdleMs");
+        assert_eq!(pool_field("spec.timeoutMsX".into()), "spec.timeoutMsX");
+        assert_eq!(pool_field("spec.template".into()), "spec.template");
     }
 }

@@ -234,3 +234,52 @@ fn desks_claim_only_ready_untaken_vms_and_start_at_different_ones() {
     assert_eq!(other, ["b", "c", "a"]);
     assert!(claim_order(&[booting("d", 1)], POOL_UID, |_| false, 7).is_empty());
 }
+
+#[test]
+fn unclaimed_vms_older_than_max_idle_are_replaced() {
+    let mut p = pool(3, None);
+    p.spec.max_idle_ms = Some(60_000);
+    let mut claimed = ready("c", 600);
+    if let Some(labels) = claimed.metadata.labels.as_mut() {
+        labels.insert(
+            names::LABEL_POOL_STATE.into(),
+            names::POOL_STATE_CLAIMED.into(),
+        );
+    }
+    let vms = [
+        ready("old", 120),
+        booting("stuck", 61),
+        ready("young", 30),
+        claimed,
+    ];
+    let plan = plan_pool(&p, &members(&vms), None, now());
+    // Oldest first.
+    assert_eq!(plan.retire, ["old", "stuck"]);
+    assert_eq!(
+        plan.replaced,
+        [
+            ("old".to_string(), "expired"),
+            ("stuck".to_string(), "expired")
+        ]
+    );
+    // Two replacements boot at once; the claimed VM is the desk's, however old.
+    assert_eq!(plan.create, 2);
+    assert_eq!(
+        plan.next_expiry,
+        Some(now() + jiff::SignedDuration::from_secs(30))
+    );
+    let status = plan.status.expect("status");
+    assert_eq!((status.ready, status.booting, status.claimed), (1, 0, 1));
+}
+
+#[test]
+fn without_max_idle_a_pool_vm_lives_the_default_four_hours() {
+    let vms = [ready("a", 4 * 3600 - 1), ready("b", 4 * 3600)];
+    let plan = plan_pool(&pool(2, None), &members(&vms), None, now());
+    assert_eq!(plan.retire, ["b"]);
+    assert_eq!(plan.create, 1);
+    assert_eq!(
+        plan.next_expiry,
+        Some(now() + jiff::SignedDuration::from_secs(1))
+    );
+}
