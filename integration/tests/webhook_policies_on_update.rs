@@ -27,7 +27,7 @@ fn add_policy(admin: &Kubectl, key: &str, policy: &serde_json::Value) {
         )
         .expect("kubectl");
     assert!(
-        created.success || created.stderr.contains("AlreadyExists"),
+        created.success || created.stderr.contains("already exists"),
         "{}",
         created.stderr
     );
