@@ -134,8 +134,13 @@ pub async fn claim(
     owner_reference: &Value,
     memory: &PoolVms,
 ) -> Result<Claimed, Error> {
-    let pool_uid = pool.uid().unwrap_or_default();
-    let order = claim_order(members, &pool_uid, |vm| memory.is_taken(vm), seed(desk));
+    let order = claim_order(
+        members,
+        pool,
+        |vm| memory.is_taken(vm),
+        seed(desk),
+        Timestamp::now(),
+    );
     let mut conflicts = 0;
     for name in order.into_iter().take(MAX_TRIES) {
         if !memory.reserve(&name) {

@@ -264,15 +264,26 @@ fn desired_status(
 /// The pool's ready VMs a desk may try to claim, in the order to try them: rotated by
 /// `seed` (the desk's), so desks claiming at the same moment mostly try different VMs.
 /// `taken`: VMs this process is claiming or has claimed (the cache may not show it yet).
+/// A VM past the pool's `maxIdleMs` is not handed out, even before the pool replaces it.
 pub fn claim_order(
     members: &[VirtualMachine],
-    pool_uid: &str,
+    pool: &CyberdeskPool,
     taken: impl Fn(&str) -> bool,
     seed: u64,
+    now: Timestamp,
 ) -> Vec<String> {
+    let pool_uid = pool.metadata.uid.as_deref().unwrap_or_default();
+    let young = |vm: &VirtualMachine| {
+        vm.metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| t.0.checked_add(pool.max_idle()).ok())
+            .is_none_or(|expiry| expiry > now)
+    };
     let mut ready: Vec<String> = members
         .iter()
         .filter(|vm| member_state(vm, pool_uid) == Some(MemberState::Ready))
+        .filter(|vm| young(vm))
         .filter_map(|vm| vm.metadata.name.clone())
         .filter(|name| !taken(name))
         .collect();

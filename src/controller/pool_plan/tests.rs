@@ -228,11 +228,17 @@ fn desks_claim_only_ready_untaken_vms_and_start_at_different_ones() {
         booting("d", 1),
         vm("e", names::POOL_STATE_CLAIMED, "Running", true, 60),
     ];
-    let order = claim_order(&vms, POOL_UID, |n| n == "b", 0);
+    let p = pool(5, None);
+    let order = claim_order(&vms, &p, |n| n == "b", 0, now());
     assert_eq!(order, ["a", "c"]);
-    let other = claim_order(&vms, POOL_UID, |_| false, 1);
+    let other = claim_order(&vms, &p, |_| false, 1, now());
     assert_eq!(other, ["b", "c", "a"]);
-    assert!(claim_order(&[booting("d", 1)], POOL_UID, |_| false, 7).is_empty());
+    assert!(claim_order(&[booting("d", 1)], &p, |_| false, 7, now()).is_empty());
+    // Past maxIdleMs a VM is the pool's to replace, not a desk's to take.
+    let mut short = pool(5, None);
+    short.spec.max_idle_ms = Some(60_000);
+    let aged = [ready("old", 60), ready("young", 59)];
+    assert_eq!(claim_order(&aged, &short, |_| false, 0, now()), ["young"]);
 }
 
 #[test]
