@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
 JOBS="${E2E_JOBS:-2}"
+# Each binary gets at most this long (the slowest takes about 4 min on a warm 2-core run):
+# a hung test fails the run with its name instead of holding CI until CI's own deadline.
+E2E_BINARY_TIMEOUT="${E2E_BINARY_TIMEOUT:-900}"
+export E2E_BINARY_TIMEOUT
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
 
@@ -36,12 +40,16 @@ run_one() {
   local t="$1" logs="$2" exe start rc=0
   exe="$(grep "^$t	" "$logs/targets" | cut -f2)"
   start=$(date +%s)
-  (cd integration && "$exe") >"$logs/$t.log" 2>&1 || rc=$?
+  # TERM first (the harness's children die with it), KILL 30 s later if it does not end.
+  (cd integration && timeout --kill-after=30 "$E2E_BINARY_TIMEOUT" "$exe") >"$logs/$t.log" 2>&1 || rc=$?
   echo "$rc" >"$logs/$t.rc"
+  if [[ $rc == 124 || $rc == 137 ]]; then
+    echo "=== $t: HUNG: killed after ${E2E_BINARY_TIMEOUT} s (E2E_BINARY_TIMEOUT)" >>"$logs/$t.log"
+  fi
   # One writer at a time, so two binaries' output never interleaves.
   {
     flock 9
-    echo "=== $t: $([[ $rc == 0 ]] && echo ok || echo "FAILED (exit $rc)") in $(($(date +%s) - start)) s"
+    echo "=== $t: $([[ $rc == 0 ]] && echo ok || { [[ $rc == 124 || $rc == 137 ]] && echo "HUNG (killed after ${E2E_BINARY_TIMEOUT} s)" || echo "FAILED (exit $rc)"; }) in $(($(date +%s) - start)) s"
     cat "$logs/$t.log"
   } 9>"$logs/.print"
 }
