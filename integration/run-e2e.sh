@@ -16,11 +16,13 @@ logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
 
 # The operator the tests start, built once here instead of by every test binary.
-"$CARGO" build --locked -q -p cyberdesk-operator --bin cyberdesk-operator
+beat="$(dirname "$0")/heartbeat.sh"
+"$beat" "building the operator" "$CARGO" build --locked -p cyberdesk-operator --bin cyberdesk-operator
 target_dir="$("$CARGO" metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/')"
 export CYBERDESK_OPERATOR_BIN="$target_dir/debug/cyberdesk-operator"
 
 # name<TAB>executable for every integration test target.
+"$beat" "building the e2e tests" "$CARGO" test --locked -p cyberdesk-integration --tests --no-run
 "$CARGO" test --locked -q -p cyberdesk-integration --tests --no-run --message-format=json \
   | grep '"kind":\["test"\]' | grep '"executable":"' \
   | sed -E 's/.*"target":\{[^}]*"name":"([^"]+)".*"executable":"([^"]+)".*/\1\t\2/' \
@@ -55,7 +57,22 @@ run_one() {
 }
 export -f run_one
 
+# Every 30 s, which binaries are still running: their output comes only when they end.
+(
+  while sleep 30; do
+    running=()
+    for f in "$logs"/*.start; do
+      [[ -e "$f" ]] || continue
+      t="$(basename "$f" .start)"
+      [[ -e "$logs/$t.rc" ]] || running+=("$t ($(( $(date +%s) - $(cat "$f") )) s)")
+    done
+    ((${#running[@]})) && echo "    ... running: ${running[*]}"
+  done
+) &
+beat_pid=$!
 printf '%s\n' "${order[@]}" | xargs -P "$JOBS" -I{} bash -c 'run_one "$1" "$2"' _ {} "$logs" || true
+kill "$beat_pid" 2>/dev/null || true
+wait "$beat_pid" 2>/dev/null || true
 
 failed=()
 for t in "${order[@]}"; do
