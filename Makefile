@@ -50,6 +50,7 @@ tools: ## promtool for the alert tests: Debian's prometheus package (installed w
 E2E_JOBS ?= 2
 
 test: controlplane tools ## unit, handler and end-to-end tests against the real control plane
+	@$(BEAT) "building the unit tests" $(CARGO) test --workspace --locked --no-run --lib --bins
 	$(CARGO) test --workspace --locked --no-fail-fast --lib --bins
 	$(CARGO) test --workspace --locked --doc
 	E2E_JOBS=$(E2E_JOBS) CARGO=$(CARGO) ./integration/run-e2e.sh
@@ -57,12 +58,18 @@ test: controlplane tools ## unit, handler and end-to-end tests against the real 
 test-unit: ## only the tests that need no control plane
 	$(CARGO) test --locked -p cyberdesk-operator
 
+# Cargo's own progress, and a line every 30 s while one large crate compiles (see
+# integration/heartbeat.sh): a first build must never look like a hang.
+BEAT := ./integration/heartbeat.sh
+
 demo: controlplane ## local control plane + operator + a sample Cyberdesk, until Ctrl-C
-	$(CARGO) build --locked -q -p cyberdesk-operator
+	@$(BEAT) "building the operator" $(CARGO) build --locked -p cyberdesk-operator
+	@$(BEAT) "building the demo" $(CARGO) build --locked -p cyberdesk-integration --bin cyberdesk-demo
 	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-demo
 
 demo-pool: controlplane ## as demo, but the desk claims a VM from a warm pool booted first
-	$(CARGO) build --locked -q -p cyberdesk-operator
+	@$(BEAT) "building the operator" $(CARGO) build --locked -p cyberdesk-operator
+	@$(BEAT) "building the demo" $(CARGO) build --locked -p cyberdesk-integration --bin cyberdesk-demo
 	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-demo -- --pool
 
 crd: ## regenerate manifests/base/crd.yaml from the Rust types

@@ -228,6 +228,19 @@ async fn start_webhooks(
                 }
             };
             let sm_cfg = SelfManagedConfig::from_run_config(cfg);
+            // The CAs the webhook configurations publish are the trust anchor for the
+            // Secret's ca.crt (see certs::trust); unmanaged configurations publish nothing.
+            let read_client = client.clone();
+            let read_published = manage.then(|| -> rotation::PublishedReader {
+                Box::new(move || {
+                    let client = read_client.clone();
+                    Box::pin(async move {
+                        configuration::published_ca_bundles(&client)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                })
+            });
             tasks.push(tokio::spawn(rotation::run_self_managed(
                 client.clone(),
                 Recorder::new(
@@ -238,6 +251,7 @@ async fn start_webhooks(
                     },
                 ),
                 sm_cfg,
+                read_published,
                 resolver.clone(),
                 metrics.clone(),
                 on_new_ca,

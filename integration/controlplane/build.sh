@@ -37,11 +37,39 @@ done
 mkdir -p "$out"
 rm -f "$out/.stamp"
 cd "$here"
-echo "building kube-apiserver, etcd and kubectl ($k8s_version) into $out"
+echo "==> building the test control plane from Go modules, once: kube-apiserver, etcd and kubectl"
+echo "    ($k8s_version; about 5 minutes on 2 cores with a warm Go module cache, longer the very"
+echo "    first time while modules download). Cached in $out; later runs skip this step."
 start=$(date +%s)
-go build -tags=selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$out/kube-apiserver" ./cmd/kube-apiserver
-go build -ldflags "-s -w" -o "$out/etcd" ./cmd/etcd
-go build -ldflags "$ldflags" -o "$out/kubectl" ./cmd/kubectl
+
+# `go build` prints nothing until it ends; a line every 30 s tells a slow build from a hang.
+heartbeat() {
+  local what="$1" began="$2"
+  while sleep 30; do
+    echo "    ... still building $what ($(( $(date +%s) - began )) s so far)"
+  done
+}
+
+# build NAME ARGS...: one binary, with its elapsed time.
+build() {
+  local name="$1" began hb rc=0
+  shift
+  began=$(date +%s)
+  heartbeat "$name" "$began" &
+  hb=$!
+  go build "$@" -o "$out/$name" "./cmd/$name" || rc=$?
+  kill "$hb" 2>/dev/null || true
+  wait "$hb" 2>/dev/null || true
+  if (( rc != 0 )); then
+    echo "error: building $name failed (exit $rc)" >&2
+    exit "$rc"
+  fi
+  echo "    built $name in $(( $(date +%s) - began )) s"
+}
+
+build kube-apiserver -tags=selinux,notest,grpcnotrace -ldflags "$ldflags"
+build etcd -ldflags "-s -w"
+build kubectl -ldflags "$ldflags"
 "$out/kube-apiserver" --version
 "$out/etcd" --version | head -1
 echo "$stamp" > "$out/.stamp"

@@ -127,10 +127,11 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
 }
 
 /// The shipped files that give the operator its identity and rights.
-const OPERATOR_RBAC: [&str; 3] = [
+pub const OPERATOR_RBAC: [&str; 4] = [
     "manifests/base/serviceaccount.yaml",
     "manifests/base/rbac.yaml",
     "manifests/base/rbac-kubevirt.yaml",
+    "manifests/base/rbac-webhook-ca.yaml",
 ];
 
 /// `kubectl apply` of `yaml` as the cluster admin; panics with kubectl's words when refused.

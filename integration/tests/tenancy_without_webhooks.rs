@@ -127,10 +127,22 @@ async fn without_webhooks_the_crd_still_refuses_bad_desks() {
         &desk_yaml(&ns, "short", "{timeoutMs: 10}"),
         "spec.timeoutMs",
     );
-    refused(
-        &c,
-        &desk_yaml(&ns, &"a".repeat(60), "{timeoutMs: 60000}"),
-        "metadata.name",
+    // The answer names the field (`metadata.name: Invalid value: ...`), not `<nil>`.
+    let (ok, text) = apply(&c, &desk_yaml(&ns, &"a".repeat(60), "{timeoutMs: 60000}"));
+    assert!(!ok, "a 60-character name was admitted");
+    assert!(
+        text.contains("metadata.name: Invalid value") && !text.contains("<nil>"),
+        "{text}"
+    );
+    let pool = format!(
+        "apiVersion: cyberdesk.io/v1alpha1\nkind: CyberdeskPool\nmetadata: {{name: {}, namespace: {ns}}}\nspec: {{size: 1}}\n",
+        "p".repeat(43)
+    );
+    let (ok, text) = apply(&c, &pool);
+    assert!(!ok, "a 43-character pool name was admitted");
+    assert!(
+        text.contains("metadata.name: Invalid value") && !text.contains("<nil>"),
+        "{text}"
     );
     let (ok, text) = apply(&c, &desk_yaml(&ns, &"a".repeat(53), "{timeoutMs: 60000}"));
     assert!(ok, "{text}");

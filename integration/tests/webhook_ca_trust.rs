@@ -1,7 +1,7 @@
 //! Only CAs the operator issued are trusted: a certificate someone appends to `ca.crt` in
 //! the webhook Secret never reaches the webhooks' caBundle, and a corrupt `ca.crt` leads to a
 //! new CA with the old one still trusted beside it. Its own binary: it edits the Secret the
-//! shared operator serves from.
+//! shared operator serves from (`webhook_ca_forgery.rs` has the forgeries).
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};

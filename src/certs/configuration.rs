@@ -47,6 +47,11 @@ pub enum ConfigurationError {
         name: &'static str,
         source: kube::Error,
     },
+    #[error("cannot read webhook configuration {name}: {source}")]
+    Read {
+        name: &'static str,
+        source: kube::Error,
+    },
 }
 
 /// The webhook names inside the two configurations.
@@ -179,6 +184,35 @@ pub async fn apply_ca_bundle(
     )
     .await;
     mutating.and(validating)
+}
+
+/// Every `caBundle` both configurations publish now, concatenated (PEM): the CAs the
+/// apiserver already trusts, and so the trust anchor for the Secret's `ca.crt`.
+pub async fn published_ca_bundles(client: &kube::Client) -> Result<String, ConfigurationError> {
+    let read = |name: &'static str| move |source| ConfigurationError::Read { name, source };
+    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get(names::MUTATING_WEBHOOK_CONFIG)
+        .await
+        .map_err(read(names::MUTATING_WEBHOOK_CONFIG))?;
+    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get(names::VALIDATING_WEBHOOK_CONFIG)
+        .await
+        .map_err(read(names::VALIDATING_WEBHOOK_CONFIG))?;
+    let bundles = mutating
+        .webhooks
+        .into_iter()
+        .flatten()
+        .map(|w| w.client_config.ca_bundle)
+        .chain(
+            validating
+                .webhooks
+                .into_iter()
+                .flatten()
+                .map(|w| w.client_config.ca_bundle),
+        )
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    Ok(bundles.collect::<Vec<_>>().join("\n"))
 }
 
 /// The caBundle apply for one configuration of kind `K`.

@@ -36,8 +36,8 @@ use crate::certs::tls::{CertInfo, TlsError};
 
 pub use files::{CertFiles, DEFAULT_POLL_INTERVAL, PollOutcome, load_files, run_files};
 pub use rotation::{
-    DEFAULT_CA_SETTLE, DEFAULT_CHECK_INTERVAL, SelfManaged, SelfManagedConfig, Tick,
-    run_self_managed,
+    DEFAULT_CA_SETTLE, DEFAULT_CHECK_INTERVAL, PublishedReader, SelfManaged, SelfManagedConfig,
+    Tick, run_self_managed,
 };
 pub use store::{
     Ensured, KubeSecretStore, SecretStore, WriteError, ensure_secret_in, ensure_trusted,
@@ -98,6 +98,17 @@ pub enum CertError {
         name: String,
         attempts: u32,
     },
+    #[error(
+        "Secret {namespace}/{name} holds CA certificates that are neither published in the webhooks' caBundle nor issued by this process (SHA-256 {}); checking again before removing them",
+        fingerprints.join(", ")
+    )]
+    UnverifiedCa {
+        namespace: String,
+        name: String,
+        fingerprints: Vec<String>,
+    },
+    #[error("cannot read the caBundle the webhook configurations publish: {0}")]
+    ReadPublished(String),
     #[error("cannot put the CA bundle into the webhook configurations: {0}")]
     PublishCa(String),
     #[error("{}: {source}", path.display())]

@@ -1,11 +1,13 @@
 //! Self-managed mode's loop: keep the TLS Secret fresh, serve what it holds, and hand a
 //! changed CA bundle to whoever puts it into the webhook configurations.
 
+use std::collections::BTreeSet;
 use std::fmt::Display;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -18,6 +20,7 @@ use super::{
 };
 use crate::backoff::ExponentialBackoff;
 use crate::certs::tls::{self, CertResolver};
+use crate::certs::trust::{self, Anchors};
 use crate::config::RunConfig;
 use crate::metrics::Metrics;
 
@@ -110,6 +113,11 @@ fn fingerprint(bundle: &CertBundle) -> u64 {
     h.finish()
 }
 
+/// Reads what the webhook configurations publish as `caBundle` now (PEM, all of them
+/// concatenated): the trust anchor that lives outside the Secret.
+pub type PublishedReader =
+    Box<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
 /// One replica's view of the Secret: what it serves and which CA bundle it last published.
 pub struct SelfManaged<S, F> {
     store: S,
@@ -122,6 +130,13 @@ pub struct SelfManaged<S, F> {
     /// When `published_ca` was written; `None` while the current CA failed to publish.
     published_at: Option<SystemTime>,
     recorder: Option<Recorder>,
+    /// `None` when the operator does not manage the webhook configurations.
+    read_published: Option<PublishedReader>,
+    /// Fingerprints of the CAs this process issued, trusted or published: kept in memory,
+    /// where no one who can write the Secret can add to them.
+    pinned: BTreeSet<String>,
+    /// Unvouched CAs found by the last check, removed if the next check finds them again.
+    suspects: BTreeSet<String>,
 }
 
 impl<S, F, Fut, E> SelfManaged<S, F>
@@ -148,7 +163,17 @@ where
             published_ca: None,
             published_at: None,
             recorder: None,
+            read_published: None,
+            pinned: BTreeSet::new(),
+            suspects: BTreeSet::new(),
         }
+    }
+
+    /// Trust only CAs the webhook configurations publish (or this process pinned), not the
+    /// Secret's own say: for an operator that puts `caBundle` into them.
+    pub fn with_published_reader(mut self, read: PublishedReader) -> Self {
+        self.read_published = Some(read);
+        self
     }
 
     /// Publish a Warning event on the Secret when foreign CAs are taken out of it.
@@ -158,12 +183,15 @@ where
     }
 
     /// Says what was taken out of `ca.crt`: a log line and, with a recorder, an event.
-    async fn report_untrusted(&self, dropped: &[String]) {
+    /// `version`: the Secret's resourceVersion that held them; it is part of the event's
+    /// subject, so each repair is an event of its own with its own fingerprints instead of
+    /// one more count on the first.
+    async fn report_untrusted(&self, dropped: &[String], version: Option<String>) {
         warn!(
             secret = %self.cfg.secret_name,
             namespace = %self.cfg.namespace,
             fingerprints = %dropped.join(","),
-            "removed certificates the operator did not issue from ca.crt; they are not published in caBundle"
+            "removed certificates that are neither published in caBundle nor issued by this replica from ca.crt; they are not published"
         );
         let Some(recorder) = &self.recorder else {
             return;
@@ -173,10 +201,11 @@ where
             kind: Some("Secret".into()),
             namespace: Some(self.cfg.namespace.clone()),
             name: Some(self.cfg.secret_name.clone()),
+            resource_version: version,
             ..Default::default()
         };
         let note = format!(
-            "removed {} certificate(s) the operator did not issue from ca.crt (SHA-256 {}); only CAs it issued are published in the webhooks' caBundle",
+            "removed {} certificate(s) the operator did not issue from ca.crt (SHA-256 {}); only CAs already in the webhooks' caBundle or issued by the operator itself are published",
             dropped.len(),
             crate::text::truncate(&dropped.join(", "), 600)
         );
@@ -205,16 +234,46 @@ where
     /// later (while the old leaf is valid), so the apiservers trust it by then (the bundle
     /// keeps the previous CA too, for peers still serving its leaf).
     pub async fn tick_at(&mut self, now: SystemTime) -> Result<Tick, CertError> {
-        let ensured = ensure_trusted(
+        let published = match &self.read_published {
+            Some(read) => Some(trust::fingerprints(
+                &read().await.map_err(CertError::ReadPublished)?,
+            )),
+            None => None,
+        };
+        let anchors = Anchors::new(&self.pinned, published.as_ref());
+        let result = ensure_trusted(
             &self.store,
             &self.cfg.sans,
             &self.cfg.options,
             now,
             self.published_ca.as_deref(),
+            &anchors,
+            &self.suspects,
         )
-        .await?;
+        .await;
+        let ensured = match result {
+            Err(CertError::UnverifiedCa { fingerprints, .. }) => {
+                warn!(
+                    secret = %self.cfg.secret_name,
+                    namespace = %self.cfg.namespace,
+                    fingerprints = %fingerprints.join(","),
+                    "ca.crt holds CAs that are neither published nor issued by this replica; removing them if they are still unpublished at the next check"
+                );
+                self.suspects = fingerprints.into_iter().collect();
+                return Ok(Tick {
+                    not_after: self.loaded.as_ref().map(|l| l.not_after),
+                    swap_due_in: Some(self.cfg.ca_settle),
+                    ..Tick::default()
+                });
+            }
+            other => other?,
+        };
+        self.suspects.clear();
+        self.pinned
+            .extend(trust::fingerprints(&ensured.bundle.ca_cert_pem));
         if !ensured.dropped_cas.is_empty() {
-            self.report_untrusted(&ensured.dropped_cas).await;
+            self.report_untrusted(&ensured.dropped_cas, ensured.dropped_from.clone())
+                .await;
         }
         let bundle = ensured.bundle;
         let mut tick = Tick::default();
@@ -306,10 +365,12 @@ where
 /// Self-managed mode for the lifetime of the process. `on_new_ca` gets the CA bundle (PEM)
 /// at start and whenever it changes, and should put it into both webhook configurations;
 /// an error is retried at the next check.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_self_managed<F, Fut, E>(
     client: Client,
     recorder: Recorder,
     cfg: SelfManagedConfig,
+    read_published: Option<PublishedReader>,
     resolver: Arc<CertResolver>,
     metrics: Metrics,
     on_new_ca: F,
@@ -320,8 +381,10 @@ pub async fn run_self_managed<F, Fut, E>(
     E: Display,
 {
     let store = KubeSecretStore::new(client, &cfg.namespace, &cfg.secret_name);
-    SelfManaged::new(store, cfg, resolver, metrics, on_new_ca)
-        .with_recorder(recorder)
-        .run(shutdown)
-        .await;
+    let mut this =
+        SelfManaged::new(store, cfg, resolver, metrics, on_new_ca).with_recorder(recorder);
+    if let Some(read) = read_published {
+        this = this.with_published_reader(read);
+    }
+    this.run(shutdown).await;
 }

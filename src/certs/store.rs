@@ -1,7 +1,7 @@
 //! The TLS Secret as the one source of truth: reading it, deciding (see [`super::decide`]),
 //! writing it back guarded by its resourceVersion, and settling races between replicas.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use k8s_openapi::ByteString;
@@ -16,6 +16,9 @@ use super::{
 };
 use crate::certs::tls;
 use crate::model::names;
+
+/// Where earlier builds recorded the CAs they issued, taken off on the next write.
+const LEGACY_ISSUED_CAS_ANNOTATION: &str = "cyberdesk.io/issued-ca-fingerprints";
 
 /// How often a Secret write is retried when another replica wrote it in between.
 pub(crate) const WRITE_ATTEMPTS: u32 = 5;
@@ -125,10 +128,6 @@ pub(crate) fn new_secret(namespace: &str, name: &str, bundle: &CertBundle) -> Se
                 names::LABEL_K8S_MANAGED_BY.to_string(),
                 names::MANAGED_BY_VALUE.to_string(),
             )])),
-            annotations: Some(BTreeMap::from([(
-                trust::ANNOTATION_ISSUED_CAS.to_string(),
-                trust::bundle_fingerprints(&bundle.ca_cert_pem),
-            )])),
             ..ObjectMeta::default()
         },
         type_: Some(SECRET_TYPE_TLS.to_string()),
@@ -140,15 +139,10 @@ pub(crate) fn new_secret(namespace: &str, name: &str, bundle: &CertBundle) -> Se
 /// `existing` with our four keys replaced; other keys, labels and the resourceVersion stay.
 pub(crate) fn updated_secret(mut existing: Secret, bundle: &CertBundle) -> Secret {
     existing.metadata.managed_fields = None;
-    // Every CA in the bundle we write is one we issued (or kept from one we issued).
-    existing
-        .metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(
-            trust::ANNOTATION_ISSUED_CAS.to_string(),
-            trust::bundle_fingerprints(&bundle.ca_cert_pem),
-        );
+    // Earlier builds recorded issued CAs here; nothing reads it now (see `trust`).
+    if let Some(annotations) = existing.metadata.annotations.as_mut() {
+        annotations.remove(LEGACY_ISSUED_CAS_ANNOTATION);
+    }
     let data = existing.data.get_or_insert_with(BTreeMap::new);
     data.extend(secret_data(bundle));
     existing
@@ -163,7 +157,8 @@ pub async fn ensure_secret_in<S: SecretStore>(
     opts: &CertOptions,
     now: SystemTime,
 ) -> Result<CertBundle, CertError> {
-    ensure_trusted(store, sans, opts, now, None)
+    let anchors = trust::Anchors::new(&Default::default(), None);
+    ensure_trusted(store, sans, opts, now, None, &anchors, &Default::default())
         .await
         .map(|e| e.bundle)
 }
@@ -174,18 +169,27 @@ pub struct Ensured {
     pub bundle: CertBundle,
     /// SHA-256 fingerprints of certificates dropped because the operator did not issue them.
     pub dropped_cas: Vec<String>,
+    /// The resourceVersion of the Secret they were dropped from.
+    pub dropped_from: Option<String>,
 }
 
-/// [`ensure_secret_in`], trusting only CAs the operator issued (see [`trust`]) and repairing
-/// the Secret when it held others. `last_published`: the bundle this replica last put into
-/// the webhook configurations; when `ca.crt` has become unreadable it stays in the new
-/// bundle, so no replica's serving certificate is untrusted while they move to the new CA.
+/// [`ensure_secret_in`], trusting only the CAs `anchors` vouches for (see [`trust`]) and
+/// repairing the Secret when it held others. A readable certificate no anchor vouches for
+/// is only repaired once it was already found on an earlier check (`suspects`): a peer
+/// replica writes a new CA to the Secret a moment before it publishes it, and a check in
+/// between must not take it for a forgery. Until then the answer is
+/// [`CertError::UnverifiedCa`] and nothing is written. `last_published`: the bundle this
+/// replica last put into the webhook configurations; when `ca.crt` has become unreadable it
+/// stays in the new bundle, so no replica's serving certificate is untrusted while they move
+/// to the new CA.
 pub async fn ensure_trusted<S: SecretStore>(
     store: &S,
     sans: &[String],
     opts: &CertOptions,
     now: SystemTime,
     last_published: Option<&str>,
+    anchors: &trust::Anchors,
+    suspects: &BTreeSet<String>,
 ) -> Result<Ensured, CertError> {
     validate_sans(sans)?;
     let (namespace, name) = (store.namespace(), store.name());
@@ -193,11 +197,23 @@ pub async fn ensure_trusted<S: SecretStore>(
         let existing = store.get().await?;
         let mut data = existing.as_ref().map(SecretData::from_secret);
         let mut dropped = Vec::new();
-        if let (Some(secret), Some(d)) = (existing.as_ref(), data.as_mut())
+        if let Some(d) = data.as_mut()
             && let Some(ca_pem) = d.ca_cert_pem.clone()
         {
-            let screened =
-                trust::screen(&ca_pem, d.ca_key_pem.as_deref(), &trust::recorded(secret));
+            let screened = trust::screen(&ca_pem, d.ca_key_pem.as_deref(), anchors);
+            let unverified: Vec<String> = screened
+                .dropped
+                .iter()
+                .filter(|fp| fp.as_str() != trust::UNREADABLE && !suspects.contains(*fp))
+                .cloned()
+                .collect();
+            if !unverified.is_empty() {
+                return Err(CertError::UnverifiedCa {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    fingerprints: unverified,
+                });
+            }
             if !screened.dropped.is_empty() {
                 d.ca_cert_pem = (!screened.bundle_pem.is_empty()).then_some(screened.bundle_pem);
                 dropped = screened.dropped;
@@ -217,6 +233,7 @@ pub async fn ensure_trusted<S: SecretStore>(
                     return Ok(Ensured {
                         bundle,
                         dropped_cas: dropped,
+                        dropped_from: None,
                     });
                 }
                 Some(_) => (Reason::UntrustedCa, false),
@@ -227,6 +244,10 @@ pub async fn ensure_trusted<S: SecretStore>(
         };
         let bundle = apply_action(data.as_ref(), &action, sans, now, opts)?;
         let not_after = tls::cert_not_after(&bundle.cert_pem)?;
+        let dropped_from = existing
+            .as_ref()
+            .filter(|_| !dropped.is_empty())
+            .and_then(|s| s.metadata.resource_version.clone());
         let written = match existing {
             None => store.create(&new_secret(namespace, name, &bundle)).await,
             Some(secret) => store.replace(&updated_secret(secret, &bundle)).await,
@@ -244,6 +265,7 @@ pub async fn ensure_trusted<S: SecretStore>(
                 return Ok(Ensured {
                     bundle,
                     dropped_cas: dropped,
+                    dropped_from,
                 });
             }
             Err(WriteError::AlreadyExists | WriteError::Conflict) => {

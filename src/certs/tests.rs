@@ -671,6 +671,109 @@ impl Publisher {
     fn count(&self) -> usize {
         self.published.lock().expect("lock").len()
     }
+
+    /// What the webhook configurations hold: the last bundle handed over.
+    fn reader(&self) -> PublishedReader {
+        let this = self.clone();
+        Box::new(move || {
+            let last = this.published.lock().expect("lock").last().cloned();
+            Box::pin(std::future::ready(Ok(last.unwrap_or_default())))
+        })
+    }
+
+    fn ever_published(&self, pem: &str) -> bool {
+        self.published
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|b| b.contains(pem.trim()))
+    }
+}
+
+/// A loop that reads its trust anchor from what it published, after its first check.
+async fn anchored_loop(
+    now: SystemTime,
+    publisher: &Publisher,
+) -> SelfManaged<MemStore, impl Fn(String) -> std::future::Ready<Result<(), String>> + use<>> {
+    let mut loop_ = SelfManaged::new(
+        MemStore::default(),
+        SelfManagedConfig::new("ns", "tls", sans()),
+        Arc::new(CertResolver::new()),
+        metrics(),
+        publisher.callback(),
+    )
+    .with_published_reader(publisher.reader());
+    let first = loop_.tick_at(now).await.expect("first use");
+    assert!(first.published_ca && first.swapped);
+    loop_
+}
+
+#[tokio::test]
+async fn a_consistently_forged_secret_is_never_published_and_is_replaced() {
+    let now = SystemTime::now();
+    let publisher = Publisher::default();
+    let mut loop_ = anchored_loop(now, &publisher).await;
+    let ours = loop_.store().bundle().expect("secret").ca_cert_pem;
+
+    // Whoever can write the Secret writes a CA, its key and a leaf of their own.
+    let forged = fresh(now, &CertOptions::default());
+    loop_.store().put(&forged);
+    let first_sight = loop_.tick_at(at(now, 0)).await.expect("checked");
+    assert!(!first_sight.published_ca && !first_sight.swapped);
+    assert_eq!(first_sight.swap_due_in, Some(DEFAULT_CA_SETTLE));
+    let second_sight = loop_.tick_at(at(now, 0)).await.expect("repaired");
+    assert!(!publisher.ever_published(&forged.ca_cert_pem));
+    let repaired = loop_.store().bundle().expect("secret");
+    assert!(!repaired.ca_cert_pem.contains(forged.ca_cert_pem.trim()));
+    assert_ne!(repaired.ca_key_pem, forged.ca_key_pem);
+    assert!(repaired.ca_cert_pem.contains(ours.trim()) || second_sight.published_ca);
+}
+
+#[tokio::test]
+async fn a_ca_appended_to_the_secret_is_never_published() {
+    let now = SystemTime::now();
+    let publisher = Publisher::default();
+    let mut loop_ = anchored_loop(now, &publisher).await;
+    let mut bundle = loop_.store().bundle().expect("secret");
+    let ours = bundle.ca_cert_pem.clone();
+    let (stranger, _) = generate_ca_at(now, &CertOptions::default()).expect("CA");
+    bundle.ca_cert_pem = format!("{ours}{stranger}");
+    loop_.store().put(&bundle);
+    loop_.tick_at(now).await.expect("first sight");
+    loop_.tick_at(now).await.expect("second sight");
+    assert!(!publisher.ever_published(&stranger));
+    assert_eq!(loop_.store().bundle().expect("secret").ca_cert_pem, ours);
+    assert_eq!(publisher.count(), 1);
+}
+
+#[tokio::test]
+async fn a_peers_new_ca_is_trusted_once_published() {
+    let now = SystemTime::now();
+    let publisher = Publisher::default();
+    let mut loop_ = anchored_loop(now, &publisher).await;
+    let bundle = loop_.store().bundle().expect("secret");
+    // A peer replaces the CA and publishes it before this replica looks.
+    let peer = apply_action(
+        Some(&SecretData::from(&bundle)),
+        &Action::Regenerate {
+            reason: Reason::CaExpiring,
+            previous_ca: Some(bundle.ca_cert_pem.clone()),
+        },
+        &sans(),
+        now,
+        &CertOptions::default(),
+    )
+    .expect("peer CA");
+    loop_.store().put(&peer);
+    publisher
+        .published
+        .lock()
+        .expect("lock")
+        .push(peer.ca_cert_pem.clone());
+    let tick = loop_.tick_at(now).await.expect("checked");
+    // Trusted at once (no second look), and left as the peer wrote it.
+    assert!(tick.published_ca, "{tick:?}");
+    assert_eq!(loop_.store().bundle().expect("secret"), peer);
 }
 
 fn served_leaf(resolver: &CertResolver) -> Vec<u8> {

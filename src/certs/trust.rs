@@ -1,16 +1,22 @@
 //! Which CA certificates the operator trusts from its own Secret. Whatever `ca.crt` holds is
-//! published as the webhooks' `caBundle`, so a certificate appended to it by anyone who can
-//! write that Secret would be trusted by the apiserver. Only CAs the operator made count:
-//! the Secret records their SHA-256 fingerprints (annotation [`ANNOTATION_ISSUED_CAS`]),
-//! and the CA matching `ca.key` is ours by construction (which also covers a Secret written
-//! before the annotation existed). Anything else is dropped.
+//! published as the webhooks' `caBundle`, so a certificate put there by anyone who can
+//! write that Secret would be trusted by the apiserver. The trust anchor therefore lives
+//! outside the Secret: a CA counts only if this process issued or published it before, or
+//! the webhook configurations already publish it (the apiserver trusts those anyway).
+//! Nothing stored beside the key (a fingerprint list, a matching key) can vouch for a CA,
+//! since whoever forges the CA can forge those too.
+//!
+//! Two cases fall back to the CA that matches `ca.key`: the first start of an install (no
+//! caBundle published, nothing pinned yet: trust on first use) and an install whose webhook
+//! configurations the operator does not manage (it publishes nothing, so nothing is gained
+//! by forging the Secret but an outage).
 
-use k8s_openapi::api::core::v1::Secret;
+use std::collections::BTreeSet;
 
 use crate::certs::tls;
 
-/// Comma-separated SHA-256 fingerprints (hex) of the CA certificates the operator issued.
-pub const ANNOTATION_ISSUED_CAS: &str = "cyberdesk.io/issued-ca-fingerprints";
+/// Marks an unreadable `ca.crt` in [`Screened::dropped`].
+pub const UNREADABLE: &str = "(unreadable ca.crt)";
 
 /// SHA-256 of a DER certificate, lower-case hex.
 pub fn fingerprint(der: &[u8]) -> String {
@@ -21,51 +27,53 @@ pub fn fingerprint(der: &[u8]) -> String {
         .collect()
 }
 
-/// The fingerprints recorded on the Secret.
-pub fn recorded(secret: &Secret) -> Vec<String> {
-    secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_ISSUED_CAS))
-        .map(|v| {
-            v.split(',')
-                .map(|f| f.trim().to_ascii_lowercase())
-                .filter(|f| !f.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Fingerprints of every certificate in a PEM bundle (the value to record).
-pub fn bundle_fingerprints(bundle_pem: &str) -> String {
+/// Fingerprints of every readable certificate in a PEM bundle; garbage yields none.
+pub fn fingerprints(bundle_pem: &str) -> BTreeSet<String> {
     tls::certs_from_pem(bundle_pem)
-        .map(|certs| {
-            certs
-                .iter()
-                .map(|c| fingerprint(c))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+        .map(|certs| certs.iter().map(|c| fingerprint(c)).collect())
         .unwrap_or_default()
 }
 
-/// A CA bundle with the certificates the operator did not issue taken out.
+/// What a check of `ca.crt` may trust.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Anchors {
+    /// Fingerprints of CAs this process issued or published, and of those the webhook
+    /// configurations publish now.
+    pub trusted: BTreeSet<String>,
+    /// Whether the CA matching `ca.key` is trusted without an anchor (see the module doc).
+    pub key_ca: bool,
+}
+
+impl Anchors {
+    /// `pinned`: what this process issued or published; `published`: what the webhook
+    /// configurations hold now, or `None` when the operator does not manage them.
+    pub fn new(pinned: &BTreeSet<String>, published: Option<&BTreeSet<String>>) -> Self {
+        let key_ca = match published {
+            None => true,
+            Some(p) => p.is_empty() && pinned.is_empty(),
+        };
+        let mut trusted = pinned.clone();
+        trusted.extend(published.into_iter().flatten().cloned());
+        Self { trusted, key_ca }
+    }
+}
+
+/// A CA bundle with the certificates no anchor vouches for taken out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Screened {
     /// The trusted certificates, re-encoded, in their original order; empty when none is.
     pub bundle_pem: String,
-    /// Fingerprints of what was dropped.
+    /// Fingerprints of what was dropped ([`UNREADABLE`] for a bundle that does not parse).
     pub dropped: Vec<String>,
 }
 
-/// Keeps the certificates of `bundle_pem` whose fingerprint is in `issued` or whose key is
-/// `ca_key_pem`. An unreadable bundle keeps nothing (a new CA follows).
-pub fn screen(bundle_pem: &str, ca_key_pem: Option<&str>, issued: &[String]) -> Screened {
+/// Keeps the certificates of `bundle_pem` that `anchors` trusts. An unreadable bundle
+/// keeps nothing (a new CA follows).
+pub fn screen(bundle_pem: &str, ca_key_pem: Option<&str>, anchors: &Anchors) -> Screened {
     let Ok(certs) = tls::certs_from_pem(bundle_pem) else {
         return Screened {
             bundle_pem: String::new(),
-            dropped: vec!["(unreadable ca.crt)".into()],
+            dropped: vec![UNREADABLE.into()],
         };
     };
     let mut kept = String::new();
@@ -73,9 +81,9 @@ pub fn screen(bundle_pem: &str, ca_key_pem: Option<&str>, issued: &[String]) -> 
     for cert in certs {
         let fp = fingerprint(&cert);
         let pem = super::der_to_pem(&cert);
-        let matches_key =
-            ca_key_pem.is_some_and(|key| tls::certified_key_from_pem(&pem, key).is_ok());
-        if matches_key || issued.contains(&fp) {
+        let of_the_key = anchors.key_ca
+            && ca_key_pem.is_some_and(|key| tls::certified_key_from_pem(&pem, key).is_ok());
+        if of_the_key || anchors.trusted.contains(&fp) {
             kept.push_str(&pem);
         } else {
             dropped.push(fp);
@@ -98,53 +106,64 @@ mod tests {
         generate_ca_at(SystemTime::now(), &CertOptions::default()).expect("CA")
     }
 
+    fn fp(pem: &str) -> String {
+        fingerprint(&tls::certs_from_pem(pem).expect("pem")[0])
+    }
+
     #[test]
-    fn the_ca_of_the_key_and_recorded_cas_stay_and_strangers_go() {
+    fn pinned_and_published_cas_stay_and_strangers_go() {
         let (current, key) = ca();
         let (previous, _) = ca();
         let (stranger, _) = ca();
-        let recorded = vec![fingerprint(
-            &tls::certs_from_pem(&previous).expect("pem")[0],
-        )];
         let bundle = format!("{current}{previous}{stranger}");
-        let screened = screen(&bundle, Some(&key), &recorded);
-        assert_eq!(screened.bundle_pem, format!("{current}{previous}"));
-        assert_eq!(
-            screened.dropped,
-            vec![fingerprint(
-                &tls::certs_from_pem(&stranger).expect("pem")[0]
-            )]
+        let pinned = BTreeSet::from([fp(&current)]);
+        let published = BTreeSet::from([fp(&previous)]);
+        let screened = screen(
+            &bundle,
+            Some(&key),
+            &Anchors::new(&pinned, Some(&published)),
         );
-        // Nothing recorded (a Secret from before the annotation): the key's CA alone.
-        let screened = screen(&bundle, Some(&key), &[]);
-        assert_eq!(screened.bundle_pem, current);
-        assert_eq!(screened.dropped.len(), 2);
+        assert_eq!(screened.bundle_pem, format!("{current}{previous}"));
+        assert_eq!(screened.dropped, vec![fp(&stranger)]);
+    }
+
+    #[test]
+    fn a_ca_with_its_own_key_is_not_trusted_once_something_is_published() {
+        // A consistent rewrite: a new CA together with its key.
+        let (forged, forged_key) = ca();
+        let (ours, _) = ca();
+        let published = BTreeSet::from([fp(&ours)]);
+        let anchors = Anchors::new(&BTreeSet::new(), Some(&published));
+        assert!(!anchors.key_ca);
+        let screened = screen(&forged, Some(&forged_key), &anchors);
+        assert!(screened.bundle_pem.is_empty());
+        assert_eq!(screened.dropped, vec![fp(&forged)]);
+    }
+
+    #[test]
+    fn the_key_ca_is_trusted_on_first_use_and_when_nothing_is_published() {
+        let (current, key) = ca();
+        let (stranger, _) = ca();
+        let bundle = format!("{current}{stranger}");
+        for anchors in [
+            Anchors::new(&BTreeSet::new(), Some(&BTreeSet::new())),
+            Anchors::new(&BTreeSet::new(), None),
+        ] {
+            assert!(anchors.key_ca);
+            let screened = screen(&bundle, Some(&key), &anchors);
+            assert_eq!(screened.bundle_pem, current);
+            assert_eq!(screened.dropped, vec![fp(&stranger)]);
+        }
+        // Once this process pinned a CA, first use is over.
+        let pinned = BTreeSet::from([fp(&stranger)]);
+        assert!(!Anchors::new(&pinned, Some(&BTreeSet::new())).key_ca);
     }
 
     #[test]
     fn garbage_keeps_nothing() {
-        let screened = screen("not a certificate", None, &[]);
+        let screened = screen("not a certificate", None, &Anchors::default());
         assert!(screened.bundle_pem.is_empty());
-        assert_eq!(screened.dropped.len(), 1);
-    }
-
-    #[test]
-    fn recorded_fingerprints_round_trip() {
-        let (a, _) = ca();
-        let (b, _) = ca();
-        let mut secret = Secret::default();
-        secret.metadata.annotations = Some(
-            [(
-                ANNOTATION_ISSUED_CAS.to_string(),
-                bundle_fingerprints(&format!("{a}{b}")).to_uppercase(),
-            )]
-            .into(),
-        );
-        let got = recorded(&secret);
-        assert_eq!(got.len(), 2);
-        assert_eq!(
-            screen(&format!("{a}{b}"), None, &got).dropped,
-            Vec::<String>::new()
-        );
+        assert_eq!(screened.dropped, vec![UNREADABLE.to_string()]);
+        assert!(fingerprints("not a certificate").is_empty());
     }
 }

@@ -70,6 +70,8 @@ pub enum Reason {
     VirtualMachineAdopted,
     VirtualMachineConflict,
     TimedOut,
+    /// A timed-out desk's VM was started again (by hand) and halted again: not a timeout.
+    TimeoutReapplied,
     Ready,
     Deleting,
     DeletingVirtualMachine,
@@ -88,6 +90,7 @@ impl Reason {
             Reason::VirtualMachineAdopted => "VirtualMachineAdopted",
             Reason::VirtualMachineConflict => "VirtualMachineConflict",
             Reason::TimedOut => "TimedOut",
+            Reason::TimeoutReapplied => "TimeoutReapplied",
             Reason::Ready => "Ready",
             Reason::Deleting => "Deleting",
             Reason::DeletingVirtualMachine => "DeletingVirtualMachine",
@@ -102,7 +105,7 @@ impl Reason {
     /// The action verb of the Kubernetes Event.
     pub fn action(self) -> &'static str {
         match self {
-            Reason::TimedOut => "Stop",
+            Reason::TimedOut | Reason::TimeoutReapplied => "Stop",
             Reason::Ready | Reason::VirtualMachineClaimed => "Start",
             Reason::Deleting | Reason::DeletingVirtualMachine | Reason::CleanedUp => "Delete",
             _ => "Create",
@@ -189,14 +192,18 @@ pub enum Step {
     Conflict(Announcement),
     /// The desk's time is up: halt the VM. Counted and announced only once the halt patch,
     /// which tests the run strategy it was planned on, went through, so a stale cache can
-    /// never count one timeout twice. The pass ends there: when many desks expire
-    /// together, every halt (due at expiry) goes before any of their status writes, which
-    /// follow in the passes the halted VMs' watch events bring.
+    /// never count one timeout twice. For `timeoutAction: Stop` the pass ends there: when
+    /// many desks expire together, every halt (due at expiry) goes before any of their
+    /// status writes, which follow in the passes the halted VMs' watch events bring. For
+    /// `Delete` the same pass goes on to delete the desk, which is what its user waits for.
     Halt {
         /// How far past its expiry the desk was when planned (the executor adds the time
         /// the halt itself takes).
         lag: Duration,
         announce: Announcement,
+        /// The desk's first timeout; `false` when a desk already `TimedOut` had its VM
+        /// started again: halted again, but neither counted nor observed as a timeout.
+        first: bool,
     },
     /// Take a booted VM from the desk's warm pool (`spec.pool`); when none is ready the
     /// pass goes on to render a VM of its own from the pool's template.
@@ -336,12 +343,24 @@ pub fn plan(obs: &Observation<'_>) -> Step {
         && vm.run_strategy() != Some("Halted")
     {
         let timeout_ms = desk.effective_timeout_ms(obs.default_timeout_ms);
-        return Step::Halt {
-            lag: expired.unwrap_or_default(),
-            announce: Announcement::new(
+        let first = !timed_out_before(desk);
+        let announce = if first {
+            Announcement::new(
                 Reason::TimedOut,
                 format!("timed out after {timeout_ms} ms; halted VirtualMachine {vm_name}"),
-            ),
+            )
+        } else {
+            Announcement::new(
+                Reason::TimeoutReapplied,
+                format!(
+                    "VirtualMachine {vm_name} was started again after the desk timed out; halted it again"
+                ),
+            )
+        };
+        return Step::Halt {
+            lag: expired.unwrap_or_default(),
+            announce,
+            first,
         };
     }
     if obs.vm.is_none() && !timed_out && obs.refused.is_none() {

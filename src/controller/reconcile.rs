@@ -30,7 +30,8 @@ use crate::controller::status_hold::StatusClock;
 use crate::controller::takeover::{claim_vm, find_legacy_vm, take_over_finalizer};
 use crate::metrics::Metrics;
 use crate::model::{
-    Cyberdesk, CyberdeskPool, Placement, VirtualMachine, VirtualMachineInstance, names,
+    Cyberdesk, CyberdeskPool, Placement, TimeoutAction, VirtualMachine, VirtualMachineInstance,
+    names,
 };
 
 /// A failed pass is retried after 0.5 s, doubling up to 5 min per desk.
@@ -332,27 +333,41 @@ async fn apply_on(
                 ctx.announce(cd, announcement);
                 return Ok((Action::requeue(plan::RENDER_RETRY), Outcome::Requeue));
             }
-            Step::Halt { lag, announce } => {
+            Step::Halt {
+                lag,
+                announce,
+                first,
+            } => {
                 let Some(current) = &obs.vm else { break };
                 let t = Instant::now();
-                match ctx.time("stop_vm", t, halt(&vms, current).await) {
-                    Ok(_) => {}
+                let halted = match ctx.time("stop_vm", t, halt(&vms, current).await) {
+                    Ok(halted) => halted,
                     Err(Error::Kube(e)) if changed_meanwhile(&e) && !read_live => {
                         read_live = true;
                         obs.vm = vms.get_opt(&vm_name).await?;
                         continue;
                     }
                     Err(e) => return Err(e),
-                }
+                };
                 // Logged once the halt went through: a patch refused on a stale read is
                 // planned again and must not read as a second timeout. The lag runs until
                 // the apiserver took the halt.
                 let lag = lag + t.elapsed();
-                tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halted the VM");
-                ctx.metrics.vm_timeout.inc();
-                ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
+                if first {
+                    tracing::info!(vm = %vm_name, lag_ms = lag.as_millis() as u64, "timeout reached; halted the VM");
+                    ctx.metrics.vm_timeout.inc();
+                    ctx.metrics.timeout_lag.observe(lag.as_secs_f64());
+                } else {
+                    tracing::info!(vm = %vm_name, "the VM of a timed-out desk was started again; halted it again");
+                }
                 ctx.announce(cd, announce);
-                return Ok((Action::requeue(plan::HALT_FOLLOW_UP), Outcome::Success));
+                if cd.timeout_action() != TimeoutAction::Delete {
+                    return Ok((Action::requeue(plan::HALT_FOLLOW_UP), Outcome::Success));
+                }
+                // Delete: go on to the deletion in this pass instead of waiting for one.
+                let mut halted = halted;
+                trim_vm(&mut halted);
+                obs.vm = Some(halted);
             }
             Step::Claim => {
                 obs.pool_tried = true;

@@ -34,7 +34,7 @@ pub const DEFAULT_TIMEOUT_MS: i64 = 3_600_000;
     printcolumn = r#"{"name": "IP", "type": "string", "jsonPath": ".status.ipAddress", "description": "Address of the desktop"}"#,
     printcolumn = r#"{"name": "Expiry", "type": "string", "jsonPath": ".status.expiryTime", "description": "When the desktop times out"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
-    validation = kube::core::Rule::new("size(self.metadata.name) <= 53").message(
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 53").field_path(".metadata.name").message(
         "metadata.name must be no more than 53 characters: the VirtualMachine is named cyberdesk-<name>, which must fit in 63"
     )
 )]
@@ -70,8 +70,10 @@ pub struct CyberdeskSpec {
     #[schemars(length(min = 1, max = 253))]
     pub template: Option<String>,
 
-    /// Cloud-init user data read from a Secret in the Cyberdesk's namespace and passed to
-    /// the VM base64-encoded. Immutable once set. Never put secrets inline.
+    /// Cloud-init user data: a Secret in the Cyberdesk's namespace that the requester may
+    /// read. The shipped template hands KubeVirt the Secret by name (its key `userdata` or
+    /// `userData`); a template with `${user_data_base64}` gets the value inline instead.
+    /// Immutable once set. There is no inline user-data field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data_secret_ref: Option<SecretKeyRef>,
 

@@ -43,7 +43,7 @@ pub const MAX_MAX_IDLE_MS: i64 = 7 * 86_400_000;
     printcolumn = r#"{"name": "Claimed", "type": "integer", "jsonPath": ".status.claimed", "description": "VMs handed to desks that still exist"}"#,
     printcolumn = r#"{"name": "Desired", "type": "integer", "jsonPath": ".spec.size", "description": "VMs to keep ready"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
-    validation = kube::core::Rule::new("size(self.metadata.name) <= 42").message(
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 42").field_path(".metadata.name").message(
         "metadata.name must be no more than 42 characters: the pool's VMs are named cyberdesk-pool-<name>-<5 characters>, which must fit in 63"
     )
 )]

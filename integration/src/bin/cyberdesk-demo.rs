@@ -17,6 +17,9 @@ use cyberdesk_integration::operator::OperatorProcess;
 use cyberdesk_integration::wait::until;
 use cyberdesk_integration::workspace::repo_path;
 
+/// How long `--until-timed-out` waits for the sample desk (30 s timeout) to time out.
+const UNTIL_TIMED_OUT_DEADLINE: Duration = Duration::from_secs(180);
+
 #[derive(Parser)]
 #[command(about = "Run the operator against a local control plane with a sample Cyberdesk")]
 struct Args {
@@ -115,8 +118,19 @@ fn main() -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .spawn()?;
 
+    // `--until-timed-out` is what tests run: a desk stuck short of TimedOut must fail them,
+    // not hold CI until its own deadline. The sample desk times out 30 s after its VM.
+    let deadline = std::time::Instant::now() + UNTIL_TIMED_OUT_DEADLINE;
+    let mut outcome = Ok(());
     loop {
         if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if args.until_timed_out && std::time::Instant::now() > deadline {
+            outcome = Err(anyhow::anyhow!(
+                "the demo desk did not reach TimedOut within {} s",
+                UNTIL_TIMED_OUT_DEADLINE.as_secs()
+            ));
             break;
         }
         if args.until_timed_out {
@@ -160,7 +174,7 @@ fn main() -> anyhow::Result<()> {
     drop(operator);
     drop(runtime);
     drop(cp);
-    Ok(())
+    outcome
 }
 
 fn install_signal_flag(flag: &Arc<AtomicBool>) {

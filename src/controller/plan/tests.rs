@@ -345,8 +345,13 @@ fn expiry_halts_the_vm_with_the_lag_and_then_settles_timed_out() {
     let mut o = observe(&d);
     o.vm = Some(vm("desk-uid", "Always"));
     match plan(&o) {
-        Step::Halt { lag, announce } => {
+        Step::Halt {
+            lag,
+            announce,
+            first,
+        } => {
             assert_eq!(lag, Duration::from_millis(1500));
+            assert!(first, "the desk's first timeout");
             assert_eq!(announce.reason, Reason::TimedOut);
             assert_eq!(
                 announce.note,
@@ -386,10 +391,19 @@ fn a_timeout_is_sticky() {
     let d = started_desk(86_400_000, timed_out);
     let mut o = observe(&d);
     o.vm = Some(vm("desk-uid", "Always"));
-    assert!(
-        matches!(plan(&o), Step::Halt { lag, .. } if lag.is_zero()),
-        "not halted again"
-    );
+    match plan(&o) {
+        Step::Halt {
+            lag,
+            announce,
+            first,
+        } => {
+            assert!(lag.is_zero());
+            // Halted again, but not a second timeout: not counted, announced apart.
+            assert!(!first, "a re-halt read as a timeout");
+            assert_eq!(announce.reason, Reason::TimeoutReapplied);
+        }
+        other => panic!("not halted again: {other:?}"),
+    }
     // VM deleted by hand after the timeout: not created again.
     o.vm = None;
     let s = settled(plan(&o));
@@ -480,6 +494,7 @@ fn reasons_are_distinct_and_warnings_are_the_problems() {
         Reason::VirtualMachineAdopted,
         Reason::VirtualMachineConflict,
         Reason::TimedOut,
+        Reason::TimeoutReapplied,
         Reason::Ready,
         Reason::Deleting,
         Reason::DeletingVirtualMachine,
@@ -494,6 +509,7 @@ fn reasons_are_distinct_and_warnings_are_the_problems() {
     let warnings = all.iter().filter(|r| r.is_warning()).count();
     assert_eq!(warnings, 5);
     assert_eq!(Reason::TimedOut.action(), "Stop");
+    assert_eq!(Reason::TimeoutReapplied.action(), "Stop");
     assert_eq!(Reason::CleanedUp.action(), "Delete");
 }
 
