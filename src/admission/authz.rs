@@ -39,6 +39,46 @@ pub enum AccessError {
     Unavailable,
     #[error("the authorizer could not evaluate the request: {0}")]
     Evaluation(String),
+    #[error(
+        "too many Secret access checks right now: the operator asks the apiserver at most {burst} at once and {rate} a second (--access-review-rate), and did not ask this one"
+    )]
+    Throttled { rate: u32, burst: u32 },
+}
+
+/// Checks that miss the cache, bounded: `burst` at once, refilled at `rate` a second. A
+/// forged review with a fresh identity each time misses the cache, and each miss would be
+/// a SubjectAccessReview in the operator's own priority-and-fairness flow, the one its
+/// Lease renewals use.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: u32,
+    burst: u32,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// Starts full.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        Self {
+            rate,
+            burst: burst.max(1),
+            tokens: f64::from(burst.max(1)),
+            last: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now.max(self.last);
+        self.tokens = (self.tokens + elapsed * f64::from(self.rate)).min(f64::from(self.burst));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        false
+    }
 }
 
 /// Answers "may this user `get` Secret `name` in `namespace`?".
@@ -109,6 +149,8 @@ pub struct SubjectAccessReviewer {
     timeout: Duration,
     cache: Mutex<TtlCache>,
     metrics: Metrics,
+    /// `None`: every miss is asked.
+    misses: Option<Mutex<TokenBucket>>,
 }
 
 impl SubjectAccessReviewer {
@@ -122,13 +164,37 @@ impl SubjectAccessReviewer {
                 entries: HashMap::new(),
             }),
             metrics,
+            misses: None,
         }
+    }
+
+    /// Bounds the checks that miss the cache to `burst` at once and `rate` a second
+    /// (`rate` 0: no bound).
+    pub fn with_rate_limit(mut self, rate: u32, burst: u32) -> Self {
+        self.misses = (rate > 0).then(|| Mutex::new(TokenBucket::new(rate, burst, Instant::now())));
+        self
+    }
+
+    /// May one more miss be asked now? The error says why not.
+    fn may_ask(&self) -> Result<(), AccessError> {
+        let Some(bucket) = &self.misses else {
+            return Ok(());
+        };
+        let mut bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
+        if bucket.take(Instant::now()) {
+            return Ok(());
+        }
+        Err(AccessError::Throttled {
+            rate: bucket.rate,
+            burst: bucket.burst,
+        })
     }
 
     fn count(&self, result: &Result<Access, AccessError>, source: &str) {
         let label = match result {
             Ok(Access::Allowed) => "allowed",
             Ok(Access::Denied(_)) => "denied",
+            Err(AccessError::Throttled { .. }) => "throttled",
             Err(_) => "error",
         };
         self.metrics
@@ -203,7 +269,10 @@ impl SecretAccess for SubjectAccessReviewer {
                 self.count(&result, "cache");
                 return result;
             }
-            let result = self.ask(who, namespace, name).await;
+            let result = match self.may_ask() {
+                Ok(()) => self.ask(who, namespace, name).await,
+                Err(throttled) => Err(throttled),
+            };
             self.count(&result, "api");
             if let Ok(access) = &result
                 && let Ok(mut cache) = self.cache.lock()
@@ -270,6 +339,21 @@ mod tests {
         assert_ne!(a, CacheKey::new(&user("alice", &["x"]), "ns", "s"));
         assert_ne!(a, CacheKey::new(&user("alice", &["x", "y"]), "other", "s"));
         assert_ne!(a, CacheKey::new(&user("alice", &["x", "y"]), "ns", "t"));
+    }
+
+    #[test]
+    fn the_bucket_gives_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10, 3, t0);
+        assert!((0..3).all(|_| bucket.take(t0)));
+        assert!(!bucket.take(t0));
+        // A tenth of a second later: one more.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(bucket.take(t1));
+        assert!(!bucket.take(t1));
+        // Long idle: back to the burst, never more.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| bucket.take(t2)).count(), 3);
     }
 
     #[test]
