@@ -356,6 +356,49 @@ mod tests {
         assert_eq!((0..10).filter(|_| bucket.take(t2)).count(), 3);
     }
 
+    /// A reviewer whose apiserver is unreachable: a check that is asked fails, one that is
+    /// not asked says why.
+    fn unreachable_reviewer(metrics: &Metrics) -> SubjectAccessReviewer {
+        let url: axum::http::Uri = "http://127.0.0.1:1".parse().expect("url");
+        let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
+        SubjectAccessReviewer::new(
+            client,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            metrics.clone(),
+        )
+        .with_rate_limit(1, 2)
+    }
+
+    #[tokio::test]
+    async fn misses_past_the_burst_are_not_asked_and_say_why() {
+        let metrics = Metrics::new("test", &[]).expect("metrics");
+        let reviewer = unreachable_reviewer(&metrics);
+        let count = |result: &str| {
+            metrics
+                .secret_access_reviews
+                .with_label_values(&[result, "api"])
+                .get()
+        };
+        // Two fresh identities use the burst: both are asked (and fail: no apiserver).
+        for who in ["forged-1", "forged-2"] {
+            let asked = reviewer.may_get_secret(&user(who, &[]), "ns", "s").await;
+            assert!(matches!(asked, Err(AccessError::Api(_))), "{asked:?}");
+        }
+        let refused = reviewer
+            .may_get_secret(&user("forged-3", &[]), "ns", "s")
+            .await;
+        let Err(e @ AccessError::Throttled { .. }) = refused else {
+            panic!("not throttled: {refused:?}");
+        };
+        assert!(
+            e.to_string().contains("too many Secret access checks"),
+            "{e}"
+        );
+        assert_eq!(count("error"), 2);
+        assert_eq!(count("throttled"), 1);
+    }
+
     #[test]
     fn entries_expire_and_the_cache_stays_bounded() {
         let mut cache = TtlCache {

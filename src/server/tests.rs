@@ -189,3 +189,58 @@ async fn a_body_without_a_length_is_charged_as_it_arrives() {
     drop(in_flight);
     assert_eq!(budget.used(), 0);
 }
+
+/// Every check refused by the SubjectAccessReview rate limit.
+struct Throttled;
+
+impl crate::admission::authz::SecretAccess for Throttled {
+    fn may_get_secret<'a>(
+        &'a self,
+        _who: &'a k8s_openapi::api::authentication::v1::UserInfo,
+        _namespace: &'a str,
+        _name: &'a str,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<crate::admission::authz::Access, crate::admission::authz::AccessError>,
+    > {
+        Box::pin(async {
+            Err(crate::admission::authz::AccessError::Throttled {
+                rate: 20,
+                burst: 100,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_check_past_the_access_review_rate_is_a_denial_that_says_why() {
+    let metrics = Metrics::new("test", &[]).expect("metrics");
+    let mut admission = Arc::unwrap_or_clone(admission(&metrics));
+    admission.secret_access = Arc::new(Throttled);
+    let app = router_with_budget(Arc::new(admission), MemoryBudget::new(32 * MIB));
+    let body = review(json!({"userDataSecretRef": {"name": "creds", "key": "userdata"}}));
+    let response = app
+        .oneshot(
+            Request::post("/validate")
+                .body(Body::from(body))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let answer: Value = serde_json::from_slice(&bytes).expect("JSON");
+    let r = &answer["response"];
+    assert_eq!(r["allowed"], false, "{r}");
+    let cause = &r["status"]["details"]["causes"][0];
+    assert_eq!(cause["field"], "spec.userDataSecretRef.name", "{r}");
+    let message = cause["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("too many Secret access checks right now")
+            && message.contains("--access-review-rate")
+            && message.contains("try again"),
+        "{message}"
+    );
+}
