@@ -686,6 +686,45 @@ mod tests {
     }
 
     #[test]
+    fn a_review_is_read_once_into_the_fields_the_webhooks_use() {
+        let body = |old_object: &str| {
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u-9","kind":{{"group":"cyberdesk.io","version":"v1alpha1","kind":"Cyberdesk"}},"resource":{{"group":"cyberdesk.io","version":"v1alpha1","resource":"cyberdesks"}},"requestKind":{{"group":"cyberdesk.io","version":"v1alpha1","kind":"Cyberdesk"}},"options":{{"apiVersion":"meta.k8s.io/v1","kind":"UpdateOptions","fieldManager":"kubectl"}},"name":"d","namespace":"n","operation":"UPDATE","userInfo":{{"username":"alice","groups":["team-a"],"extra":{{"k":["v"]}}}},"object":{{"metadata":{{"name":"d"}},"spec":{{"timeoutMs":5000}}}},"oldObject":{old_object},"dryRun":true}}}}"#
+            )
+        };
+        let Ok(Ok(req)) = parse(body(r#"{"metadata":{"name":"d"}}"#).as_bytes()) else {
+            panic!("not parsed");
+        };
+        assert_eq!(req.uid, "u-9");
+        assert_eq!(req.kind.kind, "Cyberdesk");
+        assert_eq!(req.operation, Operation::Update);
+        assert_eq!(req.namespace.as_deref(), Some("n"));
+        assert_eq!(req.user_info.username.as_deref(), Some("alice"));
+        assert!(req.user_info.extra.is_some());
+        assert!(req.dry_run);
+        assert_eq!(
+            req.object
+                .as_ref()
+                .and_then(|o| o.pointer("/spec/timeoutMs")),
+            Some(&serde_json::json!(5000))
+        );
+        assert!(req.old_object.is_some());
+        // An oldObject that is not an object: denied, with the uid.
+        match parse(body("[1]").as_bytes()) {
+            Ok(Err(resp)) => {
+                assert_eq!(resp.uid, "u-9");
+                assert!(!resp.allowed);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A null oldObject is no oldObject.
+        let Ok(Ok(req)) = parse(body("null").as_bytes()) else {
+            panic!("not parsed");
+        };
+        assert!(req.old_object.is_none());
+    }
+
+    #[test]
     fn bookkeeping_is_finalizers_managed_fields_version_and_status() {
         let old = serde_json::json!({"metadata": {"name": "d", "labels": {"team": "a"}, "resourceVersion": "1",
             "finalizers": ["x"]}, "spec": {"timeoutMs": 1}, "status": {"phase": "Running"}});
@@ -699,6 +738,31 @@ mod tests {
         let mut annotated = old.clone();
         annotated["metadata"]["annotations"] = serde_json::json!({"a": "b"});
         assert!(!bookkeeping_only(&old, &annotated));
+        // Status and bookkeeping keys count as absent whether missing or present.
+        let mut bare = old.clone();
+        if let Some(root) = bare.as_object_mut() {
+            root.remove("status");
+        }
+        if let Some(meta) = bare["metadata"].as_object_mut() {
+            meta.remove("finalizers");
+            meta.remove("resourceVersion");
+        }
+        assert!(bookkeeping_only(&old, &bare) && bookkeeping_only(&bare, &old));
+        // Any other key on one side only is a change.
+        let mut added = old.clone();
+        added["spec"]["timeoutAction"] = serde_json::json!("Stop");
+        assert!(!bookkeeping_only(&old, &added) && !bookkeeping_only(&added, &old));
+        // Shapes that are not objects are compared as they are.
+        assert!(!bookkeeping_only(&serde_json::json!([]), &old));
+        let odd = serde_json::json!({"metadata": "m", "status": 1});
+        assert!(bookkeeping_only(
+            &odd,
+            &serde_json::json!({"metadata": "m"})
+        ));
+        assert!(!bookkeeping_only(
+            &odd,
+            &serde_json::json!({"metadata": "n"})
+        ));
     }
 
     #[test]
