@@ -119,8 +119,7 @@ enum Refusal {
 
 /// Reads the body and charges it and its parse to the budget, then answers the review. A
 /// request the budget cannot hold is refused at once: 503 with `Retry-After`, since it is
-/// the server that is full, not this client that asked too often, and the apiserver's
-/// client retries a 503 with `Retry-After` as it does a 429.
+/// the server that is full, not this client that asked too often.
 async fn admit(w: &Webhooks, webhook: Webhook, req: Request<Body>) -> Response {
     let mut share = w.budget.share();
     let body = match read_body(req, &w.budget, &mut share).await {
@@ -128,18 +127,10 @@ async fn admit(w: &Webhooks, webhook: Webhook, req: Request<Body>) -> Response {
         Err(refusal) => return refuse(&w.admission.metrics, refusal),
     };
     let room = w.budget.largest_request().saturating_sub(share.held());
-    match parse_cost(&body, room) {
-        Ok(cost) => {
-            if !share.try_grow(cost) {
-                return refuse(
-                    &w.admission.metrics,
-                    Refusal::Busy(format!(
-                        "the webhook server is at its memory budget ({} MiB in flight); try again",
-                        mib(w.budget.used())
-                    )),
-                );
-            }
-        }
+    // Broken JSON is parsed as far as it goes before the review says what is wrong (a 400):
+    // that much is charged too.
+    let cost = match parse_cost(&body, room) {
+        Ok(cost) | Err(CostError::Json { counted: cost, .. }) => cost,
         Err(CostError::OverLimit { .. }) => {
             return refuse(
                 &w.admission.metrics,
@@ -149,8 +140,15 @@ async fn admit(w: &Webhooks, webhook: Webhook, req: Request<Body>) -> Response {
                 )),
             );
         }
-        // Not JSON: the review's own parse says what is wrong, in a 400.
-        Err(CostError::Json(_)) => {}
+    };
+    if !share.try_grow(cost) {
+        return refuse(
+            &w.admission.metrics,
+            Refusal::Busy(format!(
+                "the webhook server is at its memory budget ({} MiB in flight); try again",
+                mib(w.budget.used())
+            )),
+        );
     }
     answer(&w.admission, webhook, &body).await
 }

@@ -22,9 +22,13 @@ pub enum CostError {
     /// Counting stopped at `limit`: the parse would take more.
     #[error("parsing the review would take more than {limit} bytes")]
     OverLimit { limit: usize },
-    /// Not JSON (or nested too deep); the review's own parse says what is wrong.
-    #[error(transparent)]
-    Json(#[from] serde_json::Error),
+    /// Not JSON (or nested too deep); the review's own parse says what is wrong, and may
+    /// take up to `counted` bytes before it finds out.
+    #[error("{error}")]
+    Json {
+        error: serde_json::Error,
+        counted: usize,
+    },
 }
 
 /// The bytes parsing `body` into values would take, at most `limit`: counting stops as soon
@@ -40,7 +44,10 @@ pub fn parse_cost(body: &[u8], limit: usize) -> Result<usize, CostError> {
     match counted {
         Ok(()) => Ok(total.get()),
         Err(_) if total.get() > limit => Err(CostError::OverLimit { limit }),
-        Err(e) => Err(CostError::Json(e)),
+        Err(error) => Err(CostError::Json {
+            error,
+            counted: total.get(),
+        }),
     }
 }
 
@@ -156,7 +163,7 @@ mod tests {
     fn bad_json_is_left_to_the_parse() {
         for body in [&b"{"[..], b"[1,2", b"{} trailing", b"", b"nul"] {
             assert!(
-                matches!(parse_cost(body, usize::MAX), Err(CostError::Json(_))),
+                matches!(parse_cost(body, usize::MAX), Err(CostError::Json { .. })),
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
@@ -164,7 +171,13 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(matches!(
             parse_cost(deep.as_bytes(), usize::MAX),
-            Err(CostError::Json(_))
+            Err(CostError::Json { .. })
+        ));
+        // What was counted before the error is what the parse may take before it fails.
+        let truncated = format!("[{}", "0,".repeat(1000));
+        assert!(matches!(
+            parse_cost(truncated.as_bytes(), usize::MAX),
+            Err(CostError::Json { counted, .. }) if counted == 1001 * PER_VALUE
         ));
     }
 }

@@ -244,3 +244,22 @@ async fn a_check_past_the_access_review_rate_is_a_denial_that_says_why() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn broken_json_is_charged_for_what_its_parse_takes_before_it_fails() {
+    let metrics = Metrics::new("test", &[]).expect("metrics");
+    let budget = MemoryBudget::new(32 * MIB);
+    let app = router_with_budget(admission(&metrics), budget.clone());
+    // An array of zeros that never ends: parsed as far as it goes before the 400.
+    let mut broken = zeros_review(200 * 1024);
+    broken.truncate(broken.len() / 2);
+    let (status, _, _) = post(app.clone(), broken.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // With the large requests' part of the budget taken, the same body cannot be parsed now.
+    let mut in_flight = budget.share();
+    assert!(in_flight.try_grow(24 * MIB));
+    let (status, retry, _) = post(app, broken).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert_eq!(refusals(&metrics, "memory_budget"), 1);
+}
