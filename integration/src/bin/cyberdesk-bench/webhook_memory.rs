@@ -128,15 +128,19 @@ pub async fn run(c: &Cluster, operator_args: &[String]) -> anyhow::Result<()> {
             }
             let took = started.elapsed();
             let peak = status_kib(op.pid(), "VmHWM:");
-            let refused: Vec<String> = ["too_large", "memory_budget", "request_timeout"]
-                .iter()
-                .map(|reason| {
-                    let sample = format!(
-                        r#"cyberdesk_webhook_connections_rejected_total{{reason="{reason}"}}"#
-                    );
-                    format!("{reason} {}", op.metric(&sample).unwrap_or(0.0))
-                })
-                .collect();
+            let refused: Vec<String> = [
+                "too_large",
+                "memory_budget",
+                "request_timeout",
+                "handshake_timeout",
+            ]
+            .iter()
+            .map(|reason| {
+                let sample =
+                    format!(r#"cyberdesk_webhook_connections_rejected_total{{reason="{reason}"}}"#);
+                format!("{reason} {}", op.metric(&sample).unwrap_or(0.0))
+            })
+            .collect();
             println!(
                 "webhook-memory: {kib} KiB x {clients} clients x {ROUNDS}: peak RSS {:.0} MiB (idle peak {:.0} MiB) in {took:.1?}, answers {answers:?}, counted {}",
                 peak as f64 / 1024.0,
