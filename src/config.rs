@@ -238,6 +238,43 @@ pub struct RunConfig {
     )]
     pub webhook_max_connections: usize,
 
+    /// Webhook server: most connections open at once from one source address; more from it
+    /// are closed as they arrive, so one client cannot take every connection.
+    #[arg(
+        long,
+        env = "CYBERDESK_WEBHOOK_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 256
+    )]
+    pub webhook_max_connections_per_source: usize,
+
+    /// Webhook server: memory, in MiB, that the bodies of all requests in flight and their
+    /// parsed reviews may hold together (a review is charged an estimate of its parse before
+    /// it is parsed). A request that does not fit is answered 503 with Retry-After at once;
+    /// one that could never fit (more than three quarters of it) 413.
+    #[arg(
+        long,
+        env = "CYBERDESK_WEBHOOK_MEMORY_BUDGET_MIB",
+        default_value_t = 32,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub webhook_memory_budget_mib: u32,
+
+    /// Webhook server: require a client certificate signed by a CA in this PEM file (the
+    /// apiserver's, configured in its AdmissionConfiguration). Unset: no client certificate
+    /// is asked for. Read at start.
+    #[arg(long, env = "CYBERDESK_WEBHOOK_CLIENT_CA")]
+    pub webhook_client_ca: Option<PathBuf>,
+
+    /// SubjectAccessReviews per second that may miss the cache, on average; past the burst
+    /// and this rate, a check is not asked and the desk is denied with a message saying so.
+    /// 0 turns the limit off.
+    #[arg(long, env = "CYBERDESK_ACCESS_REVIEW_RATE", default_value_t = 20)]
+    pub access_review_rate: u32,
+
+    /// SubjectAccessReviews that may miss the cache at once before --access-review-rate applies.
+    #[arg(long, env = "CYBERDESK_ACCESS_REVIEW_BURST", default_value_t = 100)]
+    pub access_review_burst: u32,
+
     /// The operator's ServiceAccount (in --namespace): its own updates of a Cyberdesk
     /// (finalizer, status) are never judged by policies.
     #[arg(long, env = "CYBERDESK_SERVICE_ACCOUNT", default_value = names::SERVICE_ACCOUNT)]
@@ -346,8 +383,14 @@ impl RunConfig {
             idle_timeout: Duration::from_secs(self.webhook_idle_timeout_secs.max(1)),
             request_timeout: Duration::from_secs(self.webhook_request_timeout_secs.max(1)),
             max_connections: self.webhook_max_connections.max(1),
+            max_connections_per_source: self.webhook_max_connections_per_source.max(1),
             ..Default::default()
         }
+    }
+
+    /// The webhook server's memory budget in bytes.
+    pub fn webhook_memory_budget(&self) -> usize {
+        self.webhook_memory_budget_mib as usize * 1024 * 1024
     }
 
     /// The user name the apiserver gives the operator's ServiceAccount.

@@ -41,6 +41,9 @@ pub const ADMISSION_VERDICTS: &[&str] = &["true", "false", "error"];
 /// `cyberdesk_secret_access_reviews_total{result}`: the requester may read the Secret, may
 /// not, or the SubjectAccessReview failed (the webhook then denies).
 pub const ACCESS_RESULTS: &[&str] = &["allowed", "denied", "error"];
+/// `...{result="throttled",source="api"}`: a check that missed the cache past
+/// `--access-review-rate`; the apiserver was not asked and the webhook denies.
+pub const ACCESS_THROTTLED: &str = "throttled";
 /// `...{source}`: asked the apiserver, or answered from the short-lived cache.
 pub const ACCESS_SOURCES: &[&str] = &["api", "cache"];
 
@@ -83,6 +86,9 @@ pub const REJECT_REASONS: &[&str] = &[
     "handshake_timeout",
     "header_timeout",
     "request_timeout",
+    "per_source",
+    "memory_budget",
+    "too_large",
 ];
 
 #[derive(Clone, Debug)]
@@ -332,6 +338,8 @@ impl Metrics {
                 m.secret_access_reviews.with_label_values(&[result, source]);
             }
         }
+        m.secret_access_reviews
+            .with_label_values(&[ACCESS_THROTTLED, "api"]);
         Ok(m)
     }
 

@@ -306,21 +306,32 @@ async fn start_webhooks(
         policies: store,
         metrics: metrics.clone(),
         templates: templates.clone(),
-        secret_access: Arc::new(SubjectAccessReviewer::new(
-            client.clone(),
-            Duration::from_millis(cfg.access_review_timeout_ms),
-            Duration::from_secs(cfg.access_review_cache_secs),
-            metrics.clone(),
-        )),
+        secret_access: Arc::new(
+            SubjectAccessReviewer::new(
+                client.clone(),
+                Duration::from_millis(cfg.access_review_timeout_ms),
+                Duration::from_secs(cfg.access_review_cache_secs),
+                metrics.clone(),
+            )
+            .with_rate_limit(cfg.access_review_rate, cfg.access_review_burst),
+        ),
         operator_username: cfg.operator_username(),
     });
-    let tls_config = tls::server_config(resolver).map_err(|e| RunError::Tls(e.to_string()))?;
+    let client_ca = match &cfg.webhook_client_ca {
+        Some(path) => Some(tls::client_roots(path).map_err(|e| RunError::Tls(e.to_string()))?),
+        None => None,
+    };
+    let tls_config = tls::server_config_for_clients(resolver, client_ca)
+        .map_err(|e| RunError::Tls(e.to_string()))?;
     let listener = server::bind_std(cfg.webhook_addr)?;
     let webhook_runtime = server::own_runtime().map_err(RunError::Runtime)?;
     tracing::info!(addr = %cfg.webhook_addr, mode = ?cfg.tls_mode, "webhook server listening");
     readiness.open(GATE_WEBHOOK);
     let limits = cfg.server_limits();
-    let app = server::router(admission);
+    let app = server::router_with_budget(
+        admission,
+        server::budget::MemoryBudget::new(cfg.webhook_memory_budget()),
+    );
     let (metrics, stop, drain) = (metrics.clone(), stop.clone(), cfg.shutdown_timeout());
     let server_task = tokio::task::spawn_blocking(move || {
         webhook_runtime.block_on(async move {

@@ -7,18 +7,25 @@
 //! a request (from accept for the first one), an idle keep-alive timeout between requests,
 //! and a timeout for reading the body and answering. One watchdog per connection enforces
 //! the last three: a timer per request would cost every admission more than the checks.
+//! Memory is bounded too: a cap on connections from one source address, and one budget for
+//! the bytes of every request in flight and what parsing them takes ([`budget`]).
 
-use std::net::SocketAddr;
+pub mod budget;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{Request, StatusCode, header};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use hyper::body::Incoming;
@@ -32,13 +39,18 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::admission::cost::{CostError, parse_cost};
 use crate::admission::review_json;
 use crate::admission::{Admission, Webhook};
 use crate::metrics::Metrics;
+use crate::server::budget::{MemoryBudget, Share};
 
 /// Largest AdmissionReview accepted. An object is at most ~1.5 MiB in etcd and a review
 /// carries the object and the old object.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The memory budget for requests in flight when no flag sets one.
+pub const DEFAULT_MEMORY_BUDGET: usize = 32 * 1024 * 1024;
 
 /// How long each stage of a connection may take, and how many may be open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +63,8 @@ pub struct ServerLimits {
     /// From the last header to the end of the answer: reading the body and reviewing it.
     pub request_timeout: Duration,
     pub max_connections: usize,
+    /// Connections open at once from one source address.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for ServerLimits {
@@ -61,24 +75,169 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_connections_per_source: 256,
         }
     }
 }
 
+/// The webhook routes with the default memory budget.
 pub fn router(admission: Arc<Admission>) -> Router {
+    router_with_budget(admission, MemoryBudget::new(DEFAULT_MEMORY_BUDGET))
+}
+
+/// What every request shares.
+struct Webhooks {
+    admission: Arc<Admission>,
+    budget: Arc<MemoryBudget>,
+}
+
+pub fn router_with_budget(admission: Arc<Admission>, budget: Arc<MemoryBudget>) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .route("/validate", post(validate))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(admission)
+        .with_state(Arc::new(Webhooks { admission, budget }))
 }
 
-async fn mutate(State(a): State<Arc<Admission>>, body: Bytes) -> Response {
-    answer(&a, Webhook::Mutate, &body).await
+async fn mutate(State(w): State<Arc<Webhooks>>, req: Request<Body>) -> Response {
+    admit(&w, Webhook::Mutate, req).await
 }
 
-async fn validate(State(a): State<Arc<Admission>>, body: Bytes) -> Response {
-    answer(&a, Webhook::Validate, &body).await
+async fn validate(State(w): State<Arc<Webhooks>>, req: Request<Body>) -> Response {
+    admit(&w, Webhook::Validate, req).await
+}
+
+/// Why a request was refused before its review.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// It can never be taken: 413.
+    TooLarge(String),
+    /// Not now: 503, try again in a second.
+    Busy(String),
+    /// The body could not be read: 400.
+    Unreadable(String),
+}
+
+/// Reads the body and charges it and its parse to the budget, then answers the review. A
+/// request the budget cannot hold is refused at once: 503 with `Retry-After`, since it is
+/// the server that is full, not this client that asked too often.
+async fn admit(w: &Webhooks, webhook: Webhook, req: Request<Body>) -> Response {
+    let mut share = w.budget.share();
+    let body = match read_body(req, &w.budget, &mut share).await {
+        Ok(body) => body,
+        Err(refusal) => return refuse(&w.admission.metrics, refusal),
+    };
+    let room = w.budget.largest_request().saturating_sub(share.held());
+    // Broken JSON is parsed as far as it goes before the review says what is wrong (a 400):
+    // that much is charged too.
+    let cost = match parse_cost(&body, room) {
+        Ok(cost) | Err(CostError::Json { counted: cost, .. }) => cost,
+        Err(CostError::OverLimit { .. }) => {
+            return refuse(
+                &w.admission.metrics,
+                Refusal::TooLarge(format!(
+                    "parsing this review would take more than the {} MiB of memory one request may hold",
+                    mib(w.budget.largest_request())
+                )),
+            );
+        }
+    };
+    if !share.try_grow(cost) {
+        return refuse(
+            &w.admission.metrics,
+            Refusal::Busy(format!(
+                "the webhook server is at its memory budget ({} MiB in flight); try again",
+                mib(w.budget.used())
+            )),
+        );
+    }
+    answer(&w.admission, webhook, &body).await
+}
+
+fn mib(bytes: usize) -> usize {
+    bytes.div_ceil(1024 * 1024)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The body, held in `share`: the declared length is charged before a byte is read, so an
+/// oversized or unaffordable request is refused without reading it.
+async fn read_body(
+    req: Request<Body>,
+    budget: &MemoryBudget,
+    share: &mut Share,
+) -> Result<Vec<u8>, Refusal> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        Refusal::TooLarge(format!(
+            "the body is larger than {} MiB",
+            mib(MAX_BODY_BYTES)
+        ))
+    };
+    let busy = || {
+        Refusal::Busy(format!(
+            "the webhook server is at its memory budget ({} MiB in flight); try again",
+            mib(budget.used())
+        ))
+    };
+    let declared = content_length(req.headers());
+    if let Some(len) = declared {
+        if len > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        if !share.try_grow(len) {
+            return Err(busy());
+        }
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    let mut incoming = req.into_body();
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(|e| Refusal::Unreadable(format!("cannot read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if body.len() + data.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        // Without a declared length, each chunk is charged as it arrives.
+        let unpaid = (body.len() + data.len()).saturating_sub(share.held());
+        if unpaid > 0 && !share.try_grow(unpaid) {
+            return Err(busy());
+        }
+        body.extend_from_slice(&data);
+    }
+    Ok(body)
+}
+
+fn refuse(metrics: &Metrics, refusal: Refusal) -> Response {
+    let (status, reason, message) = match refusal {
+        Refusal::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
+        Refusal::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, "memory_budget", m),
+        Refusal::Unreadable(m) => {
+            let body = serde_json::json!({ "error": m }).to_string();
+            return (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
+        }
+    };
+    reject(metrics, reason);
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 async fn answer(admission: &Admission, webhook: Webhook, body: &[u8]) -> Response {
@@ -300,6 +459,10 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = Arc::new(Sources {
+        cap: limits.max_connections_per_source,
+        open: Mutex::new(HashMap::new()),
+    });
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -313,6 +476,12 @@ pub async fn serve(
                 }
             },
         };
+        // One source cannot take every connection: past its cap, closed at once.
+        let Some(source) = sources.open(peer.ip()) else {
+            reject(&metrics, "per_source");
+            drop(tcp);
+            continue;
+        };
         // Full: close at once rather than queue, so a flood cannot park legitimate
         // connections behind it; the apiserver retries.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -325,7 +494,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, source);
             metrics.webhook_connections_open.inc();
             serve_connection(tcp, peer, acceptor, app, limits, &metrics, watcher).await;
             metrics.webhook_connections_open.dec();
@@ -343,6 +512,46 @@ pub async fn serve(
         return Drain::Abandoned;
     }
     Drain::Complete
+}
+
+/// Connections open now, by source address.
+struct Sources {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection from `ip`; counted until dropped.
+struct SourceSlot {
+    sources: Arc<Sources>,
+    ip: IpAddr,
+}
+
+impl Sources {
+    /// A slot for one more connection from `ip`, unless it has `cap` open already.
+    fn open(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.sources.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn serve_connection(

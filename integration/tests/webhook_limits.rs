@@ -102,8 +102,10 @@ async fn half_headers_are_cut_off_and_the_leader_keeps_its_lease() {
     let _one_flood_at_a_time = SERIAL.lock().await;
     let c = cluster();
     let mut flags = reconciler_only_flags(true);
-    // Room for the whole flood, so the well-formed review below is not refused for capacity.
+    // Room for the whole flood, so the well-formed review below is not refused for capacity
+    // (the flood and the review all come from 127.0.0.1).
     flags.push("--webhook-max-connections=2500".into());
+    flags.push("--webhook-max-connections-per-source=2500".into());
     let op = ready_operator(&c, "flooded", &flags).await;
     let connector = connector(&c).await;
     let (holder, renewed_before) =
@@ -185,7 +187,10 @@ async fn half_headers_are_cut_off_and_the_leader_keeps_its_lease() {
 async fn idle_connections_past_the_cap_are_refused_and_nothing_breaks() {
     let _one_flood_at_a_time = SERIAL.lock().await;
     let c = cluster();
-    let op = ready_operator(&c, "capped", &reconciler_only_flags(false)).await;
+    let mut flags = reconciler_only_flags(false);
+    // Every connection here comes from 127.0.0.1: the global cap is the one under test.
+    flags.push("--webhook-max-connections-per-source=2000".into());
+    let op = ready_operator(&c, "capped", &flags).await;
     let connector = connector(&c).await;
 
     // 1,500 plain TCP connections that never speak; the cap is 1,024.
@@ -294,6 +299,9 @@ async fn a_stalled_body_is_cut_off_at_the_request_timeout_and_idle_ones_at_the_i
         "handshake_timeout",
         "header_timeout",
         "request_timeout",
+        "per_source",
+        "memory_budget",
+        "too_large",
     ]
     .iter()
     .map(|r| {

@@ -39,6 +39,46 @@ pub enum AccessError {
     Unavailable,
     #[error("the authorizer could not evaluate the request: {0}")]
     Evaluation(String),
+    #[error(
+        "too many access checks right now: the operator asks the apiserver at most {burst} at once and {rate} a second (--access-review-rate), and did not ask this one"
+    )]
+    Throttled { rate: u32, burst: u32 },
+}
+
+/// Checks that miss the cache, bounded: `burst` at once, refilled at `rate` a second. A
+/// forged review with a fresh identity each time misses the cache, and each miss would be
+/// a SubjectAccessReview in the operator's own priority-and-fairness flow, the one its
+/// Lease renewals use.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: u32,
+    burst: u32,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// Starts full.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        Self {
+            rate,
+            burst: burst.max(1),
+            tokens: f64::from(burst.max(1)),
+            last: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now.max(self.last);
+        self.tokens = (self.tokens + elapsed * f64::from(self.rate)).min(f64::from(self.burst));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        false
+    }
 }
 
 /// Answers "may this user `get` Secret `name` in `namespace`?".
@@ -167,6 +207,8 @@ pub struct SubjectAccessReviewer {
     timeout: Duration,
     cache: Mutex<TtlCache>,
     metrics: Metrics,
+    /// `None`: every miss is asked.
+    misses: Option<Mutex<TokenBucket>>,
 }
 
 impl SubjectAccessReviewer {
@@ -180,13 +222,37 @@ impl SubjectAccessReviewer {
                 entries: HashMap::new(),
             }),
             metrics,
+            misses: None,
         }
+    }
+
+    /// Bounds the checks that miss the cache to `burst` at once and `rate` a second
+    /// (`rate` 0: no bound).
+    pub fn with_rate_limit(mut self, rate: u32, burst: u32) -> Self {
+        self.misses = (rate > 0).then(|| Mutex::new(TokenBucket::new(rate, burst, Instant::now())));
+        self
+    }
+
+    /// May one more miss be asked now? The error says why not.
+    fn may_ask(&self) -> Result<(), AccessError> {
+        let Some(bucket) = &self.misses else {
+            return Ok(());
+        };
+        let mut bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
+        if bucket.take(Instant::now()) {
+            return Ok(());
+        }
+        Err(AccessError::Throttled {
+            rate: bucket.rate,
+            burst: bucket.burst,
+        })
     }
 
     fn count(&self, result: &Result<Access, AccessError>, source: &str) {
         let label = match result {
             Ok(Access::Allowed) => "allowed",
             Ok(Access::Denied(_)) => "denied",
+            Err(AccessError::Throttled { .. }) => "throttled",
             Err(_) => "error",
         };
         self.metrics
@@ -256,7 +322,10 @@ impl SecretAccess for SubjectAccessReviewer {
                 self.count(&result, "cache");
                 return result;
             }
-            let result = self.ask(review_spec(who, namespace, name)).await;
+            let result = match self.may_ask() {
+                Ok(()) => self.ask(review_spec(who, namespace, name)).await,
+                Err(throttled) => Err(throttled),
+            };
             self.count(&result, "api");
             if let Ok(access) = &result
                 && let Ok(mut cache) = self.cache.lock()
@@ -286,7 +355,10 @@ impl SecretAccess for SubjectAccessReviewer {
                 self.count(&result, "cache");
                 return result;
             }
-            let result = self.ask(pool_use_spec(who, namespace, pool)).await;
+            let result = match self.may_ask() {
+                Ok(()) => self.ask(pool_use_spec(who, namespace, pool)).await,
+                Err(throttled) => Err(throttled),
+            };
             self.count(&result, "api");
             if let Ok(access) = &result
                 && let Ok(mut cache) = self.cache.lock()
@@ -370,6 +442,61 @@ mod tests {
         assert_eq!(attrs.resource.as_deref(), Some("cyberdeskpools"));
         assert_eq!(attrs.name.as_deref(), Some("warm"));
         assert_eq!(attrs.namespace.as_deref(), Some("team-a"));
+    }
+
+    #[test]
+    fn the_bucket_gives_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10, 3, t0);
+        assert!((0..3).all(|_| bucket.take(t0)));
+        assert!(!bucket.take(t0));
+        // A tenth of a second later: one more.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(bucket.take(t1));
+        assert!(!bucket.take(t1));
+        // Long idle: back to the burst, never more.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| bucket.take(t2)).count(), 3);
+    }
+
+    /// A reviewer whose apiserver is unreachable: a check that is asked fails, one that is
+    /// not asked says why.
+    fn unreachable_reviewer(metrics: &Metrics) -> SubjectAccessReviewer {
+        let url: axum::http::Uri = "http://127.0.0.1:1".parse().expect("url");
+        let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
+        SubjectAccessReviewer::new(
+            client,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            metrics.clone(),
+        )
+        .with_rate_limit(1, 2)
+    }
+
+    #[tokio::test]
+    async fn misses_past_the_burst_are_not_asked_and_say_why() {
+        let metrics = Metrics::new("test", &[]).expect("metrics");
+        let reviewer = unreachable_reviewer(&metrics);
+        let count = |result: &str| {
+            metrics
+                .secret_access_reviews
+                .with_label_values(&[result, "api"])
+                .get()
+        };
+        // Two fresh identities use the burst: both are asked (and fail: no apiserver).
+        for who in ["forged-1", "forged-2"] {
+            let asked = reviewer.may_get_secret(&user(who, &[]), "ns", "s").await;
+            assert!(matches!(asked, Err(AccessError::Api(_))), "{asked:?}");
+        }
+        let refused = reviewer
+            .may_get_secret(&user("forged-3", &[]), "ns", "s")
+            .await;
+        let Err(e @ AccessError::Throttled { .. }) = refused else {
+            panic!("not throttled: {refused:?}");
+        };
+        assert!(e.to_string().contains("too many access checks"), "{e}");
+        assert_eq!(count("error"), 2);
+        assert_eq!(count("throttled"), 1);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! mutate/validate functions, and the response shape kubectl turns into field errors.
 
 pub mod authz;
+pub mod cost;
 pub mod mutate;
 pub mod tenancy;
 pub mod validate;
@@ -16,13 +17,16 @@ use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use k8s_openapi::api::authentication::v1::UserInfo;
+use kube::core::admission::{AdmissionResponse, Operation};
 use kube::core::response::{StatusCause, StatusDetails};
-use kube::core::{DynamicObject, Status};
+use kube::core::{GroupVersionKind, Status};
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::admission::authz::{Access, SecretAccess};
+use crate::admission::authz::{Access, AccessError, SecretAccess};
 use crate::admission::mutate::{MutateConfig, defaults_patch};
 use crate::admission::tenancy::{SecretAccessFact, TemplateFact, TenancyFacts};
 use crate::admission::validate::{ValidateConfig, ValidationInput, Verdict};
@@ -86,53 +90,221 @@ fn operation_label(op: &Operation) -> &'static str {
     }
 }
 
+/// One AdmissionReview request, with exactly the fields the webhooks read. Parsed once,
+/// straight from the body: each object becomes a `Value` (the rules and policies read it as
+/// JSON), everything else the apiserver sends is skipped without being kept.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewRequest {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub operation: Operation,
+    pub user_info: UserInfo,
+    #[serde(default)]
+    pub object: Option<Value>,
+    #[serde(default)]
+    pub old_object: Option<Value>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    request: Option<ReviewRequest>,
+}
+
+/// A response that admits, for the request with `uid`.
+fn admit(uid: &str) -> AdmissionResponse {
+    let mut resp = AdmissionResponse::invalid("");
+    resp.uid = uid.to_string();
+    resp.allowed = true;
+    resp.result = Status::default();
+    resp
+}
+
+fn envelope_problem(api_version: &str, kind: &str) -> Option<BadReview> {
+    (api_version != API_VERSION || kind != "AdmissionReview").then(|| {
+        BadReview(format!(
+            "only {API_VERSION} AdmissionReview is supported, got apiVersion {:?} kind {:?}",
+            truncate(api_version),
+            truncate(kind)
+        ))
+    })
+}
+
 /// Parses and checks the envelope; anything short of a usable request is a `BadReview`,
 /// except a request whose uid we can read, which gets a denied review carrying it.
-fn parse(
-    body: &[u8],
-) -> Result<Result<AdmissionRequest<DynamicObject>, AdmissionResponse>, BadReview> {
+fn parse(body: &[u8]) -> Result<Result<ReviewRequest, AdmissionResponse>, BadReview> {
     if body.is_empty() {
         return Err(BadReview(
             "empty body: expected an admission.k8s.io/v1 AdmissionReview".into(),
         ));
     }
-    let raw: Value = serde_json::from_slice(body)
-        .map_err(|e| BadReview(format!("body is not JSON: {}", truncate(&e.to_string()))))?;
-    let api_version = raw.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let kind = raw.get("kind").and_then(Value::as_str).unwrap_or("");
-    if api_version != API_VERSION || kind != "AdmissionReview" {
-        return Err(BadReview(format!(
-            "only {API_VERSION} AdmissionReview is supported, got apiVersion {:?} kind {:?}",
-            truncate(api_version),
-            truncate(kind)
-        )));
-    }
-    let Some(request) = raw.get("request").filter(|r| r.is_object()) else {
-        return Err(BadReview("AdmissionReview has no request".into()));
-    };
-    let uid = request
-        .get("uid")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    match serde_json::from_value::<AdmissionReview<DynamicObject>>(raw) {
-        Ok(review) => match review.try_into() {
-            Ok(req) => Ok(Ok(req)),
-            Err(_) => Err(BadReview("AdmissionReview has no request".into())),
-        },
-        Err(e) => match uid {
-            Some(uid) if !uid.is_empty() => {
-                let mut resp = AdmissionResponse::invalid(format!(
-                    "malformed AdmissionReview request: {}",
-                    truncate(&e.to_string())
-                ));
-                resp.uid = uid;
-                Ok(Err(resp))
+    let problem = match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) => {
+            if let Some(bad) = envelope_problem(&envelope.api_version, &envelope.kind) {
+                return Err(bad);
             }
-            _ => Err(BadReview(format!(
-                "malformed AdmissionReview: {}",
-                truncate(&e.to_string())
-            ))),
-        },
+            let Some(request) = envelope.request else {
+                return Err(BadReview("AdmissionReview has no request".into()));
+            };
+            let not_object = |o: &Option<Value>| o.as_ref().is_some_and(|v| !v.is_object());
+            if !(not_object(&request.object) || not_object(&request.old_object)) {
+                return Ok(Ok(request));
+            }
+            let what = if not_object(&request.object) {
+                "object"
+            } else {
+                "oldObject"
+            };
+            (Some(request.uid), format!("{what} is not a JSON object"))
+        }
+        // Only now look closer, without keeping anything but the uid, to say what is wrong.
+        Err(e) => {
+            let probe = serde_json::from_slice::<Probe>(body).map_err(|probe_error| {
+                let what = match probe_error.classify() {
+                    serde_json::error::Category::Data => "body is not an AdmissionReview",
+                    _ => "body is not JSON",
+                };
+                BadReview(format!("{what}: {}", truncate(&probe_error.to_string())))
+            })?;
+            if let Some(bad) = envelope_problem(probe.api_version.as_str(), probe.kind.as_str()) {
+                return Err(bad);
+            }
+            match probe.request {
+                ProbedRequest::Object { uid } => (uid, e.to_string()),
+                ProbedRequest::Absent | ProbedRequest::NotObject => {
+                    return Err(BadReview("AdmissionReview has no request".into()));
+                }
+            }
+        }
+    };
+    match problem {
+        (Some(uid), error) if !uid.is_empty() => {
+            let mut resp = AdmissionResponse::invalid(format!(
+                "malformed AdmissionReview request: {}",
+                truncate(&error)
+            ));
+            resp.uid = uid;
+            Ok(Err(resp))
+        }
+        (_, error) => Err(BadReview(format!(
+            "malformed AdmissionReview: {}",
+            truncate(&error)
+        ))),
+    }
+}
+
+/// What a body that is not a usable review holds: its envelope and the request's uid, read
+/// leniently (a field of the wrong type reads as absent) and keeping nothing else.
+#[derive(Default, Deserialize)]
+struct Probe {
+    #[serde(rename = "apiVersion", default)]
+    api_version: Text,
+    #[serde(default)]
+    kind: Text,
+    #[serde(default)]
+    request: ProbedRequest,
+}
+
+#[derive(Default)]
+enum ProbedRequest {
+    #[default]
+    Absent,
+    NotObject,
+    Object {
+        uid: Option<String>,
+    },
+}
+
+/// A string, or nothing when the value is anything else.
+#[derive(Default)]
+struct Text(Option<String>);
+
+impl Text {
+    fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("")
+    }
+}
+
+/// The `Visitor` methods for every JSON value but strings and objects: each is `$otherwise`,
+/// and an array is skipped without being kept.
+macro_rules! otherwise {
+    ($otherwise:expr) => {
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($otherwise)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($otherwise)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($otherwise)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($otherwise)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($otherwise)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($otherwise)
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text;
+            otherwise!(Text(None));
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
+                Ok(Text(Some(s.to_string())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProbedRequest {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ProbedRequest;
+            otherwise!(ProbedRequest::NotObject);
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<ProbedRequest, E> {
+                Ok(ProbedRequest::NotObject)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProbedRequest, A::Error> {
+                let mut uid = None;
+                while let Some(key) = map.next_key::<Text>()? {
+                    if key.as_str() == "uid" {
+                        uid = map.next_value::<Text>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(ProbedRequest::Object { uid })
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -142,7 +314,7 @@ impl Admission {
         &self,
         webhook: Webhook,
         body: &[u8],
-    ) -> Result<AdmissionReview<DynamicObject>, BadReview> {
+    ) -> Result<AdmissionResponse, BadReview> {
         let start = Instant::now();
         let result = match parse(body) {
             Err(bad) => Err(bad),
@@ -165,7 +337,7 @@ impl Admission {
                     .admission_requests
                     .with_label_values(&[webhook.label(), op, verdict])
                     .inc();
-                Ok(resp.into_review())
+                Ok(resp)
             }
             Ok(Err(resp)) => {
                 self.metrics
@@ -173,7 +345,7 @@ impl Admission {
                     .with_label_values(&[webhook.label(), "CREATE", "error"])
                     .inc();
                 tracing::warn!(webhook = webhook.label(), uid = %resp.uid, message = %resp.result.message, "malformed admission request");
-                Ok(resp.into_review())
+                Ok(resp)
             }
         };
         if let Err(e) = &result {
@@ -186,12 +358,8 @@ impl Admission {
         result
     }
 
-    async fn answer(
-        &self,
-        webhook: Webhook,
-        req: &AdmissionRequest<DynamicObject>,
-    ) -> AdmissionResponse {
-        let resp = AdmissionResponse::from(req);
+    async fn answer(&self, webhook: Webhook, req: &ReviewRequest) -> AdmissionResponse {
+        let resp = admit(&req.uid);
         let pool = webhook == Webhook::Validate && req.kind.kind == POOL_KIND;
         if req.kind.group != GROUP || (req.kind.kind != KIND && !pool) {
             return resp.deny(format!(
@@ -205,17 +373,13 @@ impl Admission {
                 truncate(&req.kind.kind)
             ));
         }
-        let object = match req.object.as_ref().map(serde_json::to_value) {
-            Some(Ok(v)) => Some(v),
-            Some(Err(e)) => return resp.deny(format!("cannot read the object: {e}")),
-            None => None,
-        };
+        let object = req.object.as_ref();
         match (webhook, &req.operation) {
             (Webhook::Mutate, Operation::Create) => {
                 let Some(object) = object else {
                     return resp.deny("CREATE review without an object");
                 };
-                let patch = defaults_patch(&object, &self.mutate);
+                let patch = defaults_patch(object, &self.mutate);
                 if patch.0.is_empty() {
                     return resp;
                 }
@@ -228,11 +392,8 @@ impl Admission {
                 let Some(object) = object else {
                     return resp.deny("review without an object");
                 };
-                let old = match req.old_object.as_ref().map(serde_json::to_value) {
-                    Some(Ok(v)) => Some(v),
-                    _ => None,
-                };
-                self.validate(req, resp, &object, old.as_ref()).await
+                self.validate(req, resp, object, req.old_object.as_ref())
+                    .await
             }
             // Nothing to default on UPDATE/DELETE, nothing to validate on DELETE/CONNECT.
             _ => resp,
@@ -241,7 +402,7 @@ impl Admission {
 
     async fn validate(
         &self,
-        req: &AdmissionRequest<DynamicObject>,
+        req: &ReviewRequest,
         resp: AdmissionResponse,
         object: &Value,
         old: Option<&Value>,
@@ -307,7 +468,7 @@ impl Admission {
     /// Secret reference, the template for a new or changed template (or reference).
     async fn tenancy_facts(
         &self,
-        req: &AdmissionRequest<DynamicObject>,
+        req: &ReviewRequest,
         namespace: &str,
         object: &Value,
         old: Option<&Value>,
@@ -322,6 +483,11 @@ impl Admission {
                 {
                     Ok(Access::Allowed) => SecretAccessFact::Allowed,
                     Ok(Access::Denied(reason)) => SecretAccessFact::Denied(reason),
+                    Err(e @ AccessError::Throttled { .. }) => {
+                        // Counted in the metric; one line per refused check would be a flood.
+                        tracing::debug!(error = %e, secret, "SubjectAccessReview not asked; denying");
+                        SecretAccessFact::Unknown(e.to_string())
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, secret, "SubjectAccessReview failed; denying");
                         SecretAccessFact::Unknown(format!("SubjectAccessReview failed: {e}"))
@@ -367,28 +533,58 @@ impl Admission {
 /// else is bookkeeping, never judged.
 const BOOKKEEPING: [&str; 3] = ["finalizers", "managedFields", "resourceVersion"];
 
-/// Does `new` differ from `old` only in bookkeeping fields and status?
+/// Does `new` differ from `old` only in bookkeeping fields and status? Compared in place:
+/// an UPDATE review carries two objects, and copying them would double what it holds.
 pub fn bookkeeping_only(old: &Value, new: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(root) = v.as_object_mut() {
-            root.remove("status");
-            if let Some(Value::Object(meta)) = root.get_mut("metadata") {
-                for key in BOOKKEEPING {
-                    meta.remove(key);
+    match (old.as_object(), new.as_object()) {
+        (Some(old), Some(new)) => equal_except(old, new, &["status"], |key, a, b| {
+            match (key, a.as_object(), b.as_object()) {
+                ("metadata", Some(a), Some(b)) => {
+                    equal_except(a, b, &BOOKKEEPING, |_, a, b| a == b)
                 }
+                _ => a == b,
             }
-        }
-        v
-    };
-    strip(old) == strip(new)
+        }),
+        _ => old == new,
+    }
 }
 
-/// The review as the AdmissionReview API defines it on the wire: `patch` is bytes, which
-/// JSON carries as a base64 string. kube's serializer writes an array of numbers, which
-/// the apiserver happens to accept and other consumers of the API do not.
-pub fn review_json(mut review: AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
-    let Some(patch) = review.response.as_mut().and_then(|r| r.patch.take()) else {
+/// Are the two objects equal, leaving out the keys in `skip` and comparing the others' values
+/// with `same`?
+fn equal_except(
+    a: &serde_json::Map<String, Value>,
+    b: &serde_json::Map<String, Value>,
+    skip: &[&str],
+    same: impl Fn(&str, &Value, &Value) -> bool,
+) -> bool {
+    let kept = |m: &serde_json::Map<String, Value>| {
+        m.keys().filter(|k| !skip.contains(&k.as_str())).count()
+    };
+    kept(a) == kept(b)
+        && a.iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .all(|(k, v)| b.get(k).is_some_and(|w| same(k, v, w)))
+}
+
+/// The review as the AdmissionReview API defines it on the wire: always `admission.k8s.io/v1`
+/// (the only version accepted), and `patch` as bytes, which JSON carries as a base64
+/// string. kube's serializer writes an array of numbers, which the apiserver happens to
+/// accept and other consumers of the API do not.
+pub fn review_json(mut response: AdmissionResponse) -> serde_json::Result<Vec<u8>> {
+    #[derive(serde::Serialize)]
+    struct Review<'a> {
+        #[serde(rename = "apiVersion")]
+        api_version: &'static str,
+        kind: &'static str,
+        response: &'a AdmissionResponse,
+    }
+    let patch = response.patch.take();
+    let review = Review {
+        api_version: API_VERSION,
+        kind: "AdmissionReview",
+        response: &response,
+    };
+    let Some(patch) = patch else {
         return serde_json::to_vec(&review);
     };
     // The rest of the review is small; the patch is encoded once, never as numbers.
@@ -508,6 +704,45 @@ mod tests {
     }
 
     #[test]
+    fn a_review_is_read_once_into_the_fields_the_webhooks_use() {
+        let body = |old_object: &str| {
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u-9","kind":{{"group":"cyberdesk.io","version":"v1alpha1","kind":"Cyberdesk"}},"resource":{{"group":"cyberdesk.io","version":"v1alpha1","resource":"cyberdesks"}},"requestKind":{{"group":"cyberdesk.io","version":"v1alpha1","kind":"Cyberdesk"}},"options":{{"apiVersion":"meta.k8s.io/v1","kind":"UpdateOptions","fieldManager":"kubectl"}},"name":"d","namespace":"n","operation":"UPDATE","userInfo":{{"username":"alice","groups":["team-a"],"extra":{{"k":["v"]}}}},"object":{{"metadata":{{"name":"d"}},"spec":{{"timeoutMs":5000}}}},"oldObject":{old_object},"dryRun":true}}}}"#
+            )
+        };
+        let Ok(Ok(req)) = parse(body(r#"{"metadata":{"name":"d"}}"#).as_bytes()) else {
+            panic!("not parsed");
+        };
+        assert_eq!(req.uid, "u-9");
+        assert_eq!(req.kind.kind, "Cyberdesk");
+        assert_eq!(req.operation, Operation::Update);
+        assert_eq!(req.namespace.as_deref(), Some("n"));
+        assert_eq!(req.user_info.username.as_deref(), Some("alice"));
+        assert!(req.user_info.extra.is_some());
+        assert!(req.dry_run);
+        assert_eq!(
+            req.object
+                .as_ref()
+                .and_then(|o| o.pointer("/spec/timeoutMs")),
+            Some(&serde_json::json!(5000))
+        );
+        assert!(req.old_object.is_some());
+        // An oldObject that is not an object: denied, with the uid.
+        match parse(body("[1]").as_bytes()) {
+            Ok(Err(resp)) => {
+                assert_eq!(resp.uid, "u-9");
+                assert!(!resp.allowed);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A null oldObject is no oldObject.
+        let Ok(Ok(req)) = parse(body("null").as_bytes()) else {
+            panic!("not parsed");
+        };
+        assert!(req.old_object.is_none());
+    }
+
+    #[test]
     fn bookkeeping_is_finalizers_managed_fields_version_and_status() {
         let old = serde_json::json!({"metadata": {"name": "d", "labels": {"team": "a"}, "resourceVersion": "1",
             "finalizers": ["x"]}, "spec": {"timeoutMs": 1}, "status": {"phase": "Running"}});
@@ -521,6 +756,31 @@ mod tests {
         let mut annotated = old.clone();
         annotated["metadata"]["annotations"] = serde_json::json!({"a": "b"});
         assert!(!bookkeeping_only(&old, &annotated));
+        // Status and bookkeeping keys count as absent whether missing or present.
+        let mut bare = old.clone();
+        if let Some(root) = bare.as_object_mut() {
+            root.remove("status");
+        }
+        if let Some(meta) = bare["metadata"].as_object_mut() {
+            meta.remove("finalizers");
+            meta.remove("resourceVersion");
+        }
+        assert!(bookkeeping_only(&old, &bare) && bookkeeping_only(&bare, &old));
+        // Any other key on one side only is a change.
+        let mut added = old.clone();
+        added["spec"]["timeoutAction"] = serde_json::json!("Stop");
+        assert!(!bookkeeping_only(&old, &added) && !bookkeeping_only(&added, &old));
+        // Shapes that are not objects are compared as they are.
+        assert!(!bookkeeping_only(&serde_json::json!([]), &old));
+        let odd = serde_json::json!({"metadata": "m", "status": 1});
+        assert!(bookkeeping_only(
+            &odd,
+            &serde_json::json!({"metadata": "m"})
+        ));
+        assert!(!bookkeeping_only(
+            &odd,
+            &serde_json::json!({"metadata": "n"})
+        ));
     }
 
     #[test]

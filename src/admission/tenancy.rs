@@ -50,8 +50,10 @@ pub struct TenancyFacts {
 /// template's allowed list that changed after the desk was admitted.
 pub fn changed(old: Option<&Value>, new: &Value, pointer: &str) -> bool {
     let Some(old) = old else { return true };
-    let present = |v: &Value| v.pointer(pointer).filter(|x| !x.is_null()).cloned();
-    present(old) != present(new)
+    fn present<'v>(v: &'v Value, pointer: &str) -> Option<&'v Value> {
+        v.pointer(pointer).filter(|x| !x.is_null())
+    }
+    present(old, pointer) != present(new, pointer)
 }
 
 /// The Secret name to ask about: a plausible name whose reference is new or changed, or

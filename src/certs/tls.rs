@@ -35,6 +35,10 @@ pub enum TlsError {
     Der(String),
     #[error("cannot build the TLS server configuration: {0}")]
     Config(rustls::Error),
+    #[error("cannot read the client CA file {path}: {error}")]
+    ClientCaFile { path: String, error: String },
+    #[error("cannot verify client certificates with the CAs of {path}: {error}")]
+    ClientCa { path: String, error: String },
 }
 
 /// Serves whichever certificate was swapped in last, whatever the SNI: the apiserver
@@ -133,12 +137,62 @@ pub fn certified_key_from_pem(
 /// h2), and staying on HTTP/1.1 keeps us out of the HTTP/2 rapid-reset class of attacks
 /// on an endpoint every API write passes through.
 pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_for_clients(resolver, None)
+}
+
+/// The CAs whose client certificates the webhook server accepts, from a PEM file.
+pub fn client_roots(path: &std::path::Path) -> Result<ClientRoots, TlsError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| TlsError::ClientCaFile {
+        path: shown.clone(),
+        error: e.to_string(),
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs_from_pem(&text)? {
+        roots.add(cert).map_err(|e| TlsError::ClientCa {
+            path: shown.clone(),
+            error: e.to_string(),
+        })?;
+    }
+    Ok(ClientRoots {
+        roots: Arc::new(roots),
+        path: shown,
+    })
+}
+
+/// CAs for client certificates, and the file they came from (for messages).
+#[derive(Clone, Debug)]
+pub struct ClientRoots {
+    roots: Arc<rustls::RootCertStore>,
+    path: String,
+}
+
+/// As [`server_config`]; with `clients`, every connection must present a client
+/// certificate that chains to one of those CAs, or the handshake fails.
+pub fn server_config_for_clients(
+    resolver: Arc<CertResolver>,
+    clients: Option<ClientRoots>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Config)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(TlsError::Config)?;
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(clients) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                clients.roots,
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError::ClientCa {
+                path: clients.path,
+                error: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
     Ok(config)
 }

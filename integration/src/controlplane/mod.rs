@@ -122,6 +122,11 @@ pub struct Options {
     pub profiling: bool,
     /// The apiserver's `--feature-gates` (e.g. `WatchList=false`, as Kubernetes 1.33 ships).
     pub feature_gates: Vec<String>,
+    /// Webhook hosts (`host:port` as in the webhook's URL, or `*`) the apiserver presents a
+    /// client certificate to, through an AdmissionConfiguration whose kubeconfig has a user
+    /// entry for each. The certificate is signed by a CA of its own
+    /// ([`ControlPlane::webhook_client_ca_path`]). Empty: no client certificate, as by default.
+    pub webhook_client_cert_for: Vec<String>,
 }
 
 impl Default for Options {
@@ -134,6 +139,7 @@ impl Default for Options {
             audit_log: false,
             profiling: false,
             feature_gates: Vec::new(),
+            webhook_client_cert_for: Vec::new(),
         }
     }
 }
@@ -156,6 +162,7 @@ pub struct ControlPlane {
     apiserver_bin: PathBuf,
     apiserver_args: Vec<String>,
     ready_timeout: Duration,
+    webhook_client_ca: Option<PathBuf>,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -358,6 +365,17 @@ impl ControlPlane {
         if !opts.feature_gates.is_empty() {
             api_args.push(format!("--feature-gates={}", opts.feature_gates.join(",")));
         }
+        let webhook_client_ca = if opts.webhook_client_cert_for.is_empty() {
+            None
+        } else {
+            let (admission_config, ca) =
+                webhook_client_identity(&dir, &opts.webhook_client_cert_for)?;
+            api_args.push(format!(
+                "--admission-control-config-file={}",
+                p(&admission_config)
+            ));
+            Some(ca)
+        };
         if opts.audit_log {
             let policy = write(dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
             api_args.extend([
@@ -411,7 +429,14 @@ impl ControlPlane {
             apiserver_bin,
             apiserver_args: api_args,
             ready_timeout: opts.ready_timeout,
+            webhook_client_ca,
         })
+    }
+
+    /// The CA (PEM file) that signed the client certificate the apiserver presents to
+    /// webhooks, when [`Options::webhook_client_cert_for`] asked for one.
+    pub fn webhook_client_ca_path(&self) -> Option<&Path> {
+        self.webhook_client_ca.as_deref()
     }
 
     /// The apiserver's audit log, when [`Options::audit_log`] asked for one (the
@@ -502,6 +527,48 @@ impl Drop for ControlPlane {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A CA of its own and a client certificate from it for the apiserver's webhook calls, a
+/// kubeconfig with a user entry per host that presents it, and the AdmissionConfiguration
+/// that points both webhook plugins at that kubeconfig: (the configuration, the CA's PEM).
+fn webhook_client_identity(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), Error> {
+    let ca = TestCa::new("cyberdesk-webhook-client-ca")?;
+    let client = ca.issue_client("kube-apiserver-webhook-client", &[])?;
+    let ca_file = write(dir.join("webhook-client-ca.crt"), ca.cert_pem())?;
+    let cert = write(dir.join("webhook-client.crt"), &client.cert_pem)?;
+    let key = write(dir.join("webhook-client.key"), &client.key_pem)?;
+    let users: Vec<serde_json::Value> = hosts
+        .iter()
+        .map(|host| {
+            serde_json::json!({"name": host, "user": {
+                "client-certificate": cert.display().to_string(),
+                "client-key": key.display().to_string(),
+            }})
+        })
+        .collect();
+    let kubeconfig = serde_json::json!({"apiVersion": "v1", "kind": "Config", "users": users});
+    let kubeconfig = write(
+        dir.join("webhook-client.kubeconfig"),
+        &serde_json::to_string_pretty(&kubeconfig).unwrap_or_default(),
+    )?;
+    let plugin = |name: &str| {
+        serde_json::json!({"name": name, "configuration": {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "WebhookAdmissionConfiguration",
+            "kubeConfigFile": kubeconfig.display().to_string(),
+        }})
+    };
+    let config = serde_json::json!({
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "AdmissionConfiguration",
+        "plugins": [plugin("ValidatingAdmissionWebhook"), plugin("MutatingAdmissionWebhook")],
+    });
+    let config = write(
+        dir.join("admission-config.yaml"),
+        &serde_json::to_string_pretty(&config).unwrap_or_default(),
+    )?;
+    Ok((config, ca_file))
 }
 
 /// A kubeconfig for one client-certificate identity; `user` only names the entry.

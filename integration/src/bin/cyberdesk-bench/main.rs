@@ -2,7 +2,7 @@
 //! records them with the machine they came from.
 //!
 //! Sections (all by default, or name some): admission, caches, controlplane, operator,
-//! apply, desks, pool, scale.
+//! apply, desks, pool, scale, webhook-memory.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ mod caches;
 mod floor;
 mod pool;
 mod scale;
+mod webhook_memory;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -44,8 +45,8 @@ use cyberdesk_operator::server;
 #[derive(Parser)]
 #[command(about = "Benchmarks for cyberdesk-operator (figures, not pass/fail)")]
 struct Args {
-    /// Sections to run: admission, caches, controlplane, operator, apply, desks, pool, scale
-    /// (default: all).
+    /// Sections to run: admission, caches, controlplane, operator, apply, desks, pool, scale,
+    /// webhook-memory (default: all).
     sections: Vec<String>,
     /// Desks for the scale section.
     #[arg(long, default_value_t = 1000)]
@@ -54,7 +55,7 @@ struct Args {
     /// API would).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// An extra flag for the operator the scale section starts; repeat for several
+    /// An extra flag for the operators the scale and webhook-memory sections start; repeat for several
     /// (e.g. `--operator-arg=--max-concurrent-reconciles=128`).
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
@@ -544,7 +545,13 @@ fn main() -> anyhow::Result<()> {
     if want("controlplane") {
         bench_controlplane()?;
     }
-    if want("operator") || want("apply") || want("desks") || want("pool") || want("scale") {
+    if want("operator")
+        || want("apply")
+        || want("desks")
+        || want("pool")
+        || want("scale")
+        || want("webhook-memory")
+    {
         let cp = ControlPlane::start(&Options {
             audit_log: true,
             profiling: true,
@@ -572,6 +579,9 @@ fn main() -> anyhow::Result<()> {
                 control_plane: cp.pids(),
             };
             runtime.block_on(scale::run(&c, &scale))?;
+        }
+        if want("webhook-memory") {
+            runtime.block_on(webhook_memory::run(&c, &args.operator_args))?;
         }
         drop(runtime);
         drop(cp);
