@@ -14,6 +14,8 @@
 #       image's size. PODMAN is the podman command (default: runc, cgroupfs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The staged files keep their modes in the image: readable by 65532 whatever the caller's umask.
+umask 022
 
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 # The cargo-auditable this script installs when it is missing (image/binaries.Dockerfile pins the same).
