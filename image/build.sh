@@ -69,7 +69,7 @@ local_image() {
   trap 'rm -rf "$CONTEXT"' EXIT
   stage_context "$CONTEXT" "$arch=$target_dir/$target/release/cyberdesk-operator"
   old="$("${podman[@]}" image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
-  "${podman[@]}" build --quiet --build-arg "TARGETARCH=$arch" -f image/Containerfile -t "$image" "$CONTEXT" >/dev/null
+  "${podman[@]}" build --quiet --layers=false --build-arg "TARGETARCH=$arch" -f image/Containerfile -t "$image" "$CONTEXT" >/dev/null
   new="$("${podman[@]}" image inspect --format '{{.Id}}' "$image")"
   # The previous build of this tag, now untagged, would otherwise pile up.
   if [[ -n "$old" && "$old" != "$new" ]]; then
