@@ -12,7 +12,7 @@ KUBECTL ?= $(CYBERDESK_CONTROLPLANE_BIN)/kubectl
 DIST ?= dist
 IMAGE ?= ghcr.io/cyberdesk/cyberdesk-operator
 
-.PHONY: help build release release-manifests controlplane cluster tools test test-unit demo demo-pool fmt lint crd certs bench fuzz clean
+.PHONY: help build release release-manifests image controlplane cluster tools test test-unit demo demo-pool fmt lint crd certs bench fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -41,15 +41,29 @@ controlplane: ## build kube-apiserver, etcd and kubectl from Go modules (cached)
 cluster: controlplane ## run a local kube-apiserver + etcd until Ctrl-C
 	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-cluster
 
-tools: ## promtool for the alert tests: Debian's prometheus package (installed when run as root)
-	@command -v promtool >/dev/null || { \
+# Debian packages the tests and `make image` need: promtool (alert tests), podman and runc
+# (the image and its tests), musl-gcc (ring for the static musl binary).
+TOOLS := promtool:prometheus podman:podman runc:runc musl-gcc:musl-tools
+
+tools: ## promtool, podman, runc and musl-gcc from Debian (installed when run as root)
+	@missing=$$(for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else echo "promtool is missing: install Debian's prometheus package (apt-get install prometheus)" >&2; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing: install Debian's" $$missing "(apt-get install" $$missing")" >&2; exit 1; fi; }
+
+# The operator's image (image/build.sh; image/Containerfile is its one final stage) and the
+# podman that builds it and runs the image tests.
+PODMAN ?= podman --runtime runc --cgroup-manager=cgroupfs
+export CYBERDESK_PODMAN := $(PODMAN)
+export CYBERDESK_IMAGE ?= cyberdesk-operator:$(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n1)
+
+image: tools ## the image cyberdesk-operator:VERSION: static musl binary (cargo auditable) on scratch, podman, nothing pulled
+	CARGO="$(CARGO)" PODMAN="$(PODMAN)" IMAGE="$(CYBERDESK_IMAGE)" $(BEAT) "building the image" ./image/build.sh local
 
 E2E_JOBS ?= 2
 
-test: controlplane tools ## unit, handler and end-to-end tests against the real control plane
+test: controlplane tools image ## unit, handler and end-to-end tests (the image's too) against the real control plane
 	@$(BEAT) "building the unit tests" $(CARGO) test --workspace --locked --no-run --lib --bins
 	$(CARGO) test --workspace --locked --no-fail-fast --lib --bins
 	$(CARGO) test --workspace --locked --doc

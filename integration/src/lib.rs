@@ -8,6 +8,7 @@
 //! - [`pools`]: warm-pool YAML, waits and the ownership audit pool tests share;
 //! - [`recorder`]: an HTTP server standing in for the platform's endpoints;
 //! - [`desks`]: typed desk APIs, desk YAML, events and times as a user sees them;
+//! - [`image`]: the operator's image under podman, run as the shipped Deployment runs it;
 //! - [`wait`]: the one poller every wait is built on;
 //! - [`webhook_tls`]: handshakes with the webhook port as the apiserver does;
 //! - [`workspace`]: the operator binary and the repository's files.
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod cluster;
 pub mod controlplane;
 pub mod desks;
+pub mod image;
 pub mod kubectl;
 pub mod kubevirt;
 pub mod operator;
