@@ -12,7 +12,7 @@ KUBECTL ?= $(CYBERDESK_CONTROLPLANE_BIN)/kubectl
 DIST ?= dist
 IMAGE ?= ghcr.io/cyberdesk/cyberdesk-operator
 
-.PHONY: help build release release-manifests image controlplane cluster tools test test-unit demo demo-pool fmt lint crd certs bench fuzz clean
+.PHONY: help build release release-manifests image controlplane cluster tools test test-unit demo demo-pool fmt lint docs crd certs bench fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -85,6 +85,9 @@ demo-pool: controlplane ## as demo, but the desk claims a VM from a warm pool bo
 	@$(BEAT) "building the operator" $(CARGO) build --locked -p cyberdesk-operator
 	@$(BEAT) "building the demo" $(CARGO) build --locked -p cyberdesk-integration --bin cyberdesk-demo
 	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-demo -- --pool
+
+docs: ## rewrite README's generated tables (flags, env, defaults; metric families; event reasons) from the code
+	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-docs
 
 crd: ## regenerate manifests/base/crd.yaml from the Rust types
 	$(CARGO) run --locked -q -p cyberdesk-operator -- crd > manifests/base/crd.yaml

@@ -68,6 +68,7 @@ pub const FAMILIES: &[&str] = &[
     "cyberdesk_secret_access_reviews_total",
     "cyberdesk_webhook_connections_rejected_total",
     "cyberdesk_webhook_connections_open",
+    "cyberdesk_events_dropped_total",
     "cyberdesk_orphan_vms_deleted_total",
     "cyberdesk_notifications_total",
     "cyberdesk_pool_claims_total",

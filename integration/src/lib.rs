@@ -17,6 +17,7 @@ pub mod audit;
 pub mod cluster;
 pub mod controlplane;
 pub mod desks;
+pub mod docs;
 pub mod image;
 pub mod kubectl;
 pub mod kubevirt;

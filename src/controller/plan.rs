@@ -83,6 +83,24 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the order the README's events table lists them.
+    pub const ALL: [Reason; 14] = [
+        Reason::VirtualMachineCreated,
+        Reason::VirtualMachineClaimed,
+        Reason::Ready,
+        Reason::TimedOut,
+        Reason::TimeoutReapplied,
+        Reason::Deleting,
+        Reason::DeletingVirtualMachine,
+        Reason::CleanedUp,
+        Reason::TemplateInvalid,
+        Reason::TemplateNotAllowed,
+        Reason::UserDataUnavailable,
+        Reason::CreateRejected,
+        Reason::VirtualMachineConflict,
+        Reason::VirtualMachineAdopted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::VirtualMachineCreated => "VirtualMachineCreated",
