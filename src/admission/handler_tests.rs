@@ -59,6 +59,7 @@ fn app_full(
             max_timeout_ms: 30 * 86_400_000,
             vm_name_prefix: crate::model::names::VM_PREFIX.into(),
         },
+        scope: crate::admission::scope::ScopeConfig::default(),
         policies,
         metrics: Metrics::new("test", &[]).expect("metrics"),
         templates: Catalog::fixed("cyberdesk-system", "cyberdesk-vm-template", templates),
