@@ -183,6 +183,30 @@ pub struct RunConfig {
     #[arg(long, env = "CYBERDESK_NOTIFY_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub notify_max_attempts: u32,
 
+    /// Namespaces whose desks the operator serves (comma list); unset or empty, every
+    /// namespace. The validating webhook denies a desk elsewhere, and the reconciler only
+    /// reports on it: no VM, no adoption, no notification. Desks are adopted from the
+    /// previous operator only when this is set, and only in these namespaces. Must name
+    /// exactly one namespace with --vm-namespace, with SUPABASE_URL, or with a --ready-url
+    /// without {namespace}: there a desk is known by its name alone.
+    #[arg(
+        long,
+        env = "CYBERDESK_DESK_NAMESPACES",
+        value_delimiter = ',',
+        value_parser = parse_namespace
+    )]
+    pub desk_namespaces: Vec<String>,
+
+    /// Most bytes (keys and values) a desk's or a pool's labels and annotations may take
+    /// together; the validating webhook denies more. Every label of a desk would otherwise
+    /// be held in the leader's memory and nothing in Kubernetes limits their number.
+    #[arg(
+        long,
+        env = "CYBERDESK_MAX_METADATA_BYTES",
+        default_value_t = crate::admission::scope::DEFAULT_MAX_METADATA_BYTES
+    )]
+    pub max_metadata_bytes: usize,
+
     /// Largest spec.timeoutMs the validating webhook accepts (policies may set a lower ceiling).
     #[arg(long, env = "CYBERDESK_MAX_TIMEOUT_MS", default_value_t = 30 * 24 * 3_600_000)]
     pub max_timeout_ms: i64,
@@ -355,6 +379,25 @@ impl RunConfig {
         }
     }
 
+    /// The namespaces desks are served in (`--desk-namespaces`).
+    pub fn desk_namespaces(&self) -> crate::model::DeskNamespaces {
+        crate::model::DeskNamespaces::new(self.desk_namespaces.iter().cloned())
+    }
+
+    /// Why the namespace settings cannot work together, if they cannot: a VM namespace or
+    /// a platform record keyed by the desk name needs exactly one desk namespace.
+    pub fn namespace_problem(&self) -> Option<String> {
+        let supabase = self.supabase_url.as_deref().is_some_and(|u| !u.is_empty());
+        let ready_by_name = self
+            .ready_url
+            .as_ref()
+            .is_some_and(crate::notify::ready::ReadyUrl::keyed_by_name);
+        self.desk_namespaces().problem(
+            self.placement().namespace.is_some(),
+            supabase || ready_by_name,
+        )
+    }
+
     /// The notifier's settings from the flags; an error names a setting that is wrong.
     pub fn notifier(&self) -> Result<crate::notify::NotifierConfig, String> {
         let supabase = match (self.supabase_url.as_deref(), &self.supabase_key) {
@@ -373,6 +416,7 @@ impl RunConfig {
                 max_attempts: self.notify_max_attempts,
             },
             attempt_timeout: Duration::from_secs(self.notify_timeout_secs.max(1)),
+            namespaces: self.desk_namespaces(),
         })
     }
 
@@ -479,6 +523,30 @@ mod tests {
         let unset = Wrapper::parse_from(["x", "--vm-namespace="]).run;
         assert_eq!(unset.placement().namespace, None);
         assert!(Wrapper::try_parse_from(["x", "--vm-name-prefix=VM-"]).is_err());
+    }
+
+    #[test]
+    fn the_platform_layout_needs_exactly_one_desk_namespace() {
+        let shared = Wrapper::parse_from(["x", "--vm-namespace=kubevirt"]).run;
+        assert!(shared.namespace_problem().is_some());
+        let one = Wrapper::parse_from([
+            "x",
+            "--vm-namespace=kubevirt",
+            "--desk-namespaces=cyberdesk-system",
+        ])
+        .run;
+        assert_eq!(one.namespace_problem(), None);
+        assert!(one.desk_namespaces().serves("cyberdesk-system"));
+        assert!(!one.desk_namespaces().serves("team-a"));
+        let by_name = Wrapper::parse_from(["x", "--ready-url=http://g/{name}/ready"]).run;
+        assert!(by_name.namespace_problem().is_some());
+        let by_both =
+            Wrapper::parse_from(["x", "--ready-url=http://g/{namespace}/{name}/ready"]).run;
+        assert_eq!(by_both.namespace_problem(), None);
+        let many = Wrapper::parse_from(["x", "--desk-namespaces=a,b"]).run;
+        assert_eq!(many.namespace_problem(), None);
+        assert!(Wrapper::try_parse_from(["x", "--desk-namespaces=a,B"]).is_err());
+        assert_eq!(Wrapper::parse_from(["x"]).run.max_metadata_bytes, 64 * 1024);
     }
 
     #[test]

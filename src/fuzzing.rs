@@ -48,6 +48,7 @@ fn admission() -> &'static Admission {
             max_timeout_ms: 30 * 86_400_000,
             vm_name_prefix: crate::model::names::VM_PREFIX.into(),
         },
+        scope: crate::admission::scope::ScopeConfig::default(),
         policies: PolicyStore::new(shipped_policies()),
         metrics: Metrics::new("fuzz", &[]).unwrap_or_else(|e| panic!("metrics: {e}")),
         templates: Catalog::fixed("cyberdesk-system", names::TEMPLATE_CONFIGMAP, vec![]),

@@ -157,6 +157,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Migrate(cfg) => {
+            if let Some(problem) = cfg.problem() {
+                anyhow::bail!("{problem}");
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

@@ -10,8 +10,9 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use crate::controller::adoption;
+use crate::controller::plan::Serving;
 use crate::controller::{expiry, plan, status};
-use crate::model::{Cyberdesk, Placement, VirtualMachine, names};
+use crate::model::{Cyberdesk, DeskNamespaces, Placement, VirtualMachine, names};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct MigrateConfig {
@@ -32,9 +33,27 @@ pub struct MigrateConfig {
     /// As `run --default-timeout-ms`: the timeout of a desk without spec.timeoutMs.
     #[arg(long, env = "CYBERDESK_DEFAULT_TIMEOUT_MS", default_value_t = crate::model::cyberdesk::DEFAULT_TIMEOUT_MS)]
     pub default_timeout_ms: i64,
+    /// As `run --desk-namespaces`: desks are adopted only in these namespaces.
+    #[arg(
+        long,
+        env = "CYBERDESK_DESK_NAMESPACES",
+        value_delimiter = ',',
+        value_parser = crate::config::parse_namespace
+    )]
+    pub desk_namespaces: Vec<String>,
 }
 
 impl MigrateConfig {
+    pub fn desk_namespaces(&self) -> DeskNamespaces {
+        DeskNamespaces::new(self.desk_namespaces.iter().cloned())
+    }
+
+    /// Why `run` would refuse these settings, if it would.
+    pub fn problem(&self) -> Option<String> {
+        self.desk_namespaces()
+            .problem(self.placement().namespace.is_some(), false)
+    }
+
     pub fn placement(&self) -> Placement {
         Placement {
             namespace: self.vm_namespace.clone().filter(|ns| !ns.is_empty()),
@@ -58,6 +77,8 @@ pub enum Verdict {
     Create { vm: String, swap_finalizer: bool },
     /// A VM by the desk's name is someone else's: left alone, the desk reports a conflict.
     Conflict { vm: String },
+    /// Outside `--desk-namespaces`: nothing is built or adopted for the desk.
+    NotServed,
 }
 
 /// The verdict for `desk`, given the VM found for it (by the recorded name, else this
@@ -66,11 +87,16 @@ pub fn assess(
     desk: &Cyberdesk,
     vm: Option<&VirtualMachine>,
     placement: &Placement,
+    serving: &Serving,
     default_timeout_ms: i64,
 ) -> Verdict {
-    let swap_finalizer = adoption::has_kopf_finalizer(desk);
+    let adopts = match serving {
+        Serving::NotServed(_) => return Verdict::NotServed,
+        Serving::Served { adopts } => *adopts,
+    };
+    let swap_finalizer = adopts && adoption::has_kopf_finalizer(desk);
     let own_name = placement.vm_name(&desk.name_any());
-    if !adoption::is_legacy(desk) {
+    if !(adopts && adoption::is_legacy(desk)) {
         return match vm {
             Some(vm) if !plan::owned_by(vm, desk) => Verdict::Conflict { vm: vm.name_any() },
             _ => Verdict::Keep,
@@ -95,6 +121,7 @@ fn vm_for<'a>(
     desk: &Cyberdesk,
     vms: &'a [VirtualMachine],
     placement: &Placement,
+    adopts: bool,
 ) -> Option<&'a VirtualMachine> {
     let ns = placement
         .vm_namespace(desk.namespace().as_deref().unwrap_or_default())
@@ -108,7 +135,7 @@ fn vm_for<'a>(
     if let Some(vm) = in_ns().find(|v| v.name_any() == by_name) {
         return Some(vm);
     }
-    if !adoption::is_legacy(desk) {
+    if !(adopts && adoption::is_legacy(desk)) {
         return None;
     }
     let name = desk.name_any();
@@ -121,16 +148,18 @@ fn vm_for<'a>(
 /// The plan as text, one line per desk and per VM left without a desk, and a summary.
 pub fn render(desks: &[Cyberdesk], vms: &[VirtualMachine], cfg: &MigrateConfig) -> String {
     let placement = cfg.placement();
+    let namespaces = cfg.desk_namespaces();
     let mut out = String::new();
     let mut matched = HashSet::new();
-    let (mut adopt, mut create, mut keep, mut conflict) = (0, 0, 0, 0);
+    let (mut adopt, mut create, mut keep, mut conflict, mut ignored) = (0, 0, 0, 0, 0);
     for desk in desks {
-        let key = format!(
-            "{}/{}",
-            desk.namespace().unwrap_or_default(),
-            desk.name_any()
-        );
-        let vm = vm_for(desk, vms, &placement);
+        let desk_ns = desk.namespace().unwrap_or_default();
+        let key = format!("{desk_ns}/{}", desk.name_any());
+        let serving = Serving::of(&namespaces, &desk_ns);
+        let vm = match serving {
+            Serving::NotServed(_) => None,
+            Serving::Served { adopts } => vm_for(desk, vms, &placement, adopts),
+        };
         if let Some(vm) = vm {
             matched.insert(vm.uid());
         }
@@ -148,7 +177,14 @@ pub fn render(desks: &[Cyberdesk], vms: &[VirtualMachine], cfg: &MigrateConfig) 
                 String::new()
             }
         };
-        let line = match assess(desk, vm, &placement, cfg.default_timeout_ms) {
+        let line = match assess(desk, vm, &placement, &serving, cfg.default_timeout_ms) {
+            Verdict::NotServed => {
+                ignored += 1;
+                format!(
+                    "ignore    {key}: outside --desk-namespaces ({}); nothing is built or adopted for it",
+                    namespaces.describe()
+                )
+            }
             Verdict::Keep => {
                 keep += 1;
                 format!("keep      {key}: managed by this operator already")
@@ -197,7 +233,7 @@ pub fn render(desks: &[Cyberdesk], vms: &[VirtualMachine], cfg: &MigrateConfig) 
     }
     let _ = writeln!(
         out,
-        "{adopt} to adopt, {create} to create, {keep} to keep, {conflict} in conflict, {orphans} VirtualMachines without a desk; dry run: nothing was changed"
+        "{adopt} to adopt, {create} to create, {keep} to keep, {conflict} in conflict, {ignored} outside the desk namespaces, {orphans} VirtualMachines without a desk; dry run: nothing was changed"
     );
     out
 }
@@ -230,6 +266,7 @@ mod tests {
             vm_namespace: Some("kubevirt".into()),
             vm_name_prefix: String::new(),
             default_timeout_ms: 3_600_000,
+            desk_namespaces: vec!["cyberdesk-system".into()],
         }
     }
 
@@ -269,7 +306,19 @@ mod tests {
             vm("taken", json!({names::LABEL_DESK_UID: "u-other"})),
             vm("stray", json!({"cyberdesk-instance": "stray"})),
         ];
+        let mut outside = desk("old", true, true);
+        outside.metadata.namespace = Some("team-x".into());
+        let desks = [
+            desks[0].clone(),
+            desks[1].clone(),
+            desks[2].clone(),
+            outside,
+        ];
         let text = render(&desks, &vms, &cfg());
+        assert!(
+            text.contains("ignore    team-x/old: outside --desk-namespaces (cyberdesk-system)"),
+            "{text}"
+        );
         assert!(text.contains("adopt     cyberdesk-system/old: VirtualMachine kubevirt/old taken over, expiry 2026-01-01T11:00:00Z kept; finalizer kopf.zalando.org/KopfFinalizerMarker -> cyberdesk.io/vm-cleanup"), "{text}");
         assert!(text.contains("create    cyberdesk-system/gone: no VirtualMachine found; kubevirt/gone will be created"), "{text}");
         assert!(text.contains("conflict  cyberdesk-system/taken"), "{text}");
@@ -277,7 +326,7 @@ mod tests {
             text.contains("no desk   VirtualMachine kubevirt/stray"),
             "{text}"
         );
-        assert!(text.contains("1 to adopt, 1 to create, 0 to keep, 1 in conflict, 1 VirtualMachines without a desk; dry run: nothing was changed"), "{text}");
+        assert!(text.contains("1 to adopt, 1 to create, 0 to keep, 1 in conflict, 1 outside the desk namespaces, 1 VirtualMachines without a desk; dry run: nothing was changed"), "{text}");
     }
 
     #[test]
@@ -288,8 +337,9 @@ mod tests {
             ..Default::default()
         });
         let v = vm("mine", json!({names::LABEL_DESK_UID: "u-mine"}));
+        let served = Serving::Served { adopts: true };
         assert_eq!(
-            assess(&d, Some(&v), &cfg().placement(), 3_600_000),
+            assess(&d, Some(&v), &cfg().placement(), &served, 3_600_000),
             Verdict::Keep
         );
     }

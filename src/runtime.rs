@@ -20,6 +20,7 @@ use crate::admin;
 use crate::admission::Admission;
 use crate::admission::authz::SubjectAccessReviewer;
 use crate::admission::mutate::MutateConfig;
+use crate::admission::scope::ScopeConfig;
 use crate::admission::validate::ValidateConfig;
 use crate::catalog::{self, Catalog};
 use crate::certs::configuration;
@@ -75,6 +76,9 @@ pub enum RunError {
 
 pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let signal = crate::shutdown::on_signal().map_err(RunError::Signals)?;
+    if let Some(problem) = cfg.namespace_problem() {
+        return Err(RunError::Config(problem));
+    }
     let notify = cfg.notifier().map_err(RunError::Config)?;
     if notify.any() {
         // The system's TLS roots are read here, so a missing bundle stops the start.
@@ -303,6 +307,10 @@ async fn start_webhooks(
             max_timeout_ms: cfg.max_timeout_ms,
             vm_name_prefix: cfg.vm_name_prefix.clone(),
         },
+        scope: ScopeConfig {
+            desk_namespaces: cfg.desk_namespaces(),
+            max_metadata_bytes: cfg.max_metadata_bytes,
+        },
         policies: store,
         metrics: metrics.clone(),
         templates: templates.clone(),
@@ -375,6 +383,7 @@ async fn run_controller(
         placement: cfg.placement(),
         orphan_grace: Duration::from_secs(cfg.orphan_grace_secs),
         legacy_status: cfg.legacy_status,
+        desk_namespaces: cfg.desk_namespaces(),
         notify,
     };
     let identity = cfg.pod_name.clone();

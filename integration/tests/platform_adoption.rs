@@ -41,6 +41,7 @@ fn migrate(c: &Cluster, args: &[&str]) -> std::process::Output {
         .env("KUBECONFIG", &c.kubeconfig)
         .env_remove("CYBERDESK_VM_NAMESPACE")
         .env_remove("CYBERDESK_VM_NAME_PREFIX")
+        .env_remove("CYBERDESK_DESK_NAMESPACES")
         .output()
         .expect("run migrate")
 }
@@ -109,7 +110,14 @@ async fn the_old_operators_desk_is_adopted_with_its_vm_and_expiry() {
     let stray_before = kubevirt.vms.get(STRAY).await.expect("stray");
 
     // The plan, read-only.
-    let refused = migrate(&c, &["--vm-namespace=kubevirt", "--vm-name-prefix="]);
+    let refused = migrate(
+        &c,
+        &[
+            "--vm-namespace=kubevirt",
+            "--vm-name-prefix=",
+            "--desk-namespaces=cyberdesk-system",
+        ],
+    );
     assert!(
         !refused.status.success(),
         "migrate without --dry-run must refuse"
@@ -117,7 +125,12 @@ async fn the_old_operators_desk_is_adopted_with_its_vm_and_expiry() {
     let before = versions(&c);
     let out = migrate(
         &c,
-        &["--dry-run", "--vm-namespace=kubevirt", "--vm-name-prefix="],
+        &[
+            "--dry-run",
+            "--vm-namespace=kubevirt",
+            "--vm-name-prefix=",
+            "--desk-namespaces=cyberdesk-system",
+        ],
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

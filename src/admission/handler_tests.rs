@@ -69,6 +69,7 @@ fn app_full(
             max_timeout_ms: 30 * 86_400_000,
             vm_name_prefix: crate::model::names::VM_PREFIX.into(),
         },
+        scope: crate::admission::scope::ScopeConfig::default(),
         policies,
         metrics: Metrics::new("test", &[]).expect("metrics"),
         templates: Catalog::fixed("cyberdesk-system", "cyberdesk-vm-template", templates),
@@ -831,4 +832,48 @@ async fn policies_judge_pools_on_create_and_on_metadata_updates() {
     )
     .await;
     assert_eq!(response(&body)["allowed"], true, "{body}");
+}
+
+#[tokio::test]
+async fn labels_over_the_limit_are_denied_even_on_a_metadata_only_update() {
+    let labels: serde_json::Map<String, Value> = (0..2000)
+        .map(|i| (format!("l{i:05}"), json!("v".repeat(63))))
+        .collect();
+    let mut fat = desk("alice", json!({"timeoutMs": 60_000}));
+    fat["metadata"]["labels"] = Value::Object(labels);
+    let (_, body) = post(
+        app(),
+        "/validate",
+        review("CREATE", fat.clone(), Value::Null).to_string(),
+    )
+    .await;
+    let r = response(&body);
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 422);
+    let causes = r["status"]["details"]["causes"].as_array().expect("causes");
+    assert_eq!(causes[0]["field"], "metadata.labels", "{causes:?}");
+    let message = causes[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("at most 65536 bytes (--max-metadata-bytes)"),
+        "{message}"
+    );
+    // The same labels added to a stored desk: an UPDATE of metadata alone, still denied.
+    let stored = desk("alice", json!({"timeoutMs": 60_000}));
+    let (_, body) = post(
+        app(),
+        "/validate",
+        review("UPDATE", fat.clone(), stored).to_string(),
+    )
+    .await;
+    assert_eq!(response(&body)["allowed"], false);
+    // A desk stored with them can still lose its finalizers.
+    let mut released = fat.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let (_, body) = post(
+        app(),
+        "/validate",
+        review("UPDATE", released, fat).to_string(),
+    )
+    .await;
+    assert_eq!(response(&body)["allowed"], true);
 }

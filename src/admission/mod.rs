@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod cost;
 pub mod mutate;
+pub mod scope;
 pub mod tenancy;
 pub mod validate;
 pub mod validate_pool;
@@ -67,6 +68,8 @@ pub struct BadReview(pub String);
 pub struct Admission {
     pub mutate: MutateConfig,
     pub validate: ValidateConfig,
+    /// Where desks may be and how much metadata they may carry (`admission::scope`).
+    pub scope: scope::ScopeConfig,
     pub policies: PolicyStore,
     pub metrics: Metrics,
     /// Which templates exist and where they may be used.
@@ -411,6 +414,17 @@ impl Admission {
             Operation::Update => validate::Operation::Update,
             _ => validate::Operation::Create,
         };
+        let reviewed = if req.kind.kind == POOL_KIND {
+            POOL
+        } else {
+            DESK
+        };
+        let mut limits = Verdict::default();
+        let ns = req.namespace.as_deref().unwrap_or("");
+        scope::judge(&self.scope, ns, operation, object, old, &mut limits);
+        if !limits.allowed() {
+            return respond(resp, reviewed, &req.name, limits);
+        }
         let mut policies_only = false;
         if operation == validate::Operation::Update {
             // The operator's bookkeeping (finalizer, status) and anything on an object being

@@ -1,8 +1,14 @@
 //! Taking over the desks the previous (kopf) operator left (pure). Such a desk carries
-//! kopf's finalizer and/or its status block `status.cyberdesk_create`, and its VM has
-//! neither an ownerReference nor this operator's labels. Adoption claims that VM (labels,
-//! and an ownerReference when it lives beside the desk) instead of creating a second one,
-//! keeps the desk's original expiry, and swaps kopf's finalizer for this operator's.
+//! kopf's finalizer and/or its status block `status.cyberdesk_create` (one this operator
+//! did not write), and its VM has neither an ownerReference nor this operator's labels.
+//! Adoption claims that VM (labels, and an ownerReference when it lives beside the desk)
+//! instead of creating a second one, keeps the desk's original expiry, and swaps kopf's
+//! finalizer for this operator's.
+//!
+//! Who may be adopted is narrow, because a desk's name is chosen by whoever creates it:
+//! only desks in the namespaces the operator is limited to (`--desk-namespaces`, where the
+//! previous platform kept its desks; the caller checks), and only a VM whose labels say it
+//! was made for a desk of that very name.
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -21,15 +27,23 @@ pub fn has_kopf_finalizer(desk: &Cyberdesk) -> bool {
         .any(|f| f == KOPF_FINALIZER)
 }
 
-/// Was this desk the previous operator's and not taken over yet? kopf's finalizer, or its
-/// status block without this operator's own VM reference (which every desk this operator
-/// made a VM for has).
+/// Was this desk the previous operator's and not taken over yet? kopf's finalizer, or a
+/// status block this operator did not write (it marks its own, [`LEGACY_WRITER`]) and no
+/// VM reference of this operator's (which every desk it made a VM for has). The block
+/// alone counts for a desk whose finalizer was swapped by a pass that ended before it
+/// claimed the VM.
 pub fn is_legacy(desk: &Cyberdesk) -> bool {
     let status = desk.status.as_ref();
-    let legacy_block = status.is_some_and(|s| s.legacy.is_some());
+    let foreign_block = status
+        .and_then(|s| s.legacy.as_ref())
+        .is_some_and(|l| l.written_by.as_deref() != Some(LEGACY_WRITER));
     let own_ref = status.is_some_and(|s| s.virtual_machine_ref.is_some());
-    has_kopf_finalizer(desk) || (legacy_block && !own_ref)
+    has_kopf_finalizer(desk) || (foreign_block && !own_ref)
 }
+
+/// What this operator writes into `status.cyberdesk_create.writtenBy`: a block carrying it
+/// is never taken for the previous operator's.
+pub const LEGACY_WRITER: &str = names::MANAGED_BY_VALUE;
 
 /// The VM name the previous operator recorded.
 pub fn recorded_vm_name(desk: &Cyberdesk) -> Option<&str> {
@@ -42,9 +56,10 @@ pub fn recorded_vm_name(desk: &Cyberdesk) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
-/// May this VM be taken over for this desk? Only one nobody else claims: no ownerReference
-/// and no desk-uid label of another desk, and a `cyberdesk-instance` label, if any, naming
-/// this desk.
+/// May this VM be taken over for this desk? Only one the previous operator labelled for a
+/// desk of this name (`app=cyberdesk`, `cyberdesk-instance=<desk>`) and nobody else
+/// claims: no ownerReference, no desk-uid or desk-namespace label of another desk, no pool.
+/// A VM that merely has the desk's name is never taken.
 pub fn adoptable(vm: &VirtualMachine, desk: &Cyberdesk) -> bool {
     let labels = vm.metadata.labels.as_ref();
     let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
@@ -53,11 +68,14 @@ pub fn adoptable(vm: &VirtualMachine, desk: &Cyberdesk) -> bool {
         .owner_references
         .as_ref()
         .is_none_or(Vec::is_empty);
+    let made_for_it = label(names::LABEL_APP) == Some(names::LABEL_APP_VALUE)
+        && label(names::LABEL_INSTANCE).is_some_and(|n| Some(n) == desk.metadata.name.as_deref());
     let uid_ok =
         label(names::LABEL_DESK_UID).is_none_or(|u| Some(u) == desk.metadata.uid.as_deref());
-    let name_ok =
-        label(names::LABEL_INSTANCE).is_none_or(|n| Some(n) == desk.metadata.name.as_deref());
-    unowned && uid_ok && name_ok && vm.metadata.deletion_timestamp.is_none()
+    let ns_ok = label(names::LABEL_DESK_NAMESPACE)
+        .is_none_or(|n| Some(n) == desk.metadata.namespace.as_deref());
+    let pooled = label(names::LABEL_POOL).is_some();
+    unowned && made_for_it && uid_ok && ns_ok && !pooled && vm.metadata.deletion_timestamp.is_none()
 }
 
 /// The JSON patch that claims `vm` for the desk: guarded by the VM's resourceVersion, it
@@ -168,16 +186,58 @@ mod tests {
     }
 
     #[test]
-    fn only_an_unclaimed_vm_of_this_desk_is_adoptable() {
+    fn a_block_this_operator_wrote_is_not_the_previous_operators() {
+        // A desk whose VM could not be made: no VM reference, a block without one.
+        let mut d = kopf_desk();
+        d.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
+        if let Some(block) = d.status.as_mut().and_then(|s| s.legacy.as_mut()) {
+            block.virtual_machine_ref = None;
+            block.written_by = Some(LEGACY_WRITER.into());
+        }
+        assert!(!is_legacy(&d));
+        if let Some(block) = d.status.as_mut().and_then(|s| s.legacy.as_mut()) {
+            block.written_by = None;
+        }
+        assert!(is_legacy(&d));
+    }
+
+    #[test]
+    fn only_an_unclaimed_vm_labelled_for_this_desk_is_adoptable() {
         let d = kopf_desk();
         let old = json!({"app": "cyberdesk", "cyberdesk-instance": "d1"});
         assert!(adoptable(&vm(old.clone(), json!([])), &d));
         assert!(!adoptable(
-            &vm(json!({"cyberdesk-instance": "other"}), json!([])),
+            &vm(
+                json!({"app": "cyberdesk", "cyberdesk-instance": "other"}),
+                json!([])
+            ),
+            &d
+        ));
+        // Having the desk's name is not enough: the labels must say it was made for it.
+        assert!(!adoptable(&vm(json!(null), json!([])), &d));
+        assert!(!adoptable(
+            &vm(json!({"cyberdesk-instance": "d1"}), json!([])),
             &d
         ));
         assert!(!adoptable(
-            &vm(json!({names::LABEL_DESK_UID: "u2"}), json!([])),
+            &vm(
+                json!({"app": "cyberdesk", "cyberdesk-instance": "d1", names::LABEL_DESK_UID: "u2"}),
+                json!([])
+            ),
+            &d
+        ));
+        assert!(!adoptable(
+            &vm(
+                json!({"app": "cyberdesk", "cyberdesk-instance": "d1", names::LABEL_DESK_NAMESPACE: "team-x"}),
+                json!([])
+            ),
+            &d
+        ));
+        assert!(!adoptable(
+            &vm(
+                json!({"app": "cyberdesk", "cyberdesk-instance": "d1", names::LABEL_POOL: "p"}),
+                json!([])
+            ),
             &d
         ));
         let owned = json!([{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "x"}]);

@@ -3,7 +3,10 @@
 //! size of their templates, user data or a tenant's annotations.
 //!
 //! Trimmed: `managedFields` and annotations everywhere (the reconciler reads neither). From
-//! VMs and VMIs also every label but the desk labels, which map an event to its desk, and
+//! desks and pools every label: nothing the controllers do depends on them, and Kubernetes
+//! does not limit how many a tenant adds (the validating webhook does,
+//! `--max-metadata-bytes`, but desks stored before it or with it raised are listed too).
+//! From VMs and VMIs every label but the desk labels, which map an event to its desk, and
 //! every spec field but a VM's `runStrategy` and `running`. Of a VM's status only
 //! `printableStatus`, `ready` and `created` stay; of a VMI's, the phase, the `Ready`
 //! condition's type and status, and each interface's name and addresses. A VMI's owner
@@ -55,14 +58,17 @@ fn trim_kubevirt_metadata(meta: &mut kube::api::ObjectMeta) {
     });
 }
 
-/// A desk as the reconciler reads it: spec, status and metadata without annotations.
+/// A desk as the reconciler reads it: spec, status and metadata without annotations or
+/// labels.
 pub fn trim_desk(desk: &mut Cyberdesk) {
     trim_metadata(&mut desk.metadata);
+    desk.metadata.labels = None;
 }
 
-/// A pool as the pool controller and a claiming desk read it.
+/// A pool as the pool controller and a claiming desk read it: without labels either.
 pub fn trim_pool(pool: &mut CyberdeskPool) {
     trim_metadata(&mut pool.metadata);
+    pool.metadata.labels = None;
 }
 
 /// A VM as the reconciler reads it: name, times, owners, desk label, run strategy, status.
@@ -295,7 +301,7 @@ impl Caches {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn a_trimmed_vm_keeps_what_the_reconciler_reads() {
@@ -434,10 +440,32 @@ mod tests {
     }
 
     #[test]
-    fn a_trimmed_desk_drops_a_tenants_annotations() {
+    fn a_trimmed_pool_drops_labels_and_annotations() {
+        let labels: serde_json::Map<String, Value> = (0..1000)
+            .map(|i| (format!("l{i}"), Value::String("v".repeat(63))))
+            .collect();
+        let mut pool: CyberdeskPool = serde_json::from_value(json!({
+            "apiVersion": "cyberdesk.io/v1alpha1", "kind": "CyberdeskPool",
+            "metadata": {"name": "p", "namespace": "n", "labels": labels,
+                "annotations": {"note": "y".repeat(1000)}},
+            "spec": {"size": 2},
+        }))
+        .expect("pool");
+        let spec = pool.spec.clone();
+        trim_pool(&mut pool);
+        assert!(pool.metadata.labels.is_none() && pool.metadata.annotations.is_none());
+        assert_eq!(pool.spec, spec);
+    }
+
+    #[test]
+    fn a_trimmed_desk_drops_a_tenants_labels_and_annotations() {
+        let labels: serde_json::Map<String, Value> = (0..1000)
+            .map(|i| (format!("l{i}"), Value::String("v".repeat(63))))
+            .collect();
         let mut desk: Cyberdesk = serde_json::from_value(json!({
             "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
             "metadata": {"name": "a", "namespace": "n", "finalizers": ["cyberdesk.io/vm-cleanup"],
+                "labels": labels,
                 "annotations": {"note": "y".repeat(200_000),
                     "kubectl.kubernetes.io/last-applied-configuration": "{}"},
                 "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
@@ -447,6 +475,7 @@ mod tests {
         let spec = desk.spec.clone();
         trim_desk(&mut desk);
         assert!(desk.metadata.annotations.is_none());
+        assert!(desk.metadata.labels.is_none());
         assert!(desk.metadata.managed_fields.is_none());
         assert_eq!(desk.spec, spec);
         assert_eq!(desk.metadata.finalizers.as_ref().map(Vec::len), Some(1));

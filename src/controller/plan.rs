@@ -18,7 +18,7 @@ use crate::controller::status::{self, RenderProblem};
 use crate::controller::status_hold;
 use crate::model::conditions::{self, ConditionStatus};
 use crate::model::{
-    Cyberdesk, CyberdeskPhase, CyberdeskStatus, TimeoutAction, VirtualMachine,
+    Cyberdesk, CyberdeskPhase, CyberdeskStatus, DeskNamespaces, TimeoutAction, VirtualMachine,
     VirtualMachineInstance, names,
 };
 use crate::notify::supabase;
@@ -52,6 +52,8 @@ pub struct Observation<'a> {
     pub default_timeout_ms: i64,
     /// Keep the previous operator's status block in step (`--legacy-status`).
     pub legacy_status: bool,
+    /// Whether the desk's namespace is served, and desks there are adopted.
+    pub serving: Serving,
     /// A ready URL is configured (`--ready-url`).
     pub calls_ready: bool,
     /// The platform's state table is written (Supabase).
@@ -60,6 +62,28 @@ pub struct Observation<'a> {
     /// the status hold (`status_hold`).
     pub status_written_ago: Option<Duration>,
     pub now: Timestamp,
+}
+
+/// What the operator does with desks of a namespace (`--desk-namespaces`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Serving {
+    /// Served; `adopts`: the previous operator's desks are taken over here.
+    Served { adopts: bool },
+    /// Not served: why, for the desk's status. No VM, no adoption, no notification.
+    NotServed(String),
+}
+
+impl Serving {
+    /// For a desk in `ns`: adopted only where the operator is limited to a set of
+    /// namespaces, the previous platform's.
+    pub fn of(namespaces: &DeskNamespaces, ns: &str) -> Self {
+        match namespaces.refusal(ns) {
+            Some(why) => Serving::NotServed(why),
+            None => Serving::Served {
+                adopts: namespaces.restricted(),
+            },
+        }
+    }
 }
 
 /// Event reasons the reconciler publishes, each with its meaning in one place.
@@ -80,6 +104,7 @@ pub enum Reason {
     TemplateNotAllowed,
     UserDataUnavailable,
     CreateRejected,
+    NamespaceNotServed,
 }
 
 impl Reason {
@@ -117,6 +142,7 @@ impl Reason {
             Reason::TemplateNotAllowed => "TemplateNotAllowed",
             Reason::UserDataUnavailable => "UserDataUnavailable",
             Reason::CreateRejected => "CreateRejected",
+            Reason::NamespaceNotServed => status::NOT_SERVED,
         }
     }
 
@@ -138,6 +164,7 @@ impl Reason {
                 | Reason::TemplateNotAllowed
                 | Reason::UserDataUnavailable
                 | Reason::CreateRejected
+                | Reason::NamespaceNotServed
         )
     }
 
@@ -147,6 +174,7 @@ impl Reason {
             RenderProblem::TemplateNotAllowed(_) => Reason::TemplateNotAllowed,
             RenderProblem::UserData(_) => Reason::UserDataUnavailable,
             RenderProblem::Rejected(_) => Reason::CreateRejected,
+            RenderProblem::NotServed(_) => Reason::NamespaceNotServed,
         }
     }
 }
@@ -321,14 +349,18 @@ fn expired_by(obs: &Observation<'_>) -> Option<Duration> {
 /// The next step of a pass over a desk that is not being deleted.
 pub fn plan(obs: &Observation<'_>) -> Step {
     let desk = obs.desk;
-    if adoption::has_kopf_finalizer(desk) {
+    let adopts = match &obs.serving {
+        Serving::Served { adopts } => *adopts,
+        Serving::NotServed(why) => return Step::Settle(Box::new(settle_not_served(obs, why))),
+    };
+    if adopts && adoption::has_kopf_finalizer(desk) {
         return Step::TakeOverFinalizer;
     }
     if !has_finalizer(desk) {
         return Step::AddFinalizer;
     }
     let vm_name = obs.vm_name;
-    let legacy = adoption::is_legacy(desk);
+    let legacy = adopts && adoption::is_legacy(desk);
     if obs.vm.is_none() && legacy && !obs.searched_legacy {
         return Step::FindLegacyVm;
     }
@@ -397,6 +429,23 @@ pub fn plan(obs: &Observation<'_>) -> Step {
     Step::Settle(Box::new(settle(obs, timed_out)))
 }
 
+/// A desk outside `--desk-namespaces` only says why nothing happens: whatever VM has
+/// its name is not looked at (nor shown), no finalizer, no legacy block, no notification.
+fn settle_not_served(obs: &Observation<'_>, why: &str) -> Settlement {
+    let only_why = Observation {
+        vm: None,
+        vmi: None,
+        rendered: Some(Err(RenderProblem::NotServed(why.to_string()))),
+        refused: None,
+        legacy_status: false,
+        calls_ready: false,
+        syncs_state: false,
+        status_written_ago: None,
+        ..obs.clone()
+    };
+    settle(&only_why, false)
+}
+
 fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
     let desk = obs.desk;
     // A render problem only matters while a VM is still to be made.
@@ -450,7 +499,10 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
         ));
     }
     let expiry = desired.expiry_time.as_deref().and_then(expiry::parse);
-    let (wake, outcome) = if problem.is_some() {
+    let (wake, outcome) = if let Some(RenderProblem::NotServed(_)) = problem {
+        // Only a restart with other flags changes this.
+        (Wake::OnChange, Outcome::Success)
+    } else if problem.is_some() {
         (Wake::After(RENDER_RETRY), Outcome::Requeue)
     } else if delete_desk || timed_out {
         (Wake::OnChange, Outcome::Success)

@@ -53,6 +53,8 @@ pub struct ControllerConfig {
     pub orphan_grace: Duration,
     /// Keep the previous operator's `status.cyberdesk_create` block in step.
     pub legacy_status: bool,
+    /// The namespaces desks are served (and adopted) in (`--desk-namespaces`).
+    pub desk_namespaces: crate::model::DeskNamespaces,
     /// What to tell the platform, and how.
     pub notify: crate::notify::NotifierConfig,
 }
@@ -246,6 +248,11 @@ fn changed_meanwhile(e: &kube::Error) -> bool {
 /// cache was behind: the pass reads that VM live once and plans again. So a stale cache
 /// costs one GET, and a fresh one none; a VM is never created twice or halted twice.
 async fn apply(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Outcome), Error> {
+    if !ctx.cfg.desk_namespaces.serves(ns) {
+        // Nothing of the VM namespace is read for a desk the operator does not serve.
+        let vm_name = ctx.cfg.placement.vm_name(&cd.name_any());
+        return apply_on(cd, ctx, ns, vm_name, None).await;
+    }
     let vm_ns = ctx.cfg.placement.vm_namespace(ns);
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), vm_ns);
     let (vm_name, vm) = desk_vm(cd, ctx, vm_ns, &vms).await?;
@@ -275,6 +282,7 @@ async fn apply_on(
         pool_tried: false,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         legacy_status: ctx.cfg.legacy_status,
+        serving: plan::Serving::of(&ctx.cfg.desk_namespaces, ns),
         calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
         syncs_state: ctx.notifier.as_ref().is_some_and(|n| n.syncs_state()),
         status_written_ago: ctx.status_clock.since(&cd.uid().unwrap_or_default()),
@@ -518,6 +526,7 @@ async fn cleanup(cd: &Cyberdesk, ctx: &Context, ns: &str) -> Result<(Action, Out
         pool_tried: false,
         default_timeout_ms: ctx.cfg.default_timeout_ms,
         legacy_status: ctx.cfg.legacy_status,
+        serving: plan::Serving::of(&ctx.cfg.desk_namespaces, ns),
         calls_ready: ctx.notifier.as_ref().is_some_and(|n| n.calls_ready()),
         syncs_state: ctx.notifier.as_ref().is_some_and(|n| n.syncs_state()),
         status_written_ago: None,

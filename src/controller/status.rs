@@ -46,6 +46,8 @@ pub enum RenderProblem {
     UserData(String),
     /// The apiserver (or KubeVirt's admission) refused the rendered VM.
     Rejected(String),
+    /// The desk's namespace is not one the operator serves (`--desk-namespaces`).
+    NotServed(String),
 }
 
 impl RenderProblem {
@@ -54,10 +56,14 @@ impl RenderProblem {
             RenderProblem::Template(m)
             | RenderProblem::TemplateNotAllowed(m)
             | RenderProblem::UserData(m)
-            | RenderProblem::Rejected(m) => m,
+            | RenderProblem::Rejected(m)
+            | RenderProblem::NotServed(m) => m,
         }
     }
 }
+
+/// Condition reason of a desk outside `--desk-namespaces`.
+pub const NOT_SERVED: &str = "NamespaceNotServed";
 
 /// When the desk's lifetime started: recorded once; for a desk adopted from the previous
 /// operator, such that its recorded expiry stays; else the VM's creation time.
@@ -194,15 +200,23 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
         Some(RenderProblem::TemplateNotAllowed(m)) => Some(("TemplateNotAllowed", m)),
         _ => None,
     };
-    let template_cond = match template_refused {
-        Some((reason, m)) => condition(
+    let template_cond = match (template_refused, obs.render_error) {
+        // Nothing is rendered for a desk the operator does not serve.
+        (_, Some(RenderProblem::NotServed(m))) => condition(
+            conditions::TEMPLATE_VALID,
+            ConditionStatus::Unknown,
+            NOT_SERVED,
+            m.clone(),
+            obs,
+        ),
+        (Some((reason, m)), _) => condition(
             conditions::TEMPLATE_VALID,
             ConditionStatus::False,
             reason,
             m.clone(),
             obs,
         ),
-        _ => condition(
+        (None, _) => condition(
             conditions::TEMPLATE_VALID,
             ConditionStatus::True,
             "TemplateRendered",
@@ -227,6 +241,13 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
             conditions::VM_CREATED,
             ConditionStatus::False,
             "UserDataUnavailable",
+            m.clone(),
+            obs,
+        ),
+        (None, Some(RenderProblem::NotServed(m))) => condition(
+            conditions::VM_CREATED,
+            ConditionStatus::False,
+            NOT_SERVED,
             m.clone(),
             obs,
         ),
@@ -312,6 +333,8 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
                 .as_deref()
                 .map(String::from)
                 .or_else(|| current.legacy.and_then(|l| l.last_phase)),
+            // Never mistaken for the previous operator's block (adoption looks for that).
+            written_by: Some(adoption::LEGACY_WRITER.into()),
         }))
     } else {
         current.legacy

@@ -291,6 +291,10 @@ pub struct LegacyStatus {
     /// The VirtualMachineInstance's phase when last seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_phase: Option<String>,
+    /// cyberdesk-operator when this operator wrote the block; absent in the previous
+    /// operator's, which is what adoption looks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_by: Option<String>,
 }
 
 impl Cyberdesk {

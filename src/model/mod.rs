@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod cyberdesk;
+pub mod desk_namespaces;
 pub mod kubevirt;
 pub mod names;
 pub mod placement;
@@ -13,6 +14,7 @@ pub use cyberdesk::{
     Cyberdesk, CyberdeskPhase, CyberdeskSpec, CyberdeskStatus, Delivery, DeliveryOutcome,
     LegacyStatus, Notifications, SecretKeyRef, TimeoutAction, VmSource,
 };
+pub use desk_namespaces::DeskNamespaces;
 pub use kubevirt::{VirtualMachine, VirtualMachineInstance};
 pub use placement::Placement;
 pub use pool::{CyberdeskPool, CyberdeskPoolSpec, CyberdeskPoolStatus};

@@ -37,6 +37,8 @@ pub struct NotifierConfig {
     pub retry: RetryPolicy,
     /// Longest time one attempt may take.
     pub attempt_timeout: std::time::Duration,
+    /// Only desks of these namespaces are told about (`--desk-namespaces`).
+    pub namespaces: crate::model::DeskNamespaces,
 }
 
 impl NotifierConfig {
@@ -126,6 +128,9 @@ impl Notifier {
         ) else {
             return;
         };
+        if !self.inner.cfg.namespaces.serves(&ns) {
+            return;
+        }
         let fresh = self
             .inner
             .ready_taken
@@ -164,6 +169,9 @@ impl Notifier {
         ) else {
             return;
         };
+        if !self.inner.cfg.namespaces.serves(&ns) {
+            return;
+        }
         let Ok(mut states) = self.inner.states.lock() else {
             return;
         };

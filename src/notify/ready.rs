@@ -24,6 +24,11 @@ impl ReadyUrl {
         Ok(Self(template.to_string()))
     }
 
+    /// Does the URL tell desks apart by the desk name alone (no `{namespace}`)?
+    pub fn keyed_by_name(&self) -> bool {
+        !self.0.contains("{namespace}")
+    }
+
     /// The URL for one desk. Desk and namespace names are DNS labels, safe in a URL.
     pub fn for_desk(&self, namespace: &str, name: &str) -> String {
         self.0

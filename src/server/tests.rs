@@ -35,6 +35,7 @@ fn admission(metrics: &Metrics) -> Arc<Admission> {
         templates: Catalog::fixed("cyberdesk-system", "cyberdesk-vm-template", vec![]),
         secret_access: Arc::new(NoAccessReviews),
         operator_username: "system:serviceaccount:cyberdesk-system:cyberdesk-operator".into(),
+        scope: crate::admission::scope::ScopeConfig::default(),
     })
 }
 

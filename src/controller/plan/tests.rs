@@ -65,6 +65,7 @@ fn observe(desk: &Cyberdesk) -> Observation<'_> {
         pool_tried: false,
         default_timeout_ms: 3_600_000,
         legacy_status: false,
+        serving: Serving::Served { adopts: true },
         calls_ready: false,
         syncs_state: false,
         status_written_ago: None,
@@ -166,7 +167,13 @@ fn a_kopf_desk_is_taken_over_and_its_vm_adopted_not_created_again() {
     o.searched_legacy = true;
     // Found, unclaimed: adopted, and the recorded expiry stays.
     let mut old = vm_elsewhere("x");
-    old.metadata.labels = Some([("cyberdesk-instance".to_string(), "alice".to_string())].into());
+    old.metadata.labels = Some(
+        [
+            ("app".to_string(), "cyberdesk".to_string()),
+            ("cyberdesk-instance".to_string(), "alice".to_string()),
+        ]
+        .into(),
+    );
     o.vm = Some(old);
     match plan(&o) {
         Step::Adopt(a) => {
@@ -181,6 +188,79 @@ fn a_kopf_desk_is_taken_over_and_its_vm_adopted_not_created_again() {
     // Not found: created like any other.
     o.vm = None;
     assert_eq!(plan(&o), Step::Render);
+}
+
+#[test]
+fn a_desk_outside_the_served_namespaces_only_says_why() {
+    use crate::controller::adoption::KOPF_FINALIZER;
+    // Named after someone else's VM, with kopf's finalizer and a status block of its own.
+    let mut d = kopf_desk(KOPF_FINALIZER);
+    d.metadata.namespace = Some("team-x".into());
+    let namespaces = DeskNamespaces::new(["cyberdesk-system".to_string()]);
+    let mut o = observe(&d);
+    o.vm_name = "alice";
+    o.serving = Serving::of(&namespaces, "team-x");
+    o.vm = Some(vm_elsewhere("someone-else"));
+    o.vmi = Some(running_vmi());
+    o.legacy_status = true;
+    o.calls_ready = true;
+    o.syncs_state = true;
+    let s = settled(plan(&o));
+    let status = s.status.as_ref().expect("a status saying why");
+    assert_eq!(status.phase, Some(CyberdeskPhase::Failed));
+    let why = status.message.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("cyberdesk-system") && why.contains("--desk-namespaces"),
+        "{why}"
+    );
+    let created = conditions::find(&status.conditions, conditions::VM_CREATED).expect("cond");
+    assert_eq!(created.reason, "NamespaceNotServed");
+    // Nothing of the VM by its name shows, nothing looks like the previous operator's.
+    assert_eq!(status.ip_address, None);
+    assert_eq!(status.virtual_machine_ref, None);
+    assert_eq!(
+        status.legacy,
+        d.status.as_ref().and_then(|s| s.legacy.clone())
+    );
+    assert_eq!(reasons(&s), [Reason::NamespaceNotServed]);
+    assert!(!s.call_ready && s.platform_state.is_none() && !s.delete_desk);
+    assert_eq!(s.wake, Wake::OnChange);
+    // Served but not limited to the previous platform's namespaces: nothing is adopted.
+    o.serving = Serving::of(&DeskNamespaces::default(), "team-x");
+    assert_eq!(o.serving, Serving::Served { adopts: false });
+    assert_eq!(plan(&o), Step::AddFinalizer);
+    let d = kopf_desk(names::FINALIZER);
+    let mut o = observe(&d);
+    o.serving = Serving::Served { adopts: false };
+    assert_eq!(plan(&o), Step::Render);
+}
+
+#[test]
+fn a_failed_render_writes_a_legacy_block_marked_as_this_operators() {
+    let d = desk(
+        json!({"userDataSecretRef": {"name": "s", "key": "k"}}),
+        json!(null),
+    );
+    let mut o = observe(&d);
+    o.legacy_status = true;
+    o.rendered = Some(Err(RenderProblem::UserData("cannot".into())));
+    let s = settled(plan(&o));
+    let block = s
+        .status
+        .as_ref()
+        .and_then(|st| st.legacy.clone())
+        .expect("a legacy block");
+    assert_eq!(
+        block.written_by.as_deref(),
+        Some(crate::controller::adoption::LEGACY_WRITER)
+    );
+    // Stored, the next pass does not take the desk for the previous operator's.
+    let mut stored = d.clone();
+    stored.status = s.status.clone();
+    let mut next = observe(&stored);
+    next.legacy_status = true;
+    assert!(!crate::controller::adoption::is_legacy(&stored));
+    assert_eq!(plan(&next), Step::Render);
 }
 
 #[test]
@@ -503,11 +583,12 @@ fn reasons_are_distinct_and_warnings_are_the_problems() {
         Reason::TemplateNotAllowed,
         Reason::UserDataUnavailable,
         Reason::CreateRejected,
+        Reason::NamespaceNotServed,
     ];
     let names: std::collections::BTreeSet<_> = all.iter().map(|r| r.as_str()).collect();
     assert_eq!(names.len(), all.len());
     let warnings = all.iter().filter(|r| r.is_warning()).count();
-    assert_eq!(warnings, 5);
+    assert_eq!(warnings, 6);
     assert_eq!(Reason::TimedOut.action(), "Stop");
     assert_eq!(Reason::TimeoutReapplied.action(), "Stop");
     assert_eq!(Reason::CleanedUp.action(), "Delete");

@@ -119,6 +119,7 @@ async fn start_webhook() -> anyhow::Result<(SocketAddr, String, CancellationToke
             max_timeout_ms: 30 * 86_400_000,
             vm_name_prefix: cyberdesk_operator::model::names::VM_PREFIX.into(),
         },
+        scope: cyberdesk_operator::admission::scope::ScopeConfig::default(),
         policies: PolicyStore::new(set),
         metrics: Metrics::new("bench", &[])?,
         // The reviews name no Secret (no access review) and get the built-in template.
