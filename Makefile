@@ -72,7 +72,7 @@ test: controlplane tools image ## unit, handler and end-to-end tests (the image'
 test-unit: ## only the tests that need no control plane
 	$(CARGO) test --locked -p cyberdesk-operator
 
-# Cargo's own progress, and a line every 30 s while one large crate compiles (see
+# Cargo's own progress, and a line every 25 s while one large crate compiles (see
 # integration/heartbeat.sh): a first build must never look like a hang.
 BEAT := ./integration/heartbeat.sh
 

@@ -57,9 +57,9 @@ run_one() {
 }
 export -f run_one
 
-# Every 30 s, which binaries are still running: their output comes only when they end.
+# Every 25 s, which binaries are still running: their output comes only when they end.
 (
-  while sleep 30; do
+  while sleep 25; do
     running=()
     for f in "$logs"/*.start; do
       [[ -e "$f" ]] || continue

@@ -38,14 +38,14 @@ mkdir -p "$out"
 rm -f "$out/.stamp"
 cd "$here"
 echo "==> building the test control plane from Go modules, once: kube-apiserver, etcd and kubectl"
-echo "    ($k8s_version; about 5 minutes on 2 cores with a warm Go module cache, longer the very"
-echo "    first time while modules download). Cached in $out; later runs skip this step."
+echo "    ($k8s_version; 5 to 7 minutes on 2 cores with the Go modules already downloaded, longer the"
+echo "    first time they download). Cached in $out; later runs skip this step."
 start=$(date +%s)
 
-# `go build` prints nothing until it ends; a line every 30 s tells a slow build from a hang.
+# `go build` prints nothing until it ends; a line every 25 s tells a slow build from a hang.
 heartbeat() {
   local what="$1" began="$2"
-  while sleep 30; do
+  while sleep 25; do
     echo "    ... still building $what ($(( $(date +%s) - began )) s so far)"
   done
 }

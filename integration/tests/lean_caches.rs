@@ -1,5 +1,5 @@
 //! The controller's caches hold trimmed desks and compact VM records: a tenant's 200 KB
-//! annotation, every object's managedFields and a VM's template never enter them, while
+//! annotation, its labels, every object's managedFields and a VM's template never enter them, while
 //! what a reconcile reads stays. Exercised with the controller's own watch builder against the real
 //! apiserver.
 
@@ -27,10 +27,14 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
 
     // A desk with a 200 KB annotation (server-side: a client-side apply would copy it into
     // last-applied-configuration and pass the apiserver's 256 KiB limit).
+    // And 500 labels of a tenant's: Kubernetes limits neither their number nor their size.
     let big = "x".repeat(200_000);
+    let labels: String = (0..500)
+        .map(|i| format!("    tenant/l{i:03}: {}\n", "v".repeat(60)))
+        .collect();
     let yaml = desk_yaml(&ns, "fat", "{timeoutMs: 600000}").replace(
         "  namespace:",
-        &format!("  annotations:\n    tenant/notes: {big}\n  namespace:"),
+        &format!("  annotations:\n    tenant/notes: {big}\n  labels:\n{labels}  namespace:"),
     );
     let out = c
         .kubectl()
@@ -72,6 +76,19 @@ async fn a_large_annotation_and_a_vm_template_stay_out_of_the_caches() {
             .annotations
             .as_ref()
             .map(|a| a.keys().collect::<Vec<_>>())
+    );
+    assert!(
+        stored
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.len() == 500),
+        "the apiserver stores the labels; only the cache drops them"
+    );
+    assert!(
+        cached.metadata.labels.is_none(),
+        "{} labels cached",
+        cached.metadata.labels.as_ref().map_or(0, |l| l.len())
     );
     assert!(cached.metadata.managed_fields.is_none());
     assert_eq!(cached.spec, stored.spec);
