@@ -77,14 +77,12 @@ test-unit: ## only the tests that need no control plane
 BEAT := ./integration/heartbeat.sh
 
 demo: controlplane ## local control plane + operator + a sample Cyberdesk, until Ctrl-C
-	@$(BEAT) "building the operator" $(CARGO) build --locked -p cyberdesk-operator
-	@$(BEAT) "building the demo" $(CARGO) build --locked -p cyberdesk-integration --bin cyberdesk-demo
-	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-demo
+	@$(BEAT) "building the operator and the demo" $(CARGO) build --locked -p cyberdesk-operator --bin cyberdesk-operator -p cyberdesk-integration --bin cyberdesk-demo
+	$(or $(CARGO_TARGET_DIR),target)/debug/cyberdesk-demo
 
 demo-pool: controlplane ## as demo, but the desk claims a VM from a warm pool booted first
-	@$(BEAT) "building the operator" $(CARGO) build --locked -p cyberdesk-operator
-	@$(BEAT) "building the demo" $(CARGO) build --locked -p cyberdesk-integration --bin cyberdesk-demo
-	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-demo -- --pool
+	@$(BEAT) "building the operator and the demo" $(CARGO) build --locked -p cyberdesk-operator --bin cyberdesk-operator -p cyberdesk-integration --bin cyberdesk-demo
+	$(or $(CARGO_TARGET_DIR),target)/debug/cyberdesk-demo --pool
 
 docs: ## rewrite README's generated tables (flags, env, defaults; metric families; event reasons) from the code
 	$(CARGO) run --locked -q -p cyberdesk-integration --bin cyberdesk-docs
