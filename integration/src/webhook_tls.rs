@@ -40,3 +40,70 @@ pub async fn served_leaf(ca_pem: &str, addr: SocketAddr) -> Result<Vec<u8>, Stri
         .map(|leaf| leaf.to_vec())
         .ok_or_else(|| "no certificate presented".to_string())
 }
+
+/// Both webhook configurations' caBundles, as text (mutating, validating).
+pub async fn published_bundles(c: &crate::cluster::Cluster) -> [String; 2] {
+    let client = c.client().await;
+    let m: kube::Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        kube::Api::all(client.clone());
+    let v: kube::Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        kube::Api::all(client);
+    let text = |b: Option<k8s_openapi::ByteString>| {
+        b.map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let m = m.get("cyberdesk-mutating").await.expect("mutating");
+    let v = v.get("cyberdesk-validating").await.expect("validating");
+    [
+        text(
+            m.webhooks
+                .unwrap_or_default()
+                .remove(0)
+                .client_config
+                .ca_bundle,
+        ),
+        text(
+            v.webhooks
+                .unwrap_or_default()
+                .remove(0)
+                .client_config
+                .ca_bundle,
+        ),
+    ]
+}
+
+/// `ca.crt` of the webhook TLS Secret, as text.
+pub async fn secret_ca(api: &kube::Api<k8s_openapi::api::core::v1::Secret>) -> String {
+    let s = api.get("cyberdesk-webhook-tls").await.expect("Secret");
+    let bytes = s
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .map(|b| b.0)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Sets whole data keys of the webhook TLS Secret (PEM text) and its annotations in one
+/// merge patch, as someone who may write the Secret would.
+pub async fn rewrite_secret(
+    api: &kube::Api<k8s_openapi::api::core::v1::Secret>,
+    data: &[(&str, &str)],
+    annotations: serde_json::Value,
+) {
+    use base64::Engine;
+    let data: serde_json::Map<String, serde_json::Value> = data
+        .iter()
+        .map(|(k, v)| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(v);
+            (k.to_string(), encoded.into())
+        })
+        .collect();
+    let patch = serde_json::json!({"metadata": {"annotations": annotations}, "data": data});
+    api.patch(
+        "cyberdesk-webhook-tls",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await
+    .expect("patch Secret");
+}

@@ -10,73 +10,9 @@ use cyberdesk_integration::controlplane::TestCa;
 use cyberdesk_integration::desks::{desk_yaml, wait_webhooks_active};
 use cyberdesk_integration::operator::webhook_operator;
 use cyberdesk_integration::wait::{eventually, throughout};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-};
+use cyberdesk_integration::webhook_tls::{published_bundles, rewrite_secret, secret_ca};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
-
-/// Both caBundles, as text.
-async fn bundles(c: &Cluster) -> [String; 2] {
-    let client = c.client().await;
-    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let v: Api<ValidatingWebhookConfiguration> = Api::all(client);
-    let text = |b: Option<ByteString>| {
-        b.map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .unwrap_or_default()
-    };
-    let m = m.get("cyberdesk-mutating").await.expect("mutating");
-    let v = v.get("cyberdesk-validating").await.expect("validating");
-    [
-        text(
-            m.webhooks
-                .unwrap_or_default()
-                .remove(0)
-                .client_config
-                .ca_bundle,
-        ),
-        text(
-            v.webhooks
-                .unwrap_or_default()
-                .remove(0)
-                .client_config
-                .ca_bundle,
-        ),
-    ]
-}
-
-async fn secret_ca(api: &Api<Secret>) -> String {
-    let s = api.get("cyberdesk-webhook-tls").await.expect("Secret");
-    let bytes = s
-        .data
-        .and_then(|d| d.get("ca.crt").cloned())
-        .map(|b| b.0)
-        .unwrap_or_default();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn base64_encode(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// Sets whole data keys of the Secret (PEM text) and its annotations in one patch.
-async fn rewrite(api: &Api<Secret>, data: &[(&str, &str)], annotations: serde_json::Value) {
-    let data: serde_json::Map<String, serde_json::Value> = data
-        .iter()
-        .map(|(k, v)| (k.to_string(), base64_encode(v).into()))
-        .collect();
-    let patch = serde_json::json!({"metadata": {"annotations": annotations}, "data": data});
-    api.patch(
-        "cyberdesk-webhook-tls",
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await
-    .expect("patch Secret");
-}
 
 /// SHA-256 of the certificate in `pem`, as earlier builds recorded it.
 fn fingerprint(pem: &str) -> String {
@@ -88,7 +24,7 @@ fn fingerprint(pem: &str) -> String {
 /// Never, for `secs`, does either caBundle hold `pem`.
 async fn never_published(c: &Cluster, pem: &str, secs: u64, what: &str) {
     throughout(Duration::from_secs(secs), || async {
-        for bundle in bundles(c).await {
+        for bundle in published_bundles(c).await {
             assert!(!bundle.contains(pem.trim()), "{what} reached a caBundle");
         }
     })
@@ -136,14 +72,14 @@ async fn a_ca_with_its_fingerprint_or_a_consistent_rewrite_never_reaches_the_ca_
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "cyberdesk-system");
     let ours = eventually(Duration::from_secs(20), "the published CA", || async {
         let ca = secret_ca(&secrets).await;
-        (bundles(&c).await.iter().all(|b| *b == ca) && !ca.is_empty()).then_some(ca)
+        (published_bundles(&c).await.iter().all(|b| *b == ca) && !ca.is_empty()).then_some(ca)
     })
     .await;
 
     // A CA appended together with its fingerprint in the annotation earlier builds trusted.
     let appended = TestCa::new("appended with its fingerprint").expect("CA");
     let appended = appended.cert_pem().to_string();
-    rewrite(
+    rewrite_secret(
         &secrets,
         &[("ca.crt", &format!("{ours}{appended}"))],
         serde_json::json!({
@@ -164,7 +100,7 @@ async fn a_ca_with_its_fingerprint_or_a_consistent_rewrite_never_reaches_the_ca_
     let (leaf_cert, leaf_key) =
         cyberdesk_operator::certs::issue_serving(&forged_ca, &forged_key, &sans, day)
             .expect("leaf");
-    rewrite(
+    rewrite_secret(
         &secrets,
         &[
             ("ca.crt", &forged_ca),

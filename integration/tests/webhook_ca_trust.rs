@@ -6,74 +6,16 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use cyberdesk_integration::cluster::{Cluster, namespace};
+use cyberdesk_integration::cluster::namespace;
 use cyberdesk_integration::controlplane::TestCa;
 use cyberdesk_integration::desks::{desk_yaml, wait_webhooks_active};
 use cyberdesk_integration::operator::webhook_operator;
 use cyberdesk_integration::wait::{eventually, throughout};
-use cyberdesk_integration::webhook_tls::served_leaf;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+use cyberdesk_integration::webhook_tls::{
+    published_bundles, rewrite_secret, secret_ca, served_leaf,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
-
-/// Both caBundles, as text.
-async fn bundles(c: &Cluster) -> [String; 2] {
-    let client = c.client().await;
-    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let v: Api<ValidatingWebhookConfiguration> = Api::all(client);
-    let text = |b: Option<ByteString>| {
-        b.map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .unwrap_or_default()
-    };
-    let m = m.get("cyberdesk-mutating").await.expect("mutating");
-    let v = v.get("cyberdesk-validating").await.expect("validating");
-    [
-        text(
-            m.webhooks
-                .unwrap_or_default()
-                .remove(0)
-                .client_config
-                .ca_bundle,
-        ),
-        text(
-            v.webhooks
-                .unwrap_or_default()
-                .remove(0)
-                .client_config
-                .ca_bundle,
-        ),
-    ]
-}
-
-async fn secret_ca(api: &Api<Secret>) -> String {
-    let s = api.get("cyberdesk-webhook-tls").await.expect("Secret");
-    let bytes = s
-        .data
-        .and_then(|d| d.get("ca.crt").cloned())
-        .map(|b| b.0)
-        .unwrap_or_default();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-async fn set_ca(api: &Api<Secret>, pem: &str) {
-    let patch = serde_json::json!({"data": {"ca.crt": base64_encode(pem)}});
-    api.patch(
-        "cyberdesk-webhook-tls",
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await
-    .expect("patch Secret");
-}
-
-fn base64_encode(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_cas_never_reach_the_ca_bundle_and_a_corrupt_one_is_replaced_with_overlap() {
@@ -84,7 +26,7 @@ async fn foreign_cas_never_reach_the_ca_bundle_and_a_corrupt_one_is_replaced_wit
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "cyberdesk-system");
     let ours = eventually(Duration::from_secs(20), "the published CA", || async {
         let ca = secret_ca(&secrets).await;
-        (bundles(&c).await.iter().all(|b| *b == ca) && !ca.is_empty()).then_some(ca)
+        (published_bundles(&c).await.iter().all(|b| *b == ca) && !ca.is_empty()).then_some(ca)
     })
     .await;
 
@@ -93,9 +35,14 @@ async fn foreign_cas_never_reach_the_ca_bundle_and_a_corrupt_one_is_replaced_wit
         .expect("CA")
         .cert_pem()
         .to_string();
-    set_ca(&secrets, &format!("{ours}{foreign}")).await;
+    rewrite_secret(
+        &secrets,
+        &[("ca.crt", &format!("{ours}{foreign}"))],
+        serde_json::json!({}),
+    )
+    .await;
     throughout(Duration::from_secs(6), || async {
-        for bundle in bundles(&c).await {
+        for bundle in published_bundles(&c).await {
             assert!(
                 !bundle.contains(foreign.trim()),
                 "the foreign CA reached a caBundle"
@@ -128,23 +75,27 @@ async fn foreign_cas_never_reach_the_ca_bundle_and_a_corrupt_one_is_replaced_wit
         "no event: {}",
         events.stdout
     );
-    assert!(bundles(&c).await.iter().all(|b| *b == ours));
+    assert!(published_bundles(&c).await.iter().all(|b| *b == ours));
 
     // A corrupt ca.crt: a new CA, with the old one still trusted beside it. The apiserver
     // trusts exactly the caBundle, so at every look the leaf served must chain to what both
     // bundles hold at that moment (bundle first, then the new leaf), and admissions on
     // the way must all succeed.
     let leaf_before = served_leaf(&ours, op.webhook).await.expect("served leaf");
-    set_ca(
+    rewrite_secret(
         &secrets,
-        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+        &[(
+            "ca.crt",
+            "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+        )],
+        serde_json::json!({}),
     )
     .await;
     let started = Instant::now();
     let looks = std::cell::Cell::new(0);
     let (untrusted, failed) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
     let look = || async {
-        let [m, v] = bundles(&c).await;
+        let [m, v] = published_bundles(&c).await;
         let mut served = None;
         for bundle in [&m, &v] {
             match served_leaf(bundle, op.webhook).await {

@@ -111,33 +111,20 @@ struct CacheKey([u8; 32]);
 
 impl CacheKey {
     fn new(who: &UserInfo, namespace: &str, name: &str) -> Self {
-        let mut groups = who.groups.clone().unwrap_or_default();
-        groups.sort();
-        let extra: BTreeMap<_, _> = who.extra.clone().unwrap_or_default();
-        let canonical = serde_json::json!([who.username, who.uid, groups, extra, namespace, name]);
-        let digest = ring::digest::digest(&ring::digest::SHA256, canonical.to_string().as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
-        Self(key)
+        Self::of(who, &[namespace, name])
     }
-}
 
-impl CacheKey {
     /// The pool question's key: the same identity digest with the question in it, so a
     /// pool and a Secret of the same name never share an answer.
     fn for_pool_use(who: &UserInfo, namespace: &str, pool: &str) -> Self {
+        Self::of(who, &[namespace, pool, POOL_USE])
+    }
+
+    fn of(who: &UserInfo, question: &[&str]) -> Self {
         let mut groups = who.groups.clone().unwrap_or_default();
         groups.sort();
         let extra: BTreeMap<_, _> = who.extra.clone().unwrap_or_default();
-        let canonical = serde_json::json!([
-            who.username,
-            who.uid,
-            groups,
-            extra,
-            namespace,
-            pool,
-            POOL_USE
-        ]);
+        let canonical = serde_json::json!([who.username, who.uid, groups, extra, question]);
         let digest = ring::digest::digest(&ring::digest::SHA256, canonical.to_string().as_bytes());
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
@@ -303,6 +290,38 @@ pub fn review_spec(who: &UserInfo, namespace: &str, name: &str) -> SubjectAccess
     }
 }
 
+impl SubjectAccessReviewer {
+    /// One check: the cache, else a review (within the rate), its answer cached.
+    async fn check(
+        &self,
+        key: CacheKey,
+        spec: SubjectAccessReviewSpec,
+    ) -> Result<Access, AccessError> {
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(&key, Instant::now()));
+        if let Some(access) = cached {
+            let result = Ok(access);
+            self.count(&result, "cache");
+            return result;
+        }
+        let result = match self.may_ask() {
+            Ok(()) => self.ask(spec).await,
+            Err(throttled) => Err(throttled),
+        };
+        self.count(&result, "api");
+        if let Ok(access) = &result
+            && let Ok(mut cache) = self.cache.lock()
+            && !cache.ttl.is_zero()
+        {
+            cache.put(key, access.clone(), Instant::now());
+        }
+        result
+    }
+}
+
 impl SecretAccess for SubjectAccessReviewer {
     fn may_get_secret<'a>(
         &'a self,
@@ -310,31 +329,10 @@ impl SecretAccess for SubjectAccessReviewer {
         namespace: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Access, AccessError>> {
-        Box::pin(async move {
-            let key = CacheKey::new(who, namespace, name);
-            let cached = self
-                .cache
-                .lock()
-                .ok()
-                .and_then(|mut c| c.get(&key, Instant::now()));
-            if let Some(access) = cached {
-                let result = Ok(access);
-                self.count(&result, "cache");
-                return result;
-            }
-            let result = match self.may_ask() {
-                Ok(()) => self.ask(review_spec(who, namespace, name)).await,
-                Err(throttled) => Err(throttled),
-            };
-            self.count(&result, "api");
-            if let Ok(access) = &result
-                && let Ok(mut cache) = self.cache.lock()
-                && !cache.ttl.is_zero()
-            {
-                cache.put(key, access.clone(), Instant::now());
-            }
-            result
-        })
+        Box::pin(self.check(
+            CacheKey::new(who, namespace, name),
+            review_spec(who, namespace, name),
+        ))
     }
 
     fn may_use_pool<'a>(
@@ -343,31 +341,10 @@ impl SecretAccess for SubjectAccessReviewer {
         namespace: &'a str,
         pool: &'a str,
     ) -> BoxFuture<'a, Result<Access, AccessError>> {
-        Box::pin(async move {
-            let key = CacheKey::for_pool_use(who, namespace, pool);
-            let cached = self
-                .cache
-                .lock()
-                .ok()
-                .and_then(|mut c| c.get(&key, Instant::now()));
-            if let Some(access) = cached {
-                let result = Ok(access);
-                self.count(&result, "cache");
-                return result;
-            }
-            let result = match self.may_ask() {
-                Ok(()) => self.ask(pool_use_spec(who, namespace, pool)).await,
-                Err(throttled) => Err(throttled),
-            };
-            self.count(&result, "api");
-            if let Ok(access) = &result
-                && let Ok(mut cache) = self.cache.lock()
-                && !cache.ttl.is_zero()
-            {
-                cache.put(key, access.clone(), Instant::now());
-            }
-            result
-        })
+        Box::pin(self.check(
+            CacheKey::for_pool_use(who, namespace, pool),
+            pool_use_spec(who, namespace, pool),
+        ))
     }
 }
 

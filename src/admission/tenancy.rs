@@ -92,6 +92,21 @@ pub fn template_to_check<'a>(old: Option<&Value>, new: &'a Value) -> Option<Opti
 }
 
 /// Adds the violations the facts call for.
+/// The message an access check refuses with, if it does: `denied` gets the authorizer's
+/// reason as ` (reason)` (or nothing), `unknown` the error of a check that failed.
+fn refusal(
+    fact: Option<&SecretAccessFact>,
+    denied: impl FnOnce(String) -> String,
+    unknown: impl FnOnce(String) -> String,
+) -> Option<String> {
+    match fact? {
+        SecretAccessFact::Allowed => None,
+        SecretAccessFact::Denied(reason) if reason.is_empty() => Some(denied(String::new())),
+        SecretAccessFact::Denied(reason) => Some(denied(format!(" ({})", truncate(reason, 200)))),
+        SecretAccessFact::Unknown(error) => Some(unknown(truncate(error, 200))),
+    }
+}
+
 pub fn judge(
     facts: &TenancyFacts,
     user: &str,
@@ -106,56 +121,42 @@ pub fn judge(
     let secret = truncate(secret, 63);
     let user = truncate(user, 120);
     let namespace = truncate(namespace, 63);
-    match &facts.secret_access {
-        None | Some(SecretAccessFact::Allowed) => {}
-        Some(SecretAccessFact::Denied(reason)) => {
-            let why = if reason.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", truncate(reason, 200))
-            };
-            verdict.deny(
-                SECRET_NAME_FIELD,
-                format!(
-                    "user {user:?} may not read Secret {secret:?} in namespace {namespace:?}: the permission \"get\" on \"secrets\" (resourceName {secret:?}) is missing{why}; a desk may only use user data its creator can read"
-                ),
-            );
-        }
-        Some(SecretAccessFact::Unknown(error)) => verdict.deny(
-            SECRET_NAME_FIELD,
+    let refused_secret = refusal(
+        facts.secret_access.as_ref(),
+        |why| {
             format!(
-                "could not check that user {user:?} may read Secret {secret:?} in namespace {namespace:?} ({}); refused to be safe, try again",
-                truncate(error, 200)
-            ),
-        ),
+                "user {user:?} may not read Secret {secret:?} in namespace {namespace:?}: the permission \"get\" on \"secrets\" (resourceName {secret:?}) is missing{why}; a desk may only use user data its creator can read"
+            )
+        },
+        |error| {
+            format!(
+                "could not check that user {user:?} may read Secret {secret:?} in namespace {namespace:?} ({error}); refused to be safe, try again"
+            )
+        },
+    );
+    if let Some(message) = refused_secret {
+        verdict.deny(SECRET_NAME_FIELD, message);
     }
     let pool = object
         .pointer("/spec/pool")
         .and_then(Value::as_str)
         .unwrap_or("");
     let pool = truncate(pool, 63);
-    match &facts.pool_use {
-        None | Some(SecretAccessFact::Allowed) => {}
-        Some(SecretAccessFact::Denied(reason)) => {
-            let why = if reason.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", truncate(reason, 200))
-            };
-            verdict.deny(
-                POOL_FIELD,
-                format!(
-                    "user {user:?} may not use CyberdeskPool {pool:?} in namespace {namespace:?}: the permission \"use\" on \"cyberdeskpools\" (resourceName {pool:?}) is missing{why}; a desk from a pool gets the pool's template and user data, which its owner grants with that verb"
-                ),
-            );
-        }
-        Some(SecretAccessFact::Unknown(error)) => verdict.deny(
-            POOL_FIELD,
+    let refused_pool = refusal(
+        facts.pool_use.as_ref(),
+        |why| {
             format!(
-                "could not check that user {user:?} may use CyberdeskPool {pool:?} in namespace {namespace:?} ({}); refused to be safe, try again",
-                truncate(error, 200)
-            ),
-        ),
+                "user {user:?} may not use CyberdeskPool {pool:?} in namespace {namespace:?}: the permission \"use\" on \"cyberdeskpools\" (resourceName {pool:?}) is missing{why}; a desk from a pool gets the pool's template and user data, which its owner grants with that verb"
+            )
+        },
+        |error| {
+            format!(
+                "could not check that user {user:?} may use CyberdeskPool {pool:?} in namespace {namespace:?} ({error}); refused to be safe, try again"
+            )
+        },
+    );
+    if let Some(message) = refused_pool {
+        verdict.deny(POOL_FIELD, message);
     }
     match &facts.template {
         None => {}
