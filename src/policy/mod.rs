@@ -17,11 +17,13 @@
 //! Schemas must be self-contained: a `$ref` to anything outside the document fails to
 //! compile, and nothing is ever fetched.
 
+mod files;
 pub mod watch;
+
+pub use files::{check_files, load_dir};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
@@ -615,75 +617,6 @@ impl PolicyStore {
     }
 }
 
-/// Every `*.json` file in `dir` as (path, bytes), sorted by file name. A missing folder is
-/// no policies, not an error: file policies are optional. Dotfiles are skipped (editor
-/// leftovers; ConfigMap mounts keep their internals under `..data`).
-pub fn load_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, std::io::Error> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(with_path(dir, e)),
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| with_path(dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !name.ends_with(".json") {
-            continue;
-        }
-        let path = entry.path();
-        // metadata() follows symlinks, which is how ConfigMap volumes present their keys.
-        if std::fs::metadata(&path)
-            .map_err(|e| with_path(&path, e))?
-            .is_file()
-        {
-            files.push((name.to_string(), path));
-        }
-    }
-    files.sort();
-    files
-        .into_iter()
-        .map(|(_, path)| {
-            let bytes = std::fs::read(&path).map_err(|e| with_path(&path, e))?;
-            Ok((path.display().to_string(), bytes))
-        })
-        .collect()
-}
-
-fn with_path(path: &Path, e: std::io::Error) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
-/// `cyberdesk-operator policy check FILE...`: loads the files (a folder stands for its
-/// `*.json` files) as one set, as the operator would, and returns one line per policy.
-pub fn check_files(paths: &[PathBuf]) -> Result<Vec<String>, Vec<PolicyError>> {
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for path in paths {
-        let origin = path.display().to_string();
-        if path.is_dir() {
-            match load_dir(path) {
-                Ok(found) => sources.extend(found),
-                Err(e) => errors.push(PolicyError::new(&origin, None, PolicyErrorReason::Read(e))),
-            }
-            continue;
-        }
-        match std::fs::read(path) {
-            Ok(bytes) => sources.push((origin, bytes)),
-            Err(e) => errors.push(PolicyError::new(&origin, None, PolicyErrorReason::Read(e))),
-        }
-    }
-    match PolicySet::load(&sources) {
-        Ok(set) if errors.is_empty() => Ok(set.policies.iter().map(Policy::summary).collect()),
-        Ok(_) => Err(errors),
-        Err(more) => {
-            errors.extend(more);
-            Err(errors)
-        }
-    }
-}
-
 /// Turns a JSON pointer into the path kubectl prints: `/spec/timeoutMs` → `spec.timeoutMs`,
 /// array positions as `[0]`, keys that are not plain identifiers as `[app.kubernetes.io/x]`.
 /// The object itself is the empty string (admission prints such causes without a field).
@@ -735,6 +668,8 @@ fn type_name(value: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use super::*;
     use serde_json::json;
 
