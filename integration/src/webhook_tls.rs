@@ -107,3 +107,22 @@ pub async fn rewrite_secret(
     .await
     .expect("patch Secret");
 }
+
+/// A review of exactly `bytes` bytes whose object's spec holds an array of zeros: small on
+/// the wire, about 16 times its size once parsed. What a hostile pod sends the webhook.
+pub fn zeros_review(bytes: usize) -> Vec<u8> {
+    let before = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"bench","kind":{"group":"cyberdesk.io","version":"v1alpha1","kind":"Cyberdesk"},"resource":{"group":"cyberdesk.io","version":"v1alpha1","resource":"cyberdesks"},"name":"d","namespace":"n","operation":"CREATE","userInfo":{"username":"u"},"object":{"apiVersion":"cyberdesk.io/v1alpha1","kind":"Cyberdesk","metadata":{"name":"d","namespace":"n"},"spec":{"padding":"#;
+    let after = "}}}}";
+    let zeros = (bytes - before.len() - after.len() - 1) / 2;
+    let mut body = Vec::with_capacity(bytes);
+    body.extend_from_slice(before.as_bytes());
+    body.push(b'[');
+    for i in 0..zeros {
+        body.extend_from_slice(if i == 0 { b"0" } else { b",0" });
+    }
+    body.push(b']');
+    body.extend_from_slice(after.as_bytes());
+    // Spaces are valid JSON after the document: exactly `bytes` bytes.
+    body.resize(bytes, b' ');
+    body
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cyberdesk_integration::cluster::{Cluster, cluster};
 use cyberdesk_integration::operator::{Scrape, ready_operator, reconciler_only_flags};
 use cyberdesk_integration::wait::eventually;
-use cyberdesk_integration::webhook_tls::webhook_tls_client;
+use cyberdesk_integration::webhook_tls::{webhook_tls_client, zeros_review};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,25 +57,6 @@ fn review_head(uid: &str, spec: &str) -> String {
     format!(
         r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"{uid}","kind":{{"group":"cyberdesk.io","version":"v1alpha1","kind":"Cyberdesk"}},"resource":{{"group":"cyberdesk.io","version":"v1alpha1","resource":"cyberdesks"}},"name":"d","namespace":"n","operation":"CREATE","userInfo":{{"username":"u"}},"object":{{"apiVersion":"cyberdesk.io/v1alpha1","kind":"Cyberdesk","metadata":{{"name":"d","namespace":"n"}},"spec":{spec}}}}}}}"#
     )
-}
-
-/// A review of exactly `BODY` bytes whose object's spec holds an array of zeros.
-fn zeros_review() -> Vec<u8> {
-    let head = review_head("hostile", r#"{"padding":[0]}"#);
-    let (before, after) = head.split_once("[0]").expect("placeholder");
-    // `[`, then `0` and `,0`s, then `]`: 2 * zeros + 1 bytes between the two halves.
-    let zeros = (BODY - before.len() - after.len() - 1) / 2;
-    let mut body = Vec::with_capacity(BODY);
-    body.extend_from_slice(before.as_bytes());
-    body.push(b'[');
-    for i in 0..zeros {
-        body.extend_from_slice(if i == 0 { b"0" } else { b",0" });
-    }
-    body.push(b']');
-    body.extend_from_slice(after.as_bytes());
-    // Spaces are valid JSON after the document: exactly BODY bytes.
-    body.resize(BODY, b' ');
-    body
 }
 
 /// One request on a fresh connection; the status line, or the error that ended it.
@@ -140,7 +121,7 @@ async fn eight_clients_sending_4_mib_reviews_of_zeros_do_not_grow_the_operator_p
     let connector = connector(&c).await;
     let pid = op.pid();
     let peak_before = status_kib(pid, "VmHWM:");
-    let body = Arc::new(zeros_review());
+    let body = Arc::new(zeros_review(BODY));
     assert_eq!(body.len(), BODY);
 
     let flooding = Arc::new(AtomicBool::new(true));

@@ -15,27 +15,10 @@ use tokio_rustls::TlsConnector;
 use cyberdesk_integration::cluster::Cluster;
 use cyberdesk_integration::operator::{OperatorProcess, Scrape};
 use cyberdesk_integration::wait::eventually;
-use cyberdesk_integration::webhook_tls::webhook_tls_client;
+use cyberdesk_integration::webhook_tls::{webhook_tls_client, zeros_review};
 
 /// Reviews each client sends, one after the other.
 const ROUNDS: usize = 2;
-
-/// A review of exactly `bytes` bytes whose object's spec holds an array of zeros.
-fn zeros_review(bytes: usize) -> Vec<u8> {
-    let before = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"bench","kind":{"group":"cyberdesk.io","version":"v1alpha1","kind":"Cyberdesk"},"resource":{"group":"cyberdesk.io","version":"v1alpha1","resource":"cyberdesks"},"name":"d","namespace":"n","operation":"CREATE","userInfo":{"username":"u"},"object":{"apiVersion":"cyberdesk.io/v1alpha1","kind":"Cyberdesk","metadata":{"name":"d","namespace":"n"},"spec":{"padding":"#;
-    let after = "}}}}";
-    let zeros = (bytes - before.len() - after.len() - 1) / 2;
-    let mut body = Vec::with_capacity(bytes);
-    body.extend_from_slice(before.as_bytes());
-    body.push(b'[');
-    for i in 0..zeros {
-        body.extend_from_slice(if i == 0 { b"0" } else { b",0" });
-    }
-    body.push(b']');
-    body.extend_from_slice(after.as_bytes());
-    body.resize(bytes, b' ');
-    body
-}
 
 /// One review on a fresh connection, reading while writing (a refusal may come before the
 /// body is sent); the status line or what went wrong.
