@@ -229,28 +229,54 @@ where
         self.tick_at(SystemTime::now()).await
     }
 
-    /// One check: make the Secret right, publish a changed CA bundle, serve its leaf.
-    /// The bundle is published first and a leaf of a new CA is served only `ca_settle`
-    /// later (while the old leaf is valid), so the apiservers trust it by then (the bundle
-    /// keeps the previous CA too, for peers still serving its leaf).
-    pub async fn tick_at(&mut self, now: SystemTime) -> Result<Tick, CertError> {
-        let published = match &self.read_published {
-            Some(read) => Some(trust::fingerprints(
-                &read().await.map_err(CertError::ReadPublished)?,
-            )),
-            None => None,
-        };
-        let anchors = Anchors::new(&self.pinned, published.as_ref());
-        let result = ensure_trusted(
+    async fn ensure(
+        &self,
+        now: SystemTime,
+        anchors: &Anchors,
+        suspects: &BTreeSet<String>,
+    ) -> Result<super::Ensured, CertError> {
+        ensure_trusted(
             &self.store,
             &self.cfg.sans,
             &self.cfg.options,
             now,
             self.published_ca.as_deref(),
-            &anchors,
-            &self.suspects,
+            anchors,
+            suspects,
         )
-        .await;
+        .await
+    }
+
+    /// One check: make the Secret right, publish a changed CA bundle, serve its leaf.
+    /// The bundle is published first and a leaf of a new CA is served only `ca_settle`
+    /// later (while the old leaf is valid), so the apiservers trust it by then (the bundle
+    /// keeps the previous CA too, for peers still serving its leaf).
+    pub async fn tick_at(&mut self, now: SystemTime) -> Result<Tick, CertError> {
+        // Once this replica has pinned CAs, a Secret holding only those needs no look at
+        // what the webhook configurations publish: ask only when something is unpinned.
+        let pinned_only = match &self.read_published {
+            Some(_) if !self.pinned.is_empty() => {
+                let anchors = Anchors::new(&self.pinned, Some(&BTreeSet::new()));
+                match self.ensure(now, &anchors, &BTreeSet::new()).await {
+                    Err(CertError::UnverifiedCa { .. }) => None,
+                    other => Some(other),
+                }
+            }
+            _ => None,
+        };
+        let result = match pinned_only {
+            Some(result) => result,
+            None => {
+                let published = match &self.read_published {
+                    Some(read) => Some(trust::fingerprints(
+                        &read().await.map_err(CertError::ReadPublished)?,
+                    )),
+                    None => None,
+                };
+                let anchors = Anchors::new(&self.pinned, published.as_ref());
+                self.ensure(now, &anchors, &self.suspects).await
+            }
+        };
         let ensured = match result {
             Err(CertError::UnverifiedCa { fingerprints, .. }) => {
                 warn!(

@@ -654,6 +654,8 @@ async fn ensure_secret_keeps_foreign_keys_in_the_secret() {
 struct Publisher {
     published: Arc<Mutex<Vec<String>>>,
     fail: Arc<std::sync::atomic::AtomicBool>,
+    /// How often the webhook configurations were read.
+    reads: Arc<AtomicU32>,
 }
 
 impl Publisher {
@@ -676,6 +678,7 @@ impl Publisher {
     fn reader(&self) -> PublishedReader {
         let this = self.clone();
         Box::new(move || {
+            this.reads.fetch_add(1, Ordering::SeqCst);
             let last = this.published.lock().expect("lock").last().cloned();
             Box::pin(std::future::ready(Ok(last.unwrap_or_default())))
         })
@@ -727,6 +730,16 @@ async fn a_consistently_forged_secret_is_never_published_and_is_replaced() {
     assert!(!repaired.ca_cert_pem.contains(forged.ca_cert_pem.trim()));
     assert_ne!(repaired.ca_key_pem, forged.ca_key_pem);
     assert!(repaired.ca_cert_pem.contains(ours.trim()) || second_sight.published_ca);
+}
+
+#[tokio::test]
+async fn a_secret_of_pinned_cas_needs_no_read_of_the_configurations() {
+    let now = SystemTime::now();
+    let publisher = Publisher::default();
+    let mut loop_ = anchored_loop(now, &publisher).await;
+    let reads = publisher.reads.load(Ordering::SeqCst);
+    assert!(!loop_.tick_at(now).await.expect("quiet").published_ca);
+    assert_eq!(publisher.reads.load(Ordering::SeqCst), reads);
 }
 
 #[tokio::test]
