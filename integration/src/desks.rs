@@ -24,28 +24,35 @@ pub struct SeenEvent {
 
 /// The events recorded about object `name` in `ns`, oldest first, read the way a user
 /// would: `kubectl get events --field-selector involvedObject.name=NAME`. Both event APIs
-/// land there (`note` reads as `message`).
+/// land there (`note` reads as `message`). A kubectl that fails or prints no list panics
+/// with what it said: an unreadable list must never read as "no events".
 pub fn events_about(c: &Cluster, ns: &str, name: &str) -> Vec<SeenEvent> {
     let selector = format!("involvedObject.name={name}");
-    let Ok(out) = c.kubectl().run(
-        &[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            &selector,
-            "--sort-by=.metadata.creationTimestamp",
-            "-o",
-            "json",
-        ],
-        None,
-    ) else {
-        return Vec::new();
-    };
-    let Ok(list) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
-        return Vec::new();
-    };
+    let out = c
+        .kubectl()
+        .run(
+            &[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                &selector,
+                "--sort-by=.metadata.creationTimestamp",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("running kubectl get events about {ns}/{name}: {e}"))
+        .ok()
+        .unwrap_or_else(|e| panic!("events about {ns}/{name}: {e}"));
+    let list: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("events about {ns}/{name} are not JSON ({e}): {out}"));
+    assert!(
+        list["items"].is_array(),
+        "events about {ns}/{name}: no item list in {out}"
+    );
     let text = |e: &serde_json::Value, key: &str| e[key].as_str().unwrap_or("").to_string();
     list["items"]
         .as_array()
@@ -138,12 +145,14 @@ impl Apis {
 
     /// How many desks in the namespace report `phase`, read from the apiserver's watch
     /// cache (callers poll; a quorum read of every desk per look would load the apiserver
-    /// the benchmarks measure).
+    /// the benchmarks measure). A failed list panics: it must not read as "none".
     pub async fn count_in_phase(&self, phase: &str) -> usize {
         let params = kube::api::ListParams::default().match_any();
-        let Ok(list) = self.desks.list(&params).await else {
-            return 0;
-        };
+        let list = self
+            .desks
+            .list(&params)
+            .await
+            .unwrap_or_else(|e| panic!("listing desks to count those {phase}: {e}"));
         list.items.iter().filter(|d| in_phase(d, phase)).count()
     }
 

@@ -4,6 +4,7 @@
 //! - [`audit`]: counting requests by user in the apiserver's audit log;
 //! - [`cluster`]: the shared control plane, namespaces, installing the shipped manifests;
 //! - [`operator`]: the operator as a child process (ServiceAccount, RBAC, webhooks);
+//! - [`lease`]: the leader-election Lease's holder and transitions;
 //! - [`overlay`]: a shipped kustomize overlay: its render, RBAC and operator flags;
 //! - [`pools`]: warm-pool YAML, waits and the ownership audit pool tests share;
 //! - [`recorder`]: an HTTP server standing in for the platform's endpoints;
@@ -21,6 +22,7 @@ pub mod docs;
 pub mod image;
 pub mod kubectl;
 pub mod kubevirt;
+pub mod lease;
 pub mod operator;
 pub mod overlay;
 pub mod pools;

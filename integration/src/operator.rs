@@ -207,6 +207,19 @@ pub trait Scrape {
             .unwrap_or_default()
     }
 
+    /// The `/metrics` text, panicking when the scrape fails or is not answered 200: for
+    /// checks where a missing sample means "never happened" and must not hide a failed scrape.
+    fn scrape(&self) -> String {
+        match http_get(self.admin_addr(), "/metrics") {
+            Ok((200, body)) => body,
+            Ok((status, body)) => panic!(
+                "/metrics on {} answered {status}: {body}",
+                self.admin_addr()
+            ),
+            Err(e) => panic!("scraping /metrics on {}: {e}", self.admin_addr()),
+        }
+    }
+
     /// Value of an unlabelled (or exactly-labelled) sample, e.g. `cyberdesk_vm_created_total`;
     /// `None` when absent or the scrape failed.
     fn metric(&self, sample: &str) -> Option<f64> {

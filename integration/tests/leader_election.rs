@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use cyberdesk_integration::cluster::{Cluster, apply, cluster, install_everything, namespace};
 use cyberdesk_integration::desks::{Apis, desk_yaml};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
-use cyberdesk_integration::operator::{OperatorProcess, Scrape};
+use cyberdesk_integration::operator::{OperatorProcess, Scrape, metric_sample};
 use cyberdesk_integration::wait::holds;
 
 /// The Lease timing both replicas run with.
@@ -33,14 +33,24 @@ async fn replica(c: &Cluster, identity: &str) -> OperatorProcess {
     op
 }
 
+/// Whether `op` says it holds the Lease; a failed scrape panics rather than read as "no".
 fn is_leader(op: &OperatorProcess) -> bool {
-    op.metric(&format!("cyberdesk_leader{{identity=\"{}\"}}", op.identity)) == Some(1.0)
+    let sample = format!("cyberdesk_leader{{identity=\"{}\"}}", op.identity);
+    metric_sample(&op.scrape(), &sample) == Some(1.0)
 }
 
+/// Reconcile passes `op` has run. A result label appears with its first pass, so an absent
+/// sample is zero, but only from a scrape that answered: a failed one panics.
 fn reconciles(op: &OperatorProcess) -> f64 {
+    let text = op.scrape();
     ["success", "requeue", "error"]
         .iter()
-        .filter_map(|r| op.metric(&format!("cyberdesk_reconcile_total{{result=\"{r}\"}}")))
+        .filter_map(|r| {
+            metric_sample(
+                &text,
+                &format!("cyberdesk_reconcile_total{{result=\"{r}\"}}"),
+            )
+        })
         .sum()
 }
 

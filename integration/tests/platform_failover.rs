@@ -1,13 +1,15 @@
-//! The ready call across an operator killed at the worst moment: the VMI turns Ready while
-//! the leader is frozen, and the leader is SIGKILLed before it could act. The next
-//! operator makes the call, exactly once; the one after that, seeing it recorded, never
-//! again. Operators run one after another under the platform overlay's RBAC and flags.
+//! The ready call across a leader killed at the worst moment: the VMI turns Ready while
+//! the Lease holder is frozen, and it is SIGKILLed before it could act. The next replica
+//! takes the Lease over once it expires and makes the call, exactly once; the one after
+//! that, taking the Lease from it in turn and seeing the call recorded, never again.
+//! Replicas run with leader election under the platform overlay's RBAC and flags.
 
 use std::time::Duration;
 
 use cyberdesk_integration::cluster::{apply, cluster};
 use cyberdesk_integration::desks::{Apis, desk_yaml, jsonpath};
 use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions, StartFault};
+use cyberdesk_integration::lease;
 use cyberdesk_integration::operator::{OperatorProcess, Scrape, free_addr, metric_sample};
 use cyberdesk_integration::overlay;
 use cyberdesk_integration::recorder::Recorder;
@@ -16,6 +18,12 @@ use cyberdesk_operator::model::DeliveryOutcome;
 
 const DESK_NS: &str = "cyberdesk-system";
 const VM_NS: &str = "kubevirt";
+/// Lease timing of every replica: short, so each takeover of an unreleased Lease (the
+/// holder was SIGKILLed) comes soon.
+const LEASE_SECS: u64 = 8;
+const RENEW_SECS: u64 = 1;
+/// Room for the Lease to expire and the next replica to try again on a loaded machine.
+const TAKEOVER: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_as_the_vmi_turns_ready_leaves_exactly_one_ready_call() {
@@ -31,7 +39,9 @@ async fn a_leader_killed_as_the_vmi_turns_ready_leaves_exactly_one_ready_call() 
         ),
         "--manage-webhook-config=false".into(),
         "--policy-dir=/nonexistent".into(),
-        "--leader-election=false".into(),
+        "--leader-election=true".into(),
+        format!("--lease-duration-secs={LEASE_SECS}"),
+        format!("--lease-renew-secs={RENEW_SECS}"),
         "--extra-san=127.0.0.1".into(),
     ]);
     let client = c.client().await;
@@ -47,6 +57,7 @@ async fn a_leader_killed_as_the_vmi_turns_ready_leaves_exactly_one_ready_call() 
         "{}",
         first.log()
     );
+    let first_led = lease::wait_holder(&client, "first", TAKEOVER).await;
     // Hold the VMI before it runs, so the leader can be frozen in time.
     sim.hold_start(VM_NS, id, StartFault::Unschedulable);
     apply(&c, &desk_yaml(DESK_NS, id, "{timeoutMs: 600000}"));
@@ -86,6 +97,12 @@ async fn a_leader_killed_as_the_vmi_turns_ready_leaves_exactly_one_ready_call() 
         "{}",
         second.log()
     );
+    let second_led = lease::wait_holder(&client, "second", TAKEOVER).await;
+    assert_eq!(
+        second_led.transitions,
+        first_led.transitions + 1,
+        "first held {first_led:?}, then {second_led:?}"
+    );
     let record = eventually(
         Duration::from_secs(30),
         "the ready call recorded",
@@ -106,6 +123,12 @@ async fn a_leader_killed_as_the_vmi_turns_ready_leaves_exactly_one_ready_call() 
         third.wait_ready(Duration::from_secs(60)).await,
         "{}",
         third.log()
+    );
+    let third_led = lease::wait_holder(&client, "third", TAKEOVER).await;
+    assert_eq!(
+        third_led.transitions,
+        second_led.transitions + 1,
+        "second held {second_led:?}, then {third_led:?}"
     );
     // It has looked at the desk (a pass ended), and a moment more for a call to go out.
     eventually(

@@ -584,15 +584,10 @@ async fn a_broken_template_is_reported_and_retried_once_fixed() {
             .is_none(),
         "half-made VM"
     );
-    let events = c
-        .kubectl()
-        .run(&["get", "events", "-n", &ns, "-o", "json"], None)
-        .expect("kubectl")
-        .stdout;
-    assert!(
-        events.contains("TemplateInvalid") && events.contains("Warning"),
-        "no Warning event"
-    );
+    // Reason and type on the same event about this desk.
+    let event = wait_event(&c, &ns, "tpl", "TemplateInvalid", Duration::from_secs(10)).await;
+    assert_eq!(event.type_, "Warning", "{event:?}");
+    assert!(event.note.contains("owner"), "{event:?}");
 
     let fixed = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nspec:\n  template:\n    spec: {hostname: '${vm_name}', domain: {devices: {}}}\n";
     apply(&c, &template(fixed));

@@ -122,10 +122,12 @@ async fn user_data_only_from_secrets_the_requester_may_read() {
 
     // bob may read it: admitted.
     apply(&bob, &with_secret("bobs", "creds"));
-    // alice with a Secret she may read is admitted; pointing it at creds later is refused:
-    // the CRD keeps the reference as it was set (ahead of the webhook's access check).
+    // alice with a Secret she may read is admitted.
     apply(&alice, &with_secret("mine", "alice-own"));
-    let out = alice
+
+    // Re-pointing a set reference never reaches the access check: the CRD's immutability
+    // rule refuses it first, whoever asks (here bob, who may read creds).
+    let out = bob
         .apply(&with_secret("mine", "creds"), &[])
         .expect("kubectl");
     assert!(!out.success, "changing the reference was admitted");
@@ -135,6 +137,79 @@ async fn user_data_only_from_secrets_the_requester_may_read() {
         "{}",
         out.stderr
     );
+}
+
+/// A reference added by an UPDATE (allowed by the CRD while none is set, and by the webhook
+/// while the desk has no VM) is checked like one on CREATE: the webhook asks the apiserver
+/// whether the updating user may read the Secret (SubjectAccessReview) and refuses if not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_secret_reference_later_needs_get_on_the_secret() {
+    let (c, _op) = setup().await;
+    let client = c.client().await;
+    let ns = namespace(&client, "team-u").await;
+    wait_webhooks_active(&c, &ns).await;
+    let admin = c.kubectl();
+    apply(
+        &admin,
+        &secret_yaml(&ns, "creds", "#cloud-config\npassword: hunter2\n"),
+    );
+    apply(&admin, &secret_yaml(&ns, "alice-own", "#cloud-config\n"));
+    apply(&admin, &role_yaml(&ns, "alice-desks", "alice", DESK_RULES));
+    apply(
+        &admin,
+        &role_yaml(
+            &ns,
+            "alice-own-secret",
+            "alice",
+            "[{apiGroups: [''], resources: [secrets], resourceNames: [alice-own], verbs: [get]}]",
+        ),
+    );
+    // A template that renders no VM keeps the desk without one, so the webhook's own
+    // "immutable once the VM exists" rule stays out of the way.
+    let tpl = format!("novm-{ns}");
+    apply(
+        &admin,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {tpl}, namespace: cyberdesk-system, labels: {{cyberdesk.io/template: \"true\"}}}}\ndata:\n  template.yaml: |\n    apiVersion: kubevirt.io/v1\n    kind: VirtualMachine\n    spec: {{template: {{spec: {{hostname: '${{owner}}'}}}}}}\n"
+        ),
+    );
+    let alice = c.kubectl().as_user("alice", &["team-u"]);
+    let desk = |spec: &str| desk_yaml(&ns, "later", &format!("{{template: {tpl}{spec}}}"));
+    // The webhook learns of a new template through its watch; until then it says not found.
+    eventually(Duration::from_secs(15), "alice's desk admitted", || async {
+        alice.apply(&desk(""), &[]).ok()?.success.then_some(())
+    })
+    .await;
+    let apis = Apis::new(&client, &ns);
+    let failed = apis
+        .wait_phase("later", "Failed", Duration::from_secs(30))
+        .await;
+    assert!(
+        failed.status.and_then(|s| s.virtual_machine_ref).is_none(),
+        "the desk has a VM"
+    );
+
+    let with_ref = |secret: &str| {
+        desk(&format!(
+            ", userDataSecretRef: {{name: {secret}, key: userdata}}"
+        ))
+    };
+    for extra in [&["--dry-run=server"][..], &[][..]] {
+        let out = alice.apply(&with_ref("creds"), extra).expect("kubectl");
+        assert!(!out.success, "alice added creds ({extra:?})");
+        assert!(
+            out.stderr
+                .contains("user \"alice\" may not read Secret \"creds\" in namespace")
+                && out.stderr.contains("spec.userDataSecretRef.name"),
+            "not the access check's refusal: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("immutable"), "{}", out.stderr);
+    }
+    let stored = apis.desks.get("later").await.expect("desk");
+    assert!(stored.spec.user_data_secret_ref.is_none(), "{stored:?}");
+    // The same UPDATE naming a Secret she may read is admitted: nothing else refused it.
+    apply(&alice, &with_ref("alice-own"));
 }
 
 /// A desk from a pool gets the pool's user data: its creator must be granted the pool

@@ -4,13 +4,15 @@
 //! crash with restart backoff, a node that stops answering, an admin who runs the VM by hand
 //! (`runStrategy: Manual`, `virtctl stop`/`start`), a VM on several networks.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cyberdesk_integration::cluster::Cluster;
-use cyberdesk_integration::desks::{Apis, desk_namespace, desk_yaml, jsonpath};
+use cyberdesk_integration::desks::{
+    Apis, desk_namespace, desk_yaml, events_about, jsonpath, wait_event,
+};
 use cyberdesk_integration::kubevirt::{SimulatorHandle, SimulatorOptions, StartFault, Virtctl};
 use cyberdesk_integration::operator::webhook_operator;
-use cyberdesk_integration::wait::eventually;
+use cyberdesk_integration::wait::{EVERY, eventually};
 use cyberdesk_operator::model::conditions::{self, ConditionStatus};
 
 async fn desk_ns(prefix: &str, opts: SimulatorOptions) -> (Cluster, String, Apis, SimulatorHandle) {
@@ -63,6 +65,23 @@ async fn readiness_and_address_after_running_keep_the_desk_starting() {
         "the VirtualMachineInstance runs; waiting for it to be ready",
     )
     .await;
+    // The operator writes a phase before it announces it, so events read before a phase
+    // that still says Starting must hold no Ready event.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut looks_while_starting = 0;
+    while Instant::now() < deadline {
+        let events = events_about(&c, &ns, "slow");
+        if apis.phase("slow").await.as_deref() != Some("Starting") {
+            break;
+        }
+        looks_while_starting += 1;
+        assert!(
+            !events.iter().any(|e| e.reason == "Ready"),
+            "a Ready event while the desk is Starting: {events:?}"
+        );
+        tokio::time::sleep(EVERY).await;
+    }
+    assert!(looks_while_starting > 0, "the desk left Starting at once");
     let desk = apis
         .wait_phase("slow", "Running", Duration::from_secs(30))
         .await;
@@ -72,6 +91,9 @@ async fn readiness_and_address_after_running_keep_the_desk_starting() {
     assert_eq!(status.ip_address.as_deref(), Some(reported.as_str()));
     let ready = conditions::find(&status.conditions, conditions::READY).expect("Ready");
     assert_eq!(ready.status, ConditionStatus::True);
+    // The event the check above looked for does come, once Running.
+    let event = wait_event(&c, &ns, "slow", "Ready", Duration::from_secs(10)).await;
+    assert_eq!(event.type_, "Normal", "{event:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -274,11 +274,15 @@ async fn a_claimed_desk_times_out_counted_from_its_claim() {
     assert_eq!(status.start_time.map(|t| epoch_ms(&t)), Some(claimed_at));
 
     // Still running shortly before; timed out right after.
+    // The check must run: a desk seen Running only after that moment proves nothing.
     let before = expiry - 2_000 - now_ms();
-    if before > 0 {
-        tokio::time::sleep(Duration::from_millis(before as u64)).await;
-        assert_eq!(apis.phase("late").await.as_deref(), Some("Running"));
-    }
+    assert!(
+        before > 0,
+        "the desk was seen Running {} ms after the moment to check it still runs",
+        -before
+    );
+    tokio::time::sleep(Duration::from_millis(before as u64)).await;
+    assert_eq!(apis.phase("late").await.as_deref(), Some("Running"));
     apis.wait_phase("late", "TimedOut", Duration::from_secs(10))
         .await;
     let halted_at = now_ms();

@@ -81,9 +81,37 @@ async fn an_admins_edit_survives_restart_and_ca_rotation() {
         .expect("kubectl");
     assert!(patched.success, "{}", patched.stderr);
     drop(first);
+    // Take the caBundle out while no operator runs: its return shows the restarted
+    // operator has applied (an apply of an unchanged value would leave no trace).
+    let cleared = c
+        .kubectl()
+        .run(
+            &[
+                "patch",
+                "validatingwebhookconfiguration",
+                "cyberdesk-validating",
+                "--type=json",
+                "-p",
+                r#"[{"op":"remove","path":"/webhooks/0/clientConfig/caBundle"}]"#,
+            ],
+            None,
+        )
+        .expect("kubectl");
+    assert!(cleared.success, "{}", cleared.stderr);
+    assert!(validating(&configs).await.1.is_empty());
 
     let _second = start(&c, 2, webhook).await;
-    let (timeout, before) = validating(&configs).await;
+    let before = eventually(
+        Duration::from_secs(30),
+        "the restarted operator's caBundle",
+        || async {
+            let (_, bundle) = validating(&configs).await;
+            let ca = secret_ca(&secrets).await?;
+            (!bundle.is_empty() && bundle == ca).then_some(bundle)
+        },
+    )
+    .await;
+    let (timeout, _) = validating(&configs).await;
     assert_eq!(
         timeout,
         Some(3),

@@ -197,3 +197,94 @@ async fn removing_a_required_label_is_denied_and_deletion_still_completes() {
         .expect("kubectl");
     assert!(gone.stderr.contains("NotFound"), "{gone:?}");
 }
+
+/// A desk admitted before a stricter policy breaks it from then on: a user's change to it
+/// is judged and denied, but bookkeeping is not: the finalizer taken off comes back (the
+/// operator's own update) and deletion completes (the operator takes it off again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desk_admitted_before_a_stricter_policy_keeps_its_bookkeeping() {
+    let (c, _op) = webhook_operator(&[]).await;
+    let client = c.client().await;
+    let ns = namespace(&client, "tightened").await;
+    wait_webhooks_active(&c, &ns).await;
+    let admin = c.kubectl();
+    let out = admin
+        .apply(&desk_yaml(&ns, "early", "{}"), &[])
+        .expect("kubectl");
+    assert!(out.success, "{}", out.stderr);
+    let jsonpath = |path: &str| {
+        admin
+            .run(
+                &[
+                    "get",
+                    "cd",
+                    "early",
+                    "-n",
+                    &ns,
+                    "-o",
+                    &format!("jsonpath={path}"),
+                ],
+                None,
+            )
+            .expect("kubectl")
+            .ok()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    eventually(Duration::from_secs(20), "the desk reconciled", || async {
+        (!jsonpath("{.status.virtualMachineRef}").is_empty()).then_some(())
+    })
+    .await;
+
+    // Tightened: every desk in the namespace now needs a tier label, which early lacks.
+    let policy = json!({"name": "tier-label", "match": {"namespaces": [ns]}, "enforcement": "deny",
+        "schema": {"properties": {"metadata": {"required": ["labels"],
+            "properties": {"labels": {"required": ["tier"]}}}}}});
+    add_policy(&admin, "tier-label.json", &policy);
+    let probe = desk_yaml(&ns, "probe", "{}");
+    eventually(Duration::from_secs(20), "the policy in force", || async {
+        let out = admin.apply(&probe, &["--dry-run=server"]).ok()?;
+        (!out.success && out.stderr.contains("tier-label")).then_some(())
+    })
+    .await;
+    let relabel = admin
+        .run(&["label", "cd", "early", "-n", &ns, "owner=bob"], None)
+        .expect("kubectl");
+    assert!(!relabel.success, "a user's change to early was admitted");
+    assert!(relabel.stderr.contains("tier-label"), "{}", relabel.stderr);
+
+    // The finalizer taken off (bookkeeping, admitted) is put back by the operator.
+    let unfinalized = admin
+        .run(
+            &[
+                "patch",
+                "cd",
+                "early",
+                "-n",
+                &ns,
+                "--type=json",
+                "-p",
+                r#"[{"op": "remove", "path": "/metadata/finalizers"}]"#,
+            ],
+            None,
+        )
+        .expect("kubectl");
+    assert!(unfinalized.success, "{}", unfinalized.stderr);
+    eventually(
+        Duration::from_secs(20),
+        "the operator's finalizer back on early",
+        || async {
+            (jsonpath("{.metadata.finalizers}").contains("cyberdesk.io/vm-cleanup")).then_some(())
+        },
+    )
+    .await;
+
+    // Deletion completes: the operator deletes the VM and takes its finalizer off.
+    let deleted = admin
+        .run(&["delete", "cd", "early", "-n", &ns, "--timeout=30s"], None)
+        .expect("kubectl");
+    assert!(deleted.success, "{}", deleted.stderr);
+    let gone = admin
+        .run(&["get", "cd", "early", "-n", &ns], None)
+        .expect("kubectl");
+    assert!(gone.stderr.contains("NotFound"), "{gone:?}");
+}

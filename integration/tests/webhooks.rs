@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use cyberdesk_integration::cluster::{Cluster, namespace};
-use cyberdesk_integration::desks::{desk_yaml, wait_webhooks_active};
+use cyberdesk_integration::desks::{desk_yaml, now_ms, wait_event, wait_webhooks_active};
 use cyberdesk_integration::operator::{Scrape, SharedOperator, webhook_operator};
 use cyberdesk_integration::wait::holds;
 use cyberdesk_integration::webhook_tls::served_leaf;
+use cyberdesk_operator::certs::tls::CertInfo;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::json;
@@ -156,17 +157,17 @@ async fn policy_configmap_changes_verdicts_without_a_restart() {
         op.log().contains("broken"),
         "the log does not name the broken policy"
     );
-    let events = c
-        .kubectl()
-        .run(
-            &["get", "events", "-n", "cyberdesk-system", "-o", "json"],
-            None,
-        )
-        .expect("kubectl");
-    assert!(
-        events.stdout.contains("PolicyRejected"),
-        "no Warning event on the ConfigMap"
-    );
+    // One event about the ConfigMap carries the reason, the Warning type and the name.
+    let event = wait_event(
+        &c,
+        "cyberdesk-system",
+        "cyberdesk-policies",
+        "PolicyRejected",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(event.type_, "Warning", "{event:?}");
+    assert!(event.note.contains("broken"), "{event:?}");
 
     // Removing the policy lifts the restriction.
     c.kubectl()
@@ -281,8 +282,16 @@ async fn serving_certificate_rotation_loses_no_admission() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let served_new = served_new.expect("the server never presented a new certificate");
-    // New, chained to the unchanged ca.crt (the handshake checked it), and the one stored.
-    assert_ne!(served_new, garbage.as_bytes());
+    // Chained to the unchanged ca.crt (the handshake checked it); read it as a certificate:
+    // issued after the one it replaces, valid now, for the address the apiserver calls.
+    let old = CertInfo::from_der(&served_before).expect("the first leaf parses");
+    let new = CertInfo::from_der(&served_new).expect("the served leaf is not a certificate");
+    let now = now_ms() / 1000;
+    assert!(
+        new.not_before >= old.not_before && new.not_before <= now && now < new.not_after,
+        "the served leaf is not a fresh, valid one: {new:?} (replaced {old:?}, now {now})"
+    );
+    assert!(new.covers("127.0.0.1"), "{new:?}");
     let (stored_after, ca_after) = stored_pair(&secrets).await;
     assert_eq!(ca_after, ca, "the CA changed; only the leaf should");
     assert_eq!(
