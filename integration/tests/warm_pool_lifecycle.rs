@@ -1,7 +1,7 @@
 //! How a warm pool looks after its VMs, seen from outside: at most `maxBooting` VMs boot at
 //! once while it fills; an unclaimed VM in an error state is replaced, counted and
 //! announced; scaling down takes VMs back through `pool-state=retiring` before deleting
-//! them.
+//! them; a claim that loses its VM counts a conflict and tries the next.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -205,4 +205,128 @@ async fn scaling_down_retires_each_vm_before_deleting_it() {
         );
     }
     assert_eq!(pool_vms(&apis, "shrink").await.len(), 1);
+}
+
+/// Deletes the named cluster-scoped admission objects when dropped.
+struct RemovePolicy(Cluster, String);
+
+impl Drop for RemovePolicy {
+    fn drop(&mut self) {
+        for kind in [
+            "validatingadmissionpolicybinding",
+            "validatingadmissionpolicy",
+        ] {
+            let _ = self
+                .0
+                .kubectl()
+                .run(&["delete", kind, &self.1, "--ignore-not-found"], None);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_loses_its_vm_counts_a_conflict_and_tries_the_next() {
+    let (c, op) = setup().await;
+    let (ns, apis, _sim) = desk_namespace(&c, "pool-conflict", SimulatorOptions::default()).await;
+    let pools: Api<CyberdeskPool> = Api::namespaced(c.client().await, &ns);
+    apply(&c, &pool_yaml(&ns, "contested", "{size: 2}"));
+    wait_pool_ready(&pools, "contested", 2, Duration::from_secs(60)).await;
+
+    // Every claim of this pool's VMs is refused by the apiserver with 422, the answer a
+    // claim gets when its test finds the VM taken by another desk's claim first.
+    let name = format!("claims-lost-{ns}");
+    let _remove = RemovePolicy(c.clone(), name.clone());
+    let taken = format!(
+        "has(object.metadata.labels) && object.metadata.labels[?'{state}'].orValue('') == 'claimed' && object.metadata.labels[?'{pool}'].orValue('') == 'contested'",
+        state = names::LABEL_POOL_STATE,
+        pool = names::LABEL_POOL,
+    );
+    let policy = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "resourceRules": [{
+                    "apiGroups": ["kubevirt.io"], "apiVersions": ["v1"],
+                    "operations": ["UPDATE"], "resources": ["virtualmachines"],
+                }],
+            },
+            "validations": [{
+                "expression": format!("!({taken})"),
+                "message": "another desk claimed this VirtualMachine first",
+                "reason": "Invalid",
+            }],
+        },
+    });
+    let binding = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    });
+    apply(&c, &policy.to_string());
+    apply(&c, &binding.to_string());
+    let probe = pool_vms(&apis, "contested").await[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    eventually(Duration::from_secs(30), "the policy in force", || async {
+        let out = c
+            .kubectl()
+            .run(
+                &[
+                    "label",
+                    "vm",
+                    &probe,
+                    "-n",
+                    &ns,
+                    &format!("{}=claimed", names::LABEL_POOL_STATE),
+                    "--overwrite",
+                    "--dry-run=server",
+                ],
+                None,
+            )
+            .ok()?;
+        (!out.success && out.stderr.contains("claimed this VirtualMachine first")).then_some(())
+    })
+    .await;
+
+    let conflict = r#"cyberdesk_pool_claims_total{result="conflict"}"#;
+    let miss = r#"cyberdesk_pool_claims_total{result="miss"}"#;
+    let (conflicts, misses) = (
+        op.metric(conflict).expect("conflict series"),
+        op.metric(miss).expect("miss series"),
+    );
+    apply(
+        &c,
+        &cyberdesk_integration::desks::desk_yaml(
+            &ns,
+            "late",
+            "{timeoutMs: 600000, pool: contested}",
+        ),
+    );
+    let desk = apis
+        .wait_phase("late", "Running", Duration::from_secs(60))
+        .await;
+    let status = desk.status.expect("status");
+    // Both ready VMs were tried, both lost: the desk booted its own.
+    assert_eq!(
+        status.source,
+        Some(cyberdesk_operator::model::VmSource::Cold),
+        "{status:?}"
+    );
+    assert_eq!(op.metric(conflict), Some(conflicts + 2.0));
+    assert_eq!(op.metric(miss), Some(misses + 1.0));
+    for vm in pool_vms(&apis, "contested").await {
+        let labels = vm.metadata.labels.unwrap_or_default();
+        assert_eq!(
+            labels.get(names::LABEL_POOL_STATE).map(String::as_str),
+            Some(names::POOL_STATE_AVAILABLE),
+            "{labels:?}"
+        );
+    }
 }
