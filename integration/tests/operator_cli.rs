@@ -2,7 +2,9 @@
 //! `cyberdesk-operator` running `run` from the environment alone, a `.env` file found from
 //! the working directory (the environment winning over it), the Supabase pair refused when
 //! half set, starts that cannot work exiting 1 with what failed, and a leader that cannot
-//! renew its Lease for a whole lease duration exiting 1.
+//! renew its Lease for a whole lease duration exiting 1. And a SubjectAccessReview that
+//! cannot answer in time denies the desk (this control plane has no webhook registered, so
+//! an operator with a 0 ms review timeout serves nobody else).
 //!
 //! Every process here gets a cleared environment, so only what a test sets reaches it.
 
@@ -514,4 +516,67 @@ async fn a_leader_that_cannot_renew_for_a_whole_lease_duration_exits_1() {
         "{log}"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_access_review_without_an_answer_in_time_denies_the_desk() {
+    use cyberdesk_integration::operator::{OperatorProcess, reconciler_only_flags};
+    use cyberdesk_integration::webhook_tls::post;
+    let c = installed().await;
+    // No answer can come within 0 ms: every review times out. This control plane has no
+    // webhook registered, so the review is sent the way the apiserver sends it.
+    let mut flags = reconciler_only_flags(false);
+    flags.push("--access-review-timeout-ms=0".into());
+    let op = OperatorProcess::start(&c, "impatient", &flags);
+    assert!(op.wait_ready(Duration::from_secs(60)).await, "{}", op.log());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(c.client().await, "cyberdesk-system");
+    let ca = secrets
+        .get("cyberdesk-webhook-tls")
+        .await
+        .expect("the TLS Secret")
+        .data
+        .and_then(|d| {
+            d.get("ca.crt")
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        })
+        .expect("ca.crt");
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "sar-timeout",
+            "kind": {"group": "cyberdesk.io", "version": "v1alpha1", "kind": "Cyberdesk"},
+            "resource": {"group": "cyberdesk.io", "version": "v1alpha1", "resource": "cyberdesks"},
+            "name": "d", "namespace": "team-a", "operation": "CREATE",
+            "userInfo": {"username": "alice", "groups": ["team-a"]},
+            "object": {
+                "apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk",
+                "metadata": {"name": "d", "namespace": "team-a"},
+                "spec": {"timeoutMs": 600000, "userDataSecretRef": {"name": "creds", "key": "userdata"}},
+            },
+        },
+    });
+    let (code, body) = post(&ca, op.webhook, "/validate", review.to_string().as_bytes()).await;
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("a review");
+    let response = &answer["response"];
+    assert_eq!(response["allowed"], false, "{answer}");
+    let message = response["status"]["message"].as_str().unwrap_or_default();
+    for part in [
+        "could not check that user",
+        "no answer within",
+        "refused to be safe, try again",
+    ] {
+        assert!(message.contains(part), "no {part:?}: {answer}");
+    }
+    let causes = response["status"]["details"]["causes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        causes
+            .iter()
+            .any(|c| c["field"] == "spec.userDataSecretRef.name"),
+        "{answer}"
+    );
 }

@@ -24,12 +24,11 @@ use cyberdesk_integration::operator::{
     OperatorProcess, Scrape, SharedOperator, metric_sample, start_shared_operator,
 };
 use cyberdesk_integration::wait::eventually;
-use cyberdesk_integration::webhook_tls::{published_bundles, webhook_tls_client};
+use cyberdesk_integration::webhook_tls::{post, published_bundles, webhook_tls_client};
 use cyberdesk_integration::workspace::repo_path;
 use cyberdesk_operator::certs::tls::CertInfo;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TLS_SECRET: &str = "flags-webhook-tls";
 const SERVICE: &str = "desk-hooks";
@@ -358,41 +357,6 @@ async fn kubectl_shows_the_warnings_and_the_seven_day_denial() {
         "{}",
         patched.stderr
     );
-}
-
-/// One request on a fresh TLS connection to the webhook port: status code and body.
-async fn post(ca_pem: &str, addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
-    let connector = webhook_tls_client(ca_pem).expect("TLS client");
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let tls = connector.connect(name, tcp).await.expect("handshake");
-    let (mut reader, mut writer) = tokio::io::split(tls);
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    // The server may answer before it has read the body (a refusal): read while writing.
-    let write = async {
-        writer.write_all(head.as_bytes()).await?;
-        writer.write_all(body).await?;
-        writer.flush().await
-    };
-    let read = async {
-        let mut response = Vec::new();
-        reader.read_to_end(&mut response).await.map(|_| response)
-    };
-    let (_, read) = tokio::join!(write, read);
-    let response = String::from_utf8_lossy(&read.expect("an answer")).into_owned();
-    let code = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// A well-formed review of `bytes` bytes (most of them one long string): cheap to parse,
