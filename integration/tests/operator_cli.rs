@@ -2,7 +2,9 @@
 //! `cyberdesk-operator` running `run` from the environment alone, a `.env` file found from
 //! the working directory (the environment winning over it), the Supabase pair refused when
 //! half set, starts that cannot work exiting 1 with what failed, and a leader that cannot
-//! renew its Lease for a whole lease duration exiting 1. And a SubjectAccessReview that
+//! renew its Lease for a whole lease duration exiting 1. Files mode with
+//! `--manage-webhook-config=true` refused without webhook configurations and publishing
+//! its `ca.crt` with them. And a SubjectAccessReview that
 //! cannot answer in time denies the desk (this control plane has no webhook registered, so
 //! an operator with a 0 ms review timeout serves nobody else).
 //!
@@ -579,4 +581,72 @@ async fn a_subject_access_review_without_an_answer_in_time_denies_the_desk() {
             .any(|c| c["field"] == "spec.userDataSecretRef.name"),
         "{answer}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_mode_publishes_the_ca_file_once_and_needs_the_configurations() {
+    use cyberdesk_integration::desks::{desk_yaml, wait_webhooks_active};
+    use cyberdesk_integration::operator::{OperatorProcess, register_webhooks};
+    use cyberdesk_integration::webhook_tls::published_bundles;
+    let c = installed().await;
+    let dir = scratch_dir("files-mode");
+    let wrote = Command::new(operator_binary())
+        .args([
+            "certs",
+            "--out",
+            dir.to_str().expect("utf-8 path"),
+            "--san",
+            "127.0.0.1",
+        ])
+        .output()
+        .expect("certs");
+    assert!(wrote.status.success(), "{wrote:?}");
+    let ca = std::fs::read_to_string(dir.join("ca.crt")).expect("ca.crt");
+    let flags = [
+        "--tls-mode=files".to_string(),
+        format!("--tls-cert-file={}", dir.join("tls.crt").display()),
+        format!("--tls-key-file={}", dir.join("tls.key").display()),
+        "--manage-webhook-config=true".to_string(),
+        "--leader-election=false".to_string(),
+        "--policy-dir=/nonexistent".to_string(),
+    ];
+
+    // No webhook configurations in this control plane yet: the start stops with an error.
+    let mut refused = OperatorProcess::start(&c, "files-unregistered", &flags);
+    let status = refused
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("started without webhook configurations:\n{}", refused.log()));
+    let log = refused.log();
+    assert_eq!(status.code(), Some(1), "{status}: {log}");
+    assert!(
+        log.contains(&format!(
+            "error: webhook TLS: registering the webhooks with {}",
+            dir.join("ca.crt").display()
+        )) && log.contains("cannot put the CA bundle into webhook configuration"),
+        "{log}"
+    );
+
+    // Installed (without caBundle, as the manifests ship them), the same start puts the CA
+    // file into both, and the apiserver, trusting it, calls the webhooks.
+    let webhook = free_addr();
+    register_webhooks(&c, webhook).expect("webhook configurations");
+    let op = OperatorProcess::start_on(&c, "files-registered", webhook, &flags);
+    assert!(op.wait_ready(Duration::from_secs(60)).await, "{}", op.log());
+    assert_eq!(published_bundles(&c).await, [ca.clone(), ca]);
+    let ns = cyberdesk_integration::cluster::namespace(&c.client().await, "files-mode").await;
+    wait_webhooks_active(&c, &ns).await;
+    let out = c
+        .kubectl()
+        .apply(
+            &desk_yaml(&ns, "d", "{}"),
+            &["--dry-run=server", "-o", "json"],
+        )
+        .expect("kubectl");
+    assert!(
+        out.success && out.stdout.contains("timeoutMs"),
+        "{}",
+        out.stderr
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
