@@ -126,3 +126,40 @@ pub fn zeros_review(bytes: usize) -> Vec<u8> {
     body.resize(bytes, b' ');
     body
 }
+
+/// One `POST path` with `body` on a fresh TLS connection to the webhook server at `addr`
+/// (trusting only `ca_pem`, as 127.0.0.1): the status code and the body of the answer.
+pub async fn post(ca_pem: &str, addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = webhook_tls_client(ca_pem).expect("TLS client");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    // The server may answer before it has read the body (a refusal): read while writing.
+    let write = async {
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(body).await?;
+        writer.flush().await
+    };
+    let read = async {
+        let mut response = Vec::new();
+        reader.read_to_end(&mut response).await.map(|_| response)
+    };
+    let (_, read) = tokio::join!(write, read);
+    let response = String::from_utf8_lossy(&read.expect("an answer")).into_owned();
+    let code = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}

@@ -172,6 +172,10 @@ pub async fn run(
     };
     // Bounded, so a thousand desks falling due do not mean a thousand requests in flight.
     let concurrency = cfg.max_concurrent_reconciles;
+    tracing::info!(
+        max_concurrent_reconciles = concurrency,
+        "starting the controller"
+    );
     let (announcer, event_lanes) =
         Announcer::start(client.clone(), reporter, metrics.events_dropped.clone());
     // VMs beside their desks carry an ownerReference; only those elsewhere need the sweep.
