@@ -117,7 +117,7 @@ fn validates(object: &Value) -> bool {
         .and_then(Value::as_str)
         .unwrap_or("");
     let input = ValidationInput {
-        operation: validate::Operation::Create,
+        operation: crate::verdict::Operation::Create,
         name,
         namespace: "team-a",
         object,

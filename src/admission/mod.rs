@@ -8,7 +8,6 @@ pub mod scope;
 pub mod tenancy;
 pub mod validate;
 pub mod validate_pool;
-pub mod verdict;
 
 #[cfg(test)]
 mod handler_tests;
@@ -30,10 +29,11 @@ use tracing::Instrument;
 use crate::admission::authz::{Access, AccessError, SecretAccess};
 use crate::admission::mutate::{MutateConfig, defaults_patch};
 use crate::admission::tenancy::{SecretAccessFact, TemplateFact, TenancyFacts};
-use crate::admission::validate::{ValidateConfig, ValidationInput, Verdict};
+use crate::admission::validate::{ValidateConfig, ValidationInput};
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
+use crate::verdict::{self, Verdict};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const GROUP: &str = "cyberdesk.io";
@@ -411,8 +411,8 @@ impl Admission {
         old: Option<&Value>,
     ) -> AdmissionResponse {
         let operation = match req.operation {
-            Operation::Update => validate::Operation::Update,
-            _ => validate::Operation::Create,
+            Operation::Update => verdict::Operation::Update,
+            _ => verdict::Operation::Create,
         };
         let reviewed = if req.kind.kind == POOL_KIND {
             POOL
@@ -426,7 +426,7 @@ impl Admission {
             return respond(resp, reviewed, &req.name, limits);
         }
         let mut policies_only = false;
-        if operation == validate::Operation::Update {
+        if operation == verdict::Operation::Update {
             // The operator's bookkeeping (finalizer, status) and anything on an object being
             // deleted must never be blocked by a rule or a policy added after admission.
             let being_deleted = object
@@ -668,7 +668,7 @@ fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::validate::FieldViolation;
+    use crate::verdict::FieldViolation;
 
     #[test]
     fn respond_lists_every_cause() {

@@ -4,8 +4,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::admission::verdict::{Operation, Verdict};
 use crate::model::DeskNamespaces;
+use crate::verdict::{Operation, Verdict};
 
 pub const NAMESPACE_FIELD: &str = "metadata.namespace";
 pub const LABELS_FIELD: &str = "metadata.labels";

@@ -5,9 +5,9 @@
 
 use serde_json::Value;
 
-use crate::admission::validate::Verdict;
 use crate::catalog::{ResolvedTemplate, TemplateRefusal};
 use crate::text::truncate;
+use crate::verdict::Verdict;
 
 pub const SECRET_NAME_FIELD: &str = "spec.userDataSecretRef.name";
 pub const SECRET_KEY_FIELD: &str = "spec.userDataSecretRef.key";

@@ -8,9 +8,9 @@ use serde_json::{Map, Value};
 use crate::admission::validate::{
     check_known_fields, check_template_and_user_data, describe, echo, label_problems,
 };
-use crate::admission::verdict::{Operation, Verdict};
 use crate::model::pool::{MAX_MAX_IDLE_MS, MAX_POOL_NAME, MAX_POOL_SIZE, MIN_MAX_IDLE_MS};
 use crate::policy::PolicySet;
+use crate::verdict::{Operation, Verdict};
 
 const SPEC_FIELDS: [&str; 5] = [
     "size",

@@ -29,8 +29,8 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::admission::verdict::{FieldViolation, Operation};
 use crate::text::{bounded_display, is_plain_key, truncate_chars};
+use crate::verdict::{FieldViolation, Operation};
 
 /// Findings reported per policy and object; a hostile object must not produce a huge answer.
 pub const MAX_FINDINGS_PER_POLICY: usize = 20;
