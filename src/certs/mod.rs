@@ -7,12 +7,12 @@
 //! regeneration and until the next leaf rotation, the previous CA (if still valid), so
 //! replicas still serving a leaf of the old CA stay trusted until they pick up the new one.
 
-pub mod configuration;
 pub mod files;
 pub mod rotation;
 pub mod store;
 pub mod tls;
 pub mod trust;
+pub mod webhook_config;
 
 use std::fmt;
 use std::fs::OpenOptions;

@@ -21,7 +21,6 @@ use super::{
 use crate::backoff::ExponentialBackoff;
 use crate::certs::tls::{self, CertResolver};
 use crate::certs::trust::{self, Anchors};
-use crate::config::RunConfig;
 use crate::metrics::Metrics;
 
 /// Checks are cheap (one GET); a minute keeps a replica at most that far behind a peer's
@@ -59,12 +58,6 @@ impl SelfManagedConfig {
             check_interval: DEFAULT_CHECK_INTERVAL,
             ca_settle: DEFAULT_CA_SETTLE,
         }
-    }
-
-    pub fn from_run_config(cfg: &RunConfig) -> Self {
-        let mut this = Self::new(&cfg.namespace, &cfg.tls_secret, cfg.service_dns_names());
-        this.check_interval = Duration::from_secs(cfg.cert_check_interval_secs.max(1));
-        this
     }
 }
 

@@ -789,7 +789,8 @@ fn policies_are_merged_in() {
 #[test]
 fn shipped_policies_judge_the_seven_day_ceiling() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let set = PolicySet::load(&crate::policy::load_dir(&dir).expect("reads")).expect("loads");
+    let set =
+        PolicySet::load(&crate::policy::files::load_dir(&dir).expect("reads")).expect("loads");
     let wide = ValidateConfig {
         max_timeout_ms: 365 * 86_400_000,
         ..cfg()
