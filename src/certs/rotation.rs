@@ -15,10 +15,9 @@ use kube::runtime::utils::Backoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{
-    CertBundle, CertError, CertOptions, KubeSecretStore, SecretStore, ensure_trusted, unix,
-};
 use crate::backoff::ExponentialBackoff;
+use crate::certs::bundle::{CertBundle, CertError, CertOptions, unix};
+use crate::certs::store::{Ensured, KubeSecretStore, SecretStore, ensure_trusted};
 use crate::certs::tls::{self, CertResolver};
 use crate::certs::trust::{self, Anchors};
 use crate::metrics::Metrics;
@@ -227,7 +226,7 @@ where
         now: SystemTime,
         anchors: &Anchors,
         suspects: &BTreeSet<String>,
-    ) -> Result<super::Ensured, CertError> {
+    ) -> Result<Ensured, CertError> {
         ensure_trusted(
             &self.store,
             &self.cfg.sans,

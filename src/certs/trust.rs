@@ -80,7 +80,7 @@ pub fn screen(bundle_pem: &str, ca_key_pem: Option<&str>, anchors: &Anchors) -> 
     let mut dropped = Vec::new();
     for cert in certs {
         let fp = fingerprint(&cert);
-        let pem = super::der_to_pem(&cert);
+        let pem = crate::certs::bundle::der_to_pem(&cert);
         let of_the_key = anchors.key_ca
             && ca_key_pem.is_some_and(|key| tls::certified_key_from_pem(&pem, key).is_ok());
         if of_the_key || anchors.trusted.contains(&fp) {
