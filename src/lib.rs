@@ -10,6 +10,9 @@ pub mod certs;
 pub mod config;
 pub mod controller;
 pub mod crd;
+/// Invariants the fuzz targets check; built for unit tests (the corpus replay) and for
+/// `fuzz/`, which turns the feature on, never into the operator's binary.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod heap;
 pub mod leader;

@@ -56,7 +56,7 @@ pub struct CyberdeskSpec {
     /// operator stops the VM exactly then. May be changed later to extend or shorten a
     /// session. Defaulted by the admission webhook (one hour unless configured otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1000, max = 31536000000_i64))]
+    #[schemars(range(min = MIN_TIMEOUT_MS, max = SCHEMA_MAX_TIMEOUT_MS))]
     pub timeout_ms: Option<i64>,
 
     /// What happens at expiry: Delete (the default) deletes the Cyberdesk and with it the
