@@ -100,7 +100,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(cyberdesk_operator::runtime::run(*cfg))?;
+            runtime.block_on(cyberdesk_operator::wiring::run(*cfg))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crd => {
@@ -115,7 +115,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::WebhookConfig(args) => {
-            use cyberdesk_operator::certs::configuration::{
+            use cyberdesk_operator::certs::webhook_config::{
                 WebhookConfigParams, WebhookTarget, render_yaml,
             };
             let target = match args.url {
@@ -142,7 +142,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Policy {
             command: PolicyCommand::Check { files },
-        } => match cyberdesk_operator::policy::check_files(&files) {
+        } => match cyberdesk_operator::policy::files::check_files(&files) {
             Ok(lines) => {
                 for line in lines {
                     println!("{line}");

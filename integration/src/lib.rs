@@ -9,6 +9,7 @@
 //! - [`pools`]: warm-pool YAML, waits and the ownership audit pool tests share;
 //! - [`recorder`]: an HTTP server standing in for the platform's endpoints;
 //! - [`desks`]: typed desk APIs, desk YAML, events and times as a user sees them;
+//! - [`layers`]: the shape check: layers, import circles and sizes of the operator's code;
 //! - [`image`]: the operator's image under podman, run as the shipped Deployment runs it;
 //! - [`wait`]: the one poller every wait is built on;
 //! - [`webhook_tls`]: handshakes with the webhook port as the apiserver does;
@@ -22,6 +23,7 @@ pub mod docs;
 pub mod image;
 pub mod kubectl;
 pub mod kubevirt;
+pub mod layers;
 pub mod lease;
 pub mod operator;
 pub mod overlay;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::CertError;
+use crate::certs::bundle::CertError;
 use crate::certs::tls::{self, CertResolver};
 use crate::metrics::Metrics;
 

@@ -15,13 +15,11 @@ use kube::runtime::utils::Backoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{
-    CertBundle, CertError, CertOptions, KubeSecretStore, SecretStore, ensure_trusted, unix,
-};
 use crate::backoff::ExponentialBackoff;
+use crate::certs::bundle::{CertBundle, CertError, CertOptions, unix};
+use crate::certs::store::{Ensured, KubeSecretStore, SecretStore, ensure_trusted};
 use crate::certs::tls::{self, CertResolver};
 use crate::certs::trust::{self, Anchors};
-use crate::config::RunConfig;
 use crate::metrics::Metrics;
 
 /// Checks are cheap (one GET); a minute keeps a replica at most that far behind a peer's
@@ -59,12 +57,6 @@ impl SelfManagedConfig {
             check_interval: DEFAULT_CHECK_INTERVAL,
             ca_settle: DEFAULT_CA_SETTLE,
         }
-    }
-
-    pub fn from_run_config(cfg: &RunConfig) -> Self {
-        let mut this = Self::new(&cfg.namespace, &cfg.tls_secret, cfg.service_dns_names());
-        this.check_interval = Duration::from_secs(cfg.cert_check_interval_secs.max(1));
-        this
     }
 }
 
@@ -234,7 +226,7 @@ where
         now: SystemTime,
         anchors: &Anchors,
         suspects: &BTreeSet<String>,
-    ) -> Result<super::Ensured, CertError> {
+    ) -> Result<Ensured, CertError> {
         ensure_trusted(
             &self.store,
             &self.cfg.sans,

@@ -1,4 +1,4 @@
-//! The TLS Secret as the one source of truth: reading it, deciding (see [`super::decide`]),
+//! The TLS Secret as the one source of truth: reading it, deciding (see [`decide`]),
 //! writing it back guarded by its resourceVersion, and settling races between replicas.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,11 +10,14 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tracing::{debug, info};
 
-use super::{
-    Action, CertBundle, CertError, CertOptions, KEY_CA_CERT, KEY_CA_KEY, KEY_TLS_CERT, KEY_TLS_KEY,
-    Reason, SECRET_TYPE_TLS, SecretData, apply_action, decide, trust, validate_sans,
+use crate::certs::bundle::{
+    CertBundle, CertError, CertOptions, KEY_CA_CERT, KEY_CA_KEY, KEY_TLS_CERT, KEY_TLS_KEY,
+    SECRET_TYPE_TLS, SecretData,
 };
+use crate::certs::decision::{Action, Reason, apply_action, decide};
+use crate::certs::issue::validate_sans;
 use crate::certs::tls;
+use crate::certs::trust;
 use crate::model::names;
 
 /// Where earlier builds recorded the CAs they issued, taken off on the next write.

@@ -11,6 +11,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Secret;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::CertificateDer;
+
+use crate::certs::decision::{check_leaf, current_ca_only};
+use crate::certs::issue::verify_leaf;
+use crate::certs::tls::{CertInfo, TlsError};
 
 use crate::certs::tls::CertResolver;
 use crate::metrics::Metrics;

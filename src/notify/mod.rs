@@ -11,9 +11,3 @@ pub mod retry;
 pub mod supabase;
 
 pub use notifier::{Notifier, NotifierConfig};
-
-/// `cyberdesk_notifications_total{sink}`.
-pub const SINKS: &[&str] = &["ready", "platform_state"];
-/// `cyberdesk_notifications_total{result}`: an attempt succeeded, an attempt failed and
-/// another follows, or the last attempt failed.
-pub const RESULTS: &[&str] = &["delivered", "retried", "gave_up"];

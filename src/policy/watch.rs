@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::policy::{self, PolicySet, PolicyStore};
-use crate::readiness::Readiness;
 
 pub const GATE_POLICIES: &str = "policies";
 
@@ -32,7 +31,8 @@ fn sources(
     dir: &std::path::Path,
     cm: Option<&ConfigMap>,
 ) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut all = policy::load_dir(dir).map_err(|e| format!("cannot read policy folder: {e}"))?;
+    let mut all =
+        policy::files::load_dir(dir).map_err(|e| format!("cannot read policy folder: {e}"))?;
     if let Some(cm) = cm {
         let data: BTreeMap<&String, &String> = cm
             .data
@@ -82,13 +82,14 @@ pub fn reload(
     }
 }
 
-/// Loads once, opens the policies readiness gate, then follows the ConfigMap until `stop`.
+/// Loads once, calls `loaded` (the wiring opens the policies readiness gate), then follows
+/// the ConfigMap until `stop`. `loaded` is called after every good load.
 pub async fn run(
     client: kube::Client,
     sources_cfg: PolicySources,
     store: PolicyStore,
     metrics: Metrics,
-    readiness: Readiness,
+    loaded: impl Fn() + Send,
     recorder: Recorder,
     stop: CancellationToken,
 ) {
@@ -140,7 +141,7 @@ pub async fn run(
             // Ready only with a set that loaded: a new pod facing a broken ConfigMap stays
             // unready (old pods keep serving the last good set) instead of admitting
             // without the cluster's policies.
-            readiness.open(GATE_POLICIES);
+            loaded();
         }
         if let Err(report) = result
             && let Some(cm) = &current
@@ -160,67 +161,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::api::ObjectMeta;
-    use serde_json::json;
-
-    use super::*;
-
-    fn configmap(data: &[(&str, String)]) -> ConfigMap {
-        ConfigMap {
-            metadata: ObjectMeta {
-                name: Some("cyberdesk-policies".into()),
-                ..Default::default()
-            },
-            data: Some(
-                data.iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
-            ..Default::default()
-        }
-    }
-
-    fn ceiling(name: &str) -> String {
-        json!({"name": name, "enforcement": "deny", "schema":
-            {"properties": {"spec": {"properties": {"timeoutMs": {"maximum": 1000}}}}}})
-        .to_string()
-    }
-
-    #[test]
-    fn a_set_that_does_not_load_leaves_the_last_good_one_in_force() {
-        let (store, metrics) = (
-            PolicyStore::default(),
-            Metrics::new("test", &[]).expect("metrics"),
-        );
-        let empty_dir = std::path::Path::new("/nonexistent-policy-dir");
-        let good = configmap(&[("ceiling.json", ceiling("ceiling"))]);
-        assert_eq!(reload(&store, &metrics, empty_dir, Some(&good)), Ok(1));
-        assert_eq!(store.current().names(), ["ceiling"]);
-
-        // One broken file among good ones refuses the whole new set.
-        let broken = configmap(&[
-            ("other.json", ceiling("other")),
-            ("broken.json", "{".into()),
-        ]);
-        let report = reload(&store, &metrics, empty_dir, Some(&broken)).expect_err("refused");
-        assert!(report.contains("broken.json"), "{report}");
-        assert_eq!(
-            store.current().names(),
-            ["ceiling"],
-            "the last good set stays"
-        );
-        let errors = metrics.policy_reload.with_label_values(&["error"]).get();
-        let successes = metrics.policy_reload.with_label_values(&["success"]).get();
-        assert_eq!((successes, errors), (1, 1));
-
-        // Keys that are not .json are not policies; removing the ConfigMap lifts them all.
-        let notes = configmap(&[("README.txt", "{".into())]);
-        assert_eq!(reload(&store, &metrics, empty_dir, Some(&notes)), Ok(0));
-        assert_eq!(reload(&store, &metrics, empty_dir, None), Ok(0));
-        assert!(store.current().is_empty());
-    }
-}
+mod tests;

@@ -39,7 +39,8 @@ use cyberdesk_operator::catalog::Catalog;
 use cyberdesk_operator::certs::{self, tls};
 use cyberdesk_operator::metrics::Metrics;
 use cyberdesk_operator::model::Cyberdesk;
-use cyberdesk_operator::policy::{PolicySet, PolicyStore, load_dir};
+use cyberdesk_operator::policy::files::load_dir;
+use cyberdesk_operator::policy::{PolicySet, PolicyStore};
 use cyberdesk_operator::server;
 
 #[derive(Parser)]

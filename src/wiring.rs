@@ -23,10 +23,10 @@ use crate::admission::mutate::MutateConfig;
 use crate::admission::scope::ScopeConfig;
 use crate::admission::validate::ValidateConfig;
 use crate::catalog::{self, Catalog};
-use crate::certs::configuration;
 use crate::certs::files;
 use crate::certs::rotation::{self, SelfManagedConfig};
 use crate::certs::tls::{self, CertResolver};
+use crate::certs::webhook_config;
 use crate::config::RunConfig;
 use crate::config::TlsMode;
 use crate::controller::{self, ControllerConfig};
@@ -39,9 +39,6 @@ use crate::policy::PolicyStore;
 use crate::policy::watch::{self as policy_watch, PolicySources};
 use crate::readiness::Readiness;
 use crate::server;
-
-/// Values `cyberdesk_reconcile_errors_total{error}` can take.
-pub const ERROR_LABELS: &[&str] = controller::error::ERROR_LABELS;
 
 pub const GATE_ADMIN: &str = "admin";
 pub const GATE_CACHES: &str = "caches";
@@ -87,7 +84,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let client = kube::Client::try_default()
         .await
         .map_err(RunError::KubeConfig)?;
-    let metrics = Metrics::new(&cfg.pod_name, ERROR_LABELS)?;
+    let metrics = Metrics::new(&cfg.pod_name, controller::error::ERROR_LABELS)?;
     let readiness = Readiness::default();
     readiness.register(GATE_ADMIN);
     readiness.register(GATE_CACHES);
@@ -189,116 +186,172 @@ async fn start_webhooks(
     readiness.register(GATE_TLS);
     readiness.register(GATE_WEBHOOK);
     readiness.register(policy_watch::GATE_POLICIES);
-    let mut tasks = Vec::new();
     let resolver = Arc::new(CertResolver::new());
-    match cfg.tls_mode {
+    let mut tasks = match cfg.tls_mode {
         TlsMode::Files => {
-            let files =
-                files::load_files(&cfg.tls_cert_file, &cfg.tls_key_file, &resolver, metrics)
-                    .map_err(|e| RunError::Tls(e.to_string()))?;
-            let ca_file = cfg.tls_cert_file.with_file_name("ca.crt");
-            if cfg.manage_webhook_config
-                && let Ok(ca) = std::fs::read_to_string(&ca_file)
-            {
-                configuration::apply_ca_bundle(client, &ca)
-                    .await
-                    .map_err(|e| {
-                        RunError::Tls(format!(
-                            "registering the webhooks with {}: {e}",
-                            ca_file.display()
-                        ))
-                    })?;
-            }
-            readiness.open(GATE_TLS);
-            tasks.push(tokio::spawn(files::run_files(
-                files,
-                resolver.clone(),
-                metrics.clone(),
-                files::DEFAULT_POLL_INTERVAL,
-                stop.clone(),
-            )));
+            vec![start_files_tls(cfg, client, metrics, readiness, &resolver, stop).await?]
         }
         TlsMode::SelfManaged => {
-            let manage = cfg.manage_webhook_config;
-            let apply_client = client.clone();
-            let on_new_ca = move |ca: String| {
-                let client = apply_client.clone();
-                async move {
-                    if manage {
-                        configuration::apply_ca_bundle(&client, &ca).await?;
-                        tracing::info!("webhook configurations carry the current CA bundle");
-                    }
-                    Ok::<(), configuration::ConfigurationError>(())
-                }
-            };
-            let sm_cfg = SelfManagedConfig::from_run_config(cfg);
-            // The CAs the webhook configurations publish are the trust anchor for the
-            // Secret's ca.crt (see certs::trust); unmanaged configurations publish nothing.
-            let read_client = client.clone();
-            let read_published = manage.then(|| -> rotation::PublishedReader {
-                Box::new(move || {
-                    let client = read_client.clone();
-                    Box::pin(async move {
-                        configuration::published_ca_bundles(&client)
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                })
-            });
-            tasks.push(tokio::spawn(rotation::run_self_managed(
-                client.clone(),
-                Recorder::new(
-                    client.clone(),
-                    Reporter {
-                        controller: names::FIELD_MANAGER.into(),
-                        instance: Some(cfg.pod_name.clone()),
-                    },
-                ),
-                sm_cfg,
-                read_published,
-                resolver.clone(),
-                metrics.clone(),
-                on_new_ca,
-                stop.clone(),
-            )));
-            let (gate_resolver, gate_readiness, gate_stop) =
-                (resolver.clone(), readiness.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                while !gate_resolver.is_loaded() {
-                    tokio::select! {
-                        _ = gate_stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
-                gate_readiness.open(GATE_TLS);
-            }));
+            start_self_managed_tls(cfg, client, metrics, readiness, &resolver, stop)
         }
-    }
+    };
+    let (policies, policy_task) = start_policies(cfg, client, metrics, readiness, stop);
+    tasks.push(policy_task);
+    let admission = admission(cfg, client, metrics, templates, policies);
+    let server_task = serve_webhooks(cfg, resolver, admission, metrics, readiness, stop)?;
+    Ok((tasks, server_task))
+}
 
-    let store = PolicyStore::default();
-    let recorder = Recorder::new(
+/// Events as the operator's field manager, from this pod.
+fn recorder(cfg: &RunConfig, client: &kube::Client) -> Recorder {
+    Recorder::new(
         client.clone(),
         Reporter {
             controller: names::FIELD_MANAGER.into(),
             instance: Some(cfg.pod_name.clone()),
         },
-    );
+    )
+}
+
+/// Files mode: serve the mounted files (reloaded when they change) and, when managing the
+/// webhook configurations, put the `ca.crt` beside them into their `caBundle` once.
+async fn start_files_tls(
+    cfg: &RunConfig,
+    client: &kube::Client,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    resolver: &Arc<CertResolver>,
+    stop: &CancellationToken,
+) -> Result<JoinHandle<()>, RunError> {
+    let files = files::load_files(&cfg.tls_cert_file, &cfg.tls_key_file, resolver, metrics)
+        .map_err(|e| RunError::Tls(e.to_string()))?;
+    let ca_file = cfg.tls_cert_file.with_file_name("ca.crt");
+    if cfg.manage_webhook_config
+        && let Ok(ca) = std::fs::read_to_string(&ca_file)
+    {
+        webhook_config::apply_ca_bundle(client, &ca)
+            .await
+            .map_err(|e| {
+                RunError::Tls(format!(
+                    "registering the webhooks with {}: {e}",
+                    ca_file.display()
+                ))
+            })?;
+    }
+    readiness.open(GATE_TLS);
+    Ok(tokio::spawn(files::run_files(
+        files,
+        resolver.clone(),
+        metrics.clone(),
+        files::DEFAULT_POLL_INTERVAL,
+        stop.clone(),
+    )))
+}
+
+/// The rotation settings `run`'s flags give.
+fn self_managed_config(cfg: &RunConfig) -> SelfManagedConfig {
+    let mut this = SelfManagedConfig::new(&cfg.namespace, &cfg.tls_secret, cfg.service_dns_names());
+    this.check_interval = Duration::from_secs(cfg.cert_check_interval_secs.max(1));
+    this
+}
+
+/// Self-managed mode: the rotation loop (CA and leaf in the Secret, the CA bundle into the
+/// webhook configurations) and the task opening the TLS gate once a certificate is served.
+fn start_self_managed_tls(
+    cfg: &RunConfig,
+    client: &kube::Client,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    resolver: &Arc<CertResolver>,
+    stop: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let manage = cfg.manage_webhook_config;
+    let apply_client = client.clone();
+    let on_new_ca = move |ca: String| {
+        let client = apply_client.clone();
+        async move {
+            if manage {
+                webhook_config::apply_ca_bundle(&client, &ca).await?;
+                tracing::info!("webhook configurations carry the current CA bundle");
+            }
+            Ok::<(), webhook_config::ConfigurationError>(())
+        }
+    };
+    // The CAs the webhook configurations publish are the trust anchor for the Secret's
+    // ca.crt (see certs::trust); unmanaged configurations publish nothing.
+    let read_client = client.clone();
+    let read_published = manage.then(|| -> rotation::PublishedReader {
+        Box::new(move || {
+            let client = read_client.clone();
+            Box::pin(async move {
+                webhook_config::published_ca_bundles(&client)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+    });
+    let rotation_task = tokio::spawn(rotation::run_self_managed(
+        client.clone(),
+        recorder(cfg, client),
+        self_managed_config(cfg),
+        read_published,
+        resolver.clone(),
+        metrics.clone(),
+        on_new_ca,
+        stop.clone(),
+    ));
+    let (gate_resolver, gate_readiness, gate_stop) =
+        (resolver.clone(), readiness.clone(), stop.clone());
+    let gate_task = tokio::spawn(async move {
+        while !gate_resolver.is_loaded() {
+            tokio::select! {
+                _ = gate_stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        gate_readiness.open(GATE_TLS);
+    });
+    vec![rotation_task, gate_task]
+}
+
+/// The policy set (files and the ConfigMap), followed until `stop`; the policies gate opens
+/// with the first set that loads.
+fn start_policies(
+    cfg: &RunConfig,
+    client: &kube::Client,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    stop: &CancellationToken,
+) -> (PolicyStore, JoinHandle<()>) {
+    let store = PolicyStore::default();
     let sources = PolicySources {
         dir: cfg.policy_dir.clone(),
         namespace: cfg.namespace.clone(),
         configmap: cfg.policy_configmap.clone(),
     };
-    tasks.push(tokio::spawn(policy_watch::run(
+    let gate = readiness.clone();
+    let task = tokio::spawn(policy_watch::run(
         client.clone(),
         sources,
         store.clone(),
         metrics.clone(),
-        readiness.clone(),
-        recorder,
+        move || gate.open(policy_watch::GATE_POLICIES),
+        recorder(cfg, client),
         stop.clone(),
-    )));
+    ));
+    (store, task)
+}
 
-    let admission = Arc::new(Admission {
+/// What the webhooks decide with: the flags' limits, the policies, the templates and the
+/// Secret access checks.
+fn admission(
+    cfg: &RunConfig,
+    client: &kube::Client,
+    metrics: &Metrics,
+    templates: &Catalog,
+    policies: PolicyStore,
+) -> Arc<Admission> {
+    Arc::new(Admission {
         mutate: MutateConfig {
             default_timeout_ms: cfg.default_timeout_ms,
         },
@@ -311,7 +364,7 @@ async fn start_webhooks(
             desk_namespaces: cfg.desk_namespaces(),
             max_metadata_bytes: cfg.max_metadata_bytes,
         },
-        policies: store,
+        policies,
         metrics: metrics.clone(),
         templates: templates.clone(),
         secret_access: Arc::new(
@@ -324,7 +377,18 @@ async fn start_webhooks(
             .with_rate_limit(cfg.access_review_rate, cfg.access_review_burst),
         ),
         operator_username: cfg.operator_username(),
-    });
+    })
+}
+
+/// Binds the webhook port and serves HTTPS on the server's own runtime until `stop`.
+fn serve_webhooks(
+    cfg: &RunConfig,
+    resolver: Arc<CertResolver>,
+    admission: Arc<Admission>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    stop: &CancellationToken,
+) -> Result<JoinHandle<server::Drain>, RunError> {
     let client_ca = match &cfg.webhook_client_ca {
         Some(path) => Some(tls::client_roots(path).map_err(|e| RunError::Tls(e.to_string()))?),
         None => None,
@@ -341,7 +405,7 @@ async fn start_webhooks(
         server::budget::MemoryBudget::new(cfg.webhook_memory_budget()),
     );
     let (metrics, stop, drain) = (metrics.clone(), stop.clone(), cfg.shutdown_timeout());
-    let server_task = tokio::task::spawn_blocking(move || {
+    Ok(tokio::task::spawn_blocking(move || {
         webhook_runtime.block_on(async move {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
@@ -362,8 +426,7 @@ async fn start_webhooks(
                 }
             }
         })
-    });
-    Ok((tasks, server_task))
+    }))
 }
 
 /// The controller, on the leader only (or always, with leader election off). Returns
