@@ -228,8 +228,9 @@ pub struct RunConfig {
     #[arg(long, env = "CYBERDESK_TEMPLATE_CONFIGMAP", default_value = names::TEMPLATE_CONFIGMAP)]
     pub template_configmap: String,
 
-    /// Webhook server: longest time from the first byte of a request (from accept, for a
-    /// connection's first request) to its last header; slower clients are disconnected.
+    /// Webhook server: longest time from the first byte of a request (for a connection's
+    /// first request, from the end of the TLS handshake) to its last header; slower clients
+    /// are disconnected.
     #[arg(
         long,
         env = "CYBERDESK_WEBHOOK_HEADER_TIMEOUT_SECS",

@@ -4,8 +4,8 @@
 //! With `failurePolicy: Fail` a starved webhook blocks every Cyberdesk write in the cluster,
 //! the operator's own finalizer removals included, so every connection is bounded: a cap on
 //! open connections, a TLS handshake timeout, a header read timeout from the first byte of
-//! a request (from accept for the first one), an idle keep-alive timeout between requests,
-//! and a timeout for reading the body and answering. One watchdog per connection enforces
+//! a request (from the end of the TLS handshake for the first one), an idle keep-alive
+//! timeout between requests, and a timeout for reading the body and answering. One watchdog per connection enforces
 //! the last three: a timer per request would cost every admission more than the checks.
 //! Memory is bounded too: a cap on connections from one source address, and one budget for
 //! the bytes of every request in flight and what parsing them takes ([`budget`]).
@@ -56,7 +56,8 @@ pub const DEFAULT_MEMORY_BUDGET: usize = 32 * 1024 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerLimits {
     pub handshake_timeout: Duration,
-    /// From the first byte of a request (from accept for the first) to its last header.
+    /// From the first byte of a request (from the end of the TLS handshake for the first)
+    /// to its last header.
     pub header_read_timeout: Duration,
     /// Between the end of a response and the first byte of the next request.
     pub idle_timeout: Duration,

@@ -182,7 +182,7 @@ async fn timeout_delete_fires_at_expiry_and_the_vm_goes_first() {
                 "deleted {} ms before its expiry",
                 expiry - now
             );
-            return Some(());
+            return Some(now);
         }
         assert!(
             now <= expiry + TIMEOUT_BOUND_MS,
@@ -191,8 +191,14 @@ async fn timeout_delete_fires_at_expiry_and_the_vm_goes_first() {
         );
         None
     };
-    // The bound inside is the tight one; `within` only stops a hung look.
-    eventually(Duration::from_secs(60), "the desk deleted", gone).await;
+    // The bound inside is the tight one; `within` only stops a hung look. It is the same as
+    // Stop's: the deletion comes with the halt (or the pass the halted VM's event brings),
+    // never with the fallback requeue (`HALT_FOLLOW_UP`, 5 s) or a cleanup recheck.
+    let gone_at = eventually(Duration::from_secs(60), "the desk deleted", gone).await;
+    eprintln!(
+        "desk, VM and VMI gone {} ms after the expiry",
+        gone_at - expiry
+    );
     let events = events_about(&c, &ns, "short");
     let timed_out = events
         .iter()

@@ -16,7 +16,7 @@ use cyberdesk_integration::kubevirt::{Simulator, SimulatorOptions};
 use cyberdesk_integration::wait::until_every;
 use cyberdesk_operator::model::{VirtualMachine, VirtualMachineInstance};
 
-use crate::scale::{run_all, watched};
+use crate::load::{run_all, watched};
 
 /// What the floor run saw.
 pub struct Floor {

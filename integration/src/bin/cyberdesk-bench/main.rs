@@ -2,14 +2,21 @@
 //! records them with the machine they came from.
 //!
 //! Sections (all by default, or name some): admission, caches, controlplane, operator,
-//! apply, desks, pool, scale, webhook-memory.
+//! apply, desks, pool, scale, expiry, webhook-memory.
+//!
+//! The sections use the shared pieces beside them (`load`, `figures`, `operators`) and
+//! never this file or each other, except `scale`, which runs `floor` as its last step.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod caches;
+mod expiry;
+mod figures;
 mod floor;
+mod load;
+mod operators;
 mod pool;
 mod scale;
 mod webhook_memory;
@@ -43,11 +50,14 @@ use cyberdesk_operator::policy::files::load_dir;
 use cyberdesk_operator::policy::{PolicySet, PolicyStore};
 use cyberdesk_operator::server;
 
+use figures::{ms, pct, timeout_lags};
+use operators::{delete_webhook_configs, operator_flags, until_webhooks_answer};
+
 #[derive(Parser)]
 #[command(about = "Benchmarks for cyberdesk-operator (figures, not pass/fail)")]
 struct Args {
     /// Sections to run: admission, caches, controlplane, operator, apply, desks, pool, scale,
-    /// webhook-memory (default: all).
+    /// expiry, webhook-memory (default: all).
     sections: Vec<String>,
     /// Desks for the scale section.
     #[arg(long, default_value_t = 1000)]
@@ -56,22 +66,16 @@ struct Args {
     /// API would).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// An extra flag for the operators the scale and webhook-memory sections start; repeat for several
+    /// Desks expiring together in the expiry section, one round per size and action.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    expiry_desks: Vec<usize>,
+    /// timeoutAction of the expiry section's rounds: Stop, Delete or both.
+    #[arg(long, value_delimiter = ',', default_value = "Stop,Delete", value_parser = ["Stop", "Delete"])]
+    expiry_actions: Vec<String>,
+    /// An extra flag for the operators the scale, expiry and webhook-memory sections start; repeat for several
     /// (e.g. `--operator-arg=--max-concurrent-reconciles=128`).
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -281,18 +285,6 @@ async fn bench_operator(c: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `webhooks`: for [`OperatorProcess::start_serving_webhooks`], which adds the URL flags.
-fn operator_flags(webhooks: bool) -> Vec<String> {
-    let mut f = vec![
-        "--policy-dir=/nonexistent".to_string(),
-        "--leader-election=false".to_string(),
-    ];
-    if !webhooks {
-        f.push("--manage-webhook-config=false".into());
-    }
-    f
-}
-
 async fn create_dry_runs(
     client: &kube::Client,
     ns: &str,
@@ -337,17 +329,7 @@ async fn bench_apply(c: &Cluster) -> anyhow::Result<()> {
     let without = create_dry_runs(&client, &ns, 200).await?;
     let op = OperatorProcess::start_serving_webhooks(c, "bench-apply", &operator_flags(true));
     anyhow::ensure!(op.wait_ready(Duration::from_secs(60)).await, "not ready");
-    // Wait until the apiserver really calls the webhooks (the finalizer appears).
-    for _ in 0..100 {
-        let out = k.apply(
-            &desk_yaml(&ns, "probe", "{}"),
-            &["--dry-run=server", "-o", "json"],
-        )?;
-        if out.stdout.contains("vm-cleanup") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_webhooks_answer(c, &ns).await?;
     create_dry_runs(&client, &ns, 20).await?;
     let with = create_dry_runs(&client, &ns, 200).await?;
     println!(
@@ -422,17 +404,6 @@ async fn bench_access_reviews(c: &Cluster, ns: &str, label: &str) -> anyhow::Res
     Ok(())
 }
 
-fn delete_webhook_configs(c: &Cluster) {
-    let _ = c.kubectl().run(
-        &[
-            "delete",
-            "mutatingwebhookconfiguration,validatingwebhookconfiguration",
-            "--all",
-        ],
-        None,
-    );
-}
-
 async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
     let client = c.client().await;
     let ns = namespace(&client, "bench-desks").await;
@@ -498,35 +469,6 @@ async fn bench_desks(c: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The lags the operator logged for the timeouts it enforced ("timeout reached", `lag_ms`),
-/// sorted, once there are `n` of them or `within` has passed.
-async fn timeout_lags(op: &OperatorProcess, n: usize, within: Duration) -> Vec<Duration> {
-    let read = || {
-        let mut lags: Vec<Duration> = op
-            .log()
-            .lines()
-            .filter(|l| l.contains("timeout reached"))
-            .filter_map(|l| l.split("lag_ms").nth(1))
-            .filter_map(|rest| {
-                rest.trim_start_matches(|c: char| !c.is_ascii_digit())
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .map(Duration::from_millis)
-            .collect();
-        lags.sort();
-        lags
-    };
-    until_every(within, Duration::from_millis(500), || {
-        let lags = read();
-        std::future::ready((lags.len() >= n).then_some(lags))
-    })
-    .await
-    .unwrap_or_else(read)
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let want = |s: &str| args.sections.is_empty() || args.sections.iter().any(|a| a == s);
@@ -552,6 +494,7 @@ fn main() -> anyhow::Result<()> {
         || want("desks")
         || want("pool")
         || want("scale")
+        || want("expiry")
         || want("webhook-memory")
     {
         let cp = ControlPlane::start(&Options {
@@ -581,6 +524,15 @@ fn main() -> anyhow::Result<()> {
                 control_plane: cp.pids(),
             };
             runtime.block_on(scale::run(&c, &scale))?;
+        }
+        if want("expiry") {
+            let expiry = expiry::Expiry {
+                sizes: args.expiry_desks.clone(),
+                actions: args.expiry_actions.clone(),
+                concurrency: args.concurrency,
+                operator_args: args.operator_args.clone(),
+            };
+            runtime.block_on(expiry::run(&c, &expiry))?;
         }
         if want("webhook-memory") {
             runtime.block_on(webhook_memory::run(&c, &args.operator_args))?;

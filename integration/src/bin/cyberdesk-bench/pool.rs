@@ -21,7 +21,8 @@ use cyberdesk_integration::pools::{pool_yaml, wait_pool_ready};
 use cyberdesk_integration::wait::until_every;
 use cyberdesk_operator::model::{Cyberdesk, CyberdeskPool, VmSource};
 
-use super::{ms, operator_flags, pct};
+use crate::figures::{ms, pct};
+use crate::operators::operator_flags;
 
 /// The simulated boot: three phase steps of a third each.
 const BOOT: Duration = Duration::from_secs(5);

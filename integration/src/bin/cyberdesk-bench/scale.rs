@@ -4,12 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use serde_json::json;
 
 use cyberdesk_integration::audit::{self, AuditLog, Request};
@@ -21,7 +19,9 @@ use cyberdesk_integration::operator::{OperatorProcess, Scrape};
 use cyberdesk_integration::wait::until_every;
 use cyberdesk_operator::model::Cyberdesk;
 
-use crate::{ms, operator_flags, pct, timeout_lags};
+use crate::figures::{ms, pct, timeout_lags};
+use crate::load::{run_all, watched};
+use crate::operators::operator_flags;
 
 /// Plain creates for the apiserver's raw rate: enough for a steady figure.
 const RAW_CREATES: usize = 2000;
@@ -63,39 +63,9 @@ fn desk(name: &str) -> anyhow::Result<Cyberdesk> {
     }))?)
 }
 
-/// The objects of `api` as one watch sees them. Counting phases in it costs the apiserver
-/// one more watcher; a LIST of every desk every look took a tenth of its CPU at 1,000 desks.
-pub fn watched<K>(api: Api<K>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    K: Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
-    tokio::spawn(stream.for_each(|_| async {}));
-    store
-}
-
 /// How many desks of `store` show `phase`.
 fn count_in_phase(store: &Store<Cyberdesk>, phase: &str) -> usize {
     store.state().iter().filter(|d| in_phase(d, phase)).count()
-}
-
-/// Runs `make(0..n)` with `concurrency` in flight; how long it took.
-pub async fn run_all<F, Fut>(n: usize, concurrency: usize, make: F) -> anyhow::Result<Duration>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let t = Instant::now();
-    futures::stream::iter((0..n).map(make))
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(t.elapsed())
 }
 
 fn show(requests: &BTreeMap<Request, u64>, n: usize) -> String {
