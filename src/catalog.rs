@@ -19,9 +19,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::watch_backoff;
-use crate::controller::template::{BUILTIN_TEMPLATE, SECRET_REF_KEYS, USER_DATA_SECRET_NAME};
 use crate::model::names;
 use crate::readiness::Readiness;
+use crate::template::{BUILTIN_TEMPLATE, SECRET_REF_KEYS, USER_DATA_SECRET_NAME};
 use crate::text::truncate;
 
 /// Readiness gate: closed until the template ConfigMaps have been listed once.

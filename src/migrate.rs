@@ -11,8 +11,9 @@ use kube::api::{Api, ListParams};
 
 use crate::controller::adoption;
 use crate::controller::plan::Serving;
-use crate::controller::{expiry, plan, status};
+use crate::controller::{plan, status};
 use crate::model::{Cyberdesk, DeskNamespaces, Placement, VirtualMachine, names};
+use crate::time;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct MigrateConfig {
@@ -109,7 +110,7 @@ pub fn assess(
         },
         Some(vm) if plan::owned_by(vm, desk) || adoption::adoptable(vm, desk) => Verdict::Adopt {
             vm: vm.name_any(),
-            expiry: status::expiry_time(desk, Some(vm), default_timeout_ms).map(expiry::format),
+            expiry: status::expiry_time(desk, Some(vm), default_timeout_ms).map(time::format),
             swap_finalizer,
         },
         Some(vm) => Verdict::Conflict { vm: vm.name_any() },

@@ -355,7 +355,7 @@ mod tests {
         assert_eq!(v.violations.len(), 1);
         assert_eq!(v.violations[0].field, SECRET_KEY_FIELD);
         assert!(v.violations[0].message.contains("cloud-init"));
-        for key in crate::controller::template::SECRET_REF_KEYS {
+        for key in crate::template::SECRET_REF_KEYS {
             assert!(
                 judged(
                     facts.clone(),

@@ -13,8 +13,8 @@
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::controller::expiry;
 use crate::model::{Cyberdesk, VirtualMachine, names};
+use crate::time;
 
 /// The finalizer kopf puts on every object it handles.
 pub const KOPF_FINALIZER: &str = "kopf.zalando.org/KopfFinalizerMarker";
@@ -134,12 +134,12 @@ pub fn swapped_finalizers(desk: &Cyberdesk) -> Vec<String> {
 /// previous operator recorded: `expiryTime - timeout`, else its recorded `startTime`.
 pub fn legacy_start(desk: &Cyberdesk, timeout_ms: i64) -> Option<Timestamp> {
     let legacy = desk.status.as_ref()?.legacy.as_ref()?;
-    if let Some(expiry) = legacy.expiry_time.as_deref().and_then(expiry::parse) {
+    if let Some(expiry) = legacy.expiry_time.as_deref().and_then(time::parse) {
         return expiry
             .checked_sub(jiff::SignedDuration::from_millis(timeout_ms.max(0)))
             .ok();
     }
-    legacy.start_time.as_deref().and_then(expiry::parse)
+    legacy.start_time.as_deref().and_then(time::parse)
 }
 
 #[cfg(test)]
@@ -276,11 +276,11 @@ mod tests {
     fn the_recorded_expiry_is_kept() {
         let d = kopf_desk();
         let start = legacy_start(&d, 3_600_000).expect("start");
-        assert_eq!(expiry::format(start), "2026-01-01T10:00:00Z");
+        assert_eq!(time::format(start), "2026-01-01T10:00:00Z");
         // A different timeout keeps the expiry, not the start.
         let start = legacy_start(&d, 1_800_000).expect("start");
         assert_eq!(
-            expiry::format(expiry::expiry(start, 1_800_000)),
+            time::format(crate::controller::expiry::expiry(start, 1_800_000)),
             "2026-01-01T11:00:00Z"
         );
     }

@@ -19,12 +19,12 @@ use serde_json::{Value, json};
 
 use crate::controller::cache::trim_vm;
 use crate::controller::error::Error;
-use crate::controller::expiry;
 use crate::controller::plan::{self, Announcement, Reason};
 use crate::controller::pool_plan::claim_order;
 use crate::controller::reconcile::{Context, owner_reference};
 use crate::controller::render::load_template;
 use crate::model::{Cyberdesk, CyberdeskPool, VirtualMachine, VmSource, names};
+use crate::time;
 
 /// Most VMs one pass tries before it gives up on the pool and boots a VM of its own.
 const MAX_TRIES: usize = 5;
@@ -105,7 +105,7 @@ pub fn claim_patch(desk: &Cyberdesk, owner_reference: &Value, now: Timestamp) ->
         {"op": "add", "path": label(names::LABEL_INSTANCE), "value": desk.name_any()},
         {"op": "add", "path": label(names::LABEL_DESK_NAMESPACE), "value": ns},
         {"op": "add", "path": label(names::LABEL_DESK_UID), "value": uid},
-        {"op": "add", "path": format!("/metadata/annotations/{}", segment(names::ANNOTATION_CLAIMED_AT)), "value": expiry::format(now)},
+        {"op": "add", "path": format!("/metadata/annotations/{}", segment(names::ANNOTATION_CLAIMED_AT)), "value": time::format(now)},
         {"op": "add", "path": "/metadata/ownerReferences", "value": [owner_reference]},
     ])
 }
@@ -322,7 +322,7 @@ mod tests {
         assert!(added.contains(&("/metadata/labels/cyberdesk.io~1desk-uid", &json!("u-1"))));
         assert!(added.contains(&(
             "/metadata/annotations/cyberdesk.io~1claimed-at",
-            &json!(expiry::format(now))
+            &json!(time::format(now))
         )));
         assert!(added.contains(&("/metadata/ownerReferences", &json!([owner]))));
         // It parses as the JSON patch the client sends.

@@ -13,7 +13,6 @@ use kube::Api;
 use kube::api::{WatchEvent, WatchParams};
 use kube::runtime::watcher;
 
-use crate::config::InitialList;
 use crate::model::Cyberdesk;
 
 /// How long the start-up probe may take before the caches fill by pages instead.
@@ -21,6 +20,17 @@ const PROBE_LIMIT: Duration = Duration::from_secs(10);
 
 /// A label no object carries: the probe's stream starts with its end-of-list bookmark.
 const MATCHES_NOTHING: &str = "cyberdesk.io/initial-list-probe=none";
+
+/// How the controller's caches fill when their watches start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialList {
+    /// Stream when the apiserver accepts a streaming watch at start, else pages.
+    Auto,
+    /// A streaming watch (`sendInitialEvents`; Kubernetes' WatchList feature).
+    Stream,
+    /// Pages of a LIST, then a watch.
+    List,
+}
 
 /// Whether the watches stream their initial lists, from the flag and (for `auto` only)
 /// whether the apiserver accepted a streaming watch.

@@ -3,7 +3,6 @@
 //! carries out the plan.
 
 pub mod adoption;
-pub mod announcer;
 pub mod cache;
 pub mod claim;
 pub mod error;
@@ -23,7 +22,6 @@ pub mod render;
 pub mod status;
 pub mod status_hold;
 pub mod takeover;
-pub mod template;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,11 +37,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::watch_backoff;
 use crate::catalog::Catalog;
-use crate::controller::announcer::Announcer;
 use crate::controller::cache::{
     Caches, recorded_watch, trim_desk, trim_pool, trim_vm, trim_vmi, trimmed_watch,
 };
 use crate::controller::records::{VmRecord, VmiRecord};
+use crate::events::Announcer;
 use crate::metrics::Metrics;
 use crate::model::{
     Cyberdesk, CyberdeskPhase, CyberdeskPool, Placement, VirtualMachineInstance, names,

@@ -13,8 +13,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::announcer::Announcer;
 use crate::controller::cache::Caches;
+use crate::events::Announcer;
 use crate::metrics::Metrics;
 use crate::model::{Cyberdesk, VirtualMachine, names};
 

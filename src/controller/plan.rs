@@ -22,6 +22,7 @@ use crate::model::{
     VirtualMachineInstance, names,
 };
 use crate::notify::supabase;
+use crate::time;
 
 /// How often a desk that cannot be built (missing Secret, broken template, refused VM, a
 /// name taken by another VM) is looked at again, besides the retry a template change brings.
@@ -370,7 +371,7 @@ pub fn plan(obs: &Observation<'_>) -> Step {
         if legacy && adoption::adoptable(vm, desk) {
             let name = vm.metadata.name.as_deref().unwrap_or(vm_name);
             let expiry = status::expiry_time(desk, Some(vm), obs.default_timeout_ms)
-                .map(expiry::format)
+                .map(time::format)
                 .unwrap_or_default();
             return Step::Adopt(Announcement::new(
                 Reason::VirtualMachineAdopted,
@@ -498,7 +499,7 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
             "timeoutAction Delete: deleting the Cyberdesk",
         ));
     }
-    let expiry = desired.expiry_time.as_deref().and_then(expiry::parse);
+    let expiry = desired.expiry_time.as_deref().and_then(time::parse);
     let (wake, outcome) = if let Some(RenderProblem::NotServed(_)) = problem {
         // Only a restart with other flags changes this.
         (Wake::OnChange, Outcome::Success)

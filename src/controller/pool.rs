@@ -25,8 +25,8 @@ use crate::controller::pool_plan::{Member, MemberState, member_state, plan_pool}
 use crate::controller::reconcile::{Context, create_params};
 use crate::controller::render::{Recipe, load_template, render_from};
 use crate::controller::status::RenderProblem;
-use crate::controller::template::Ownership;
 use crate::model::{CyberdeskPool, VirtualMachine, names};
+use crate::template::Ownership;
 
 /// A failed pool pass is retried after 1 s, doubling up to 5 min.
 const RETRY_MIN: Duration = Duration::from_secs(1);

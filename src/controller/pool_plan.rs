@@ -7,10 +7,10 @@
 
 use jiff::Timestamp;
 
-use crate::controller::expiry;
 use crate::controller::status::VM_ERROR_STATES;
 use crate::model::conditions::{self, Condition, ConditionStatus, set_condition};
 use crate::model::{CyberdeskPool, CyberdeskPoolStatus, VirtualMachine};
+use crate::time;
 
 /// Where one of the pool's VMs stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,7 +192,7 @@ fn condition(
         status,
         reason: reason.into(),
         message: message.into(),
-        last_transition_time: expiry::format(now).into(),
+        last_transition_time: time::format(now).into(),
         observed_generation: pool.metadata.generation,
     }
 }

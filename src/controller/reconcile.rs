@@ -15,7 +15,6 @@ use tracing::Instrument;
 
 use crate::backoff::Failures;
 use crate::catalog::Catalog;
-use crate::controller::announcer::Announcer;
 use crate::controller::cache::{Caches, trim_desk, trim_vm};
 use crate::controller::claim::{PoolVms, claim_from_pool, desk_vm};
 use crate::controller::error::Error;
@@ -28,6 +27,7 @@ use crate::controller::render::render_vm;
 use crate::controller::status::RenderProblem;
 use crate::controller::status_hold::StatusClock;
 use crate::controller::takeover::{claim_vm, find_legacy_vm, take_over_finalizer};
+use crate::events::Announcer;
 use crate::metrics::Metrics;
 use crate::model::{
     Cyberdesk, CyberdeskPool, Placement, TimeoutAction, VirtualMachine, VirtualMachineInstance,
@@ -46,7 +46,7 @@ pub struct ControllerConfig {
     /// Passes in flight at once.
     pub max_concurrent_reconciles: u16,
     /// How the caches fill when their watches start.
-    pub initial_list: crate::config::InitialList,
+    pub initial_list: crate::controller::initial_list::InitialList,
     /// Where VMs live and how they are named.
     pub placement: Placement,
     /// How long a VM in the VM namespace whose desk is gone stays before it is deleted.

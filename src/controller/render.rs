@@ -13,9 +13,9 @@ use crate::catalog::{ResolvedTemplate, TemplateRefusal};
 use crate::controller::error::Error;
 use crate::controller::reconcile::{Context, owner_reference};
 use crate::controller::status::RenderProblem;
-use crate::controller::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateVars};
 use crate::model::placement::vm_labels;
 use crate::model::{Cyberdesk, CyberdeskPool, SecretKeyRef};
+use crate::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateVars};
 
 /// Where a VM's template and user data come from: the desk's spec, or its pool's.
 #[derive(Clone, Copy, Debug)]

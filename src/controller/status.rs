@@ -10,6 +10,7 @@ use crate::model::{
     Cyberdesk, CyberdeskPhase, CyberdeskStatus, LegacyStatus, VirtualMachine,
     VirtualMachineInstance, VmSource,
 };
+use crate::time;
 
 /// printableStatus values that mean the desktop cannot come up without help.
 pub(crate) const VM_ERROR_STATES: &[&str] = &[
@@ -76,7 +77,7 @@ pub fn start_time(
         .status
         .as_ref()
         .and_then(|s| s.start_time.as_deref())
-        .and_then(expiry::parse);
+        .and_then(time::parse);
     recorded
         .or_else(|| adoption::legacy_start(cd, cd.effective_timeout_ms(default_timeout_ms)))
         .or_else(|| {
@@ -123,7 +124,7 @@ fn condition(
         status,
         reason: reason.into(),
         message: message.into(),
-        last_transition_time: expiry::format(obs.now).into(),
+        last_transition_time: time::format(obs.now).into(),
         observed_generation: obs.cyberdesk.metadata.generation,
     }
 }
@@ -320,8 +321,8 @@ pub fn desired_status(obs: &Observation<'_>) -> CyberdeskStatus {
         .and_then(|vm| vm.metadata.name.as_deref().map(CompactString::from))
         .or(current.virtual_machine_ref);
     let vmi_phase = obs.vmi.and_then(|v| v.phase().map(CompactString::from));
-    let start_time = start.map(|t| CompactString::from(expiry::format(t)));
-    let expiry_time = expiry.map(|t| CompactString::from(expiry::format(t)));
+    let start_time = start.map(|t| CompactString::from(time::format(t)));
+    let expiry_time = expiry.map(|t| CompactString::from(time::format(t)));
     // Without the flag a block someone else wrote is carried over as it is: dropping it
     // would make every pass see a change and write.
     let legacy = if obs.legacy {
