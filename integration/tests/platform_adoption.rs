@@ -13,8 +13,8 @@ use cyberdesk_integration::operator::{OperatorProcess, free_addr};
 use cyberdesk_integration::overlay;
 use cyberdesk_integration::wait::eventually;
 use cyberdesk_integration::workspace::operator_binary;
-use cyberdesk_operator::controller::adoption::KOPF_FINALIZER;
-use cyberdesk_operator::controller::expiry;
+use cyberdesk_operator::controller::desk::adoption::KOPF_FINALIZER;
+use cyberdesk_operator::controller::desk::expiry;
 use cyberdesk_operator::model::names;
 use cyberdesk_operator::time;
 

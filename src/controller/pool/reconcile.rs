@@ -1,77 +1,69 @@
 //! The warm-pool controller (leader only, beside the desk controller): keeps every
-//! CyberdeskPool at its size, with the decisions of `pool_plan.rs`. Pool VMs are rendered
+//! CyberdeskPool at its size, with the decisions of `plan.rs`. Pool VMs are rendered
 //! from the pool's template like a desk's, owned by the pool and labelled as its members;
 //! a desk's claim (`claim.rs`) moves one to the desk.
 //!
 //! Deleting a pool deletes its unclaimed VMs (its finalizer holds it until they are
 //! going); claimed VMs stay with their desks.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use tracing::Instrument;
 
+use crate::backoff::Failures;
+use crate::controller::context::Shared;
 use crate::controller::error::Error;
 use crate::controller::finalizers;
-use crate::controller::plan::RENDER_RETRY;
-use crate::controller::pool_plan::{Member, MemberState, member_state, plan_pool};
-use crate::controller::reconcile::{Context, create_params};
-use crate::controller::render::{Recipe, load_template, render_from};
-use crate::controller::status::RenderProblem;
+use crate::controller::pass::{Outcome, Reconciler};
+use crate::controller::patch::{self, apply_params, create_params};
+use crate::controller::pool::context::PoolContext;
+use crate::controller::pool::plan::{Member, MemberState, member_state, plan_pool};
+use crate::controller::render::{RENDER_RETRY, Recipe, RenderProblem, load_template, render_from};
+use crate::metrics::POOL_STATES;
 use crate::model::{CyberdeskPool, VirtualMachine, names};
 use crate::template::Ownership;
 
-/// A failed pool pass is retried after 1 s, doubling up to 5 min.
-const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(300);
 /// While VMs boot, a pool is looked at again this often even without a watch event.
 const BOOTING_RECHECK: Duration = Duration::from_secs(30);
 /// While a pool drains, it is looked at again this often (to see its VMs gone).
 const DRAIN_RECHECK: Duration = Duration::from_secs(2);
 
-pub async fn reconcile(pool: Arc<CyberdeskPool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let start = Instant::now();
-    let ns = pool.namespace().unwrap_or_default();
-    let span = tracing::info_span!("reconcile_pool", pool = %pool.name_any(), namespace = %ns);
-    let result = async {
-        ctx.caches
-            .wait_filled()
-            .await
-            .map_err(|_| Error::CachesGone)?;
-        if ns.is_empty() {
-            Err(Error::NoNamespace)
-        } else if pool.metadata.deletion_timestamp.is_some() {
-            drain(&pool, &ctx, &ns).await
+impl Reconciler for PoolContext {
+    type Object = CyberdeskPool;
+    const OPERATION: &'static str = "reconcile_pool";
+    /// A failed pool pass is retried after 1 s, doubling up to 5 min.
+    const RETRY_MIN: Duration = Duration::from_secs(1);
+    const RETRY_MAX: Duration = Duration::from_secs(300);
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn failures(&self) -> &Failures<ObjectRef<CyberdeskPool>> {
+        &self.failures
+    }
+
+    fn span(pool: &CyberdeskPool, ns: &str) -> tracing::Span {
+        tracing::info_span!("reconcile_pool", pool = %pool.name_any(), namespace = %ns)
+    }
+
+    fn retrying(pool: &CyberdeskPool, error: &Error, attempts: u32, delay: Duration) {
+        tracing::warn!(pool = %pool.name_any(), namespace = ?pool.namespace(), %error, attempts, ?delay, "pool reconcile failed; retrying");
+    }
+
+    async fn pass(&self, pool: &CyberdeskPool, ns: &str) -> Result<(Action, Outcome), Error> {
+        if pool.metadata.deletion_timestamp.is_some() {
+            drain(pool, self, ns).await
         } else {
-            keep(&pool, &ctx, &ns).await
+            keep(pool, self, ns).await
         }
     }
-    .instrument(span)
-    .await;
-    let result = ctx.time("reconcile_pool", start, result);
-    if result.is_ok() {
-        ctx.pool_failures.clear(&ObjectRef::from(pool.as_ref()));
-    }
-    result
-}
-
-/// Retries a failed pool pass with exponential backoff.
-pub fn error_policy(pool: Arc<CyberdeskPool>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[error.metric_label()])
-        .inc();
-    let attempts = ctx.pool_failures.record(ObjectRef::from(pool.as_ref()));
-    let delay = crate::backoff::nth_delay(RETRY_MIN, RETRY_MAX, attempts);
-    tracing::warn!(pool = %pool.name_any(), namespace = ?pool.namespace(), %error, attempts, ?delay, "pool reconcile failed; retrying");
-    Action::requeue(delay)
 }
 
 fn has_finalizer(pool: &CyberdeskPool) -> bool {
@@ -79,9 +71,10 @@ fn has_finalizer(pool: &CyberdeskPool) -> bool {
 }
 
 /// The pool's members as the cache shows them, corrected by this process's own writes.
-fn members(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Vec<Member> {
+fn members(pool: &CyberdeskPool, ctx: &PoolContext, ns: &str) -> Vec<Member> {
     let uid = pool.uid().unwrap_or_default();
     let mut members: Vec<Member> = ctx
+        .shared
         .caches
         .pool_vms(ns, &pool.name_any())
         .iter()
@@ -93,13 +86,13 @@ fn members(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Vec<Member> {
             })
         })
         .collect();
-    ctx.pool_writes.correct(&uid, &mut members);
+    ctx.writes.correct(&uid, &mut members);
     members
 }
 
 /// Why the pool's VMs cannot be rendered, if they cannot (checked without rendering).
-fn template_problem(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Option<String> {
-    let (resolved, _) = match load_template(pool.spec.template.as_deref(), ctx, ns) {
+fn template_problem(pool: &CyberdeskPool, ctx: &PoolContext, ns: &str) -> Option<String> {
+    let (resolved, _) = match load_template(pool.spec.template.as_deref(), &ctx.shared, ns) {
         Ok(loaded) => loaded,
         Err(problem) => return Some(problem.message().to_string()),
     };
@@ -107,8 +100,12 @@ fn template_problem(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Option<Str
     resolved.secret_key_problem(key)
 }
 
-async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, Error> {
-    let api: Api<CyberdeskPool> = Api::namespaced(ctx.client.clone(), ns);
+async fn keep(
+    pool: &CyberdeskPool,
+    ctx: &PoolContext,
+    ns: &str,
+) -> Result<(Action, Outcome), Error> {
+    let api: Api<CyberdeskPool> = Api::namespaced(ctx.shared.client.clone(), ns);
     let stored;
     let pool = if has_finalizer(pool) {
         pool
@@ -117,14 +114,14 @@ async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, E
         &stored
     };
     let uid = pool.uid().ok_or(Error::NoUid)?;
-    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.shared.client.clone(), ns);
     let members = members(pool, ctx, ns);
     let mut problem = template_problem(pool, ctx, ns);
     let mut plan = plan_pool(pool, &members, problem.as_deref(), Timestamp::now());
 
     for name in &plan.retire {
         if retire(&vms, name).await? {
-            ctx.pool_writes.deleted(&uid, name);
+            ctx.writes.deleted(&uid, name);
             if let Some((_, reason)) = plan.replaced.iter().find(|(n, _)| n == name) {
                 replaced(pool, ctx, name, reason);
             }
@@ -132,12 +129,12 @@ async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, E
     }
     for name in &plan.delete {
         if delete(&vms, name).await? {
-            ctx.pool_writes.deleted(&uid, name);
+            ctx.writes.deleted(&uid, name);
         }
     }
     for _ in 0..plan.create {
         match create_member(pool, ctx, ns, &vms).await? {
-            Ok(Some(name)) => ctx.pool_writes.created(&uid, &name),
+            Ok(Some(name)) => ctx.writes.created(&uid, &name),
             // A name taken already: the next pass boots this one under another.
             Ok(None) => {}
             Err(refused) => {
@@ -152,26 +149,21 @@ async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, E
     }
     if let Some(status) = &plan.status {
         let body = json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "CyberdeskPool", "status": status});
-        api.patch_status(
-            &pool.name_any(),
-            &PatchParams::apply(names::FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
+        api.patch_status(&pool.name_any(), &apply_params(), &Patch::Apply(body))
+            .await?;
     }
     let status = plan.status.clone().or_else(|| pool.status.clone());
     if let Some(status) = status {
         let name = pool.name_any();
-        let gauge = |state: &str, n: i32| {
-            ctx.metrics
+        // In the order of `POOL_STATES`: ready, booting, claimed, desired.
+        let counts = [status.ready, status.booting, status.claimed, pool.spec.size];
+        for (state, n) in POOL_STATES.iter().zip(counts) {
+            ctx.shared
+                .metrics
                 .pool_vms
                 .with_label_values(&[ns, &name, state])
                 .set(i64::from(n));
-        };
-        gauge("ready", status.ready);
-        gauge("booting", status.booting);
-        gauge("claimed", status.claimed);
-        gauge("desired", pool.spec.size);
+        }
     }
     let booting = members.iter().any(|m| m.state == MemberState::Booting) || plan.create > 0;
     let action = if problem.is_some() {
@@ -188,19 +180,30 @@ async fn keep(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, E
             .max(jiff::SignedDuration::ZERO);
         Duration::try_from(left).unwrap_or(Duration::ZERO) + EXPIRY_SLACK
     });
-    Ok(match (action, expiry) {
+    let action = match (action, expiry) {
         (Some(a), Some(e)) => Action::requeue(a.min(e)),
         (Some(d), None) | (None, Some(d)) => Action::requeue(d),
         (None, None) => Action::await_change(),
-    })
+    };
+    // Like a desk's: a pool whose VMs cannot be rendered waits on a template fix.
+    let outcome = if problem.is_some() {
+        Outcome::Requeue
+    } else {
+        Outcome::Success
+    };
+    Ok((action, outcome))
 }
 
 /// A pass for an expiry comes this much after it, so the VM is past its age, not at it.
 const EXPIRY_SLACK: Duration = Duration::from_millis(100);
 
 /// Counts and announces an unclaimed VM taken back to be booted afresh.
-fn replaced(pool: &CyberdeskPool, ctx: &Context, vm: &str, reason: &str) {
-    ctx.metrics.pool_replaced.with_label_values(&[reason]).inc();
+fn replaced(pool: &CyberdeskPool, ctx: &PoolContext, vm: &str, reason: &str) {
+    ctx.shared
+        .metrics
+        .pool_replaced
+        .with_label_values(&[reason])
+        .inc();
     let (type_, event_reason, note) = if reason == "expired" {
         let idle = pool.max_idle().as_millis();
         (
@@ -218,7 +221,7 @@ fn replaced(pool: &CyberdeskPool, ctx: &Context, vm: &str, reason: &str) {
         )
     };
     tracing::info!(vm = %vm, reason, "replacing an unclaimed pool VM");
-    ctx.announcer.announce(
+    ctx.shared.announcer.announce(
         pool.object_ref(&()),
         Event {
             type_,
@@ -243,7 +246,7 @@ async fn retire(vms: &Api<VirtualMachine>, name: &str) -> Result<bool, Error> {
         {"op": "test", "path": state, "value": names::POOL_STATE_AVAILABLE},
         {"op": "replace", "path": state, "value": names::POOL_STATE_RETIRING},
     ]);
-    match super::patch::json(vms, name, ops, "retire patch").await {
+    match patch::json(vms, name, ops, "retire patch").await {
         Ok(_) => delete(vms, name).await,
         Err(Error::Kube(kube::Error::Api(e))) if matches!(e.code, 404 | 409 | 422) => Ok(false),
         Err(e) => Err(e),
@@ -321,7 +324,7 @@ pub fn as_pool_member(vm: &mut Value, pool: &str) {
 /// it cannot be made.
 async fn create_member(
     pool: &CyberdeskPool,
-    ctx: &Context,
+    ctx: &PoolContext,
     ns: &str,
     vms: &Api<VirtualMachine>,
 ) -> Result<Result<Option<String>, RenderProblem>, Error> {
@@ -346,7 +349,7 @@ async fn create_member(
         vm_name.clone(),
         vm_name.clone(),
         &ownership,
-        ctx,
+        &ctx.shared,
         ns,
     )
     .await?
@@ -362,9 +365,9 @@ async fn create_member(
         })?;
     let t = Instant::now();
     let created = vms.create(&create_params(), &vm).await;
-    match ctx.time("create_vm", t, created) {
+    match ctx.shared.time("create_vm", t, created) {
         Ok(_) => {
-            ctx.metrics.vm_created.inc();
+            ctx.shared.metrics.vm_created.inc();
             Ok(Ok(Some(vm_name)))
         }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(None)),
@@ -380,13 +383,17 @@ async fn create_member(
 
 /// A pool being deleted: delete its unclaimed VMs, then let it go. Read live: a stale
 /// "none left" would release the pool while VMs it owns still boot.
-async fn drain(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, Error> {
+async fn drain(
+    pool: &CyberdeskPool,
+    ctx: &PoolContext,
+    ns: &str,
+) -> Result<(Action, Outcome), Error> {
     if !has_finalizer(pool) {
-        return Ok(Action::await_change());
+        return Ok((Action::await_change(), Outcome::Success));
     }
     let name = pool.name_any();
     let uid = pool.uid().unwrap_or_default();
-    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.shared.client.clone(), ns);
     let selector = format!("{}={name}", names::LABEL_POOL);
     let listed = vms.list(&ListParams::default().labels(&selector)).await?;
     let mut left = 0;
@@ -405,54 +412,22 @@ async fn drain(pool: &CyberdeskPool, ctx: &Context, ns: &str) -> Result<Action, 
         }
     }
     if left > 0 {
-        return Ok(Action::requeue(DRAIN_RECHECK));
+        // Waiting on the deletions, like a desk's cleanup waiting on its VM.
+        return Ok((Action::requeue(DRAIN_RECHECK), Outcome::Requeue));
     }
-    let api: Api<CyberdeskPool> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<CyberdeskPool> = Api::namespaced(ctx.shared.client.clone(), ns);
     finalizers::release(&api, pool, names::POOL_FINALIZER).await?;
-    ctx.pool_writes.forget(&uid);
-    for state in ["ready", "booting", "claimed", "desired"] {
+    ctx.writes.forget(&uid);
+    for state in POOL_STATES {
         let _ = ctx
+            .shared
             .metrics
             .pool_vms
             .remove_label_values(&[ns, &name, state]);
     }
     tracing::info!("pool drained; finalizer released");
-    Ok(Action::await_change())
+    Ok((Action::await_change(), Outcome::Success))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_pool_member_carries_no_desk_labels_and_has_annotations() {
-        let mut vm = json!({
-            "metadata": {"name": "v", "labels": {"cyberdesk-instance": "v", "app": "cyberdesk", "cyberdesk.io/pool": "warm"}},
-            "spec": {"template": {"metadata": {"labels": {"cyberdesk-instance": "v", "cyberdesk.io/desk-uid": "x"}}}}
-        });
-        as_pool_member(&mut vm, "warm");
-        assert!(vm.pointer("/metadata/labels/cyberdesk-instance").is_none());
-        assert!(
-            vm.pointer("/spec/template/metadata/labels/cyberdesk-instance")
-                .is_none()
-        );
-        assert!(
-            vm.pointer("/spec/template/metadata/labels/cyberdesk.io~1desk-uid")
-                .is_none()
-        );
-        assert_eq!(vm["metadata"]["labels"]["app"], "cyberdesk");
-        assert_eq!(vm["metadata"]["annotations"]["cyberdesk.io/pool"], "warm");
-    }
-
-    #[test]
-    fn member_names_are_distinct_and_valid() {
-        let a = suffix();
-        let b = suffix();
-        assert_eq!(a.len(), 5);
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        );
-        assert_ne!(a, b, "two random suffixes collided (1 in 60 million)");
-    }
-}
+mod tests;

@@ -156,9 +156,9 @@ fn kopf_desk(finalizer: &str) -> Cyberdesk {
 
 #[test]
 fn a_kopf_desk_is_taken_over_and_its_vm_adopted_not_created_again() {
-    use crate::controller::adoption::KOPF_FINALIZER;
+    use crate::controller::desk::adoption::KOPF_FINALIZER;
     let d = kopf_desk(KOPF_FINALIZER);
-    assert_eq!(plan(&observe(&d)), Step::TakeOverFinalizer);
+    assert_eq!(plan(&observe(&d)), Step::AdoptFinalizer);
     // With this operator's finalizer: the VM is looked for live, once.
     let d = kopf_desk(names::FINALIZER);
     let mut o = observe(&d);
@@ -192,7 +192,7 @@ fn a_kopf_desk_is_taken_over_and_its_vm_adopted_not_created_again() {
 
 #[test]
 fn a_desk_outside_the_served_namespaces_only_says_why() {
-    use crate::controller::adoption::KOPF_FINALIZER;
+    use crate::controller::desk::adoption::KOPF_FINALIZER;
     // Named after someone else's VM, with kopf's finalizer and a status block of its own.
     let mut d = kopf_desk(KOPF_FINALIZER);
     d.metadata.namespace = Some("team-x".into());
@@ -252,14 +252,14 @@ fn a_failed_render_writes_a_legacy_block_marked_as_this_operators() {
         .expect("a legacy block");
     assert_eq!(
         block.written_by.as_deref(),
-        Some(crate::controller::adoption::LEGACY_WRITER)
+        Some(crate::controller::desk::adoption::LEGACY_WRITER)
     );
     // Stored, the next pass does not take the desk for the previous operator's.
     let mut stored = d.clone();
     stored.status = s.status.clone();
     let mut next = observe(&stored);
     next.legacy_status = true;
-    assert!(!crate::controller::adoption::is_legacy(&stored));
+    assert!(!crate::controller::desk::adoption::is_legacy(&stored));
     assert_eq!(plan(&next), Step::Render);
 }
 

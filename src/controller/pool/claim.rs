@@ -17,11 +17,13 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
+use crate::controller::announcement::{Announcement, Reason};
 use crate::controller::cache::trim_vm;
+use crate::controller::context::Shared;
 use crate::controller::error::Error;
-use crate::controller::plan::{self, Announcement, Reason};
-use crate::controller::pool_plan::claim_order;
-use crate::controller::reconcile::{Context, owner_reference};
+use crate::controller::ownership::{owned_by, owner_reference};
+use crate::controller::patch;
+use crate::controller::pool::plan::claim_order;
 use crate::controller::render::load_template;
 use crate::model::{Cyberdesk, CyberdeskPool, VirtualMachine, VmSource, names};
 use crate::time;
@@ -147,7 +149,7 @@ pub async fn claim(
             continue;
         }
         let ops = claim_patch(desk, owner_reference, Timestamp::now());
-        match super::patch::json(vms, &name, ops, "claim patch").await {
+        match patch::json(vms, &name, ops, "claim patch").await {
             Ok(vm) => {
                 memory.record(&desk.uid().unwrap_or_default(), &name);
                 return Ok(Claimed::Hit(Box::new(vm)));
@@ -178,14 +180,15 @@ pub async fn claim(
 /// this process remembers or its status records (read live when the cache does not show
 /// the claim yet), else the one the cache shows claimed by it (a claim whose status write
 /// never happened: the operator was stopped in between).
-pub(super) async fn desk_vm(
+pub async fn desk_vm(
     cd: &Cyberdesk,
-    ctx: &Context,
+    ctx: &Shared,
+    pool_vms: &PoolVms,
     vm_ns: &str,
     vms: &Api<VirtualMachine>,
 ) -> Result<(String, Option<VirtualMachine>), Error> {
     let name = cd.name_any();
-    let default = ctx.cfg.placement.vm_name(&name);
+    let default = ctx.placement.vm_name(&name);
     let cached = ctx.caches.vm(vm_ns, &default);
     if cd.spec.pool.is_none() || cached.is_some() {
         return Ok((default, cached));
@@ -196,27 +199,23 @@ pub(super) async fn desk_vm(
         .as_ref()
         .filter(|s| s.source == Some(VmSource::Pool))
         .and_then(|s| s.virtual_machine_ref.as_deref().map(String::from));
-    if let Some(known) = ctx.pool_vms.of_desk(&uid).or(recorded) {
-        if let Some(vm) = ctx
-            .caches
-            .vm(vm_ns, &known)
-            .filter(|vm| plan::owned_by(vm, cd))
-        {
+    if let Some(known) = pool_vms.of_desk(&uid).or(recorded) {
+        if let Some(vm) = ctx.caches.vm(vm_ns, &known).filter(|vm| owned_by(vm, cd)) {
             return Ok((known, Some(vm)));
         }
         match vms.get_opt(&known).await? {
-            Some(mut vm) if plan::owned_by(&vm, cd) => {
+            Some(mut vm) if owned_by(&vm, cd) => {
                 trim_vm(&mut vm);
                 return Ok((known, Some(vm)));
             }
-            _ => ctx.pool_vms.forget(&uid),
+            _ => pool_vms.forget(&uid),
         }
     }
     if let Some(vm) = ctx
         .caches
         .claimed_by(vm_ns, &name)
         .into_iter()
-        .find(|vm| plan::owned_by(vm, cd))
+        .find(|vm| owned_by(vm, cd))
     {
         return Ok((vm.name_any(), Some(vm)));
     }
@@ -224,9 +223,10 @@ pub(super) async fn desk_vm(
 }
 
 /// Claims a ready VM of the desk's pool, if one is left; the VM's name and the VM.
-pub(super) async fn claim_from_pool(
+pub async fn claim_from_pool(
     cd: &Cyberdesk,
-    ctx: &Context,
+    ctx: &Shared,
+    pool_vms: &PoolVms,
     ns: &str,
     vms: &Api<VirtualMachine>,
 ) -> Result<Option<(String, VirtualMachine)>, Error> {
@@ -245,8 +245,8 @@ pub(super) async fn claim_from_pool(
         .caches
         .pool(ns, pool_name)
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|_| ctx.cfg.placement.namespace.is_none());
-    let (Some(pool), Some(owner)) = (pool, owner_reference(cd, ctx, ns)?) else {
+        .filter(|_| ctx.placement.namespace.is_none());
+    let (Some(pool), Some(owner)) = (pool, owner_reference(cd, &ctx.placement, ns)?) else {
         count("miss", 1);
         return Ok(None);
     };
@@ -260,16 +260,16 @@ pub(super) async fn claim_from_pool(
     // per desk, so that a desk never claims a second VM.
     let selector = format!("{}={}", names::LABEL_DESK_UID, cd.uid().unwrap_or_default());
     let mine = vms.list(&ListParams::default().labels(&selector)).await?;
-    if let Some(mut vm) = mine.items.into_iter().find(|vm| plan::owned_by(vm, cd)) {
+    if let Some(mut vm) = mine.items.into_iter().find(|vm| owned_by(vm, cd)) {
         trim_vm(&mut vm);
         let vm_name = vm.name_any();
-        ctx.pool_vms.record(&cd.uid().unwrap_or_default(), &vm_name);
+        pool_vms.record(&cd.uid().unwrap_or_default(), &vm_name);
         return Ok(Some((vm_name, vm)));
     }
-    let vm_ns = ctx.cfg.placement.vm_namespace(ns);
+    let vm_ns = ctx.placement.vm_namespace(ns);
     let members = ctx.caches.pool_vms(vm_ns, pool_name);
     let t = Instant::now();
-    let claimed = claim(vms, cd, &pool, &members, &owner, &ctx.pool_vms).await;
+    let claimed = claim(vms, cd, &pool, &members, &owner, pool_vms).await;
     match ctx.time("claim_vm", t, claimed)? {
         Claimed::Hit(mut vm) => {
             count("hit", 1);
@@ -295,55 +295,4 @@ pub(super) async fn claim_from_pool(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_claim_tests_availability_first_and_hands_the_vm_over_in_one_patch() {
-        let mut desk = Cyberdesk::new("alice", Default::default());
-        desk.metadata.namespace = Some("team".into());
-        desk.metadata.uid = Some("u-1".into());
-        let owner = json!({"apiVersion": "cyberdesk.io/v1alpha1", "kind": "Cyberdesk", "name": "alice", "uid": "u-1", "controller": true});
-        let now = Timestamp::from_second(1_800_000_000).expect("time");
-        let patch = claim_patch(&desk, &owner, now);
-        let ops = patch.as_array().expect("ops");
-        assert_eq!(ops[0]["op"], "test");
-        assert_eq!(ops[0]["path"], "/metadata/labels/cyberdesk.io~1pool-state");
-        assert_eq!(ops[0]["value"], "available");
-        assert_eq!(ops[1]["op"], "test");
-        assert_eq!(ops[1]["path"], "/metadata/deletionTimestamp");
-        assert_eq!(ops[1]["value"], Value::Null);
-        assert_eq!(ops[2]["value"], "claimed");
-        let added: Vec<(&str, &Value)> = ops[3..]
-            .iter()
-            .filter_map(|op| Some((op["path"].as_str()?, &op["value"])))
-            .collect();
-        assert!(added.contains(&("/metadata/labels/cyberdesk-instance", &json!("alice"))));
-        assert!(added.contains(&("/metadata/labels/cyberdesk.io~1desk-uid", &json!("u-1"))));
-        assert!(added.contains(&(
-            "/metadata/annotations/cyberdesk.io~1claimed-at",
-            &json!(time::format(now))
-        )));
-        assert!(added.contains(&("/metadata/ownerReferences", &json!([owner]))));
-        // It parses as the JSON patch the client sends.
-        let _: json_patch::Patch = serde_json::from_value(patch).expect("a JSON patch");
-    }
-
-    #[test]
-    fn a_vm_is_reserved_by_one_pass_at_a_time_and_remembered_per_desk() {
-        let memory = PoolVms::default();
-        assert!(memory.reserve("vm-1"));
-        assert!(
-            !memory.reserve("vm-1"),
-            "a second pass must not try the same VM"
-        );
-        memory.release("vm-1");
-        assert!(memory.reserve("vm-1"));
-        memory.record("desk-1", "vm-1");
-        assert_eq!(memory.of_desk("desk-1").as_deref(), Some("vm-1"));
-        assert!(memory.is_taken("vm-1"));
-        memory.forget("desk-1");
-        assert!(!memory.is_taken("vm-1"));
-        assert_eq!(memory.of_desk("desk-1"), None);
-    }
-}
+mod tests;

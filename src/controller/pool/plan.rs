@@ -7,10 +7,9 @@
 
 use jiff::Timestamp;
 
-use crate::controller::status::VM_ERROR_STATES;
-use crate::model::conditions::{self, Condition, ConditionStatus, set_condition};
+use crate::model::conditions::{self, ConditionStatus, Observed, set_condition};
+use crate::model::kubevirt::VM_ERROR_STATES;
 use crate::model::{CyberdeskPool, CyberdeskPoolStatus, VirtualMachine};
-use crate::time;
 
 /// Where one of the pool's VMs stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,24 +178,6 @@ pub fn plan_pool(
     }
 }
 
-fn condition(
-    pool: &CyberdeskPool,
-    type_: &str,
-    status: ConditionStatus,
-    reason: &str,
-    message: String,
-    now: Timestamp,
-) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: time::format(now).into(),
-        observed_generation: pool.metadata.generation,
-    }
-}
-
 fn desired_status(
     pool: &CyberdeskPool,
     ready: usize,
@@ -205,21 +186,22 @@ fn desired_status(
     template_problem: Option<&str>,
     now: Timestamp,
 ) -> CyberdeskPoolStatus {
+    let at = Observed {
+        now,
+        generation: pool.metadata.generation,
+    };
     let current = pool.status.clone().unwrap_or_default();
     let mut conds = current.conditions;
     let size = usize::try_from(pool.spec.size).unwrap_or(0);
     let full = if ready >= size {
-        condition(
-            pool,
+        at.condition(
             conditions::READY,
             ConditionStatus::True,
             "Filled",
             format!("{ready} of {size} VMs ready"),
-            now,
         )
     } else {
-        condition(
-            pool,
+        at.condition(
             conditions::READY,
             ConditionStatus::False,
             if template_problem.is_some() {
@@ -228,26 +210,21 @@ fn desired_status(
                 "Filling"
             },
             format!("{ready} of {size} VMs ready, {booting} booting"),
-            now,
         )
     };
     set_condition(&mut conds, full);
     let template = match template_problem {
-        Some(problem) => condition(
-            pool,
+        Some(problem) => at.condition(
             conditions::TEMPLATE_VALID,
             ConditionStatus::False,
             "TemplateInvalid",
             problem.to_string(),
-            now,
         ),
-        None => condition(
-            pool,
+        None => at.condition(
             conditions::TEMPLATE_VALID,
             ConditionStatus::True,
             "TemplateRendered",
-            "the VM template renders".into(),
-            now,
+            "the VM template renders",
         ),
     };
     set_condition(&mut conds, template);

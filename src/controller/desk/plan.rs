@@ -12,10 +12,14 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::controller::adoption;
-use crate::controller::expiry::{self, Deadline};
-use crate::controller::status::{self, RenderProblem};
-use crate::controller::status_hold;
+use crate::controller::announcement::{Announcement, Reason};
+use crate::controller::desk::adoption;
+use crate::controller::desk::expiry::{self, Deadline};
+use crate::controller::desk::status;
+use crate::controller::desk::status_hold;
+use crate::controller::ownership::owned_by;
+use crate::controller::pass::Outcome;
+use crate::controller::render::{RENDER_RETRY, RenderProblem};
 use crate::model::conditions::{self, ConditionStatus};
 use crate::model::{
     Cyberdesk, CyberdeskPhase, CyberdeskStatus, DeskNamespaces, TimeoutAction, VirtualMachine,
@@ -24,9 +28,6 @@ use crate::model::{
 use crate::notify::supabase;
 use crate::time;
 
-/// How often a desk that cannot be built (missing Secret, broken template, refused VM, a
-/// name taken by another VM) is looked at again, besides the retry a template change brings.
-pub const RENDER_RETRY: Duration = Duration::from_secs(15);
 /// How often cleanup re-checks while KubeVirt deletes the VM and VMI (watches usually win).
 pub const CLEANUP_RECHECK: Duration = Duration::from_secs(5);
 /// After a halt, the status is written by the pass the halted VM's watch event brings;
@@ -65,6 +66,47 @@ pub struct Observation<'a> {
     pub now: Timestamp,
 }
 
+/// What a pass knows before it reads the world: the settings that apply to the desk.
+#[derive(Clone, Debug)]
+pub struct Given {
+    pub default_timeout_ms: i64,
+    pub legacy_status: bool,
+    pub serving: Serving,
+    pub calls_ready: bool,
+    pub syncs_state: bool,
+    pub status_written_ago: Option<Duration>,
+}
+
+impl<'a> Observation<'a> {
+    /// A pass's first observation: the desk, its VM and VMI as read, nothing done yet.
+    pub fn new(
+        desk: &'a Cyberdesk,
+        vm_name: &'a str,
+        vm: Option<VirtualMachine>,
+        vmi: Option<VirtualMachineInstance>,
+        given: Given,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            desk,
+            vm_name,
+            vm,
+            vmi,
+            rendered: None,
+            refused: None,
+            searched_legacy: false,
+            pool_tried: false,
+            default_timeout_ms: given.default_timeout_ms,
+            legacy_status: given.legacy_status,
+            serving: given.serving,
+            calls_ready: given.calls_ready,
+            syncs_state: given.syncs_state,
+            status_written_ago: given.status_written_ago,
+            now,
+        }
+    }
+}
+
 /// What the operator does with desks of a namespace (`--desk-namespaces`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Serving {
@@ -87,132 +129,6 @@ impl Serving {
     }
 }
 
-/// Event reasons the reconciler publishes, each with its meaning in one place.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    VirtualMachineCreated,
-    VirtualMachineClaimed,
-    VirtualMachineAdopted,
-    VirtualMachineConflict,
-    TimedOut,
-    /// A timed-out desk's VM was started again (by hand) and halted again: not a timeout.
-    TimeoutReapplied,
-    Ready,
-    Deleting,
-    DeletingVirtualMachine,
-    CleanedUp,
-    TemplateInvalid,
-    TemplateNotAllowed,
-    UserDataUnavailable,
-    CreateRejected,
-    NamespaceNotServed,
-}
-
-impl Reason {
-    /// Every reason, in the order the README's events table lists them.
-    pub const ALL: [Reason; 14] = [
-        Reason::VirtualMachineCreated,
-        Reason::VirtualMachineClaimed,
-        Reason::Ready,
-        Reason::TimedOut,
-        Reason::TimeoutReapplied,
-        Reason::Deleting,
-        Reason::DeletingVirtualMachine,
-        Reason::CleanedUp,
-        Reason::TemplateInvalid,
-        Reason::TemplateNotAllowed,
-        Reason::UserDataUnavailable,
-        Reason::CreateRejected,
-        Reason::VirtualMachineConflict,
-        Reason::VirtualMachineAdopted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::VirtualMachineCreated => "VirtualMachineCreated",
-            Reason::VirtualMachineClaimed => "VirtualMachineClaimed",
-            Reason::VirtualMachineAdopted => "VirtualMachineAdopted",
-            Reason::VirtualMachineConflict => "VirtualMachineConflict",
-            Reason::TimedOut => "TimedOut",
-            Reason::TimeoutReapplied => "TimeoutReapplied",
-            Reason::Ready => "Ready",
-            Reason::Deleting => "Deleting",
-            Reason::DeletingVirtualMachine => "DeletingVirtualMachine",
-            Reason::CleanedUp => "CleanedUp",
-            Reason::TemplateInvalid => "TemplateInvalid",
-            Reason::TemplateNotAllowed => "TemplateNotAllowed",
-            Reason::UserDataUnavailable => "UserDataUnavailable",
-            Reason::CreateRejected => "CreateRejected",
-            Reason::NamespaceNotServed => status::NOT_SERVED,
-        }
-    }
-
-    /// The action verb of the Kubernetes Event.
-    pub fn action(self) -> &'static str {
-        match self {
-            Reason::TimedOut | Reason::TimeoutReapplied => "Stop",
-            Reason::Ready | Reason::VirtualMachineClaimed => "Start",
-            Reason::Deleting | Reason::DeletingVirtualMachine | Reason::CleanedUp => "Delete",
-            _ => "Create",
-        }
-    }
-
-    pub fn is_warning(self) -> bool {
-        matches!(
-            self,
-            Reason::VirtualMachineConflict
-                | Reason::TemplateInvalid
-                | Reason::TemplateNotAllowed
-                | Reason::UserDataUnavailable
-                | Reason::CreateRejected
-                | Reason::NamespaceNotServed
-        )
-    }
-
-    fn for_problem(problem: &RenderProblem) -> Self {
-        match problem {
-            RenderProblem::Template(_) => Reason::TemplateInvalid,
-            RenderProblem::TemplateNotAllowed(_) => Reason::TemplateNotAllowed,
-            RenderProblem::UserData(_) => Reason::UserDataUnavailable,
-            RenderProblem::Rejected(_) => Reason::CreateRejected,
-            RenderProblem::NotServed(_) => Reason::NamespaceNotServed,
-        }
-    }
-}
-
-/// One Event to publish about the desk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Announcement {
-    pub reason: Reason,
-    pub note: String,
-}
-
-impl Announcement {
-    pub fn new(reason: Reason, note: impl Into<String>) -> Self {
-        Self {
-            reason,
-            note: note.into(),
-        }
-    }
-}
-
-/// How a pass ended, for `cyberdesk_reconcile_total{result}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// Something outside the operator must change first; looked at again later.
-    Requeue,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Requeue => "requeue",
-        }
-    }
-}
-
 /// When to look at the desk again without a watch event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wake {
@@ -229,7 +145,7 @@ pub enum Step {
     AddFinalizer,
     /// The desk was the previous (kopf) operator's: replace kopf's finalizer with this
     /// operator's in one guarded patch; the executor then plans again on the desk as stored.
-    TakeOverFinalizer,
+    AdoptFinalizer,
     /// The desk was the previous operator's and its VM is not in the cache (it lacks this
     /// operator's labels): look for it live, by the name the desk recorded, else by label.
     FindLegacyVm,
@@ -280,26 +196,6 @@ pub struct Settlement {
     pub started: Option<(Duration, &'static str)>,
     pub wake: Wake,
     pub outcome: Outcome,
-}
-
-/// Is this VM ours to manage: controlled by this very Cyberdesk (same uid)? Beside its
-/// desk a VM says so by its ownerReference; in another namespace (`--vm-namespace`), where
-/// it can have none, by its desk-uid label.
-pub fn owned_by(vm: &VirtualMachine, desk: &Cyberdesk) -> bool {
-    let Some(uid) = desk.metadata.uid.as_deref() else {
-        return false;
-    };
-    match vm.metadata.owner_references.as_deref() {
-        Some(owners) if !owners.is_empty() => {
-            owners.iter().any(|o| o.uid == uid && o.kind == "Cyberdesk")
-        }
-        _ => vm
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(names::LABEL_DESK_UID))
-            .is_some_and(|label| label == uid),
-    }
 }
 
 /// The ready call's outcome (delivered or given up) is in the desk's stored status.
@@ -355,7 +251,7 @@ pub fn plan(obs: &Observation<'_>) -> Step {
         Serving::NotServed(why) => return Step::Settle(Box::new(settle_not_served(obs, why))),
     };
     if adopts && adoption::has_kopf_finalizer(desk) {
-        return Step::TakeOverFinalizer;
+        return Step::AdoptFinalizer;
     }
     if !has_finalizer(desk) {
         return Step::AddFinalizer;
@@ -457,7 +353,7 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
         _ => None,
     }
     .filter(|_| !timed_out);
-    let desired = status::desired_status(&status::Observation {
+    let desired = status::desired_status(&status::StatusInputs {
         cyberdesk: desk,
         vm: obs.vm.as_ref(),
         vmi: obs.vmi.as_ref(),
@@ -472,10 +368,7 @@ fn settle(obs: &Observation<'_>, timed_out: bool) -> Settlement {
     if let Some(problem) = problem {
         // One Warning per distinct problem, not one per retry.
         if before.and_then(|s| s.message.as_deref()) != Some(problem.message()) {
-            announce.push(Announcement::new(
-                Reason::for_problem(problem),
-                problem.message(),
-            ));
+            announce.push(Announcement::new(problem.reason(), problem.message()));
         }
     }
     let was_running = before.and_then(|s| s.phase) == Some(CyberdeskPhase::Running);
@@ -569,7 +462,7 @@ pub fn plan_cleanup(obs: &Observation<'_>) -> CleanupStep {
         ));
     }
     if obs.vm.is_some() || obs.vmi.is_some() {
-        let desired = status::desired_status(&status::Observation {
+        let desired = status::desired_status(&status::StatusInputs {
             cyberdesk: desk,
             vm: obs.vm.as_ref(),
             vmi: obs.vmi.as_ref(),
