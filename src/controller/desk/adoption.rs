@@ -29,11 +29,11 @@ pub fn has_kopf_finalizer(desk: &Cyberdesk) -> bool {
         .any(|f| f == KOPF_FINALIZER)
 }
 
-/// Was this desk the previous operator's and not taken over yet? kopf's finalizer, or a
+/// Was this desk the previous operator's and not adopted yet? kopf's finalizer, or a
 /// status block this operator did not write (it marks its own, [`LEGACY_WRITER`]) and no
 /// VM reference of this operator's (which every desk it made a VM for has). The block
 /// alone counts for a desk whose finalizer was swapped by a pass that ended before it
-/// claimed the VM.
+/// adopted the VM.
 pub fn is_legacy(desk: &Cyberdesk) -> bool {
     let status = desk.status.as_ref();
     let foreign_block = status
@@ -58,9 +58,9 @@ pub fn recorded_vm_name(desk: &Cyberdesk) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
-/// May this VM be taken over for this desk? Only one the previous operator labelled for a
+/// May this VM be adopted for this desk? Only one the previous operator labelled for a
 /// desk of this name (`app=cyberdesk`, `cyberdesk-instance=<desk>`) and nobody else
-/// claims: no ownerReference, no desk-uid or desk-namespace label of another desk, no pool.
+/// holds: no ownerReference, no desk-uid or desk-namespace label of another desk, no pool.
 /// A VM that merely has the desk's name is never taken.
 pub fn adoptable(vm: &VirtualMachine, desk: &Cyberdesk) -> bool {
     let labels = vm.metadata.labels.as_ref();
@@ -80,7 +80,7 @@ pub fn adoptable(vm: &VirtualMachine, desk: &Cyberdesk) -> bool {
     unowned && made_for_it && uid_ok && ns_ok && !pooled && vm.metadata.deletion_timestamp.is_none()
 }
 
-/// The JSON patch that claims `vm` for the desk: guarded by the VM's resourceVersion, it
+/// The JSON patch that adopts `vm` for the desk: guarded by the VM's resourceVersion, it
 /// adds this operator's labels (`labels`) to the VM and to its template (so the VMIs it
 /// starts from now on carry them) and, beside the desk, the ownerReference.
 pub fn adopt_patch(

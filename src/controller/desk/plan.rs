@@ -110,7 +110,7 @@ impl<'a> Observation<'a> {
 /// What the operator does with desks of a namespace (`--desk-namespaces`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Serving {
-    /// Served; `adopts`: the previous operator's desks are taken over here.
+    /// Served; `adopts`: the previous operator's desks are adopted here.
     Served { adopts: bool },
     /// Not served: why, for the desk's status. No VM, no adoption, no notification.
     NotServed(String),
@@ -149,7 +149,7 @@ pub enum Step {
     /// The desk was the previous operator's and its VM is not in the cache (it lacks this
     /// operator's labels): look for it live, by the name the desk recorded, else by label.
     FindLegacyVm,
-    /// Claim the previous operator's VM for the desk instead of creating a second one.
+    /// Adopt the previous operator's VM for the desk instead of creating a second one.
     Adopt(Announcement),
     /// A VM by this name that the desk does not control: warn and leave it alone.
     Conflict(Announcement),

@@ -182,7 +182,7 @@ fn a_kopf_desk_is_taken_over_and_its_vm_adopted_not_created_again() {
         }
         other => panic!("{other:?}"),
     }
-    // Claimed by another desk: left alone.
+    // Held by another desk: left alone.
     o.vm = Some(vm_elsewhere("another-desk"));
     assert!(matches!(plan(&o), Step::Conflict(_)));
     // Not found: created like any other.
