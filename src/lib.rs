@@ -27,5 +27,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod template;
+#[cfg(test)]
+mod test_client;
 pub mod text;
 pub mod time;

@@ -411,3 +411,6 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
