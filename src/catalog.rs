@@ -19,9 +19,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::watch_backoff;
-use crate::controller::template::{BUILTIN_TEMPLATE, SECRET_REF_KEYS, USER_DATA_SECRET_NAME};
 use crate::model::names;
-use crate::readiness::Readiness;
+use crate::template::{BUILTIN_TEMPLATE, SECRET_REF_KEYS, USER_DATA_SECRET_NAME};
 use crate::text::truncate;
 
 /// Readiness gate: closed until the template ConfigMaps have been listed once.
@@ -236,15 +235,16 @@ impl Catalog {
 }
 
 /// Starts the watch of template ConfigMaps (label selector, so other ConfigMaps of the
-/// namespace are never cached) and opens [`GATE_TEMPLATES`] after the first list.
+/// namespace are never cached) and calls `listed_once` after the first list (the wiring opens
+/// [`GATE_TEMPLATES`] with it).
 pub fn start(
     client: kube::Client,
     namespace: &str,
     default_name: &str,
-    readiness: Readiness,
+    listed_once: impl FnOnce() + Send + 'static,
     stop: CancellationToken,
 ) -> (Catalog, tokio::task::JoinHandle<()>) {
-    readiness.register(GATE_TEMPLATES);
+    let mut listed_once = Some(listed_once);
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
     let (store, writer) = reflector::store();
     let (tx, changes) = watch::channel(0u64);
@@ -264,7 +264,9 @@ pub fn start(
                         return;
                     }
                     task_synced.store(true, Ordering::Release);
-                    readiness.open(GATE_TEMPLATES);
+                    if let Some(listed) = listed_once.take() {
+                        listed();
+                    }
                     tx.send_modify(|n| *n += 1);
                     tracing::info!("VM templates loaded");
                 }

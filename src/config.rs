@@ -20,16 +20,7 @@ pub enum TlsMode {
     Files,
 }
 
-/// How the controller's caches fill when their watches start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum InitialList {
-    /// Stream when the apiserver accepts a streaming watch at start, else pages.
-    Auto,
-    /// A streaming watch (`sendInitialEvents`; Kubernetes' WatchList feature).
-    Stream,
-    /// Pages of a LIST, then a watch.
-    List,
-}
+pub use crate::controller::initial_list::InitialList;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -12,10 +12,10 @@ use crate::admission::mutate::{MutateConfig, defaults_patch};
 use crate::admission::validate::{self, ValidateConfig, ValidationInput};
 use crate::admission::{Admission, Webhook, review_json};
 use crate::catalog::Catalog;
-use crate::controller::template::{self, Ownership, TemplateVars};
 use crate::metrics::Metrics;
 use crate::model::names;
 use crate::policy::{Policy, PolicySet, PolicyStore};
+use crate::template::{self, Ownership, TemplateVars};
 
 /// The policies shipped in `policies/`, so the fuzzer exercises real schemas.
 fn shipped_policies() -> PolicySet {

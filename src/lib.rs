@@ -10,6 +10,7 @@ pub mod certs;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod events;
 /// Invariants the fuzz targets check; built for unit tests (the corpus replay) and for
 /// `fuzz/`, which turns the feature on, never into the operator's binary.
 #[cfg(any(test, feature = "fuzzing"))]
@@ -27,6 +28,10 @@ pub mod readiness;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod template;
+#[cfg(test)]
+mod test_client;
 pub mod text;
+pub mod time;
 pub mod verdict;
 pub mod wiring;

@@ -9,10 +9,12 @@ use std::fmt::Write as _;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use crate::controller::adoption;
-use crate::controller::plan::Serving;
-use crate::controller::{expiry, plan, status};
+use crate::controller::desk::adoption;
+use crate::controller::desk::plan::Serving;
+use crate::controller::desk::status;
+use crate::controller::ownership::owned_by;
 use crate::model::{Cyberdesk, DeskNamespaces, Placement, VirtualMachine, names};
+use crate::time;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct MigrateConfig {
@@ -98,7 +100,7 @@ pub fn assess(
     let own_name = placement.vm_name(&desk.name_any());
     if !(adopts && adoption::is_legacy(desk)) {
         return match vm {
-            Some(vm) if !plan::owned_by(vm, desk) => Verdict::Conflict { vm: vm.name_any() },
+            Some(vm) if !owned_by(vm, desk) => Verdict::Conflict { vm: vm.name_any() },
             _ => Verdict::Keep,
         };
     }
@@ -107,9 +109,9 @@ pub fn assess(
             vm: own_name,
             swap_finalizer,
         },
-        Some(vm) if plan::owned_by(vm, desk) || adoption::adoptable(vm, desk) => Verdict::Adopt {
+        Some(vm) if owned_by(vm, desk) || adoption::adoptable(vm, desk) => Verdict::Adopt {
             vm: vm.name_any(),
-            expiry: status::expiry_time(desk, Some(vm), default_timeout_ms).map(expiry::format),
+            expiry: status::expiry_time(desk, Some(vm), default_timeout_ms).map(time::format),
             swap_finalizer,
         },
         Some(vm) => Verdict::Conflict { vm: vm.name_any() },

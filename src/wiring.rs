@@ -101,11 +101,13 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     // Ends with `stop`; nothing waits for it.
     tokio::spawn(crate::heap::trim_periodically(stop.clone()));
     // One watch of the template ConfigMaps, for the webhook and (on the leader) the controller.
+    readiness.register(catalog::GATE_TEMPLATES);
+    let gate = readiness.clone();
     let (templates, templates_task) = catalog::start(
         client.clone(),
         &cfg.namespace,
         &cfg.template_configmap,
-        readiness.clone(),
+        move || gate.open(catalog::GATE_TEMPLATES),
         stop.clone(),
     );
     let (mut webhook_tasks, webhook_server) =

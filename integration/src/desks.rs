@@ -89,7 +89,7 @@ pub async fn wait_event(
 
 /// Milliseconds since the Unix epoch of an RFC 3339 time the operator wrote.
 pub fn epoch_ms(rfc3339: &str) -> i64 {
-    cyberdesk_operator::controller::expiry::parse(rfc3339)
+    cyberdesk_operator::time::parse(rfc3339)
         .unwrap_or_else(|| panic!("not an RFC 3339 time: {rfc3339:?}"))
         .as_millisecond()
 }

@@ -228,7 +228,7 @@ pub fn unlisted_families() -> Result<Vec<String>, DocsError> {
 }
 
 fn event_rows() -> Vec<Row> {
-    use cyberdesk_operator::controller::plan::Reason;
+    use cyberdesk_operator::controller::announcement::Reason;
     Reason::ALL
         .iter()
         .map(|reason| {

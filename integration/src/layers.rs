@@ -61,16 +61,6 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// TEMPORARY (issue 30): violations in files another change is restructuring at the same
-/// time. A violation is allowed here only when it starts in one of these paths; the list is
-/// emptied once that change is merged. Nothing else may be added.
-pub const TEMPORARY_ALLOWLIST: &[&str] = &[
-    "src/controller/",
-    "src/catalog.rs",
-    "src/notify/notifier.rs",
-    "src/config.rs",
-];
-
 /// One source file as the check sees it.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
@@ -82,7 +72,7 @@ pub struct SourceFile {
 /// What the check found, each a sentence naming the files involved.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Violation {
-    /// The files the violation starts in (the allowlist is matched against these).
+    /// The files the violation starts in.
     pub files: Vec<String>,
     pub message: String,
 }
@@ -808,13 +798,6 @@ fn shortest_circle(
         }
     }
     None
-}
-
-/// Whether `v` is allowed by the temporary allowlist: it starts in one of its paths.
-pub fn allowlisted(v: &Violation) -> bool {
-    v.files
-        .iter()
-        .any(|f| TEMPORARY_ALLOWLIST.iter().any(|a| f.starts_with(a)))
 }
 
 #[cfg(test)]

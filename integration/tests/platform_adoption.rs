@@ -13,9 +13,10 @@ use cyberdesk_integration::operator::{OperatorProcess, Scrape, free_addr};
 use cyberdesk_integration::overlay;
 use cyberdesk_integration::wait::eventually;
 use cyberdesk_integration::workspace::operator_binary;
-use cyberdesk_operator::controller::adoption::KOPF_FINALIZER;
-use cyberdesk_operator::controller::expiry;
+use cyberdesk_operator::controller::desk::adoption::KOPF_FINALIZER;
+use cyberdesk_operator::controller::desk::expiry;
 use cyberdesk_operator::model::names;
+use cyberdesk_operator::time;
 
 const DESK_NS: &str = "cyberdesk-system";
 const VM_NS: &str = "kubevirt";
@@ -89,8 +90,8 @@ async fn the_old_operators_desk_is_adopted_with_its_vm_and_expiry() {
     let start = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(10);
     let expiry_at = expiry::expiry(start, 3_600_000);
     let block = serde_json::json!({"status": {"cyberdesk_create": {
-        "virtualMachineRef": ID, "startTime": expiry::format(start),
-        "expiryTime": expiry::format(expiry_at), "lastPhase": "Running"}}});
+        "virtualMachineRef": ID, "startTime": time::format(start),
+        "expiryTime": time::format(expiry_at), "lastPhase": "Running"}}});
     kubectl_ok(
         &c,
         &[
@@ -138,7 +139,7 @@ async fn the_old_operators_desk_is_adopted_with_its_vm_and_expiry() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expiry_text = expiry::format(expiry_at);
+    let expiry_text = time::format(expiry_at);
     assert!(
         text.contains(&format!(
             "adopt     {DESK_NS}/{ID}: VirtualMachine {VM_NS}/{ID} taken over, expiry {expiry_text} kept; finalizer {KOPF_FINALIZER} -> {}",
@@ -173,7 +174,7 @@ async fn the_old_operators_desk_is_adopted_with_its_vm_and_expiry() {
     let status = adopted.status.clone().expect("status");
     assert_eq!(
         epoch_ms(status.expiry_time.as_deref().expect("expiryTime")),
-        epoch_ms(&expiry::format(expiry_at)),
+        epoch_ms(&time::format(expiry_at)),
         "the expiry moved"
     );
     // Still exactly one VM for the desk: the same one, now labelled as this operator's.

@@ -16,7 +16,7 @@ use cyberdesk_integration::operator::OperatorProcess;
 use cyberdesk_integration::overlay;
 use cyberdesk_integration::recorder::Recorder;
 use cyberdesk_integration::wait::{eventually, throughout};
-use cyberdesk_operator::controller::adoption::KOPF_FINALIZER;
+use cyberdesk_operator::controller::desk::adoption::KOPF_FINALIZER;
 use cyberdesk_operator::model::conditions::{self, VM_CREATED};
 use cyberdesk_operator::model::{Cyberdesk, VirtualMachine, names};
 

@@ -13,7 +13,6 @@ use kube::Api;
 use kube::api::{WatchEvent, WatchParams};
 use kube::runtime::watcher;
 
-use crate::config::InitialList;
 use crate::model::Cyberdesk;
 
 /// How long the start-up probe may take before the caches fill by pages instead.
@@ -21,6 +20,17 @@ const PROBE_LIMIT: Duration = Duration::from_secs(10);
 
 /// A label no object carries: the probe's stream starts with its end-of-list bookmark.
 const MATCHES_NOTHING: &str = "cyberdesk.io/initial-list-probe=none";
+
+/// How the controller's caches fill when their watches start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialList {
+    /// Stream when the apiserver accepts a streaming watch at start, else pages.
+    Auto,
+    /// A streaming watch (`sendInitialEvents`; Kubernetes' WatchList feature).
+    Stream,
+    /// Pages of a LIST, then a watch.
+    List,
+}
 
 /// Whether the watches stream their initial lists, from the flag and (for `auto` only)
 /// whether the apiserver accepted a streaming watch.
@@ -64,30 +74,4 @@ pub async fn apiserver_streams(desks: &Api<Cyberdesk>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_flag_decides_unless_it_is_auto() {
-        let never = || async { panic!("probed although the flag decides") };
-        assert!(streams(InitialList::Stream, never).await);
-        assert!(!streams(InitialList::List, never).await);
-        assert!(streams(InitialList::Auto, || async { true }).await);
-        assert!(!streams(InitialList::Auto, || async { false }).await);
-    }
-
-    #[test]
-    fn pages_come_from_the_watch_cache() {
-        let paged = configure(watcher::Config::default(), false);
-        assert_eq!(paged.list_semantic, watcher::ListSemantic::Any);
-        assert_eq!(
-            paged.initial_list_strategy,
-            watcher::InitialListStrategy::ListWatch
-        );
-        let streamed = configure(watcher::Config::default(), true);
-        assert_eq!(
-            streamed.initial_list_strategy,
-            watcher::InitialListStrategy::StreamingList
-        );
-    }
-}
+mod tests;

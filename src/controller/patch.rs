@@ -3,11 +3,32 @@
 //! instead of overwriting what it did not see.
 
 use kube::Api;
-use kube::api::Patch;
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::Value;
 
 use crate::controller::error::Error;
-use crate::controller::reconcile::plain_pp;
+use crate::model::names;
+
+/// Server-side apply as the operator's field manager, taking over fields others set.
+pub fn apply_params() -> PatchParams {
+    PatchParams::apply(names::FIELD_MANAGER).force()
+}
+
+/// A merge or JSON patch recorded under the operator's field manager.
+pub fn plain_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(names::FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// A create recorded under the operator's field manager.
+pub fn create_params() -> PostParams {
+    PostParams {
+        dry_run: false,
+        field_manager: Some(names::FIELD_MANAGER.into()),
+    }
+}
 
 /// Sends `ops` to the object `name`; the object as stored. `what` names the patch in the
 /// error when `ops` is not a JSON patch.
@@ -18,33 +39,9 @@ where
     let patch: json_patch::Patch =
         serde_json::from_value(ops).map_err(|source| Error::Serialization { what, source })?;
     Ok(api
-        .patch(name, &plain_pp(), &Patch::<()>::Json(patch))
+        .patch(name, &plain_params(), &Patch::<()>::Json(patch))
         .await?)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Cyberdesk;
-
-    #[tokio::test]
-    async fn ops_that_are_no_json_patch_are_refused_before_any_request() {
-        // A client whose every request fails: the error must come from the ops, not from it.
-        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
-        let client = kube::Client::try_from(config).expect("client");
-        let api: Api<Cyberdesk> = Api::namespaced(client, "n");
-        let err = json(&api, "d", serde_json::json!({"op": "add"}), "test patch")
-            .await
-            .expect_err("not a list of ops");
-        assert!(
-            matches!(
-                err,
-                Error::Serialization {
-                    what: "test patch",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-    }
-}
+mod tests;

@@ -2,6 +2,8 @@
 //! pool VM. Template and user-data problems come back as [`RenderProblem`]s to report on
 //! the desk or pool; only API failures are errors.
 
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use k8s_openapi::api::core::v1::Secret;
@@ -10,25 +12,66 @@ use kube::api::Api;
 use serde_json::Value;
 
 use crate::catalog::{ResolvedTemplate, TemplateRefusal};
+use crate::controller::announcement::Reason;
+use crate::controller::context::Shared;
 use crate::controller::error::Error;
-use crate::controller::reconcile::{Context, owner_reference};
-use crate::controller::status::RenderProblem;
-use crate::controller::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateVars};
+use crate::controller::ownership::owner_reference;
 use crate::model::placement::vm_labels;
 use crate::model::{Cyberdesk, CyberdeskPool, SecretKeyRef};
+use crate::template::{self, EMPTY_CLOUD_CONFIG, Ownership, TemplateVars};
+
+/// How often a desk that cannot be built (missing Secret, broken template, refused VM, a
+/// name taken by another VM) is looked at again, besides the retry a template change brings.
+pub const RENDER_RETRY: Duration = Duration::from_secs(15);
+
+/// A reason the VM cannot be built, reported as a condition rather than retried blindly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RenderProblem {
+    Template(String),
+    /// The template exists but is not allowed in the desk's namespace.
+    TemplateNotAllowed(String),
+    UserData(String),
+    /// The apiserver (or KubeVirt's admission) refused the rendered VM.
+    Rejected(String),
+    /// The desk's namespace is not one the operator serves (`--desk-namespaces`).
+    NotServed(String),
+}
+
+impl RenderProblem {
+    pub fn message(&self) -> &str {
+        match self {
+            RenderProblem::Template(m)
+            | RenderProblem::TemplateNotAllowed(m)
+            | RenderProblem::UserData(m)
+            | RenderProblem::Rejected(m)
+            | RenderProblem::NotServed(m) => m,
+        }
+    }
+
+    /// The event reason that reports this problem on the desk.
+    pub fn reason(&self) -> Reason {
+        match self {
+            RenderProblem::Template(_) => Reason::TemplateInvalid,
+            RenderProblem::TemplateNotAllowed(_) => Reason::TemplateNotAllowed,
+            RenderProblem::UserData(_) => Reason::UserDataUnavailable,
+            RenderProblem::Rejected(_) => Reason::CreateRejected,
+            RenderProblem::NotServed(_) => Reason::NamespaceNotServed,
+        }
+    }
+}
 
 /// Where a VM's template and user data come from: the desk's spec, or its pool's.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Recipe<'a> {
+pub struct Recipe<'a> {
     pub template: Option<&'a str>,
     pub user_data: Option<&'a SecretKeyRef>,
 }
 
 /// The template, parsed; refused like the webhook refuses it, because the webhooks can be
 /// switched off.
-pub(super) fn load_template(
+pub fn load_template(
     template: Option<&str>,
-    ctx: &Context,
+    ctx: &Shared,
     ns: &str,
 ) -> Result<(ResolvedTemplate, Value), RenderProblem> {
     let resolved = ctx
@@ -51,7 +94,7 @@ pub(super) fn load_template(
 async fn user_data_vars(
     user_data: Option<&SecretKeyRef>,
     resolved: &ResolvedTemplate,
-    ctx: &Context,
+    ctx: &Shared,
     ns: &str,
 ) -> Result<Result<(String, String), RenderProblem>, Error> {
     let Some(r) = user_data else {
@@ -107,9 +150,9 @@ fn desk_source<'a>(
     }
 }
 
-pub(super) async fn render_vm(
+pub async fn render_vm(
     cd: &Cyberdesk,
-    ctx: &Context,
+    ctx: &Shared,
     ns: &str,
 ) -> Result<Result<Value, RenderProblem>, Error> {
     let pool = cd.spec.pool.as_deref().and_then(|p| ctx.caches.pool(ns, p));
@@ -120,28 +163,28 @@ pub(super) async fn render_vm(
     let uid = cd.uid().ok_or(Error::NoUid)?;
     let name = cd.name_any();
     let ownership = Ownership {
-        owner_reference: owner_reference(cd, ctx, ns)?,
+        owner_reference: owner_reference(cd, &ctx.placement, ns)?,
         labels: vm_labels(ns, &name, &uid),
     };
-    let vm_name = ctx.cfg.placement.vm_name(&name);
+    let vm_name = ctx.placement.vm_name(&name);
     render_from(source, vm_name, name, &ownership, ctx, ns).await
 }
 
 /// Renders a VM named `vm_name` from `source` for `cyberdesk_name` (a desk, or the VM
 /// itself for a pool VM, whose desk is not known at boot).
-pub(super) async fn render_from(
+pub async fn render_from(
     source: Recipe<'_>,
     vm_name: String,
     cyberdesk_name: String,
     ownership: &Ownership,
-    ctx: &Context,
+    ctx: &Shared,
     ns: &str,
 ) -> Result<Result<Value, RenderProblem>, Error> {
     let (resolved, template) = match load_template(source.template, ctx, ns) {
         Ok(t) => t,
         Err(problem) => return Ok(Err(problem)),
     };
-    let placement = &ctx.cfg.placement;
+    let placement = &ctx.placement;
     let vm_ns = placement.vm_namespace(ns);
     let (user_data_base64, user_data_secret_name) =
         match user_data_vars(source.user_data, &resolved, ctx, ns).await? {

@@ -2,6 +2,7 @@
 //! `lastTransitionTime` honest (it moves only when the status flips).
 
 use compact_str::CompactString;
+use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,34 @@ pub struct Condition {
     /// The .metadata.generation this condition was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// When, and for which `.metadata.generation`, a pass observed the conditions it sets:
+/// every condition of one status carries the same stamp.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed {
+    pub now: Timestamp,
+    pub generation: Option<i64>,
+}
+
+impl Observed {
+    /// The one way a condition is made.
+    pub fn condition(
+        &self,
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: impl Into<CompactString>,
+    ) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: crate::time::format(self.now).into(),
+            observed_generation: self.generation,
+        }
+    }
 }
 
 pub const READY: &str = "Ready";

@@ -198,5 +198,15 @@ impl VirtualMachine {
     }
 }
 
+/// printableStatus values that mean the desktop cannot come up without help.
+pub const VM_ERROR_STATES: &[&str] = &[
+    "CrashLoopBackOff",
+    "ErrorUnschedulable",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrorPvcNotFound",
+    "DataVolumeError",
+];
+
 #[cfg(test)]
 mod tests;

@@ -15,14 +15,14 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::announcer::Announcer;
-use crate::controller::expiry;
+use crate::events::Announcer;
 use crate::metrics::Metrics;
 use crate::model::{Cyberdesk, Delivery, DeliveryOutcome};
 use crate::notify::http::{HttpClient, Outgoing, SendError};
 use crate::notify::ready::ReadyUrl;
 use crate::notify::retry::{RetryPolicy, delivered};
 use crate::notify::supabase::Supabase;
+use crate::time;
 
 /// Field manager of the notifier's status records.
 const FIELD_MANAGER: &str = "cyberdesk-operator-notifier";
@@ -392,7 +392,7 @@ impl Inner {
             outcome,
             value,
             attempts,
-            time: expiry::format(Timestamp::now()),
+            time: time::format(Timestamp::now()),
         };
         let patch = json!({"status": {"notifications": {kind: delivery}}});
         let params = PatchParams {
@@ -411,3 +411,6 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -239,7 +239,7 @@ impl Pass<'_> {
             .as_array()
             .and_then(|stamps| stamps.last())
             .and_then(|s| s["phaseTransitionTimestamp"].as_str())
-            .and_then(cyberdesk_operator::controller::expiry::parse)?;
+            .and_then(cyberdesk_operator::time::parse)?;
         let ended_ms = ended.as_millisecond();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -173,7 +173,7 @@ fn secret_ref_templates_need_a_key_kubevirt_reads() {
     assert_eq!(v.violations.len(), 1);
     assert_eq!(v.violations[0].field, SECRET_KEY_FIELD);
     assert!(v.violations[0].message.contains("cloud-init"));
-    for key in crate::controller::template::SECRET_REF_KEYS {
+    for key in crate::template::SECRET_REF_KEYS {
         assert!(
             judged(
                 facts.clone(),
