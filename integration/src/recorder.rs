@@ -27,6 +27,8 @@ pub struct Recorded {
     pub body: String,
     /// The status code it was answered with; `None` when it was held unanswered.
     pub answered: Option<u16>,
+    /// When it arrived, in ms since the epoch.
+    pub at_ms: i64,
 }
 
 /// How the server answers requests to one path.
@@ -180,6 +182,7 @@ async fn answer(
             headers,
             body,
             answered: code,
+            at_ms: crate::desks::now_ms(),
         });
         code
     };

@@ -70,8 +70,8 @@ pub struct History {
     /// VMs the workload deleted by hand, per desk uid.
     pub hand_deleted: HashMap<String, usize>,
     pub faults: Vec<FaultWindow>,
-    /// Successful (2xx) ready calls per `namespace/name`.
-    pub ready_delivered: HashMap<String, usize>,
+    /// When each successful (2xx) ready call per `namespace/name` arrived.
+    pub ready_delivered: HashMap<String, Vec<Ms>>,
     /// Moments two replicas said they led at once.
     pub two_leaders: Vec<Ms>,
     /// Moments a replica exited without being killed (a Deployment restarts it).
@@ -201,11 +201,10 @@ impl History {
                 );
             }
             let key = format!("{}/{}", d.namespace, d.name);
-            let delivered = self.ready_delivered.get(&key).copied().unwrap_or(0);
-            if delivered > 1 {
+            if let Some(calls) = self.ready_delivered.get(&key).filter(|c| c.len() > 1) {
                 push(
                     "ready delivered once",
-                    format!("desk {label}: {delivered} successful ready calls"),
+                    format!("desk {label}: successful ready calls at {calls:?}"),
                 );
             }
         }
@@ -434,7 +433,7 @@ mod tests {
         );
         assert_eq!(invariants(&h, START_BOUND + 1), vec!["no stuck desk"]);
         h.desks.get_mut("d1").unwrap().phase = "Running".into();
-        h.ready_delivered.insert("ns/a".into(), 2);
+        h.ready_delivered.insert("ns/a".into(), vec![1, 2]);
         assert_eq!(
             invariants(&h, START_BOUND + 1),
             vec!["ready delivered once"]

@@ -139,10 +139,45 @@ pub async fn run(cfg: Config) -> Result<Report, String> {
         not_injected,
         now,
     });
+    if !report.passed() {
+        keep_logs(&c, &replicas, cfg.seed);
+    }
     replicas.stop();
     drop(simulator);
     drop(controlplane);
     Ok(report)
+}
+
+/// Copies the replicas' and the control plane's logs out of the control plane's
+/// directory (removed at the end) for whoever investigates a failed soak.
+fn keep_logs(c: &crate::cluster::Cluster, replicas: &Replicas, seed: u64) {
+    let out = std::env::temp_dir().join(format!("cyberdesk-soak-{seed}"));
+    let _ = std::fs::create_dir_all(&out);
+    let mut files: Vec<std::path::PathBuf> = replicas.logs().into_iter().map(|(_, p)| p).collect();
+    if let Ok(dir) = std::fs::read_dir(&c.dir) {
+        files.extend(
+            dir.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log")),
+        );
+    }
+    for f in files {
+        if let Some(name) = f.file_name() {
+            let _ = std::fs::copy(&f, out.join(name));
+        }
+    }
+    // What was left: desks, VMs and VMIs as the apiserver has them at the end.
+    let args = [
+        "get",
+        "cyberdesks,virtualmachines,virtualmachineinstances,leases",
+        "-A",
+        "-o",
+        "yaml",
+    ];
+    if let Ok(got) = c.kubectl().run(&args, None) {
+        let _ = std::fs::write(out.join("objects-at-end.yaml"), got.stdout);
+    }
+    eprintln!("soak: logs kept in {}", out.display());
 }
 
 /// Copies what the replicas and the gateway saw into the history.
@@ -152,7 +187,10 @@ fn absorb(checker: &Checker, replicas: &Replicas, gateway: &Recorder) {
         if r.answered.is_some_and(|c| (200..300).contains(&c))
             && let Some(rest) = r.target.strip_prefix("/ready/")
         {
-            *delivered.entry(rest.to_string()).or_insert(0) += 1;
+            delivered
+                .entry(rest.to_string())
+                .or_insert_with(Vec::new)
+                .push(r.at_ms);
         }
     }
     let two_leaders = replicas.two_leaders();

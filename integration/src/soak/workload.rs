@@ -77,9 +77,10 @@ impl Workload {
         let mut rng = fastrand::Rng::with_seed(self.rng_seed);
         let desks = desk_api(&self.client, &self.namespace);
         let mut own: BTreeMap<String, Own> = BTreeMap::new();
-        let mut tick: u64 = 0;
+        let begun = std::time::Instant::now();
+        let mut due = Due::default();
         while !self.stop.load(Ordering::Relaxed) {
-            tick += 1;
+            let t = begun.elapsed();
             self.forget_gone(&mut own);
             // Up to 10 creates a tick (~20/s): fast enough to refill, gentle on 2 cores.
             for _ in 0..10 {
@@ -91,16 +92,16 @@ impl Workload {
                 }
             }
             self.clean_up(&desks, &own).await;
-            if tick % 10 == 0 {
+            if due.early_delete.passed(t, Duration::from_secs(5)) {
                 self.delete_one_early(&desks, &own, &mut rng).await;
             }
-            if tick % 6 == 0 {
+            if due.retime.passed(t, Duration::from_secs(3)) {
                 self.retime_one(&desks, &own, &mut rng).await;
             }
-            if tick % 50 == 25 {
+            if due.vm_delete.passed(t, Duration::from_secs(20)) {
                 self.delete_a_vm_by_hand(&mut rng).await;
             }
-            if tick % 300 == 120 {
+            if due.template.passed(t, Duration::from_secs(150)) {
                 tokio::spawn(self.clone().break_template_for(Duration::from_secs(15)));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -308,6 +309,29 @@ impl Workload {
                 }
             }
         }
+    }
+}
+
+/// When each periodic action is next due (the first after one period).
+#[derive(Default)]
+struct Due {
+    early_delete: Next,
+    retime: Next,
+    vm_delete: Next,
+    template: Next,
+}
+
+#[derive(Default)]
+struct Next(Option<Duration>);
+
+impl Next {
+    fn passed(&mut self, now: Duration, every: Duration) -> bool {
+        let at = *self.0.get_or_insert(every / 3);
+        if now < at {
+            return false;
+        }
+        self.0 = Some(now + every);
+        true
     }
 }
 
