@@ -55,12 +55,23 @@ pub struct VmRecord {
     pub pool_owned: bool,
 }
 
-/// A fault as it happened.
+/// A fault as it happened; `to` is `Ms::MAX` while it lasts.
 #[derive(Clone, Debug)]
 pub struct FaultWindow {
     pub kind: &'static str,
     pub from: Ms,
     pub to: Ms,
+}
+
+impl FaultWindow {
+    /// Whether the fault takes the control plane or the leader away (and with them the
+    /// chance to record what was just done).
+    pub fn disrupts_writes(&self) -> bool {
+        !matches!(
+            self.kind,
+            "notifier-errors" | "notifier-hangs" | "stuck-start" | "vmi-failed"
+        )
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -85,17 +96,36 @@ pub struct Violation {
 }
 
 impl History {
-    /// The extra time faults overlapping `[from, to]` excuse.
-    pub fn excused(&self, from: Ms, to: Ms) -> Ms {
+    /// The extra time faults overlapping `[from, to]` excuse, as of `now` (a fault still
+    /// under way excuses everything up to now).
+    pub fn excused(&self, from: Ms, to: Ms, now: Ms) -> Ms {
         self.faults
             .iter()
-            .filter(|f| f.from <= to && f.to + RECOVERY >= from)
-            .map(|f| f.to - f.from + RECOVERY)
+            .map(|f| (f.from, f.to.min(now)))
+            .filter(|&(f_from, f_to)| f_from <= to && f_to.saturating_add(RECOVERY) >= from)
+            .map(|(f_from, f_to)| f_to - f_from + RECOVERY)
             .sum()
     }
 
     fn late(&self, since: Ms, bound: Ms, now: Ms) -> bool {
-        now > since + bound + self.excused(since, since + bound)
+        now > since + bound + self.excused(since, since + bound, now)
+    }
+
+    /// Whether something done at `t` may not have been recorded: a fault that takes the
+    /// leader or the apiserver away began within 10 s after it (or was under way).
+    fn record_may_be_lost(&self, t: Ms) -> bool {
+        self.faults
+            .iter()
+            .filter(|f| f.disrupts_writes())
+            .any(|f| f.from <= t + 10_000 && f.to.saturating_add(RECOVERY) >= t)
+    }
+
+    /// Whether `t` falls in a fault (or the recovery after it) of the kinds `pick` keeps.
+    fn during(&self, t: Ms, pick: impl Fn(&FaultWindow) -> bool) -> bool {
+        self.faults
+            .iter()
+            .filter(|f| pick(f))
+            .any(|f| t >= f.from && t <= f.to.saturating_add(RECOVERY))
     }
 
     /// Every invariant broken as of `now`; `settled` at the end, when nothing may be
@@ -201,7 +231,14 @@ impl History {
                 );
             }
             let key = format!("{}/{}", d.namespace, d.name);
-            if let Some(calls) = self.ready_delivered.get(&key).filter(|c| c.len() > 1) {
+            // Delivered, then the leader or the apiserver went away before the delivery
+            // was recorded in the status: the next leader calls again (at least once).
+            if let Some(calls) = self
+                .ready_delivered
+                .get(&key)
+                .filter(|c| c.len() > 1)
+                .filter(|c| !self.record_may_be_lost(c[0]))
+            {
                 push(
                     "ready delivered once",
                     format!("desk {label}: successful ready calls at {calls:?}"),
@@ -214,11 +251,7 @@ impl History {
         // A replica may exit when the control plane is away (a lost Lease, a start that
         // cannot reach it); never otherwise.
         for &t in &self.own_exits {
-            if !self
-                .faults
-                .iter()
-                .any(|f| t >= f.from && t <= f.to + RECOVERY)
-            {
+            if !self.during(t, FaultWindow::disrupts_writes) {
                 push(
                     "no unexplained exit",
                     format!("a replica exited at {t} outside any fault"),
@@ -277,7 +310,7 @@ impl History {
                 // The notifier retries for about two minutes (1 s doubling to 60 s).
                 let quiet = notifier_down
                     .iter()
-                    .all(|f| f.to + 10_000 < ran || f.from > ran + 130_000);
+                    .all(|f| f.to.saturating_add(10_000) < ran || f.from > ran + 130_000);
                 now > ran + 60_000 && quiet && !self.ready_delivered.contains_key(&key)
             })
             .map(|d| format!("{}/{}", d.namespace, d.name))
@@ -434,6 +467,19 @@ mod tests {
         assert_eq!(invariants(&h, START_BOUND + 1), vec!["no stuck desk"]);
         h.desks.get_mut("d1").unwrap().phase = "Running".into();
         h.ready_delivered.insert("ns/a".into(), vec![1, 2]);
+        assert_eq!(
+            invariants(&h, START_BOUND + 1),
+            vec!["ready delivered once"]
+        );
+        // The leader was killed 5 s after the first call: the second is at-least-once.
+        h.faults.push(FaultWindow {
+            kind: "kill-leader",
+            from: 5_001,
+            to: 5_001,
+        });
+        assert!(invariants(&h, START_BOUND + 1).is_empty());
+        // A notifier fault is no excuse.
+        h.faults[0].kind = "notifier-errors";
         assert_eq!(
             invariants(&h, START_BOUND + 1),
             vec!["ready delivered once"]

@@ -47,7 +47,7 @@ fn unexplained(line: &str, faults: &[FaultWindow]) -> Option<&'static str> {
         .and_then(parse_ms)?;
     let explained = faults
         .iter()
-        .any(|f| at >= f.from - 2_000 && at <= f.to + RECOVERY * 3);
+        .any(|f| at >= f.from - 2_000 && at <= f.to.saturating_add(RECOVERY * 3));
     (!explained).then_some("ERROR outside any fault")
 }
 
