@@ -12,7 +12,7 @@ KUBECTL ?= $(CYBERDESK_CONTROLPLANE_BIN)/kubectl
 DIST ?= dist
 IMAGE ?= ghcr.io/cyberdesk/cyberdesk-operator
 
-.PHONY: help build release release-manifests image controlplane cluster tools test test-unit demo demo-pool fmt lint docs crd certs bench fuzz clean
+.PHONY: help build release release-manifests image controlplane cluster tools test test-unit demo demo-pool fmt lint docs crd certs bench soak fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -97,6 +97,13 @@ bench: controlplane ## benchmarks (figures, not pass/fail); see docs/benchmarks.
 	$(CARGO) build --release --locked -q -p cyberdesk-operator
 	CYBERDESK_OPERATOR_BIN=$(or $(CARGO_TARGET_DIR),target)/release/cyberdesk-operator \
 	  $(CARGO) run --release --locked -q -p cyberdesk-integration --bin cyberdesk-bench -- $(BENCH_ARGS)
+
+# The chaos soak (docs/reliability.md): SOAK_MINUTES (60), SOAK_DESKS (1000), SOAK_SEED
+# (random unless given; the report prints it). Release builds, as a cluster runs them.
+soak: controlplane ## an hour of churn under seeded faults, invariants checked throughout (exit 1 on a violation)
+	$(CARGO) build --release --locked -q -p cyberdesk-operator
+	CYBERDESK_OPERATOR_BIN=$(or $(CARGO_TARGET_DIR),target)/release/cyberdesk-operator \
+	  $(CARGO) run --release --locked -q -p cyberdesk-integration --bin cyberdesk-soak
 
 fmt: ## format the code
 	$(CARGO) fmt --all

@@ -29,7 +29,7 @@ export CYBERDESK_OPERATOR_BIN="$target_dir/debug/cyberdesk-operator"
   > "$logs/targets"
 
 # Longest first (figures of a warm run), so no long binary starts last.
-long_first=(steady_state platform apiserver_restart warm_pools webhook_limits demo reconciler
+long_first=(soak steady_state platform apiserver_restart warm_pools webhook_limits demo reconciler
   inline_user_data prometheus_scrape restart_safety leader_election)
 order=()
 for t in "${long_first[@]}"; do grep -q "^$t	" "$logs/targets" && order+=("$t"); done

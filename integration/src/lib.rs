@@ -8,6 +8,7 @@
 //! - [`overlay`]: a shipped kustomize overlay: its render, RBAC and operator flags;
 //! - [`pools`]: warm-pool YAML, waits and the ownership audit pool tests share;
 //! - [`recorder`]: an HTTP server standing in for the platform's endpoints;
+//! - [`soak`]: the chaos soak: replicas, workload, faults and an independent checker;
 //! - [`desks`]: typed desk APIs, desk YAML, events and times as a user sees them;
 //! - [`layers`]: the shape check: layers, import circles and sizes of the operator's code;
 //! - [`image`]: the operator's image under podman, run as the shipped Deployment runs it;
@@ -30,6 +31,7 @@ pub mod overlay;
 pub mod pools;
 pub mod ports;
 pub mod recorder;
+pub mod soak;
 pub mod wait;
 pub mod webhook_tls;
 pub mod workspace;

@@ -164,6 +164,11 @@ impl OperatorProcess {
         unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits for the process to exit; `None` if it is still running after `within`.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let child = &mut self.child;

@@ -25,6 +25,10 @@ pub struct Recorded {
     /// Header names lowercase.
     pub headers: HashMap<String, String>,
     pub body: String,
+    /// The status code it was answered with; `None` when it was held unanswered.
+    pub answered: Option<u16>,
+    /// When it arrived, in ms since the epoch.
+    pub at_ms: i64,
 }
 
 /// How the server answers requests to one path.
@@ -40,6 +44,8 @@ pub enum Reply {
 struct State {
     requests: Vec<Recorded>,
     scripts: HashMap<String, Reply>,
+    /// How paths without a script are answered; `None` is 200.
+    fallback: Option<Reply>,
     /// Requests answered so far per path (for `Codes`).
     served: HashMap<String, usize>,
 }
@@ -84,6 +90,14 @@ impl Recorder {
     /// Answers requests whose path (without the query) is `path` with `reply`.
     pub fn script(&self, path: &str, reply: Reply) {
         lock(&self.state).scripts.insert(path.to_string(), reply);
+    }
+
+    /// Answers every path without a script of its own with `reply` (`None`: 200 again),
+    /// e.g. a whole gateway failing for a while.
+    pub fn script_all(&self, reply: Option<Reply>) {
+        let mut s = lock(&self.state);
+        s.fallback = reply;
+        s.served.clear();
     }
 
     /// Every request so far.
@@ -152,22 +166,25 @@ async fn answer(
     let path = path_of(&target).to_string();
     let reply = {
         let mut s = lock(&state);
-        s.requests.push(Recorded {
-            method,
-            target,
-            headers,
-            body,
-        });
         let n = {
             let served = s.served.entry(path.clone()).or_insert(0);
             *served += 1;
             *served - 1
         };
-        match s.scripts.get(&path) {
+        let code = match s.scripts.get(&path).or(s.fallback.as_ref()) {
             None => Some(200),
             Some(Reply::Never) => None,
             Some(Reply::Codes(codes)) => codes.get(n).or(codes.last()).copied(),
-        }
+        };
+        s.requests.push(Recorded {
+            method,
+            target,
+            headers,
+            body,
+            answered: code,
+            at_ms: crate::desks::now_ms(),
+        });
+        code
     };
     let Some(code) = reply else {
         // Hold the request until the client gives up and closes the connection.

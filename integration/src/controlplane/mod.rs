@@ -161,6 +161,9 @@ pub struct ControlPlane {
     audit_log: bool,
     apiserver_bin: PathBuf,
     apiserver_args: Vec<String>,
+    etcd_bin: PathBuf,
+    etcd_args: Vec<String>,
+    etcd_port: u16,
     ready_timeout: Duration,
     webhook_client_ca: Option<PathBuf>,
 }
@@ -428,6 +431,9 @@ impl ControlPlane {
             audit_log: opts.audit_log,
             apiserver_bin,
             apiserver_args: api_args,
+            etcd_bin,
+            etcd_args,
+            etcd_port,
             ready_timeout: opts.ready_timeout,
             webhook_client_ca,
         })
@@ -493,6 +499,31 @@ impl ControlPlane {
     /// Stops only kube-apiserver (etcd keeps the data): for "apiserver went away" tests.
     pub fn stop_apiserver(&mut self) {
         self.apiserver.stop(Duration::from_secs(5));
+    }
+
+    /// Stops only etcd (its data directory stays): the apiserver keeps running and answers
+    /// with errors until [`ControlPlane::start_etcd`].
+    pub fn stop_etcd(&mut self) {
+        self.etcd.stop(Duration::from_secs(5));
+    }
+
+    /// Starts etcd again on the same port and data directory and waits for its health.
+    pub fn start_etcd(&mut self) -> Result<(), Error> {
+        let log = self.dir.join("etcd-restarted.log");
+        self.etcd = ManagedChild::spawn("etcd", &self.etcd_bin, &self.etcd_args, log).map_err(
+            |source| Error::Spawn {
+                name: "etcd",
+                path: self.etcd_bin.clone(),
+                source,
+            },
+        )?;
+        let port = self.etcd_port;
+        wait_ready(
+            &mut self.etcd,
+            "etcd",
+            self.ready_timeout,
+            || matches!(http_get(loopback(port), "/health"), Ok((200, body)) if body.contains("true")),
+        )
     }
 
     /// Starts kube-apiserver again with the same flags, port and etcd, and waits for /readyz.

@@ -2,6 +2,7 @@
 //! tests, and the wiring of its two controllers (virt-controller's VM controller, and the
 //! VMI lifecycle that virt-controller and virt-handler share).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -232,7 +233,10 @@ fn workers(n: u16) -> kube::runtime::controller::Config {
 type Touched = mpsc::UnboundedReceiver<Result<DynamicObject, watcher::Error>>;
 
 /// One watch filling one cache, then handing each touched object to every controller that
-/// follows the kind (kube's shared streams need a static type; these are dynamic).
+/// follows the kind (kube's shared streams need a static type; these are dynamic). As
+/// client-go's informers do, an object that vanished while the watch was down (absent from
+/// the relist) is handed over too, so the controllers see it gone: a VM whose VMI went away
+/// during an apiserver outage must still be woken to release its finalizer.
 async fn feed(
     api: Api<DynamicObject>,
     writer: Writer<DynamicObject>,
@@ -241,16 +245,48 @@ async fn feed(
     let events = reflector(
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
+    );
     let mut events = std::pin::pin!(events);
+    let mut known: HashMap<(String, String), DynamicObject> = HashMap::new();
+    let mut relisted: Option<HashSet<(String, String)>> = None;
+    let key = |o: &DynamicObject| (o.namespace().unwrap_or_default(), o.name_any());
     while let Some(event) = events.next().await {
-        let Ok(obj) = event else {
-            // The watcher retries on its own backoff; the controllers need not know.
-            continue;
+        // The watcher retries on its own backoff; the controllers need not know.
+        let Ok(event) = event else { continue };
+        let touched: Vec<DynamicObject> = match event {
+            watcher::Event::Init => {
+                relisted = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(obj) => {
+                if let Some(set) = relisted.as_mut() {
+                    set.insert(key(&obj));
+                }
+                known.insert(key(&obj), obj.clone());
+                vec![obj]
+            }
+            watcher::Event::InitDone => {
+                let listed = relisted.take().unwrap_or_default();
+                let vanished: Vec<(String, String)> = known
+                    .keys()
+                    .filter(|k| !listed.contains(*k))
+                    .cloned()
+                    .collect();
+                vanished.iter().filter_map(|k| known.remove(k)).collect()
+            }
+            watcher::Event::Apply(obj) => {
+                known.insert(key(&obj), obj.clone());
+                vec![obj]
+            }
+            watcher::Event::Delete(obj) => {
+                known.remove(&key(&obj));
+                vec![obj]
+            }
         };
-        for follower in &followers {
-            let _ = follower.unbounded_send(Ok(obj.clone()));
+        for obj in touched {
+            for follower in &followers {
+                let _ = follower.unbounded_send(Ok(obj.clone()));
+            }
         }
     }
 }
