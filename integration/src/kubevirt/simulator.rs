@@ -242,6 +242,7 @@ async fn feed(
     writer: Writer<DynamicObject>,
     followers: Vec<mpsc::UnboundedSender<Result<DynamicObject, watcher::Error>>>,
 ) {
+    let kind = api.resource_url().to_string();
     let events = reflector(
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),
@@ -252,9 +253,16 @@ async fn feed(
     let key = |o: &DynamicObject| (o.namespace().unwrap_or_default(), o.name_any());
     while let Some(event) = events.next().await {
         // The watcher retries on its own backoff; the controllers need not know.
-        let Ok(event) = event else { continue };
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::debug!(kind = %kind, error = %e, "kubevirt simulator watch failed; it retries");
+                continue;
+            }
+        };
         let touched: Vec<DynamicObject> = match event {
             watcher::Event::Init => {
+                tracing::debug!(kind = %kind, "kubevirt simulator watch relists");
                 relisted = Some(HashSet::new());
                 Vec::new()
             }
