@@ -23,6 +23,14 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The KubeVirt simulator's logs, when asked for (RUST_LOG), on stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     let cfg = Config {
         length: Duration::from_secs_f64(args.minutes.max(1.0) * 60.0),

@@ -233,59 +233,84 @@ fn workers(n: u16) -> kube::runtime::controller::Config {
 type Touched = mpsc::UnboundedReceiver<Result<DynamicObject, watcher::Error>>;
 
 /// One watch filling one cache, then handing each touched object to every controller that
-/// follows the kind (kube's shared streams need a static type; these are dynamic). As
-/// client-go's informers do, an object that vanished while the watch was down (absent from
-/// the relist) is handed over too, so the controllers see it gone: a VM whose VMI went away
-/// during an apiserver outage must still be woken to release its finalizer.
+/// follows the kind (kube's shared streams need a static type; these are dynamic).
 async fn feed(
     api: Api<DynamicObject>,
     writer: Writer<DynamicObject>,
     followers: Vec<mpsc::UnboundedSender<Result<DynamicObject, watcher::Error>>>,
 ) {
+    let kind = api.resource_url().to_string();
     let events = reflector(
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),
     );
     let mut events = std::pin::pin!(events);
-    let mut known: HashMap<(String, String), DynamicObject> = HashMap::new();
-    let mut relisted: Option<HashSet<(String, String)>> = None;
-    let key = |o: &DynamicObject| (o.namespace().unwrap_or_default(), o.name_any());
+    let mut handover = Handover::default();
     while let Some(event) = events.next().await {
         // The watcher retries on its own backoff; the controllers need not know.
-        let Ok(event) = event else { continue };
-        let touched: Vec<DynamicObject> = match event {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::debug!(kind = %kind, error = %e, "kubevirt simulator watch failed; it retries");
+                continue;
+            }
+        };
+        if matches!(event, watcher::Event::Init) {
+            tracing::debug!(kind = %kind, "kubevirt simulator watch relists");
+        }
+        for obj in handover.touched(event) {
+            for follower in &followers {
+                let _ = follower.unbounded_send(Ok(obj.clone()));
+            }
+        }
+    }
+}
+
+/// Which objects a watch event hands to the controllers, as client-go's informers do:
+/// a relist's objects only once it is complete, when kube's reflector swaps them into the
+/// cache (a pass woken earlier would read the cache's copy from before the relist, act on
+/// it, and wait for a change that already happened); and every object that vanished while
+/// the watch was down (absent from the relist), so the controllers see it gone: a VM whose
+/// VMI went away during an apiserver outage must still be woken to release its finalizer.
+#[derive(Default)]
+struct Handover {
+    known: HashMap<(String, String), DynamicObject>,
+    /// The relist under way: what it listed so far.
+    relisting: Option<Vec<DynamicObject>>,
+}
+
+impl Handover {
+    fn touched(&mut self, event: watcher::Event<DynamicObject>) -> Vec<DynamicObject> {
+        let key = |o: &DynamicObject| (o.namespace().unwrap_or_default(), o.name_any());
+        match event {
             watcher::Event::Init => {
-                relisted = Some(HashSet::new());
+                self.relisting = Some(Vec::new());
                 Vec::new()
             }
             watcher::Event::InitApply(obj) => {
-                if let Some(set) = relisted.as_mut() {
-                    set.insert(key(&obj));
-                }
-                known.insert(key(&obj), obj.clone());
-                vec![obj]
+                self.relisting.get_or_insert_with(Vec::new).push(obj);
+                Vec::new()
             }
             watcher::Event::InitDone => {
-                let listed = relisted.take().unwrap_or_default();
-                let vanished: Vec<(String, String)> = known
-                    .keys()
-                    .filter(|k| !listed.contains(*k))
-                    .cloned()
+                let listed = self.relisting.take().unwrap_or_default();
+                let keys: HashSet<(String, String)> = listed.iter().map(key).collect();
+                let mut touched: Vec<DynamicObject> = self
+                    .known
+                    .iter()
+                    .filter(|(k, _)| !keys.contains(*k))
+                    .map(|(_, obj)| obj.clone())
                     .collect();
-                vanished.iter().filter_map(|k| known.remove(k)).collect()
+                self.known = listed.iter().map(|o| (key(o), o.clone())).collect();
+                touched.extend(listed);
+                touched
             }
             watcher::Event::Apply(obj) => {
-                known.insert(key(&obj), obj.clone());
+                self.known.insert(key(&obj), obj.clone());
                 vec![obj]
             }
             watcher::Event::Delete(obj) => {
-                known.remove(&key(&obj));
+                self.known.remove(&key(&obj));
                 vec![obj]
-            }
-        };
-        for obj in touched {
-            for follower in &followers {
-                let _ = follower.unbounded_send(Ok(obj.clone()));
             }
         }
     }
@@ -333,5 +358,63 @@ fn error_policy(obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Context>) -> Act
 fn log_result<T, E: std::fmt::Display>(kind: &str, result: Result<T, E>) {
     if let Err(e) = result {
         tracing::debug!(kind, error = %e, "kubevirt simulator controller event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vmi(name: &str, version: &str) -> DynamicObject {
+        let mut obj = DynamicObject::new(name, &vmi_resource()).within("ns");
+        obj.metadata.resource_version = Some(version.into());
+        obj
+    }
+
+    fn names(objs: &[DynamicObject]) -> Vec<String> {
+        let mut out: Vec<String> = objs
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}@{}",
+                    o.name_any(),
+                    o.resource_version().unwrap_or_default()
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_relist_is_handed_over_once_complete_with_what_vanished() {
+        let mut h = Handover::default();
+        assert!(h.touched(watcher::Event::Init).is_empty());
+        assert!(
+            h.touched(watcher::Event::InitApply(vmi("a", "1")))
+                .is_empty()
+        );
+        assert!(
+            h.touched(watcher::Event::InitApply(vmi("b", "1")))
+                .is_empty()
+        );
+        assert_eq!(names(&h.touched(watcher::Event::InitDone)), ["a@1", "b@1"]);
+        assert_eq!(
+            names(&h.touched(watcher::Event::Apply(vmi("a", "2")))),
+            ["a@2"]
+        );
+
+        // The watch went down; "a" changed (say it is being deleted) and "b" went away.
+        assert!(h.touched(watcher::Event::Init).is_empty());
+        assert!(
+            h.touched(watcher::Event::InitApply(vmi("a", "3")))
+                .is_empty(),
+            "handed over before the cache holds it: a pass would read the old copy"
+        );
+        assert_eq!(names(&h.touched(watcher::Event::InitDone)), ["a@3", "b@1"]);
+        assert_eq!(
+            names(&h.touched(watcher::Event::Delete(vmi("a", "4")))),
+            ["a@4"]
+        );
     }
 }

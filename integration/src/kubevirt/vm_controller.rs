@@ -47,6 +47,7 @@ pub(super) async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Res
     };
     let vmi = owned_vmi(ctx.cached_vmi(&ns, &name), &vm);
     if is_deleting(&vm.metadata) {
+        tracing::debug!(vm = %name, vmi = vmi.is_some(), "kubevirt simulator: finishing a VM deletion");
         pass.finish_deletion(vm, vmi, strategy).await?;
         return Ok(Action::await_change());
     }

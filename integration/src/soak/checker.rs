@@ -119,19 +119,8 @@ impl Checker {
         if obj.metadata.deletion_timestamp.is_some() && d.deletion_seen.is_none() {
             d.deletion_seen = Some(now);
         }
-        // A desk that never had a VM is halted once it says so.
         let uid = obj.metadata.uid.clone().unwrap_or_default();
-        let has_live_vm = h
-            .vms
-            .values()
-            .any(|v| v.gone.is_none() && v.desks.last() == Some(&uid));
-        if let Some(d) = h.desks.get_mut(&uid)
-            && !has_live_vm
-            && d.phase == "TimedOut"
-            && d.halted_at.is_none()
-        {
-            d.halted_at = Some(now);
-        }
+        h.desk_halt_seen(&uid, now);
     }
 
     fn vm_seen(&self, obj: &DynamicObject, now: Ms) {

@@ -120,6 +120,38 @@ impl History {
             .any(|f| f.from <= t + 10_000 && f.to.saturating_add(RECOVERY) >= t)
     }
 
+    /// A desk's update may show its timeout enforced: a desk that never had a VM says
+    /// `TimedOut`, or its expiry (say shortened) has come and its live VM was already seen
+    /// halted (the VM's event came before the desk's: nothing about the VM changes after).
+    pub fn desk_halt_seen(&mut self, desk_uid: &str, now: Ms) {
+        let live: Vec<bool> = self
+            .vms
+            .values()
+            .filter(|v| v.gone.is_none() && v.desks.last().map(String::as_str) == Some(desk_uid))
+            .map(|v| v.halted)
+            .collect();
+        if let Some(d) = self.desks.get_mut(desk_uid)
+            && d.halted_at.is_none()
+        {
+            let never_had_vm = live.is_empty() && d.phase == "TimedOut";
+            let expired = d.expiry.is_some_and(|e| e <= now + 1_000);
+            let vm_halted = !live.is_empty() && live.iter().all(|&h| h);
+            if never_had_vm || (expired && vm_halted) {
+                d.halted_at = Some(now);
+            }
+        }
+    }
+
+    /// A desk gone before the expiry the checker last saw, while a fault kept its watch
+    /// from seeing the last writes: a shortened timeout, the `TimedOut` status with the
+    /// new expiry and the deletion (Delete) may all have passed unseen, so the expiry
+    /// it holds is not the one the operator enforced.
+    fn went_before_a_missed_expiry(&self, d: &DeskRecord, expiry: Ms) -> bool {
+        d.gone.is_some_and(|gone| {
+            gone < expiry && self.record_may_be_lost(d.deletion_seen.unwrap_or(gone).min(gone))
+        })
+    }
+
     /// Whether `t` falls in a fault (or the recovery after it) of the kinds `pick` keeps.
     fn during(&self, t: Ms, pick: impl Fn(&FaultWindow) -> bool) -> bool {
         self.faults
@@ -196,6 +228,7 @@ impl History {
             if let Some(expiry) = d.expiry
                 && d.halted_at.is_none()
                 && !(d.deleted_by_user && d.deletion_seen.is_some_and(|t| t <= expiry))
+                && !self.went_before_a_missed_expiry(d, expiry)
                 && self.late(expiry, HALT_BOUND, now)
             {
                 push(
@@ -428,6 +461,69 @@ mod tests {
         assert!(invariants(&h, 1_000_000).is_empty(), "inside the outage");
         h.own_exits.push(10_000 + RECOVERY + 1);
         assert_eq!(invariants(&h, 1_000_000), vec!["no unexplained exit"]);
+    }
+
+    #[test]
+    fn a_vm_seen_halted_before_the_desk_shows_its_new_expiry_counts_as_halted() {
+        let mut h = History::default();
+        h.desks.insert(
+            "d1".into(),
+            DeskRecord {
+                expiry: Some(100_000),
+                ..desk("a")
+            },
+        );
+        h.vms.insert(
+            "v1".into(),
+            VmRecord {
+                halted: true,
+                ..vm("cyberdesk-a", "d1")
+            },
+        );
+        // The halt came first (the timeout was shortened): nothing to judge yet.
+        h.desk_halt_seen("d1", 40_000);
+        assert_eq!(h.desks["d1"].halted_at, None);
+        // The desk's update with the shortened expiry arrives.
+        h.desks.get_mut("d1").unwrap().expiry = Some(39_000);
+        h.desk_halt_seen("d1", 41_000);
+        assert_eq!(h.desks["d1"].halted_at, Some(41_000));
+        assert!(invariants(&h, 1_000_000).is_empty());
+        // A VM still running is not a halt.
+        h.desks.get_mut("d1").unwrap().halted_at = None;
+        h.vms.get_mut("v1").unwrap().halted = false;
+        h.desk_halt_seen("d1", 42_000);
+        assert_eq!(h.desks["d1"].halted_at, None);
+    }
+
+    #[test]
+    fn a_desk_gone_before_a_stale_expiry_is_judged_only_outside_faults() {
+        // Its timeout was shortened, it timed out and was deleted while a fault kept the
+        // checker's watch away: the checker holds the first expiry, after it went.
+        let mut h = History::default();
+        h.desks.insert(
+            "d1".into(),
+            DeskRecord {
+                expiry: Some(100_000),
+                deletion_seen: Some(50_000),
+                gone: Some(55_000),
+                ..desk("a")
+            },
+        );
+        let late = 100_001 + HALT_BOUND;
+        assert_eq!(
+            invariants(&h, late),
+            vec!["timeouts enforced"],
+            "no fault: an early deletion stays a violation"
+        );
+        h.faults.push(FaultWindow {
+            kind: "etcd-restart",
+            from: 53_000,
+            to: 58_000,
+        });
+        assert!(invariants(&h, late).is_empty());
+        // A fault that does not touch the watches excuses nothing.
+        h.faults[0].kind = "notifier-errors";
+        assert_eq!(invariants(&h, late), vec!["timeouts enforced"]);
     }
 
     #[test]
