@@ -99,19 +99,24 @@ pub async fn inject(plan: Vec<Planned>, start: Instant, t: Targets<'_>) -> Vec<S
         if t.workload.stop.load(Ordering::Relaxed) {
             break;
         }
-        let from = now_ms();
         eprintln!(
             "soak: +{:>4}s fault {} for {:?}",
             fault.at.as_secs(),
             fault.kind,
             fault.lasts
         );
+        // Recorded as under way before it starts: what it causes meanwhile is excused.
+        let index = {
+            let mut h = t.checker.history();
+            h.faults.push(FaultWindow {
+                kind: fault.kind.name(),
+                from: now_ms(),
+                to: i64::MAX,
+            });
+            h.faults.len() - 1
+        };
         let result = one(&fault, &t, &mut rng).await;
-        t.checker.history().faults.push(FaultWindow {
-            kind: fault.kind.name(),
-            from,
-            to: now_ms(),
-        });
+        t.checker.history().faults[index].to = now_ms();
         if let Err(e) = result {
             eprintln!("soak: fault {} not carried out: {e}", fault.kind);
             failed.push(format!("{}: {e}", fault.kind));
