@@ -3,7 +3,8 @@
 //! Followers re-check the Lease every `renew_every` (client-go's RetryPeriod) instead of
 //! sleeping until it expires, so a Lease released on SIGTERM is taken over within about
 //! that period. Losing the Lease ends the process (a fresh start is the only safe way to
-//! rejoin); on shutdown the controller drains first and then the Lease is released.
+//! rejoin); on shutdown the controller drains first and then the Lease is released; a
+//! lost Lease stops it at once, without a drain.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -64,13 +65,18 @@ where
     let stop = CancellationToken::new();
     let mut controller = tokio::spawn(lead(stop.clone()));
     let lost = hold_lease(&manager, &client, &cfg, &shutdown, &mut controller).await;
-    stop.cancel();
-    let _ = controller.await;
-    gauge.set(0);
     if lost {
+        // Another replica may hold the Lease any moment now: not one more pass from this
+        // one (a drain here once claimed a pool VM for a desk the next leader claimed too).
+        gauge.set(0);
+        controller.abort();
+        let _ = controller.await;
         tracing::error!(identity = %cfg.identity, "lost the leader Lease");
         return Err(LeaderError::Lost);
     }
+    stop.cancel();
+    let _ = controller.await;
+    gauge.set(0);
     match manager.release().await {
         Ok(()) => tracing::info!(identity = %cfg.identity, "released the leader Lease"),
         Err(e) => {
@@ -190,7 +196,7 @@ async fn wait_for_lease(
 
 /// Leader: keeps renewing until shutdown or the controller ends (false), or until the Lease
 /// is lost (true): another holder took it, or it was not renewed for a lease duration
-/// less one renewal period (the controller drains before a follower may take over).
+/// less one renewal period (the controller is stopped before a follower may take over).
 ///
 /// The crate's `changed()` only returns when the holder changes or a request fails, so
 /// a failed renewal says nothing about how long ago the last good one was: an outage

@@ -1,4 +1,5 @@
-//! The short chaos soak `make test` runs on every change: four minutes of churn with 200
+//! The short chaos soak, written for `make test` on every change (ignored until it has
+//! passed three runs in a row; see docs/reliability.md): four minutes of churn with 200
 //! desks alive at a time, every fault kind injected at least once, two replicas with
 //! leader election and both webhooks, and the independent checker's invariants (see
 //! docs/reliability.md). `make soak` runs the same for an hour with 1,000 desks.
@@ -9,6 +10,7 @@ use cyberdesk_integration::soak::schedule::FaultKind;
 use cyberdesk_integration::soak::{self, Config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not yet three clean runs in a row (docs/reliability.md, \"What the soak found\"); run it with -- --ignored"]
 async fn four_minutes_of_churn_under_every_fault_break_no_invariant() {
     let seed = std::env::var("SOAK_SEED")
         .ok()
