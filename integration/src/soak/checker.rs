@@ -19,7 +19,8 @@ pub struct Checker {
     history: Arc<Mutex<History>>,
 }
 
-fn desk_resource() -> ApiResource {
+/// The Cyberdesk API as plain JSON (the checker and the workload read no operator types).
+pub(super) fn desk_resource() -> ApiResource {
     ApiResource {
         group: "cyberdesk.io".into(),
         version: "v1alpha1".into(),

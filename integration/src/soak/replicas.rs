@@ -62,6 +62,21 @@ pub struct Replicas {
     flags: Vec<String>,
 }
 
+impl Shared {
+    /// The ready replica the Service sends the next connection to (round robin).
+    fn next_ready(&self) -> Option<usize> {
+        let ready: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].ready)
+            .collect();
+        ready.get(self.next_backend % ready.len().max(1)).copied()
+    }
+}
+
+/// The pod name of replica `i`'s `incarnation`-th process.
+fn identity(i: usize, incarnation: usize) -> String {
+    format!("soak-{}-{incarnation}", (b'a' + i as u8) as char)
+}
+
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -111,7 +126,7 @@ impl Replicas {
         let mut s = lock(&self.shared);
         let slot = &mut s.slots[i];
         slot.incarnation += 1;
-        let identity = format!("soak-{}-{}", (b'a' + i as u8) as char, slot.incarnation);
+        let identity = identity(i, slot.incarnation);
         let op = OperatorProcess::start_on(&self.cluster, &identity, slot.webhook, &self.flags);
         slot.logs
             .push(self.cluster.dir.join(format!("operator-{identity}.log")));
@@ -153,9 +168,7 @@ impl Replicas {
 
     /// The replica the Service would send the next connection to.
     pub fn serving(&self) -> Option<usize> {
-        let s = lock(&self.shared);
-        let ready: Vec<usize> = (0..s.slots.len()).filter(|&i| s.slots[i].ready).collect();
-        ready.get(s.next_backend % ready.len().max(1)).copied()
+        lock(&self.shared).next_ready()
     }
 
     pub fn exits(&self) -> Vec<Exit> {
@@ -276,12 +289,7 @@ impl Replicas {
     }
 
     fn identity(&self, i: usize) -> String {
-        let s = lock(&self.shared);
-        format!(
-            "soak-{}-{}",
-            (b'a' + i as u8) as char,
-            s.slots[i].incarnation
-        )
+        identity(i, lock(&self.shared).slots[i].incarnation)
     }
 
     /// The Service: each connection to a ready replica, in turn (kube-proxy balances
@@ -293,14 +301,9 @@ impl Replicas {
             };
             let backend = {
                 let mut s = lock(&self.shared);
-                let ready: Vec<SocketAddr> = s
-                    .slots
-                    .iter()
-                    .filter(|s| s.ready)
-                    .map(|s| s.webhook)
-                    .collect();
+                let chosen = s.next_ready().map(|i| s.slots[i].webhook);
                 s.next_backend = s.next_backend.wrapping_add(1);
-                ready.get(s.next_backend % ready.len().max(1)).copied()
+                chosen
             };
             let Some(backend) = backend else {
                 continue;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::checker::Checker;
@@ -52,14 +52,7 @@ struct Own {
 }
 
 fn desk_api(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
-    let ar = ApiResource {
-        group: "cyberdesk.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "cyberdesk.io/v1alpha1".into(),
-        kind: "Cyberdesk".into(),
-        plural: "cyberdesks".into(),
-    };
-    Api::namespaced_with(client.clone(), ns, &ar)
+    Api::namespaced_with(client.clone(), ns, &super::checker::desk_resource())
 }
 
 /// Timeouts from 10 s to 10 min, most of them short so that a short run sees many expire.
